@@ -1,0 +1,139 @@
+#include "cloud-hub/core/group_committer.h"
+
+#include <future>
+
+#include "common/log.h"
+
+namespace pp {
+
+bool IsStoreFailure(const Error& e) {
+  return e.code == Code::kUnavailable || e.code == Code::kInternal ||
+         e.code == Code::kAlreadyExists;
+}
+
+Result<std::unique_ptr<GroupCommitter>> GroupCommitter::Start(Store& store, Options options) {
+  if (options.writers <= 0) options.writers = store.MaxConcurrentWriters();
+  if (options.max_batch <= 0) options.max_batch = 1;
+  std::unique_ptr<GroupCommitter> gc(new GroupCommitter(store, options));
+  for (int i = 0; i < options.writers; ++i) {
+    auto w = std::make_unique<Writer>();
+    PP_ASSIGN_OR_RETURN(w->session, store.OpenSession());
+    gc->writers_.push_back(std::move(w));
+  }
+  for (auto& w : gc->writers_) w->thread = std::thread([g = gc.get(), wp = w.get()] {
+    g->WriterLoop(*wp);
+  });
+  return gc;
+}
+
+GroupCommitter::~GroupCommitter() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  for (auto& w : writers_) w->thread.join();
+}
+
+void GroupCommitter::Submit(Op op, Done done) {
+  {
+    std::lock_guard lock(mu_);
+    queue_.push_back({std::move(op), std::move(done)});
+  }
+  cv_.notify_one();
+}
+
+Status GroupCommitter::Run(Op op) {
+  std::promise<Status> p;
+  auto f = p.get_future();
+  Submit(std::move(op), [&p](Status s) { p.set_value(std::move(s)); });
+  return f.get();
+}
+
+GroupCommitter::Stats GroupCommitter::stats() const {
+  return {ops_.load(), batches_.load(), batch_failures_.load()};
+}
+
+void GroupCommitter::WriterLoop(Writer& w) {
+  std::vector<Item> batch;
+  while (true) {
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stopping, and everything is done
+      size_t n = std::min(queue_.size(), size_t(options_.max_batch));
+      for (size_t i = 0; i < n; ++i) {
+        batch.push_back(std::move(queue_.front()));
+        queue_.pop_front();
+      }
+    }
+    RunBatch(w, batch);
+    batch.clear();
+  }
+}
+
+Status GroupCommitter::EnsureSession(Writer& w) {
+  if (w.session) return OkStatus();
+  PP_ASSIGN_OR_RETURN(w.session, store_.OpenSession());
+  return OkStatus();
+}
+
+void GroupCommitter::RunBatch(Writer& w, std::vector<Item>& batch) {
+  batches_++;
+  ops_ += batch.size();
+  if (batch.size() == 1) {
+    auto st = RunAlone(w, batch[0]);
+    batch[0].done(std::move(st));
+    return;
+  }
+  std::vector<Status> results;
+  results.reserve(batch.size());
+  bool failed = !EnsureSession(w).ok() || !w.session->Begin(TxnMode::kWrite).ok();
+  for (size_t i = 0; !failed && i < batch.size(); ++i) {
+    results.push_back(batch[i].op(*w.session));
+    if (!results.back().ok() && IsStoreFailure(results.back().error())) failed = true;
+  }
+  if (!failed) failed = !w.session->Commit().ok();
+  if (!failed) {
+    for (size_t i = 0; i < batch.size(); ++i) batch[i].done(std::move(results[i]));
+    return;
+  }
+  // Something in the batch hit a store error: run every op on its own so
+  // that only the op at fault fails.
+  batch_failures_++;
+  if (w.session) w.session->Rollback();
+  for (auto& item : batch) item.done(RunAlone(w, item));
+}
+
+Status GroupCommitter::RunAlone(Writer& w, Item& item) {
+  constexpr int kAttempts = 5;
+  Status last = Error::Unavailable("store unavailable");
+  for (int attempt = 0; attempt < kAttempts; ++attempt) {
+    if (attempt > 0) {
+      // Transient (deadlock, busy, reconnect): back off a little, growing.
+      std::this_thread::sleep_for(std::chrono::milliseconds(1 << attempt));
+    }
+    if (auto st = EnsureSession(w); !st.ok()) {
+      last = st;
+      continue;
+    }
+    if (auto st = w.session->Begin(TxnMode::kWrite); !st.ok()) {
+      last = st;
+      w.session.reset();  // a broken connection is replaced on the next try
+      continue;
+    }
+    Status st = item.op(*w.session);
+    if (st.ok()) st = w.session->Commit();
+    if (st.ok()) return st;
+    w.session->Rollback();
+    if (!IsStoreFailure(st.error())) return st;  // a domain answer: final
+    last = st;
+    // An idempotency key taken by a concurrent replica shows up as
+    // kAlreadyExists; the retry then finds the stored result.
+    if (st.error().code == Code::kInternal) break;
+  }
+  Log(LogLevel::kError, "store_op_failed", {{"error", last.error().ToString()}});
+  return last;
+}
+
+}  // namespace pp

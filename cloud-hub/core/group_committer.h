@@ -1,0 +1,95 @@
+// Group commit: many write operations share one transaction, and each is
+// acknowledged only after that transaction has committed. One commit (one
+// fsync under SQLite synchronous=FULL, one WAL flush in PostgreSQL) then pays
+// for hundreds of operations instead of one.
+//
+// An Op runs inside an open write transaction and must keep this contract:
+//   - it returns Ok having made its writes, or
+//   - it returns a domain error (invalid, not found, conflict, precondition)
+//     having made NO writes — so it checks everything before it writes — or
+//   - it returns the store's own error (kUnavailable, kInternal,
+//     kAlreadyExists) untouched.
+// On a store error the whole batch is rolled back and every op in it is run
+// again alone, so one poisoned op cannot fail its neighbours. Ops may
+// therefore run more than once before they commit; they must only touch the
+// session and state they own.
+//
+// Thread safety: Submit() and Run() may be called from any thread. `done`
+// runs on a writer thread; it must not block for long.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "cloud-hub/store/store.h"
+
+namespace pp {
+
+class GroupCommitter {
+ public:
+  using Op = std::function<Status(StoreSession&)>;
+  using Done = std::function<void(Status)>;
+
+  struct Options {
+    int max_batch = 512;  // ops per transaction
+    int writers = 0;      // 0: the store's MaxConcurrentWriters()
+  };
+
+  struct Stats {
+    uint64_t ops = 0;
+    uint64_t batches = 0;
+    uint64_t batch_failures = 0;  // batches rolled back and split
+  };
+
+  // Opens one session per writer thread and starts them.
+  static Result<std::unique_ptr<GroupCommitter>> Start(Store& store, Options options);
+  // Finishes every op already submitted, then stops the writers.
+  ~GroupCommitter();
+
+  void Submit(Op op, Done done);
+  // Submit and wait for the commit.
+  Status Run(Op op);
+
+  Stats stats() const;
+
+ private:
+  struct Item {
+    Op op;
+    Done done;
+  };
+  struct Writer {
+    std::unique_ptr<StoreSession> session;
+    std::thread thread;
+  };
+
+  GroupCommitter(Store& store, Options options) : store_(store), options_(options) {}
+  void WriterLoop(Writer& w);
+  void RunBatch(Writer& w, std::vector<Item>& batch);
+  // Runs one op in its own transaction, retrying transient store errors.
+  Status RunAlone(Writer& w, Item& item);
+  Status EnsureSession(Writer& w);
+
+  // Constant after construction.
+  Store& store_;
+  const Options options_;
+  std::vector<std::unique_ptr<Writer>> writers_;
+
+  // State below is protected by mu_.
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Item> queue_;
+  bool stopping_ = false;
+
+  std::atomic<uint64_t> ops_{0}, batches_{0}, batch_failures_{0};
+};
+
+// Store errors (as opposed to domain answers) make the batch roll back.
+bool IsStoreFailure(const Error& e);
+
+}  // namespace pp

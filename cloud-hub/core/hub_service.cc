@@ -1,0 +1,221 @@
+#include "cloud-hub/core/hub_service.h"
+
+#include <future>
+
+#include "common/domain_json.h"
+#include "common/lifecycle.h"
+
+namespace pp {
+namespace {
+
+Result<Reply> Await(const std::function<void(HubService::Callback)>& start) {
+  std::promise<Result<Reply>> p;
+  auto f = p.get_future();
+  start([&p](Result<Reply> r) { p.set_value(std::move(r)); });
+  return f.get();
+}
+
+}  // namespace
+
+HubService::HubService(Store& store, GroupCommitter& committer, const Clock& clock)
+    : store_(store), committer_(committer), clock_(clock) {}
+
+void HubService::SubmitIdempotent(std::string scope, std::string key, std::string fingerprint,
+                                  Effect effect, Callback done) {
+  // Filled by the op (possibly more than once, if its batch is retried) and
+  // read by `done` after the commit.
+  auto reply = std::make_shared<Result<Reply>>(Error::Internal("operation did not run"));
+  auto op = [this, scope, key, fingerprint, effect = std::move(effect),
+             reply](StoreSession& s) -> Status {
+    if (!key.empty()) {
+      PP_ASSIGN_OR_RETURN(auto prior, s.GetIdempotency(scope, key));
+      if (prior) {
+        if (prior->fingerprint != fingerprint) {
+          Error e = Error::Precondition("Idempotency-Key \"" + key +
+                                        "\" was already used for a different request");
+          *reply = e;
+          return e;
+        }
+        *reply = Reply{prior->result_json, true};
+        return OkStatus();
+      }
+    }
+    auto result = effect(s);
+    if (!result.ok()) {
+      *reply = result.error();
+      return result.take_error();
+    }
+    if (!key.empty())
+      PP_RETURN_IF_ERROR(s.PutIdempotency({scope, key, fingerprint, *result, clock_.Now()}));
+    *reply = Reply{std::move(*result), false};
+    return OkStatus();
+  };
+  committer_.Submit(std::move(op), [reply, done = std::move(done)](Status st) {
+    if (!st.ok())
+      done(st.take_error());
+    else
+      done(std::move(*reply));
+  });
+}
+
+Result<std::optional<Organization>> HubService::FindOrganization(StoreSession& s, int64_t id) {
+  {
+    std::lock_guard lock(mu_);
+    if (auto it = orgs_.find(id); it != orgs_.end()) return std::optional<Organization>(it->second);
+  }
+  return s.GetOrganization(id);
+}
+
+void HubService::CacheOrganization(const Organization& o) {
+  std::lock_guard lock(mu_);
+  orgs_.emplace(o.id, o);
+}
+
+void HubService::CreateOrganization(NewOrganization org, std::string key, Callback done) {
+  Timestamp now = clock_.Now();
+  nlohmann::json canonical{{"kind", ToString(org.kind)},
+                           {"name", org.name},
+                           {"lat", org.position.lat},
+                           {"lon", org.position.lon}};
+  auto created = std::make_shared<Organization>(Organization{0, org.kind, org.name, org.position, now});
+  auto effect = [created](StoreSession& s) -> Result<std::string> {
+    PP_ASSIGN_OR_RETURN(created->id, s.InsertOrganization(
+                                         {created->kind, created->name, created->position},
+                                         created->created_at));
+    return ToJson(*created).dump();
+  };
+  SubmitIdempotent("organization.create", std::move(key), Fingerprint(canonical.dump()), effect,
+                   [this, created, done = std::move(done)](Result<Reply> r) {
+                     if (r.ok() && !r->replayed) CacheOrganization(*created);
+                     done(std::move(r));
+                   });
+}
+
+void HubService::PostSurplus(SurplusDraft draft, std::string key, Callback done) {
+  std::string scope = "surplus.post/provider:" + std::to_string(draft.provider_id);
+  std::string fingerprint = Fingerprint(ToJson(draft).dump());
+  auto effect = [this, draft = std::move(draft)](StoreSession& s) -> Result<std::string> {
+    PP_ASSIGN_OR_RETURN(auto provider, FindOrganization(s, draft.provider_id));
+    if (!provider || provider->kind != OrgKind::kProvider)
+      return Error::Invalid("request has invalid fields",
+                            {{"provider_id", "no provider organisation with this id"}});
+    Timestamp now = clock_.Now();
+    Surplus x;
+    x.draft = draft;
+    x.position = draft.position.value_or(provider->position);
+    x.status = SurplusStatus::kAvailable;
+    x.version = 1;
+    x.created_at = x.updated_at = now;
+    PP_ASSIGN_OR_RETURN(x.id, s.InsertSurplus(x));
+    PP_RETURN_IF_ERROR(
+        s.AppendHistory({x.id, 1, now, std::nullopt, x.status, "post", draft.provider_id}));
+    std::string body = ToJson(x).dump();
+    PP_RETURN_IF_ERROR(s.AppendOutbox({0, "surplus.posted", x.id, body, now, std::nullopt}));
+    return body;
+  };
+  SubmitIdempotent(std::move(scope), std::move(key), std::move(fingerprint), effect,
+                   std::move(done));
+}
+
+void HubService::Claim(int64_t surplus_id, ClaimRequest req, std::string key, Callback done) {
+  std::string scope = "surplus.claim/ngo:" + std::to_string(req.ngo_id);
+  nlohmann::json canonical{{"surplus_id", surplus_id}, {"ngo_id", req.ngo_id},
+                           {"version", req.version}};
+  auto effect = [this, surplus_id, req](StoreSession& s) -> Result<std::string> {
+    PP_ASSIGN_OR_RETURN(auto ngo, FindOrganization(s, req.ngo_id));
+    if (!ngo || ngo->kind != OrgKind::kNgo)
+      return Error::Invalid("request has invalid fields",
+                            {{"ngo_id", "no NGO organisation with this id"}});
+    PP_ASSIGN_OR_RETURN(auto current, s.GetSurplus(surplus_id));
+    if (!current) return Error::NotFound("no surplus post " + std::to_string(surplus_id));
+    auto conflict = [](const Surplus& cur) {
+      return Error::Conflict("surplus " + std::to_string(cur.id) + " is " +
+                                 std::string(ToString(cur.status)) + " at version " +
+                                 std::to_string(cur.version),
+                             StateJson(cur).dump());
+    };
+    // The domain decides (table and version), the store enforces (the
+    // conditional UPDATE), because another transaction may have won since
+    // our read.
+    auto next = NextStatus(current->status, SurplusEvent::kClaim);
+    if (!next || current->version != req.version) return conflict(*current);
+    Timestamp now = clock_.Now();
+    PP_ASSIGN_OR_RETURN(bool applied,
+                        s.ApplyChange({surplus_id, req.version, SurplusEvent::kClaim,
+                                       req.ngo_id, now}));
+    if (!applied) {
+      PP_ASSIGN_OR_RETURN(auto winner, s.GetSurplus(surplus_id));
+      return conflict(*winner);
+    }
+    Surplus after = *current;
+    after.status = *next;
+    after.version = req.version + 1;
+    after.claimed_by = req.ngo_id;
+    after.updated_at = now;
+    PP_RETURN_IF_ERROR(s.AppendHistory({surplus_id, after.version, now, current->status,
+                                        after.status, std::string(ToString(SurplusEvent::kClaim)),
+                                        req.ngo_id}));
+    std::string body = StateJson(after).dump();
+    PP_RETURN_IF_ERROR(s.AppendOutbox({0, "surplus.claimed", surplus_id, body, now, std::nullopt}));
+    return body;
+  };
+  SubmitIdempotent(std::move(scope), std::move(key), Fingerprint(canonical.dump()), effect,
+                   std::move(done));
+}
+
+Result<Reply> HubService::CreateOrganization(NewOrganization org, std::string key) {
+  return Await([&](Callback cb) { CreateOrganization(std::move(org), std::move(key), cb); });
+}
+Result<Reply> HubService::PostSurplus(SurplusDraft draft, std::string key) {
+  return Await([&](Callback cb) { PostSurplus(std::move(draft), std::move(key), cb); });
+}
+Result<Reply> HubService::Claim(int64_t id, ClaimRequest req, std::string key) {
+  return Await([&](Callback cb) { Claim(id, req, std::move(key), cb); });
+}
+
+template <typename F>
+Result<Reply> HubService::Read(F&& f) {
+  std::unique_ptr<StoreSession> s;
+  {
+    std::lock_guard lock(mu_);
+    if (!idle_readers_.empty()) {
+      s = std::move(idle_readers_.back());
+      idle_readers_.pop_back();
+    }
+  }
+  if (!s) {
+    PP_ASSIGN_OR_RETURN(s, store_.OpenSession());
+  }
+  PP_RETURN_IF_ERROR(s->Begin(TxnMode::kRead));
+  Result<Reply> r = f(*s);
+  s->Rollback();  // read-only: nothing to keep
+  // A session whose read failed may be broken: let it go.
+  if (r.ok() || !IsStoreFailure(r.error())) {
+    std::lock_guard lock(mu_);
+    idle_readers_.push_back(std::move(s));
+  }
+  return r;
+}
+
+Result<Reply> HubService::GetOrganization(int64_t id) {
+  return Read([&](StoreSession& s) -> Result<Reply> {
+    PP_ASSIGN_OR_RETURN(auto org, s.GetOrganization(id));
+    if (!org) return Error::NotFound("no organisation " + std::to_string(id));
+    CacheOrganization(*org);
+    return Reply{ToJson(*org).dump(), false};
+  });
+}
+
+Result<Reply> HubService::GetSurplus(int64_t id) {
+  return Read([&](StoreSession& s) -> Result<Reply> {
+    PP_ASSIGN_OR_RETURN(auto x, s.GetSurplus(id));
+    if (!x) return Error::NotFound("no surplus post " + std::to_string(id));
+    PP_ASSIGN_OR_RETURN(auto history, s.GetHistory(id));
+    nlohmann::json j = ToJson(*x);
+    j["history"] = nlohmann::json::array();
+    for (const auto& h : history) j["history"].push_back(ToJson(h));
+    return Reply{j.dump(), false};
+  });
+}
+
+}  // namespace pp

@@ -1,0 +1,82 @@
+// The hub's command handlers: the one core behind both doors. An HTTP request
+// and (later) an MQTT op become the same call here, with the same validation,
+// the same idempotency and the same optimistic lock; adapters only translate.
+//
+// Every write goes through the GroupCommitter and is answered only after its
+// transaction committed. Every state change writes its history line and its
+// outbox event in that same transaction.
+//
+// Idempotency: a command with a key runs at most once per (scope, key); a
+// retry with the same request gets the first result (Reply::replayed), a
+// different request under a used key gets kFailedPrecondition.
+//
+// Thread safety: all methods may be called from any thread.
+#pragma once
+
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "cloud-hub/core/group_committer.h"
+#include "cloud-hub/store/store.h"
+#include "common/clock.h"
+#include "common/validation.h"
+
+namespace pp {
+
+// The JSON result of a command, exactly as first produced.
+struct Reply {
+  std::string json;
+  bool replayed = false;  // true when served from the idempotency record
+};
+
+class HubService {
+ public:
+  using Callback = std::function<void(Result<Reply>)>;
+
+  HubService(Store& store, GroupCommitter& committer, const Clock& clock);
+
+  // Asynchronous: `done` runs after the commit (on a writer thread).
+  void CreateOrganization(NewOrganization org, std::string idempotency_key, Callback done);
+  void PostSurplus(SurplusDraft draft, std::string idempotency_key, Callback done);
+  void Claim(int64_t surplus_id, ClaimRequest req, std::string idempotency_key, Callback done);
+
+  // Blocking forms of the above.
+  Result<Reply> CreateOrganization(NewOrganization org, std::string idempotency_key);
+  Result<Reply> PostSurplus(SurplusDraft draft, std::string idempotency_key);
+  Result<Reply> Claim(int64_t surplus_id, ClaimRequest req, std::string idempotency_key);
+
+  // Reads (a snapshot; never blocks writers).
+  Result<Reply> GetOrganization(int64_t id);
+  // The post with its full history.
+  Result<Reply> GetSurplus(int64_t id);
+
+  const Clock& clock() const { return clock_; }
+
+ private:
+  using Effect = std::function<Result<std::string>(StoreSession&)>;
+  void SubmitIdempotent(std::string scope, std::string key, std::string fingerprint,
+                        Effect effect, Callback done);
+  // Organisations never change once created, so they are cached after their
+  // commit or a committed read.
+  Result<std::optional<Organization>> FindOrganization(StoreSession& s, int64_t id);
+  void CacheOrganization(const Organization& o);
+
+  template <typename F>
+  Result<Reply> Read(F&& f);
+
+  // Constant after construction.
+  Store& store_;
+  GroupCommitter& committer_;
+  const Clock& clock_;
+
+  // Protected by mu_.
+  std::mutex mu_;
+  std::unordered_map<int64_t, Organization> orgs_;
+  std::vector<std::unique_ptr<StoreSession>> idle_readers_;
+};
+
+}  // namespace pp

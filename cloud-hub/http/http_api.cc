@@ -1,0 +1,315 @@
+#include "cloud-hub/http/http_api.h"
+
+#include <httplib.h>
+
+#include <algorithm>
+#include <charconv>
+#include <nlohmann/json.hpp>
+
+#include "common/log.h"
+
+namespace pp {
+namespace {
+
+using httplib::ContentReader;
+using httplib::Request;
+using httplib::Response;
+
+constexpr const char* kJson = "application/json";
+constexpr const char* kProblemJson = "application/problem+json";
+
+int HttpStatus(const Error& e) {
+  switch (e.code) {
+    case Code::kInvalidArgument: return e.fields.empty() ? 400 : 422;
+    case Code::kNotFound: return 404;
+    case Code::kAborted: return 409;
+    case Code::kAlreadyExists: return 409;
+    case Code::kFailedPrecondition: return 422;
+    case Code::kResourceExhausted: return 413;
+    case Code::kUnauthenticated: return 401;
+    case Code::kPermissionDenied: return 403;
+    case Code::kUnavailable: return 503;
+    case Code::kOk:
+    case Code::kInternal: return 500;
+  }
+  return 500;
+}
+
+const char* Title(int status) {
+  switch (status) {
+    case 400: return "Bad request";
+    case 404: return "Not found";
+    case 409: return "Conflict";
+    case 413: return "Content too large";
+    case 415: return "Unsupported media type";
+    case 422: return "Unprocessable content";
+    case 431: return "Request header fields too large";
+    case 501: return "Not implemented";
+    case 503: return "Service unavailable";
+    default: return "Internal error";
+  }
+}
+
+// RFC 9457 problem details, with our extensions: `code` (machine-readable),
+// `errors` (one per bad field) and `current` (the current state, on 409).
+void Problem(Response& res, int status, const Error& e, const std::string& instance) {
+  nlohmann::json j{{"type", "urn:pahlawan-pangan:problem:" + std::string(CodeName(e.code))},
+                   {"title", Title(status)},
+                   {"status", status},
+                   {"detail", e.message},
+                   {"code", CodeName(e.code)},
+                   {"instance", instance}};
+  if (!e.fields.empty()) {
+    j["errors"] = nlohmann::json::array();
+    for (const auto& f : e.fields) j["errors"].push_back({{"field", f.field}, {"reason", f.reason}});
+  }
+  if (!e.context_json.empty()) j["current"] = nlohmann::json::parse(e.context_json, nullptr, false);
+  res.status = status;
+  res.set_content(j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), kProblemJson);
+  if (status >= 500)
+    Log(LogLevel::kError, "http_error", {{"path", instance}, {"error", e.ToString()}});
+}
+
+void Problem(Response& res, const Error& e, const std::string& instance) {
+  Problem(res, HttpStatus(e), e, instance);
+}
+
+void Reply201or200(Response& res, const Result<Reply>& r, const std::string& path, int created) {
+  if (!r.ok()) return Problem(res, r.error(), path);
+  res.status = r->replayed ? 200 : created;
+  if (r->replayed) res.set_header("Idempotent-Replayed", "true");
+  res.set_content(r->json, kJson);
+}
+
+bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) ==
+                  std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
+std::optional<int64_t> PathId(const Request& req, size_t group = 1) {
+  const std::string s = req.matches[group];
+  int64_t v = 0;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || p != s.data() + s.size() || v <= 0) return std::nullopt;
+  return v;
+}
+
+}  // namespace
+
+HttpApi::HttpApi(HubService& hub, HttpOptions options)
+    : hub_(hub), options_(options), server_(std::make_unique<httplib::Server>()) {
+  int threads = options_.threads;
+  server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  server_->set_payload_max_length(options_.max_body_bytes);
+  server_->set_read_timeout(10, 0);
+  server_->set_write_timeout(10, 0);
+  server_->set_keep_alive_timeout(30);
+  server_->set_keep_alive_max_count(10000);
+
+  // Runs after the headers are read and before the body is: refuse what we
+  // will not read.
+  server_->set_pre_routing_handler([this](const Request& req, Response& res) {
+    auto fail = [&](int status, Code code, std::string msg) {
+      Problem(res, status, Error{code, std::move(msg), {}, {}}, req.path);
+      // The body (if any) stays unread; the connection cannot be reused.
+      res.set_header("Connection", "close");
+      return httplib::Server::HandlerResponse::Handled;
+    };
+    size_t header_bytes = 0;
+    for (const auto& [k, v] : req.headers) {
+      header_bytes += k.size() + v.size() + 4;
+      // cpp-httplib stores the peer address in these too; a client sending
+      // them could pass for another address.
+      if (EqualsIgnoreCase(k, "REMOTE_ADDR") || EqualsIgnoreCase(k, "REMOTE_PORT") ||
+          EqualsIgnoreCase(k, "LOCAL_ADDR") || EqualsIgnoreCase(k, "LOCAL_PORT")) {
+        // cpp-httplib adds these four itself after the client's headers;
+        // more than one of a kind means the client sent one.
+        if (req.headers.count(k) > 1)
+          return fail(400, Code::kInvalidArgument, "header " + k + " is reserved");
+      }
+    }
+    if (req.headers.size() > options_.max_headers + 4)  // +4: the addresses httplib adds
+      return fail(431, Code::kResourceExhausted,
+                  "more than " + std::to_string(options_.max_headers) + " headers");
+    if (header_bytes > options_.max_header_bytes)
+      return fail(431, Code::kResourceExhausted,
+                  "headers exceed " + std::to_string(options_.max_header_bytes) + " bytes");
+    bool has_te = req.has_header("Transfer-Encoding");
+    if (has_te) {
+      if (!EqualsIgnoreCase(req.get_header_value("Transfer-Encoding"), "chunked") ||
+          req.get_header_value_count("Transfer-Encoding") != 1)
+        return fail(501, Code::kInvalidArgument,
+                    "only Transfer-Encoding: chunked is supported");
+      if (req.has_header("Content-Length"))
+        return fail(400, Code::kInvalidArgument,
+                    "Content-Length and Transfer-Encoding must not both be sent");
+    }
+    if (req.has_header("Content-Length")) {
+      const auto& cl = req.get_header_value("Content-Length");
+      uint64_t n = 0;
+      auto [p, ec] = std::from_chars(cl.data(), cl.data() + cl.size(), n);
+      if (ec != std::errc() || p != cl.data() + cl.size())
+        return fail(400, Code::kInvalidArgument, "Content-Length is not a number");
+      if (n > options_.max_body_bytes)
+        return fail(413, Code::kResourceExhausted,
+                    "body exceeds " + std::to_string(options_.max_body_bytes) + " bytes");
+    }
+    if (req.method == "POST" || req.method == "PUT" || req.method == "PATCH") {
+      std::string ct = req.get_header_value("Content-Type");
+      std::string base = ct.substr(0, ct.find(';'));
+      while (!base.empty() && base.back() == ' ') base.pop_back();
+      if (!EqualsIgnoreCase(base, kJson))
+        return fail(415, Code::kInvalidArgument, "Content-Type must be application/json");
+    }
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
+
+  server_->set_exception_handler([](const Request& req, Response& res, std::exception_ptr ep) {
+    std::string what = "unknown";
+    try {
+      if (ep) std::rethrow_exception(ep);
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+    }
+    Problem(res, 500, Error::Internal("unexpected error: " + what), req.path);
+  });
+  server_->set_error_handler([](const Request& req, Response& res) {
+    if (!res.body.empty()) return;  // a handler already wrote a problem
+    if (res.status == 404)
+      Problem(res, 404, Error::NotFound("no route " + req.method + " " + req.path), req.path);
+    else if (res.status == 413)
+      Problem(res, 413, Error{Code::kResourceExhausted, "body too large", {}, {}}, req.path);
+    else
+      Problem(res, res.status, Error::Invalid("request could not be processed"), req.path);
+  });
+  Routes();
+}
+
+HttpApi::~HttpApi() = default;
+
+void HttpApi::Routes() {
+  auto& s = *server_;
+  const size_t max_body = options_.max_body_bytes;
+
+  // Reads the body while counting, so chunked bodies obey the limit too.
+  // false: a problem has been written.
+  auto read_body = [max_body](const Request& req, Response& res, const ContentReader& reader,
+                              std::string& body) {
+    bool too_big = false;
+    bool ok = reader([&](const char* data, size_t n) {
+      if (body.size() + n > max_body) {
+        too_big = true;
+        return false;
+      }
+      body.append(data, n);
+      return true;
+    });
+    if (too_big) {
+      Problem(res, 413,
+              Error{Code::kResourceExhausted,
+                    "body exceeds " + std::to_string(max_body) + " bytes", {}, {}},
+              req.path);
+      res.set_header("Connection", "close");
+      return false;
+    }
+    if (!ok) {
+      Problem(res, 400, Error::Invalid("body could not be read"), req.path);
+      res.set_header("Connection", "close");
+      return false;
+    }
+    return true;
+  };
+
+  // The Idempotency-Key header: required where `required`, 1-200 visible ASCII.
+  auto idem_key = [](const Request& req, Response& res, bool required) -> std::optional<std::string> {
+    std::string key = req.get_header_value("Idempotency-Key");
+    if (key.empty()) {
+      if (!required) return std::string();
+      Problem(res, 400,
+              Error::Invalid("header Idempotency-Key is required: a unique string per operation, "
+                             "reused only when retrying it"),
+              req.path);
+      return std::nullopt;
+    }
+    bool visible = std::all_of(key.begin(), key.end(), [](char c) { return c > 32 && c < 127; });
+    if (key.size() > 200 || !visible) {
+      Problem(res, 400, Error::Invalid("header Idempotency-Key must be 1-200 visible ASCII characters"),
+              req.path);
+      return std::nullopt;
+    }
+    return key;
+  };
+
+  s.Get("/healthz", [this](const Request&, Response& res) {
+    res.set_content(nlohmann::json{{"status", "ok"}}.dump(), kJson);
+  });
+
+  s.Post("/api/v1/organizations", [this, read_body, idem_key](const Request& req, Response& res,
+                                                              const ContentReader& reader) {
+    std::string body;
+    if (!read_body(req, res, reader, body)) return;
+    auto key = idem_key(req, res, false);
+    if (!key) return;
+    auto org = ParseNewOrganization(body);
+    if (!org.ok()) return Problem(res, org.error(), req.path);
+    Reply201or200(res, hub_.CreateOrganization(std::move(*org), std::move(*key)), req.path, 201);
+  });
+
+  s.Get(R"(/api/v1/organizations/([^/]+))", [this](const Request& req, Response& res) {
+    auto id = PathId(req);
+    if (!id) return Problem(res, Error::NotFound("no organisation " + std::string(req.matches[1])), req.path);
+    Reply201or200(res, hub_.GetOrganization(*id), req.path, 200);
+  });
+
+  s.Post("/api/v1/surplus", [this, read_body, idem_key](const Request& req, Response& res,
+                                                        const ContentReader& reader) {
+    std::string body;
+    if (!read_body(req, res, reader, body)) return;
+    auto key = idem_key(req, res, true);
+    if (!key) return;
+    auto draft = ParseSurplusDraft(body, hub_.clock().Now());
+    if (!draft.ok()) return Problem(res, draft.error(), req.path);
+    auto r = hub_.PostSurplus(std::move(*draft), std::move(*key));
+    if (r.ok() && !r->replayed) {
+      auto id = nlohmann::json::parse(r->json)["id"].get<int64_t>();
+      res.set_header("Location", "/api/v1/surplus/" + std::to_string(id));
+    }
+    Reply201or200(res, r, req.path, 201);
+  });
+
+  s.Get(R"(/api/v1/surplus/([^/]+))", [this](const Request& req, Response& res) {
+    auto id = PathId(req);
+    if (!id) return Problem(res, Error::NotFound("no surplus post " + std::string(req.matches[1])), req.path);
+    Reply201or200(res, hub_.GetSurplus(*id), req.path, 200);
+  });
+
+  s.Post(R"(/api/v1/surplus/([^/]+)/claim)", [this, read_body, idem_key](
+                                                  const Request& req, Response& res,
+                                                  const ContentReader& reader) {
+    std::string body;
+    if (!read_body(req, res, reader, body)) return;
+    auto id = PathId(req);
+    if (!id) return Problem(res, Error::NotFound("no surplus post " + std::string(req.matches[1])), req.path);
+    auto key = idem_key(req, res, true);
+    if (!key) return;
+    auto claim = ParseClaimRequest(body);
+    if (!claim.ok()) return Problem(res, claim.error(), req.path);
+    Reply201or200(res, hub_.Claim(*id, *claim, std::move(*key)), req.path, 200);
+  });
+}
+
+Result<int> HttpApi::Bind(const std::string& host, int port) {
+  int bound = port == 0 ? server_->bind_to_any_port(host) : (server_->bind_to_port(host, port) ? port : -1);
+  if (bound <= 0)
+    return Error::Unavailable("cannot listen on " + host + ":" + std::to_string(port));
+  return bound;
+}
+
+void HttpApi::Serve() { server_->listen_after_bind(); }
+
+void HttpApi::Stop() { server_->stop(); }
+
+}  // namespace pp

@@ -1,0 +1,416 @@
+#include "cloud-hub/store/postgres/pg_store.h"
+
+#include <pqxx/pqxx>
+#include <unordered_map>
+
+#include "cloud-hub/store/store_sql.h"
+
+namespace pp {
+namespace {
+
+using store_sql::Migration;
+
+constexpr Migration kMigrations[] = {
+    {1, "organisations, surplus, history, outbox, idempotency", R"sql(
+CREATE TABLE organizations (
+  id          BIGSERIAL PRIMARY KEY,
+  kind        TEXT    NOT NULL CHECK (kind IN ('provider', 'ngo')),
+  name        TEXT    NOT NULL,
+  lat         DOUBLE PRECISION NOT NULL,
+  lon         DOUBLE PRECISION NOT NULL,
+  created_at  BIGINT  NOT NULL
+);
+CREATE TABLE surplus (
+  id            BIGSERIAL PRIMARY KEY,
+  provider_id   BIGINT  NOT NULL REFERENCES organizations(id),
+  category      TEXT    NOT NULL,
+  description   TEXT    NOT NULL,
+  quantity_kg   DOUBLE PRECISION,
+  portions      BIGINT,
+  allergens     TEXT    NOT NULL,
+  storage       TEXT    NOT NULL,
+  prepared_at   BIGINT,
+  best_before   BIGINT  NOT NULL,
+  pickup_start  BIGINT,
+  pickup_end    BIGINT,
+  instructions  TEXT    NOT NULL,
+  lat           DOUBLE PRECISION NOT NULL,
+  lon           DOUBLE PRECISION NOT NULL,
+  status        TEXT    NOT NULL,
+  version       BIGINT  NOT NULL,
+  claimed_by    BIGINT REFERENCES organizations(id),
+  created_at    BIGINT  NOT NULL,
+  updated_at    BIGINT  NOT NULL
+);
+CREATE INDEX surplus_by_status ON surplus (status, best_before);
+CREATE TABLE surplus_history (
+  surplus_id  BIGINT  NOT NULL,
+  version     BIGINT  NOT NULL,
+  at          BIGINT  NOT NULL,
+  from_status TEXT,
+  to_status   TEXT    NOT NULL,
+  event       TEXT    NOT NULL,
+  actor_org   BIGINT,
+  PRIMARY KEY (surplus_id, version)
+);
+CREATE TABLE outbox (
+  id           BIGSERIAL PRIMARY KEY,
+  type         TEXT    NOT NULL,
+  aggregate_id BIGINT  NOT NULL,
+  payload      TEXT    NOT NULL,
+  created_at   BIGINT  NOT NULL,
+  sent_at      BIGINT
+);
+CREATE INDEX outbox_unsent ON outbox (id) WHERE sent_at IS NULL;
+CREATE TABLE idempotency (
+  scope       TEXT    NOT NULL,
+  key         TEXT    NOT NULL,
+  fingerprint TEXT    NOT NULL,
+  result      TEXT    NOT NULL,
+  created_at  BIGINT  NOT NULL,
+  PRIMARY KEY (scope, key)
+);
+)sql"},
+};
+
+// Any stable number: the advisory lock that serialises migrations of hubs
+// starting together on one database.
+constexpr int64_t kMigrationLock = 0x70702d6875620001;
+
+// Runs `f`, translating libpqxx's exceptions into our Error at this border.
+template <typename F>
+auto Guard(const char* what, F&& f) -> Result<decltype(f())> {
+  try {
+    return f();
+  } catch (const pqxx::transaction_rollback& e) {  // deadlock, serialization failure
+    return Error::Unavailable(std::string(what) + ": " + e.what());
+  } catch (const pqxx::unique_violation& e) {
+    return Error{Code::kAlreadyExists, std::string(what) + ": " + e.what(), {}, {}};
+  } catch (const pqxx::broken_connection& e) {
+    return Error::Unavailable(std::string(what) + ": connection lost: " + e.what());
+  } catch (const pqxx::in_doubt_error& e) {
+    return Error::Unavailable(std::string(what) + ": commit outcome unknown: " + e.what());
+  } catch (const std::exception& e) {
+    return Error::Internal(std::string(what) + ": " + e.what());
+  }
+}
+
+template <typename T>
+std::optional<T> Opt(const pqxx::field& f) {
+  return f.is_null() ? std::nullopt : std::optional<T>(f.as<T>());
+}
+std::optional<Timestamp> OptTime(const pqxx::field& f) {
+  return f.is_null() ? std::nullopt : std::optional<Timestamp>(FromUnixMillis(f.as<int64_t>()));
+}
+std::optional<int64_t> OptMillis(const std::optional<Timestamp>& t) {
+  return t ? std::optional<int64_t>(ToUnixMillis(*t)) : std::nullopt;
+}
+
+struct Statement {
+  const char* name;
+  std::string sql;
+};
+
+std::vector<Statement> Statements() {
+  std::vector<Statement> v{
+      {"org_insert",
+       "INSERT INTO organizations (kind, name, lat, lon, created_at) VALUES ($1,$2,$3,$4,$5) "
+       "RETURNING id"},
+      {"org_get", "SELECT id, kind, name, lat, lon, created_at FROM organizations WHERE id=$1"},
+      {"surplus_insert",
+       "INSERT INTO surplus (provider_id, category, description, quantity_kg, portions, "
+       "allergens, storage, prepared_at, best_before, pickup_start, pickup_end, instructions, "
+       "lat, lon, status, version, claimed_by, created_at, updated_at) VALUES "
+       "($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19) RETURNING id"},
+      {"surplus_get",
+       "SELECT id, provider_id, category, description, quantity_kg, portions, allergens, "
+       "storage, prepared_at, best_before, pickup_start, pickup_end, instructions, lat, lon, "
+       "status, version, claimed_by, created_at, updated_at FROM surplus WHERE id=$1"},
+      {"history_insert",
+       "INSERT INTO surplus_history (surplus_id, version, at, from_status, to_status, event, "
+       "actor_org) VALUES ($1,$2,$3,$4,$5,$6,$7)"},
+      {"history_get",
+       "SELECT version, at, from_status, to_status, event, actor_org FROM surplus_history "
+       "WHERE surplus_id=$1 ORDER BY version"},
+      {"outbox_insert",
+       "INSERT INTO outbox (type, aggregate_id, payload, created_at) VALUES ($1,$2,$3,$4) "
+       "RETURNING id"},
+      {"outbox_list",
+       "SELECT id, type, aggregate_id, payload, created_at, sent_at FROM outbox WHERE id > $1 "
+       "ORDER BY id LIMIT $2"},
+      {"idem_get",
+       "SELECT fingerprint, result, created_at FROM idempotency WHERE scope=$1 AND key=$2"},
+      {"idem_put",
+       "INSERT INTO idempotency (scope, key, fingerprint, result, created_at) "
+       "VALUES ($1,$2,$3,$4,$5)"},
+      {"surplus_count", "SELECT count(*) FROM surplus"},
+  };
+  return v;
+}
+
+std::string ChangeStatementName(SurplusEvent e) { return "change_" + std::string(ToString(e)); }
+
+class PgSession final : public StoreSession {
+ public:
+  explicit PgSession(std::unique_ptr<pqxx::connection> conn) : conn_(std::move(conn)) {}
+  ~PgSession() override { Rollback(); }
+
+  static Result<std::unique_ptr<PgSession>> Connect(const std::string& url) {
+    return Guard("connect to PostgreSQL", [&] {
+      auto conn = std::make_unique<pqxx::connection>(url);
+      for (const auto& s : Statements()) conn->prepare(s.name, s.sql);
+      // One conditional UPDATE per lifecycle event, its WHERE clause taken
+      // from the transition table (see common/lifecycle.h).
+      for (const auto& t : SurplusTransitions()) {
+        std::string name = ChangeStatementName(t.event);
+        std::string sql = "UPDATE surplus SET status='" + std::string(ToString(TargetOf(t.event))) +
+                          "', claimed_by=$1, version=version+1, updated_at=$2 "
+                          "WHERE id=$3 AND version=$4 AND status IN (" +
+                          store_sql::QuotedSources(t.event) + ")";
+        try {
+          conn->prepare(name, sql);
+        } catch (const pqxx::argument_error&) {
+          // Already prepared (several transitions share an event).
+        }
+      }
+      return std::make_unique<PgSession>(std::move(conn));
+    });
+  }
+
+  Status Begin(TxnMode mode) override {
+    return Guard("begin", [&] {
+      if (mode == TxnMode::kWrite)
+        txn_ = std::make_unique<pqxx::work>(*conn_);
+      else
+        txn_ = std::make_unique<pqxx::read_transaction>(*conn_);
+      return Ok{};
+    });
+  }
+  Status Commit() override {
+    auto st = Guard("commit", [&] {
+      txn_->commit();
+      return Ok{};
+    });
+    txn_.reset();
+    return st;
+  }
+  void Rollback() override {
+    if (!txn_) return;
+    try {
+      txn_->abort();
+    } catch (...) {
+      // The connection may be gone; nothing was committed either way.
+    }
+    txn_.reset();
+  }
+
+  Result<int64_t> InsertOrganization(const NewOrganization& o, Timestamp now) override {
+    return Exec("insert organization", [&] {
+      return txn_->exec_prepared1("org_insert", std::string(ToString(o.kind)), o.name,
+                                  o.position.lat, o.position.lon, ToUnixMillis(now))[0]
+          .as<int64_t>();
+    });
+  }
+
+  Result<std::optional<Organization>> GetOrganization(int64_t id) override {
+    return Exec("get organization", [&] {
+      auto r = txn_->exec_prepared("org_get", id);
+      if (r.empty()) return std::optional<Organization>();
+      const auto& row = r[0];
+      Organization o;
+      o.id = row[0].as<int64_t>();
+      o.kind = ParseOrgKind(row[1].c_str()).value_or(OrgKind::kProvider);
+      o.name = row[2].as<std::string>();
+      o.position = {row[3].as<double>(), row[4].as<double>()};
+      o.created_at = FromUnixMillis(row[5].as<int64_t>());
+      return std::optional<Organization>(std::move(o));
+    });
+  }
+
+  Result<int64_t> InsertSurplus(const Surplus& x) override {
+    return Exec("insert surplus", [&] {
+      const auto& d = x.draft;
+      return txn_
+          ->exec_prepared1("surplus_insert", d.provider_id, d.category, d.description,
+                           d.quantity_kg, d.portions, store_sql::JoinAllergens(d.allergens),
+                           std::string(ToString(d.storage)), OptMillis(d.prepared_at),
+                           ToUnixMillis(d.best_before), OptMillis(d.pickup_start),
+                           OptMillis(d.pickup_end), d.instructions, x.position.lat,
+                           x.position.lon, std::string(ToString(x.status)), x.version,
+                           x.claimed_by, ToUnixMillis(x.created_at), ToUnixMillis(x.updated_at))[0]
+          .as<int64_t>();
+    });
+  }
+
+  Result<std::optional<Surplus>> GetSurplus(int64_t id) override {
+    return Exec("get surplus", [&] {
+      auto r = txn_->exec_prepared("surplus_get", id);
+      if (r.empty()) return std::optional<Surplus>();
+      const auto& row = r[0];
+      Surplus x;
+      auto& d = x.draft;
+      x.id = row[0].as<int64_t>();
+      d.provider_id = row[1].as<int64_t>();
+      d.category = row[2].as<std::string>();
+      d.description = row[3].as<std::string>();
+      d.quantity_kg = Opt<double>(row[4]);
+      d.portions = Opt<int64_t>(row[5]);
+      d.allergens = store_sql::SplitAllergens(row[6].as<std::string>());
+      d.storage = ParseStorage(row[7].c_str()).value_or(Storage::kAmbient);
+      d.prepared_at = OptTime(row[8]);
+      d.best_before = FromUnixMillis(row[9].as<int64_t>());
+      d.pickup_start = OptTime(row[10]);
+      d.pickup_end = OptTime(row[11]);
+      d.instructions = row[12].as<std::string>();
+      x.position = {row[13].as<double>(), row[14].as<double>()};
+      x.status = ParseSurplusStatus(row[15].c_str()).value_or(SurplusStatus::kAvailable);
+      x.version = row[16].as<int64_t>();
+      x.claimed_by = Opt<int64_t>(row[17]);
+      x.created_at = FromUnixMillis(row[18].as<int64_t>());
+      x.updated_at = FromUnixMillis(row[19].as<int64_t>());
+      return std::optional<Surplus>(std::move(x));
+    });
+  }
+
+  Result<bool> ApplyChange(const SurplusChange& c) override {
+    return Exec("apply surplus change", [&] {
+      auto r = txn_->exec_prepared(ChangeStatementName(c.event), c.claimed_by, ToUnixMillis(c.at),
+                                   c.surplus_id, c.expected_version);
+      return r.affected_rows() == 1;
+    });
+  }
+
+  Status AppendHistory(const HistoryEntry& h) override {
+    return Exec("append history", [&] {
+      std::optional<std::string> from;
+      if (h.from) from = std::string(ToString(*h.from));
+      txn_->exec_prepared("history_insert", h.surplus_id, h.version, ToUnixMillis(h.at), from,
+                          std::string(ToString(h.to)), h.event, h.actor_org);
+      return Ok{};
+    });
+  }
+
+  Result<std::vector<HistoryEntry>> GetHistory(int64_t id) override {
+    return Exec("get history", [&] {
+      std::vector<HistoryEntry> out;
+      for (const auto& row : txn_->exec_prepared("history_get", id)) {
+        HistoryEntry h;
+        h.surplus_id = id;
+        h.version = row[0].as<int64_t>();
+        h.at = FromUnixMillis(row[1].as<int64_t>());
+        if (!row[2].is_null()) h.from = ParseSurplusStatus(row[2].c_str());
+        h.to = ParseSurplusStatus(row[3].c_str()).value_or(SurplusStatus::kAvailable);
+        h.event = row[4].as<std::string>();
+        h.actor_org = Opt<int64_t>(row[5]);
+        out.push_back(std::move(h));
+      }
+      return out;
+    });
+  }
+
+  Result<int64_t> AppendOutbox(const OutboxEvent& e) override {
+    return Exec("append outbox", [&] {
+      return txn_
+          ->exec_prepared1("outbox_insert", e.type, e.aggregate_id, e.payload_json,
+                           ToUnixMillis(e.created_at))[0]
+          .as<int64_t>();
+    });
+  }
+
+  Result<std::vector<OutboxEvent>> ListOutbox(int64_t after_id, int limit) override {
+    return Exec("list outbox", [&] {
+      std::vector<OutboxEvent> out;
+      for (const auto& row : txn_->exec_prepared("outbox_list", after_id, limit)) {
+        out.push_back({row[0].as<int64_t>(), row[1].as<std::string>(), row[2].as<int64_t>(),
+                       row[3].as<std::string>(), FromUnixMillis(row[4].as<int64_t>()),
+                       OptTime(row[5])});
+      }
+      return out;
+    });
+  }
+
+  Result<std::optional<IdempotencyRecord>> GetIdempotency(std::string_view scope,
+                                                          std::string_view key) override {
+    return Exec("get idempotency", [&] {
+      auto r = txn_->exec_prepared("idem_get", std::string(scope), std::string(key));
+      if (r.empty()) return std::optional<IdempotencyRecord>();
+      return std::optional<IdempotencyRecord>(
+          IdempotencyRecord{std::string(scope), std::string(key), r[0][0].as<std::string>(),
+                            r[0][1].as<std::string>(), FromUnixMillis(r[0][2].as<int64_t>())});
+    });
+  }
+
+  Status PutIdempotency(const IdempotencyRecord& r) override {
+    return Exec("put idempotency", [&] {
+      txn_->exec_prepared("idem_put", r.scope, r.key, r.fingerprint, r.result_json,
+                          ToUnixMillis(r.created_at));
+      return Ok{};
+    });
+  }
+
+  Result<int64_t> CountSurplus() override {
+    return Exec("count surplus",
+                [&] { return txn_->exec_prepared1("surplus_count")[0].as<int64_t>(); });
+  }
+
+  Status Migrate() {
+    for (const auto& m : kMigrations) {
+      PP_RETURN_IF_ERROR(Begin(TxnMode::kWrite));
+      auto st = Exec("migrate", [&] {
+        txn_->exec0("SELECT pg_advisory_xact_lock(" + std::to_string(kMigrationLock) + ")");
+        txn_->exec0(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+            "description TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())");
+        auto r = txn_->exec_params("SELECT 1 FROM schema_migrations WHERE version=$1", m.version);
+        if (r.empty()) {
+          txn_->exec0(m.sql);
+          txn_->exec_params("INSERT INTO schema_migrations (version, description) VALUES ($1,$2)",
+                            m.version, std::string(m.description));
+        }
+        return Ok{};
+      });
+      if (!st.ok()) return st;
+      PP_RETURN_IF_ERROR(Commit());
+    }
+    return OkStatus();
+  }
+
+ private:
+  // Every call inside a transaction: an exception aborts the transaction, so
+  // drop it here; the caller sees the Error and must Begin() again.
+  template <typename F>
+  auto Exec(const char* what, F&& f) -> Result<decltype(f())> {
+    if (!txn_) return Error::Internal(std::string(what) + ": no open transaction");
+    auto r = Guard(what, std::forward<F>(f));
+    if (!r.ok()) Rollback();
+    return r;
+  }
+
+  std::unique_ptr<pqxx::connection> conn_;
+  std::unique_ptr<pqxx::transaction_base> txn_;
+};
+
+class PgStore final : public Store {
+ public:
+  explicit PgStore(std::string url) : url_(std::move(url)) {}
+  Result<std::unique_ptr<StoreSession>> OpenSession() override {
+    PP_ASSIGN_OR_RETURN(auto s, PgSession::Connect(url_));
+    return std::unique_ptr<StoreSession>(std::move(s));
+  }
+  std::string_view Backend() const override { return "postgresql"; }
+  // Several transactions in flight hide the round trips of each.
+  int MaxConcurrentWriters() const override { return 4; }
+
+ private:
+  std::string url_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Store>> OpenPostgresStore(const std::string& url) {
+  PP_ASSIGN_OR_RETURN(auto session, PgSession::Connect(url));
+  PP_RETURN_IF_ERROR(session->Migrate());
+  return std::unique_ptr<Store>(std::make_unique<PgStore>(url));
+}
+
+}  // namespace pp

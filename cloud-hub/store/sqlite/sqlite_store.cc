@@ -1,0 +1,435 @@
+#include "cloud-hub/store/sqlite/sqlite_store.h"
+
+#include <sqlite3.h>
+
+#include <unordered_map>
+
+#include "cloud-hub/store/store_sql.h"
+
+namespace pp {
+namespace {
+
+using store_sql::Migration;
+
+constexpr Migration kMigrations[] = {
+    {1, "organisations, surplus, history, outbox, idempotency", R"sql(
+CREATE TABLE organizations (
+  id          INTEGER PRIMARY KEY,
+  kind        TEXT    NOT NULL CHECK (kind IN ('provider', 'ngo')),
+  name        TEXT    NOT NULL,
+  lat         REAL    NOT NULL,
+  lon         REAL    NOT NULL,
+  created_at  INTEGER NOT NULL
+);
+CREATE TABLE surplus (
+  id            INTEGER PRIMARY KEY,
+  provider_id   INTEGER NOT NULL REFERENCES organizations(id),
+  category      TEXT    NOT NULL,
+  description   TEXT    NOT NULL,
+  quantity_kg   REAL,
+  portions      INTEGER,
+  allergens     TEXT    NOT NULL,
+  storage       TEXT    NOT NULL,
+  prepared_at   INTEGER,
+  best_before   INTEGER NOT NULL,
+  pickup_start  INTEGER,
+  pickup_end    INTEGER,
+  instructions  TEXT    NOT NULL,
+  lat           REAL    NOT NULL,
+  lon           REAL    NOT NULL,
+  status        TEXT    NOT NULL,
+  version       INTEGER NOT NULL,
+  claimed_by    INTEGER REFERENCES organizations(id),
+  created_at    INTEGER NOT NULL,
+  updated_at    INTEGER NOT NULL
+);
+CREATE INDEX surplus_by_status ON surplus (status, best_before);
+CREATE TABLE surplus_history (
+  surplus_id  INTEGER NOT NULL,
+  version     INTEGER NOT NULL,
+  at          INTEGER NOT NULL,
+  from_status TEXT,
+  to_status   TEXT    NOT NULL,
+  event       TEXT    NOT NULL,
+  actor_org   INTEGER,
+  PRIMARY KEY (surplus_id, version)
+) WITHOUT ROWID;
+CREATE TABLE outbox (
+  id           INTEGER PRIMARY KEY AUTOINCREMENT,
+  type         TEXT    NOT NULL,
+  aggregate_id INTEGER NOT NULL,
+  payload      TEXT    NOT NULL,
+  created_at   INTEGER NOT NULL,
+  sent_at      INTEGER
+);
+CREATE INDEX outbox_unsent ON outbox (id) WHERE sent_at IS NULL;
+CREATE TABLE idempotency (
+  scope       TEXT    NOT NULL,
+  key         TEXT    NOT NULL,
+  fingerprint TEXT    NOT NULL,
+  result      TEXT    NOT NULL,
+  created_at  INTEGER NOT NULL,
+  PRIMARY KEY (scope, key)
+) WITHOUT ROWID;
+)sql"},
+};
+
+Error SqlError(sqlite3* db, int rc, const char* what) {
+  std::string msg = std::string(what) + ": " + sqlite3_errmsg(db);
+  int primary = rc & 0xff;
+  if (primary == SQLITE_BUSY || primary == SQLITE_LOCKED) return Error::Unavailable(msg);
+  if (rc == SQLITE_CONSTRAINT_PRIMARYKEY || rc == SQLITE_CONSTRAINT_UNIQUE)
+    return Error{Code::kAlreadyExists, msg, {}, {}};
+  return Error::Internal(msg);
+}
+
+// A prepared statement, reset on every use. Binding indexes are 1-based as in SQLite.
+class Stmt {
+ public:
+  Stmt(sqlite3* db, sqlite3_stmt* s) : db_(db), s_(s) {}
+  Stmt& Reset() {
+    sqlite3_reset(s_);
+    sqlite3_clear_bindings(s_);
+    idx_ = 0;
+    return *this;
+  }
+  Stmt& Bind(int64_t v) { sqlite3_bind_int64(s_, ++idx_, v); return *this; }
+  Stmt& Bind(double v) { sqlite3_bind_double(s_, ++idx_, v); return *this; }
+  Stmt& Bind(const std::string& v) {
+    sqlite3_bind_text(s_, ++idx_, v.data(), int(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Stmt& Bind(std::string_view v) {
+    sqlite3_bind_text(s_, ++idx_, v.data(), int(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Stmt& Bind(Timestamp t) { return Bind(ToUnixMillis(t)); }
+  template <typename T>
+  Stmt& Bind(const std::optional<T>& v) {
+    if (v) return Bind(*v);
+    sqlite3_bind_null(s_, ++idx_);
+    return *this;
+  }
+  // SQLITE_ROW -> true, SQLITE_DONE -> false.
+  Result<bool> Step(const char* what) {
+    int rc = sqlite3_step(s_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    Error e = SqlError(db_, sqlite3_extended_errcode(db_), what);
+    sqlite3_reset(s_);
+    return e;
+  }
+  void Finalize() { sqlite3_finalize(s_); }
+  int64_t Int(int c) const { return sqlite3_column_int64(s_, c); }
+  double Real(int c) const { return sqlite3_column_double(s_, c); }
+  bool Null(int c) const { return sqlite3_column_type(s_, c) == SQLITE_NULL; }
+  std::string Text(int c) const {
+    auto p = reinterpret_cast<const char*>(sqlite3_column_text(s_, c));
+    return p ? std::string(p, sqlite3_column_bytes(s_, c)) : std::string();
+  }
+  std::optional<int64_t> OptInt(int c) const {
+    return Null(c) ? std::nullopt : std::optional<int64_t>(Int(c));
+  }
+  std::optional<Timestamp> OptTime(int c) const {
+    return Null(c) ? std::nullopt : std::optional<Timestamp>(FromUnixMillis(Int(c)));
+  }
+
+ private:
+  sqlite3* db_;
+  sqlite3_stmt* s_;
+  int idx_ = 0;
+};
+
+class SqliteSession final : public StoreSession {
+ public:
+  explicit SqliteSession(sqlite3* db) : db_(db) {}
+  ~SqliteSession() override {
+    for (auto& [sql, s] : stmts_) s.Finalize();
+    sqlite3_close_v2(db_);
+  }
+
+  Status Exec(const char* sql) {
+    char* err = nullptr;
+    int rc = sqlite3_exec(db_, sql, nullptr, nullptr, &err);
+    if (rc != SQLITE_OK) {
+      Error e = SqlError(db_, rc, sql);
+      sqlite3_free(err);
+      return e;
+    }
+    return OkStatus();
+  }
+
+  Status Begin(TxnMode mode) override {
+    // IMMEDIATE takes the write lock up front, so a write transaction never
+    // fails half-way on a read-to-write upgrade.
+    return Exec(mode == TxnMode::kWrite ? "BEGIN IMMEDIATE" : "BEGIN");
+  }
+  Status Commit() override { return Exec("COMMIT"); }
+  void Rollback() override {
+    if (!sqlite3_get_autocommit(db_)) (void)Exec("ROLLBACK");
+  }
+
+  Result<int64_t> InsertOrganization(const NewOrganization& o, Timestamp now) override {
+    auto& s = Prepare(
+        "INSERT INTO organizations (kind, name, lat, lon, created_at) VALUES (?,?,?,?,?)");
+    s.Reset().Bind(ToString(o.kind)).Bind(o.name).Bind(o.position.lat).Bind(o.position.lon).Bind(now);
+    PP_RETURN_IF_ERROR(s.Step("insert organization"));
+    return int64_t(sqlite3_last_insert_rowid(db_));
+  }
+
+  Result<std::optional<Organization>> GetOrganization(int64_t id) override {
+    auto& s = Prepare("SELECT id, kind, name, lat, lon, created_at FROM organizations WHERE id=?");
+    s.Reset().Bind(id);
+    PP_ASSIGN_OR_RETURN(bool row, s.Step("get organization"));
+    if (!row) return std::optional<Organization>();
+    Organization o;
+    o.id = s.Int(0);
+    o.kind = ParseOrgKind(s.Text(1)).value_or(OrgKind::kProvider);
+    o.name = s.Text(2);
+    o.position = {s.Real(3), s.Real(4)};
+    o.created_at = FromUnixMillis(s.Int(5));
+    return std::optional<Organization>(std::move(o));
+  }
+
+  Result<int64_t> InsertSurplus(const Surplus& x) override {
+    auto& s = Prepare(
+        "INSERT INTO surplus (provider_id, category, description, quantity_kg, portions, "
+        "allergens, storage, prepared_at, best_before, pickup_start, pickup_end, instructions, "
+        "lat, lon, status, version, claimed_by, created_at, updated_at) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+    const auto& d = x.draft;
+    s.Reset()
+        .Bind(d.provider_id).Bind(d.category).Bind(d.description).Bind(d.quantity_kg)
+        .Bind(d.portions).Bind(store_sql::JoinAllergens(d.allergens)).Bind(ToString(d.storage))
+        .Bind(d.prepared_at).Bind(d.best_before).Bind(d.pickup_start).Bind(d.pickup_end)
+        .Bind(d.instructions).Bind(x.position.lat).Bind(x.position.lon)
+        .Bind(ToString(x.status)).Bind(x.version).Bind(x.claimed_by).Bind(x.created_at)
+        .Bind(x.updated_at);
+    PP_RETURN_IF_ERROR(s.Step("insert surplus"));
+    return int64_t(sqlite3_last_insert_rowid(db_));
+  }
+
+  Result<std::optional<Surplus>> GetSurplus(int64_t id) override {
+    auto& s = Prepare(
+        "SELECT id, provider_id, category, description, quantity_kg, portions, allergens, "
+        "storage, prepared_at, best_before, pickup_start, pickup_end, instructions, lat, lon, "
+        "status, version, claimed_by, created_at, updated_at FROM surplus WHERE id=?");
+    s.Reset().Bind(id);
+    PP_ASSIGN_OR_RETURN(bool row, s.Step("get surplus"));
+    if (!row) return std::optional<Surplus>();
+    Surplus x;
+    auto& d = x.draft;
+    x.id = s.Int(0);
+    d.provider_id = s.Int(1);
+    d.category = s.Text(2);
+    d.description = s.Text(3);
+    if (!s.Null(4)) d.quantity_kg = s.Real(4);
+    d.portions = s.OptInt(5);
+    d.allergens = store_sql::SplitAllergens(s.Text(6));
+    d.storage = ParseStorage(s.Text(7)).value_or(Storage::kAmbient);
+    d.prepared_at = s.OptTime(8);
+    d.best_before = FromUnixMillis(s.Int(9));
+    d.pickup_start = s.OptTime(10);
+    d.pickup_end = s.OptTime(11);
+    d.instructions = s.Text(12);
+    x.position = {s.Real(13), s.Real(14)};
+    x.status = ParseSurplusStatus(s.Text(15)).value_or(SurplusStatus::kAvailable);
+    x.version = s.Int(16);
+    x.claimed_by = s.OptInt(17);
+    x.created_at = FromUnixMillis(s.Int(18));
+    x.updated_at = FromUnixMillis(s.Int(19));
+    return std::optional<Surplus>(std::move(x));
+  }
+
+  Result<bool> ApplyChange(const SurplusChange& c) override {
+    // One statement per event, built from the lifecycle table once.
+    auto it = change_sql_.find(c.event);
+    if (it == change_sql_.end()) {
+      std::string sql = "UPDATE surplus SET status='" + std::string(ToString(TargetOf(c.event))) +
+                        "', claimed_by=?, version=version+1, updated_at=? "
+                        "WHERE id=? AND version=? AND status IN (" +
+                        store_sql::QuotedSources(c.event) + ")";
+      it = change_sql_.emplace(c.event, std::move(sql)).first;
+    }
+    auto& s = Prepare(it->second.c_str());
+    s.Reset().Bind(c.claimed_by).Bind(c.at).Bind(c.surplus_id).Bind(c.expected_version);
+    PP_RETURN_IF_ERROR(s.Step("apply surplus change"));
+    return sqlite3_changes(db_) == 1;
+  }
+
+  Status AppendHistory(const HistoryEntry& h) override {
+    auto& s = Prepare(
+        "INSERT INTO surplus_history (surplus_id, version, at, from_status, to_status, event, "
+        "actor_org) VALUES (?,?,?,?,?,?,?)");
+    std::optional<std::string> from;
+    if (h.from) from = std::string(ToString(*h.from));
+    s.Reset().Bind(h.surplus_id).Bind(h.version).Bind(h.at).Bind(from)
+        .Bind(ToString(h.to)).Bind(h.event).Bind(h.actor_org);
+    PP_RETURN_IF_ERROR(s.Step("append history"));
+    return OkStatus();
+  }
+
+  Result<std::vector<HistoryEntry>> GetHistory(int64_t id) override {
+    auto& s = Prepare(
+        "SELECT version, at, from_status, to_status, event, actor_org FROM surplus_history "
+        "WHERE surplus_id=? ORDER BY version");
+    s.Reset().Bind(id);
+    std::vector<HistoryEntry> out;
+    while (true) {
+      PP_ASSIGN_OR_RETURN(bool row, s.Step("get history"));
+      if (!row) break;
+      HistoryEntry h;
+      h.surplus_id = id;
+      h.version = s.Int(0);
+      h.at = FromUnixMillis(s.Int(1));
+      if (!s.Null(2)) h.from = ParseSurplusStatus(s.Text(2));
+      h.to = ParseSurplusStatus(s.Text(3)).value_or(SurplusStatus::kAvailable);
+      h.event = s.Text(4);
+      h.actor_org = s.OptInt(5);
+      out.push_back(std::move(h));
+    }
+    return out;
+  }
+
+  Result<int64_t> AppendOutbox(const OutboxEvent& e) override {
+    auto& s = Prepare(
+        "INSERT INTO outbox (type, aggregate_id, payload, created_at) VALUES (?,?,?,?)");
+    s.Reset().Bind(e.type).Bind(e.aggregate_id).Bind(e.payload_json).Bind(e.created_at);
+    PP_RETURN_IF_ERROR(s.Step("append outbox"));
+    return int64_t(sqlite3_last_insert_rowid(db_));
+  }
+
+  Result<std::vector<OutboxEvent>> ListOutbox(int64_t after_id, int limit) override {
+    auto& s = Prepare(
+        "SELECT id, type, aggregate_id, payload, created_at, sent_at FROM outbox "
+        "WHERE id > ? ORDER BY id LIMIT ?");
+    s.Reset().Bind(after_id).Bind(int64_t(limit));
+    std::vector<OutboxEvent> out;
+    while (true) {
+      PP_ASSIGN_OR_RETURN(bool row, s.Step("list outbox"));
+      if (!row) break;
+      out.push_back({s.Int(0), s.Text(1), s.Int(2), s.Text(3), FromUnixMillis(s.Int(4)),
+                     s.OptTime(5)});
+    }
+    return out;
+  }
+
+  Result<std::optional<IdempotencyRecord>> GetIdempotency(std::string_view scope,
+                                                          std::string_view key) override {
+    auto& s = Prepare(
+        "SELECT fingerprint, result, created_at FROM idempotency WHERE scope=? AND key=?");
+    s.Reset().Bind(scope).Bind(key);
+    PP_ASSIGN_OR_RETURN(bool row, s.Step("get idempotency"));
+    if (!row) return std::optional<IdempotencyRecord>();
+    return std::optional<IdempotencyRecord>(IdempotencyRecord{
+        std::string(scope), std::string(key), s.Text(0), s.Text(1), FromUnixMillis(s.Int(2))});
+  }
+
+  Status PutIdempotency(const IdempotencyRecord& r) override {
+    auto& s = Prepare(
+        "INSERT INTO idempotency (scope, key, fingerprint, result, created_at) VALUES (?,?,?,?,?)");
+    s.Reset().Bind(r.scope).Bind(r.key).Bind(r.fingerprint).Bind(r.result_json).Bind(r.created_at);
+    PP_RETURN_IF_ERROR(s.Step("put idempotency"));
+    return OkStatus();
+  }
+
+  Result<int64_t> CountSurplus() override {
+    auto& s = Prepare("SELECT count(*) FROM surplus");
+    s.Reset();
+    PP_RETURN_IF_ERROR(s.Step("count surplus"));
+    return s.Int(0);
+  }
+
+  Status Migrate() {
+    PP_RETURN_IF_ERROR(Exec(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+        "description TEXT NOT NULL, applied_at INTEGER NOT NULL)"));
+    for (const auto& m : kMigrations) {
+      PP_RETURN_IF_ERROR(Begin(TxnMode::kWrite));
+      auto& q = Prepare("SELECT 1 FROM schema_migrations WHERE version=?");
+      q.Reset().Bind(int64_t(m.version));
+      auto applied = q.Step("check migration");
+      q.Reset();
+      if (!applied.ok()) return Rollback(), applied.take_error();
+      if (!*applied) {
+        auto st = Exec(m.sql);
+        if (!st.ok()) return Rollback(), Error::Internal("migration " + std::to_string(m.version) +
+                                                         " failed: " + st.error().message);
+        auto& ins = Prepare(
+            "INSERT INTO schema_migrations (version, description, applied_at) "
+            "VALUES (?,?,strftime('%s','now')*1000)");
+        ins.Reset().Bind(int64_t(m.version)).Bind(std::string_view(m.description));
+        auto r = ins.Step("record migration");
+        if (!r.ok()) return Rollback(), r.take_error();
+      }
+      PP_RETURN_IF_ERROR(Commit());
+    }
+    return OkStatus();
+  }
+
+ private:
+  Stmt& Prepare(const char* sql) {
+    auto it = stmts_.find(sql);
+    if (it == stmts_.end()) {
+      sqlite3_stmt* st = nullptr;
+      // A failure here is a bug in our SQL, not bad input: fail loudly.
+      if (sqlite3_prepare_v3(db_, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, nullptr) != SQLITE_OK) {
+        std::fprintf(stderr, "sqlite prepare failed: %s\n%s\n", sqlite3_errmsg(db_), sql);
+        std::abort();
+      }
+      it = stmts_.emplace(sql, Stmt(db_, st)).first;
+    }
+    return it->second;
+  }
+
+  sqlite3* db_;
+  // Keyed by the SQL text's address: every statement is a literal or lives
+  // in change_sql_, whose nodes never move.
+  std::unordered_map<const char*, Stmt> stmts_;
+  std::unordered_map<SurplusEvent, std::string> change_sql_;
+};
+
+class SqliteStore final : public Store {
+ public:
+  explicit SqliteStore(std::string path) : path_(std::move(path)) {}
+
+  Result<std::unique_ptr<StoreSession>> OpenSession() override {
+    PP_ASSIGN_OR_RETURN(auto s, Connect());
+    return std::unique_ptr<StoreSession>(std::move(s));
+  }
+
+  Result<std::unique_ptr<SqliteSession>> Connect() {
+    sqlite3* db = nullptr;
+    int rc = sqlite3_open_v2(path_.c_str(), &db,
+                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                             nullptr);
+    if (rc != SQLITE_OK) {
+      std::string msg = "cannot open SQLite database " + path_ + ": " +
+                        (db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+      sqlite3_close_v2(db);
+      return Error::Unavailable(msg);
+    }
+    auto session = std::make_unique<SqliteSession>(db);
+    sqlite3_busy_timeout(db, 5000);
+    PP_RETURN_IF_ERROR(session->Exec(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"));
+    return session;
+  }
+
+  std::string_view Backend() const override { return "sqlite"; }
+  int MaxConcurrentWriters() const override { return 1; }
+
+ private:
+  std::string path_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Store>> OpenSqliteStore(const std::string& path) {
+  auto store = std::make_unique<SqliteStore>(path);
+  PP_ASSIGN_OR_RETURN(auto session, store->Connect());
+  PP_RETURN_IF_ERROR(session->Migrate());
+  return std::unique_ptr<Store>(std::move(store));
+}
+
+}  // namespace pp

@@ -1,0 +1,100 @@
+// The hub's authoritative store, behind one interface with two backends:
+// SQLite (embedded, the default; store/sqlite/) and PostgreSQL (store/postgres/).
+// Both pass the same contract suite (tests/cloud-hub/store_contract_test.cc).
+//
+// A Store hands out Sessions; a Session is one database connection and runs
+// one transaction at a time. Writes go through the GroupCommitter
+// (core/group_committer.h), which batches many operations into one
+// transaction; reads open their own Session.
+//
+// Error mapping at this border (the drivers throw or return codes; nothing
+// past this interface does):
+//   lost races the database detected (deadlock, serialization) -> kUnavailable
+//   unique-key clash                                            -> kAlreadyExists
+//   connection lost, busy                                       -> kUnavailable
+//   anything else                                               -> kInternal
+//
+// Thread safety: a Store is safe for concurrent use; a Session is not (one
+// thread at a time).
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/domain.h"
+#include "common/error.h"
+#include "common/lifecycle.h"
+#include "common/validation.h"
+
+namespace pp {
+
+// A conditional status change: the optimistic lock. Succeeds only if the post
+// is at `expected_version` and in a status from which `event` is allowed.
+struct SurplusChange {
+  int64_t surplus_id = 0;
+  int64_t expected_version = 0;
+  SurplusEvent event = SurplusEvent::kClaim;
+  // The claiming NGO after the change (set by kClaim; cleared by kRelease,
+  // kOfferLapsed keeps whatever it was, which is none).
+  std::optional<int64_t> claimed_by;
+  Timestamp at{};
+};
+
+enum class TxnMode { kRead, kWrite };
+
+class StoreSession {
+ public:
+  virtual ~StoreSession() = default;
+
+  // kRead transactions see one consistent snapshot and never block writers.
+  virtual Status Begin(TxnMode mode = TxnMode::kWrite) = 0;
+  virtual Status Commit() = 0;
+  virtual void Rollback() = 0;
+
+  virtual Result<int64_t> InsertOrganization(const NewOrganization& org, Timestamp now) = 0;
+  virtual Result<std::optional<Organization>> GetOrganization(int64_t id) = 0;
+
+  // Inserts `s` (its id is ignored) and returns the new id.
+  virtual Result<int64_t> InsertSurplus(const Surplus& s) = 0;
+  virtual Result<std::optional<Surplus>> GetSurplus(int64_t id) = 0;
+  // true: applied, the post is now at expected_version + 1.
+  // false: the lock was lost (other version, other status, or no such post).
+  virtual Result<bool> ApplyChange(const SurplusChange& change) = 0;
+
+  virtual Status AppendHistory(const HistoryEntry& entry) = 0;
+  virtual Result<std::vector<HistoryEntry>> GetHistory(int64_t surplus_id) = 0;
+
+  virtual Result<int64_t> AppendOutbox(const OutboxEvent& event) = 0;
+  // Events with id > after_id, oldest first, at most `limit`.
+  virtual Result<std::vector<OutboxEvent>> ListOutbox(int64_t after_id, int limit) = 0;
+
+  virtual Result<std::optional<IdempotencyRecord>> GetIdempotency(std::string_view scope,
+                                                                  std::string_view key) = 0;
+  // kAlreadyExists if (scope, key) is taken.
+  virtual Status PutIdempotency(const IdempotencyRecord& record) = 0;
+
+  // Counts for tests and /healthz-style reports.
+  virtual Result<int64_t> CountSurplus() = 0;
+};
+
+class Store {
+ public:
+  virtual ~Store() = default;
+  virtual Result<std::unique_ptr<StoreSession>> OpenSession() = 0;
+  // "sqlite" or "postgresql".
+  virtual std::string_view Backend() const = 0;
+  // How many transactions may usefully commit at once: SQLite has one writer.
+  virtual int MaxConcurrentWriters() const = 0;
+};
+
+// Opens (creating and migrating as needed) the store named by `url`:
+//   sqlite:PATH                 e.g. sqlite:./var/hub.db
+//   postgresql://USER@HOST:PORT/DB?...   (any libpq connection URI)
+// Migrations run at open; concurrent opens of one PostgreSQL database are
+// serialised with an advisory lock.
+Result<std::unique_ptr<Store>> OpenStore(std::string_view url);
+
+}  // namespace pp

@@ -1,0 +1,120 @@
+// The domain vocabulary: organisations, surplus posts and their history.
+// Plain values, no I/O. Storage and the wire formats are elsewhere
+// (cloud-hub/store, common/domain_json).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/clock.h"
+
+namespace pp {
+
+struct GeoPoint {
+  double lat = 0;
+  double lon = 0;
+  bool operator==(const GeoPoint&) const = default;
+};
+
+enum class OrgKind { kProvider, kNgo };
+
+struct Organization {
+  int64_t id = 0;
+  OrgKind kind = OrgKind::kProvider;
+  std::string name;
+  GeoPoint position;  // kiosk for a provider, depot for an NGO
+  Timestamp created_at{};
+};
+
+enum class Storage { kHot, kChilled, kFrozen, kAmbient };
+
+// The surplus lifecycle; transitions are the table in common/lifecycle.h.
+enum class SurplusStatus {
+  kAvailable,
+  kOffered,
+  kClaimed,
+  kPickedUp,
+  kDelivered,
+  kExpired,
+  kCancelled,
+  kDeadLettered,
+};
+
+// What a provider posts. Quantities are optional on purpose: a kiosk may not
+// know the weight, and "unknown" must never be read as 0 kg.
+struct SurplusDraft {
+  int64_t provider_id = 0;
+  std::string category;
+  std::string description;
+  std::optional<double> quantity_kg;
+  std::optional<int64_t> portions;
+  std::vector<std::string> allergens;
+  Storage storage = Storage::kAmbient;
+  std::optional<Timestamp> prepared_at;
+  Timestamp best_before{};
+  std::optional<Timestamp> pickup_start;
+  std::optional<Timestamp> pickup_end;
+  std::string instructions;  // on-arrival instructions for the driver
+  std::optional<GeoPoint> position;  // defaults to the provider's
+};
+
+struct Surplus {
+  int64_t id = 0;
+  SurplusDraft draft;
+  GeoPoint position;  // resolved: the draft's or the provider's
+  SurplusStatus status = SurplusStatus::kAvailable;
+  int64_t version = 1;  // the optimistic lock; +1 on every change
+  std::optional<int64_t> claimed_by;
+  Timestamp created_at{};
+  Timestamp updated_at{};
+};
+
+// One line of a post's audit trail: the change that produced `version`.
+struct HistoryEntry {
+  int64_t surplus_id = 0;
+  int64_t version = 0;
+  Timestamp at{};
+  std::optional<SurplusStatus> from;  // nullopt for creation
+  SurplusStatus to = SurplusStatus::kAvailable;
+  std::string event;                  // lifecycle event name, e.g. "claim"
+  std::optional<int64_t> actor_org;
+};
+
+// An event written in the same transaction as the change it announces, and
+// relayed later (transactional outbox).
+struct OutboxEvent {
+  int64_t id = 0;  // assigned by the store; ordering key
+  std::string type;  // "surplus.posted", "surplus.claimed", ...
+  int64_t aggregate_id = 0;
+  std::string payload_json;
+  Timestamp created_at{};
+  std::optional<Timestamp> sent_at;
+};
+
+// The first result of an operation, kept so that a retry with the same key
+// gets the same answer and has no second effect.
+struct IdempotencyRecord {
+  std::string scope;  // who and what: "surplus.post/provider:12"
+  std::string key;    // client-chosen
+  std::string fingerprint;  // of the request; a different request may not reuse the key
+  std::string result_json;
+  Timestamp created_at{};
+};
+
+// Enum <-> wire name. Parse functions return nullopt for unknown names.
+std::string_view ToString(OrgKind k);
+std::string_view ToString(Storage s);
+std::string_view ToString(SurplusStatus s);
+std::optional<OrgKind> ParseOrgKind(std::string_view s);
+std::optional<Storage> ParseStorage(std::string_view s);
+std::optional<SurplusStatus> ParseSurplusStatus(std::string_view s);
+
+// Fixed vocabularies, so matching can rely on them.
+const std::vector<std::string_view>& FoodCategories();
+// The 14 allergens UK law requires to be declared (FSA).
+const std::vector<std::string_view>& Allergens();
+
+}  // namespace pp

@@ -1,0 +1,72 @@
+#include "common/domain_json.h"
+
+#include "common/time_format.h"
+
+namespace pp {
+namespace {
+
+template <typename T, typename F>
+nlohmann::json OrNull(const std::optional<T>& v, F f) {
+  return v ? nlohmann::json(f(*v)) : nlohmann::json(nullptr);
+}
+auto Rfc = [](Timestamp t) { return FormatRfc3339(t); };
+auto Same = [](auto v) { return v; };
+
+}  // namespace
+
+nlohmann::json ToJson(const Organization& o) {
+  return {{"id", o.id},
+          {"kind", ToString(o.kind)},
+          {"name", o.name},
+          {"lat", o.position.lat},
+          {"lon", o.position.lon},
+          {"created_at", FormatRfc3339(o.created_at)}};
+}
+
+nlohmann::json ToJson(const SurplusDraft& d) {
+  nlohmann::json j{{"provider_id", d.provider_id},
+                   {"category", d.category},
+                   {"description", d.description},
+                   {"quantity_kg", OrNull(d.quantity_kg, Same)},
+                   {"portions", OrNull(d.portions, Same)},
+                   {"allergens", d.allergens},
+                   {"storage", ToString(d.storage)},
+                   {"prepared_at", OrNull(d.prepared_at, Rfc)},
+                   {"best_before", FormatRfc3339(d.best_before)},
+                   {"pickup_start", OrNull(d.pickup_start, Rfc)},
+                   {"pickup_end", OrNull(d.pickup_end, Rfc)},
+                   {"instructions", d.instructions}};
+  if (d.position) {
+    j["lat"] = d.position->lat;
+    j["lon"] = d.position->lon;
+  }
+  return j;
+}
+
+nlohmann::json StateJson(const Surplus& s) {
+  return {{"id", s.id},
+          {"status", ToString(s.status)},
+          {"version", s.version},
+          {"claimed_by", OrNull(s.claimed_by, Same)},
+          {"updated_at", FormatRfc3339(s.updated_at)}};
+}
+
+nlohmann::json ToJson(const Surplus& s) {
+  nlohmann::json j = ToJson(s.draft);
+  j.update(StateJson(s));
+  j["lat"] = s.position.lat;
+  j["lon"] = s.position.lon;
+  j["created_at"] = FormatRfc3339(s.created_at);
+  return j;
+}
+
+nlohmann::json ToJson(const HistoryEntry& h) {
+  return {{"version", h.version},
+          {"at", FormatRfc3339(h.at)},
+          {"from", h.from ? nlohmann::json(ToString(*h.from)) : nlohmann::json(nullptr)},
+          {"to", ToString(h.to)},
+          {"event", h.event},
+          {"actor", OrNull(h.actor_org, Same)}};
+}
+
+}  // namespace pp

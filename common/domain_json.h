@@ -1,0 +1,19 @@
+// JSON forms of domain values, as the API and the outbox show them.
+// Field names match docs/openapi.yaml.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include "common/domain.h"
+#include "common/validation.h"
+
+namespace pp {
+
+nlohmann::json ToJson(const Organization& o);
+nlohmann::json ToJson(const SurplusDraft& d);  // canonical request form
+nlohmann::json ToJson(const Surplus& s);
+nlohmann::json ToJson(const HistoryEntry& h);
+// The small form a conflict carries: what the loser needs to show the truth.
+nlohmann::json StateJson(const Surplus& s);
+
+}  // namespace pp

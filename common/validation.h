@@ -1,0 +1,51 @@
+// Strict parsing of client requests into domain values. The same functions
+// serve both doors (HTTP bodies and MQTT op bodies), so a request is valid or
+// invalid the same way whichever way it came.
+//
+// Strict means: the body must be a JSON object; unknown fields, wrong types,
+// out-of-range values and impossible times are errors; every bad field is
+// named with the reason, all at once, so a person fixes them in one go.
+#pragma once
+
+#include <string_view>
+
+#include "common/clock.h"
+#include "common/domain.h"
+#include "common/error.h"
+
+namespace pp {
+
+struct NewOrganization {
+  OrgKind kind = OrgKind::kProvider;
+  std::string name;
+  GeoPoint position;
+};
+
+struct ClaimRequest {
+  int64_t ngo_id = 0;
+  int64_t version = 0;  // the version the claimer saw; the optimistic lock
+};
+
+// Limits that requests are held to. Kept in one place so docs/openapi.yaml
+// and the tests can quote them.
+struct Limits {
+  static constexpr size_t kNameMax = 200;
+  static constexpr size_t kDescriptionMax = 1000;
+  static constexpr size_t kInstructionsMax = 500;
+  static constexpr double kQuantityKgMax = 10000;
+  static constexpr int64_t kPortionsMax = 100000;
+  static constexpr int kBestBeforeMaxDays = 30;
+  static constexpr int kClockSkewMinutes = 5;  // a device may be this far ahead
+};
+
+Result<NewOrganization> ParseNewOrganization(std::string_view body);
+// `now` bounds the dates: best_before must be in the future and within
+// kBestBeforeMaxDays, prepared_at not in the future (beyond kClockSkewMinutes).
+Result<SurplusDraft> ParseSurplusDraft(std::string_view body, Timestamp now);
+Result<ClaimRequest> ParseClaimRequest(std::string_view body);
+
+// Stable 64-bit FNV-1a of the canonical form of a request, as 16 hex digits;
+// used to refuse an idempotency key reused for a different request.
+std::string Fingerprint(std::string_view canonical);
+
+}  // namespace pp

@@ -242,7 +242,7 @@ Result<ClaimRequest> ParseClaimRequest(std::string_view body) {
 }
 
 std::string Fingerprint(std::string_view canonical) {
-  uint64_t h = 1469598103934665603ull;
+  uint64_t h = 14695981039346656037ull;  // FNV-1a 64 offset basis
   for (unsigned char c : canonical) {
     h ^= c;
     h *= 1099511628211ull;

@@ -66,7 +66,7 @@ void Problem(Response& res, int status, const Error& e, const std::string& insta
   if (!e.context_json.empty()) j["current"] = nlohmann::json::parse(e.context_json, nullptr, false);
   res.status = status;
   res.set_content(j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), kProblemJson);
-  if (status >= 500)
+  if (e.code == Code::kInternal || e.code == Code::kUnavailable)
     Log(LogLevel::kError, "http_error", {{"path", instance}, {"error", e.ToString()}});
 }
 

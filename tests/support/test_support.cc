@@ -1,1 +1,212 @@
+#include "tests/support/test_support.h"
 
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <fstream>
+#include <pqxx/pqxx>
+#include <random>
+#include <thread>
+
+#include "common/clock.h"
+#include "common/time_format.h"
+
+extern char** environ;
+
+namespace pp::test {
+namespace {
+
+std::string Env(const char* name, const char* fallback = "") {
+  const char* v = std::getenv(name);
+  return v ? v : fallback;
+}
+
+}  // namespace
+
+TempDir::TempDir() {
+  static std::atomic<int> counter{0};
+  std::string base = Env("PP_TEST_STATE", "/tmp");
+  path_ = std::filesystem::path(base) / "tmp" /
+          ("t" + std::to_string(getpid()) + "_" + std::to_string(counter++));
+  std::filesystem::remove_all(path_);
+  std::filesystem::create_directories(path_);
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+std::string NewPostgresDatabase(const std::string& prefix) {
+  std::string state = Env("PP_TEST_STATE");
+  std::ifstream in(state + "/pg.url");
+  std::string admin_url;
+  std::getline(in, admin_url);
+  if (admin_url.empty()) {
+    ADD_FAILURE() << "no PostgreSQL running: " << state
+                  << "/pg.url is missing (run the tests through ctest, whose fixture starts it)";
+    return "";
+  }
+  static std::atomic<int> counter{0};
+  std::string db = prefix + "_" + std::to_string(getpid()) + "_" + std::to_string(counter++);
+  pqxx::connection c(admin_url);
+  pqxx::nontransaction tx(c);
+  tx.exec0("DROP DATABASE IF EXISTS " + db);
+  tx.exec0("CREATE DATABASE " + db);
+  auto slash = admin_url.rfind('/');
+  return admin_url.substr(0, slash + 1) + db;
+}
+
+std::string BinPath(const std::string& name) { return Env("PP_BIN_DIR", ".") + "/" + name; }
+
+Process::Process(std::vector<std::string> argv) {
+  int fds[2];
+  if (pipe(fds) != 0) throw std::runtime_error("pipe failed");
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
+  posix_spawn_file_actions_addclose(&fa, fds[0]);
+  std::vector<char*> args;
+  for (auto& a : argv) args.push_back(a.data());
+  args.push_back(nullptr);
+  int rc = posix_spawn(&pid_, args[0], &fa, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  close(fds[1]);
+  out_fd_ = fds[0];
+  if (rc != 0) {
+    pid_ = -1;
+    ADD_FAILURE() << "cannot start " << argv[0] << ": " << strerror(rc);
+  }
+}
+
+Process::~Process() {
+  if (pid_ > 0) {
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+  }
+  if (out_fd_ >= 0) close(out_fd_);
+}
+
+std::string Process::WaitForLine(const std::string& needle, std::chrono::milliseconds deadline) {
+  auto end = std::chrono::steady_clock::now() + deadline;
+  while (true) {
+    size_t nl;
+    while ((nl = buffer_.find('\n')) != std::string::npos) {
+      std::string line = buffer_.substr(0, nl);
+      buffer_.erase(0, nl + 1);
+      if (line.find(needle) != std::string::npos) return line;
+    }
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        end - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return "";
+    pollfd p{out_fd_, POLLIN, 0};
+    if (poll(&p, 1, int(left.count())) <= 0) return "";
+    char buf[4096];
+    ssize_t n = read(out_fd_, buf, sizeof buf);
+    if (n <= 0) return "";
+    buffer_.append(buf, size_t(n));
+  }
+}
+
+void Process::Kill(int sig) {
+  if (pid_ > 0) kill(pid_, sig);
+}
+
+int Process::Wait() {
+  if (pid_ <= 0) return -1;
+  int status = 0;
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+  return status;
+}
+
+Hub::Hub(const std::string& db, std::vector<std::string> extra_args)
+    : process_([&] {
+        std::vector<std::string> argv{BinPath("pp-hub"), "--http", "127.0.0.1:0", "--db", db};
+        argv.insert(argv.end(), extra_args.begin(), extra_args.end());
+        return argv;
+      }()) {
+  std::string line = process_.WaitForLine("listening on");
+  // "pp-hub listening on http://127.0.0.1:PORT (store: ...)"
+  if (std::sscanf(line.c_str(), "pp-hub listening on http://%*[^:]:%d", &port_) != 1) {
+    ADD_FAILURE() << "pp-hub did not start with --db " << db;
+    port_ = 0;
+  }
+}
+
+bool Eventually(const std::function<bool()>& cond, std::chrono::milliseconds deadline) {
+  auto end = std::chrono::steady_clock::now() + deadline;
+  while (std::chrono::steady_clock::now() < end) {
+    if (cond()) return true;
+    std::this_thread::yield();
+  }
+  return cond();
+}
+
+std::string HoursFromNow(int hours) {
+  return FormatRfc3339(SystemClock::Instance().Now() + std::chrono::hours(hours));
+}
+
+}  // namespace pp::test
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+namespace pp::test {
+
+std::string RawHttp(int port, const std::string& request, std::chrono::milliseconds deadline) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(uint16_t(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    close(fd);
+    return "";
+  }
+  // The server may answer and close before we finish sending (that is the
+  // point of an oversized body): stop sending on the first error.
+  size_t sent = 0;
+  while (sent < request.size()) {
+    ssize_t n = send(fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
+    if (n <= 0) break;
+    sent += size_t(n);
+  }
+  std::string out;
+  auto end = std::chrono::steady_clock::now() + deadline;
+  while (true) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        end - std::chrono::steady_clock::now());
+    if (left.count() <= 0) break;
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, int(left.count())) <= 0) break;
+    char buf[8192];
+    ssize_t n = recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) break;
+    out.append(buf, size_t(n));
+    // One response is enough: stop once the declared body has arrived.
+    auto head_end = out.find("\r\n\r\n");
+    if (head_end != std::string::npos) {
+      auto cl = out.find("Content-Length: ");
+      if (cl != std::string::npos && cl < head_end &&
+          out.size() >= head_end + 4 + std::stoul(out.substr(cl + 16)))
+        break;
+    }
+  }
+  close(fd);
+  return out;
+}
+
+int RawStatus(const std::string& response) {
+  if (response.rfind("HTTP/1.", 0) != 0 || response.size() < 12) return 0;
+  return std::atoi(response.c_str() + 9);
+}
+
+}  // namespace pp::test

@@ -357,7 +357,7 @@ class PgSession final : public StoreSession {
     for (const auto& m : kMigrations) {
       PP_RETURN_IF_ERROR(Begin(TxnMode::kWrite));
       auto st = Exec("migrate", [&] {
-        txn_->exec0("SELECT pg_advisory_xact_lock(" + std::to_string(kMigrationLock) + ")");
+        txn_->exec("SELECT pg_advisory_xact_lock(" + std::to_string(kMigrationLock) + ")");
         txn_->exec0(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
             "description TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())");

@@ -1,0 +1,205 @@
+// The HTTP door, in process on a free loopback port over a SQLite store:
+// the full flow, RFC 9457 problems, and bad input of every kind followed by
+// proof that the hub still serves.
+#include "cloud-hub/http/http_api.h"
+
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "tests/support/test_support.h"
+
+namespace pp {
+namespace {
+
+using nlohmann::json;
+
+class HttpApiTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    store_ = std::move(*OpenStore("sqlite:" + dir_.file("hub.db")));
+    committer_ = std::move(*GroupCommitter::Start(*store_, {}));
+    hub_ = std::make_unique<HubService>(*store_, *committer_, SystemClock::Instance());
+    api_ = std::make_unique<HttpApi>(*hub_, HttpOptions{});
+    auto port = api_->Bind("127.0.0.1", 0);
+    ASSERT_TRUE(port.ok());
+    port_ = *port;
+    server_ = std::thread([this] { api_->Serve(); });
+    client_ = std::make_unique<httplib::Client>("127.0.0.1", port_);
+    client_->set_read_timeout(10, 0);
+    ASSERT_TRUE(test::Eventually([&] { return bool(client_->Get("/healthz")); }));
+    provider_ = CreateOrg("provider");
+    ngo_ = CreateOrg("ngo");
+  }
+  void TearDown() override {
+    api_->Stop();
+    server_.join();
+  }
+
+  int64_t CreateOrg(const std::string& kind) {
+    auto r = client_->Post("/api/v1/organizations",
+                           json{{"kind", kind}, {"name", "x"}, {"lat", 51.5}, {"lon", -0.1}}.dump(),
+                           "application/json");
+    EXPECT_EQ(r->status, 201);
+    return json::parse(r->body)["id"].get<int64_t>();
+  }
+
+  json ValidPost() {
+    return {{"provider_id", provider_},
+            {"category", "bakery"},
+            {"description", "roti tawar"},
+            {"quantity_kg", 3},
+            {"best_before", best_before_}};
+  }
+
+  httplib::Result PostJson(const std::string& path, const json& body, const std::string& key) {
+    httplib::Headers h;
+    if (!key.empty()) h.emplace("Idempotency-Key", key);
+    return client_->Post(path.c_str(), h, body.dump(), "application/json");
+  }
+
+  test::TempDir dir_;
+  std::unique_ptr<Store> store_;
+  std::unique_ptr<GroupCommitter> committer_;
+  std::unique_ptr<HubService> hub_;
+  std::unique_ptr<HttpApi> api_;
+  std::thread server_;
+  std::unique_ptr<httplib::Client> client_;
+  int port_ = 0;
+  int64_t provider_ = 0, ngo_ = 0;
+  const std::string best_before_ = test::HoursFromNow(3);
+};
+
+TEST_F(HttpApiTest, PostClaimConflictAndReplay) {
+  auto post = PostJson("/api/v1/surplus", ValidPost(), "p1");
+  ASSERT_EQ(post->status, 201) << post->body;
+  json created = json::parse(post->body);
+  int64_t id = created["id"].get<int64_t>();
+  EXPECT_EQ(created["status"], "available");
+  EXPECT_EQ(created["version"], 1);
+  EXPECT_EQ(post->get_header_value("Location"), "/api/v1/surplus/" + std::to_string(id));
+
+  auto replay = PostJson("/api/v1/surplus", ValidPost(), "p1");
+  ASSERT_EQ(replay->status, 200);
+  EXPECT_EQ(replay->body, post->body);
+  EXPECT_EQ(replay->get_header_value("Idempotent-Replayed"), "true");
+
+  std::string claim_path = "/api/v1/surplus/" + std::to_string(id) + "/claim";
+  auto claim = PostJson(claim_path, {{"ngo_id", ngo_}, {"version", 1}}, "c1");
+  ASSERT_EQ(claim->status, 200) << claim->body;
+  EXPECT_EQ(json::parse(claim->body)["status"], "claimed");
+
+  int64_t ngo2 = CreateOrg("ngo");
+  auto lost = PostJson(claim_path, {{"ngo_id", ngo2}, {"version", 1}}, "c2");
+  ASSERT_EQ(lost->status, 409);
+  EXPECT_EQ(lost->get_header_value("Content-Type"), "application/problem+json");
+  json problem = json::parse(lost->body);
+  EXPECT_EQ(problem["status"], 409);
+  EXPECT_EQ(problem["code"], "conflict");
+  EXPECT_EQ(problem["current"]["claimed_by"], ngo_);
+  EXPECT_EQ(problem["current"]["version"], 2);
+
+  auto get = client_->Get(("/api/v1/surplus/" + std::to_string(id)).c_str());
+  ASSERT_EQ(get->status, 200);
+  json x = json::parse(get->body);
+  EXPECT_EQ(x["status"], "claimed");
+  ASSERT_EQ(x["history"].size(), 2u);
+  EXPECT_EQ(x["history"][1]["event"], "claim");
+}
+
+struct BadCase {
+  std::string name;
+  std::string raw_request;  // sent as is
+  int status;
+  std::string mentions;  // the body must say what is wrong
+};
+
+TEST_F(HttpApiTest, BadInputGetsAClearProblemAndTheHubKeepsServing) {
+  auto req = [](const std::string& method, const std::string& path, const std::string& body,
+                const std::string& extra_headers = "Content-Type: application/json\r\nIdempotency-Key: k\r\n") {
+    return method + " " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + extra_headers +
+           "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+  };
+  std::string valid = ValidPost().dump();
+  json wrong_types = ValidPost();
+  wrong_types["quantity_kg"] = "three";
+  wrong_types["provider_id"] = true;
+  json out_of_range = ValidPost();
+  out_of_range["lat"] = 91.0;
+  out_of_range["lon"] = -181.0;
+  out_of_range["quantity_kg"] = -2;
+  out_of_range["best_before"] = "2001-01-01T00:00:00Z";
+  json bad_date = ValidPost();
+  bad_date["best_before"] = "next tuesday";
+
+  std::string big(10 * 1024 * 1024, 'a');
+  std::string chunked =
+      "POST /api/v1/surplus HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+      "Idempotency-Key: k\r\nTransfer-Encoding: chunked\r\n\r\n";
+  std::string chunk(64 * 1024, ' ');
+  for (int i = 0; i < 32; ++i) chunked += "10000\r\n" + chunk + "\r\n";
+  chunked += "0\r\n\r\n";
+  std::string many_headers;
+  for (int i = 0; i < 100; ++i) many_headers += "X-H" + std::to_string(i) + ": v\r\n";
+
+  std::vector<BadCase> cases{
+      {"malformed JSON", req("POST", "/api/v1/surplus", "{\"provider_id\":"), 400, "not valid JSON"},
+      {"not an object", req("POST", "/api/v1/surplus", "[1,2]"), 400, "JSON object"},
+      {"wrong types", req("POST", "/api/v1/surplus", wrong_types.dump()), 422, "quantity_kg"},
+      {"out of range", req("POST", "/api/v1/surplus", out_of_range.dump()), 422, "\"lat\""},
+      {"impossible date", req("POST", "/api/v1/surplus", bad_date.dump()), 422, "RFC 3339"},
+      {"10 MB body", req("POST", "/api/v1/surplus", big), 413, "exceeds"},
+      {"oversized chunked body", chunked, 413, "exceeds"},
+      {"no idempotency key",
+       req("POST", "/api/v1/surplus", valid, "Content-Type: application/json\r\n"), 400,
+       "Idempotency-Key"},
+      {"wrong content type",
+       req("POST", "/api/v1/surplus", valid, "Content-Type: text/plain\r\nIdempotency-Key: k\r\n"),
+       415, "application/json"},
+      {"forged REMOTE_ADDR",
+       req("POST", "/api/v1/surplus", valid,
+           "Content-Type: application/json\r\nIdempotency-Key: k\r\nREMOTE_ADDR: 10.0.0.1\r\n"),
+       400, "REMOTE_ADDR"},
+      {"odd transfer coding",
+       "POST /api/v1/surplus HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+       "Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+       501, "chunked"},
+      {"too many headers", req("GET", "/healthz", "", many_headers), 431, "headers"},
+      {"unknown route", req("GET", "/api/v1/nothing", ""), 404, "no route"},
+      {"bad id", req("GET", "/api/v1/surplus/abc", ""), 404, "abc"},
+      {"missing post", req("GET", "/api/v1/surplus/999999", ""), 404, "999999"},
+      {"claim bad body",
+       req("POST", "/api/v1/surplus/1/claim", R"({"ngo_id":"me","version":-1})"), 422, "ngo_id"},
+      {"bad organisation",
+       req("POST", "/api/v1/organizations", R"({"kind":"shop","name":"x","lat":0,"lon":0})"), 422,
+       "kind"},
+  };
+  for (const auto& c : cases) {
+    std::string response = test::RawHttp(port_, c.raw_request);
+    EXPECT_EQ(test::RawStatus(response), c.status) << c.name << ": " << response.substr(0, 300);
+    EXPECT_NE(response.find("application/problem+json"), std::string::npos) << c.name;
+    EXPECT_NE(response.find(c.mentions), std::string::npos) << c.name << ": " << response.substr(0, 600);
+  }
+  // Still serving, and nothing was stored by the bad requests.
+  auto ok = PostJson("/api/v1/surplus", ValidPost(), "after");
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ok->status, 201);
+  EXPECT_EQ(json::parse(ok->body)["id"], 1);
+}
+
+TEST_F(HttpApiTest, SmallChunkedBodiesAreAccepted) {
+  std::string body = ValidPost().dump();
+  char size[16];
+  std::snprintf(size, sizeof size, "%zx", body.size());
+  std::string r = test::RawHttp(
+      port_, "POST /api/v1/surplus HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+             "Content-Type: application/json; charset=utf-8\r\nIdempotency-Key: ch\r\n"
+             "Transfer-Encoding: chunked\r\n\r\n" +
+                 std::string(size) + "\r\n" + body + "\r\n0\r\n\r\n");
+  EXPECT_EQ(test::RawStatus(r), 201) << r;
+}
+
+}  // namespace
+}  // namespace pp

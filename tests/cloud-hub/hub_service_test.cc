@@ -1,0 +1,244 @@
+// The hub core on both backends: claims raced by many threads, idempotent
+// replays, and group commit isolating a failing operation.
+#include "cloud-hub/core/hub_service.h"
+
+#include <gtest/gtest.h>
+
+#include <future>
+#include <latch>
+#include <numeric>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <thread>
+
+#include "common/time_format.h"
+#include "tests/support/test_support.h"
+
+namespace pp {
+namespace {
+
+using nlohmann::json;
+
+const Timestamp kT0 = *ParseRfc3339("2026-11-24T20:00:00Z");
+
+class HubServiceTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    url_ = GetParam() == "sqlite" ? "sqlite:" + dir_.file("hub.db")
+                                  : test::NewPostgresDatabase("service");
+    ASSERT_FALSE(url_.empty());
+    auto store = OpenStore(url_);
+    ASSERT_TRUE(store.ok()) << store.error().ToString();
+    store_ = std::move(*store);
+    auto gc = GroupCommitter::Start(*store_, {});
+    ASSERT_TRUE(gc.ok());
+    committer_ = std::move(*gc);
+    hub_ = std::make_unique<HubService>(*store_, *committer_, clock_);
+  }
+
+  int64_t NewOrg(OrgKind kind) {
+    auto r = hub_->CreateOrganization({kind, "org", {51.5, -0.1}}, "");
+    EXPECT_TRUE(r.ok()) << r.error().ToString();
+    return json::parse(r->json)["id"].get<int64_t>();
+  }
+
+  SurplusDraft Draft(int64_t provider, std::string description = "sayur lodeh") {
+    SurplusDraft d;
+    d.provider_id = provider;
+    d.category = "prepared_meals";
+    d.description = std::move(description);
+    d.quantity_kg = 2.5;
+    d.best_before = kT0 + std::chrono::hours(4);
+    return d;
+  }
+
+  int64_t NewPost(int64_t provider, const std::string& key) {
+    auto r = hub_->PostSurplus(Draft(provider), key);
+    EXPECT_TRUE(r.ok()) << r.error().ToString();
+    return json::parse(r->json)["id"].get<int64_t>();
+  }
+
+  json Get(int64_t id) { return json::parse(hub_->GetSurplus(id)->json); }
+
+  test::TempDir dir_;
+  SimulatedClock clock_{kT0};
+  std::string url_;
+  std::unique_ptr<Store> store_;
+  std::unique_ptr<GroupCommitter> committer_;
+  std::unique_ptr<HubService> hub_;
+};
+
+TEST_P(HubServiceTest, EightThreadsRacingFiveHundredPostsGiveExactlyOneWinnerEach) {
+  constexpr int kPosts = 500, kThreads = 8;
+  int64_t provider = NewOrg(OrgKind::kProvider);
+  std::vector<int64_t> ngos, posts;
+  for (int i = 0; i < kThreads; ++i) ngos.push_back(NewOrg(OrgKind::kNgo));
+  for (int i = 0; i < kPosts; ++i) posts.push_back(NewPost(provider, "post-" + std::to_string(i)));
+
+  // wins[t][p]: thread t's claim on post p succeeded; seen_winner: what a
+  // loser was told about the winner.
+  std::vector<std::vector<char>> wins(kThreads, std::vector<char>(kPosts, 0));
+  std::vector<std::vector<int64_t>> told(kThreads, std::vector<int64_t>(kPosts, 0));
+  std::atomic<int> other_errors{0};
+  std::latch start(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::vector<int> order(kPosts);
+      std::iota(order.begin(), order.end(), 0);
+      std::shuffle(order.begin(), order.end(), std::mt19937(t));
+      start.arrive_and_wait();
+      for (int p : order) {
+        auto r = hub_->Claim(posts[p], {ngos[t], 1}, "claim-" + std::to_string(p));
+        if (r.ok()) {
+          wins[t][p] = 1;
+        } else if (r.error().code == Code::kAborted) {
+          told[t][p] = json::parse(r.error().context_json)["claimed_by"].get<int64_t>();
+        } else {
+          other_errors++;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(other_errors.load(), 0);
+
+  for (int p = 0; p < kPosts; ++p) {
+    int winners = 0;
+    int64_t winner = 0;
+    for (int t = 0; t < kThreads; ++t)
+      if (wins[t][p]) winners++, winner = ngos[t];
+    ASSERT_EQ(winners, 1) << "post " << posts[p];
+    for (int t = 0; t < kThreads; ++t)
+      if (!wins[t][p]) {
+        EXPECT_EQ(told[t][p], winner) << "loser must learn the winner";
+      }
+    json x = Get(posts[p]);
+    EXPECT_EQ(x["status"], "claimed");
+    EXPECT_EQ(x["version"], 2);
+    EXPECT_EQ(x["claimed_by"], winner);
+    ASSERT_EQ(x["history"].size(), 2u);
+    EXPECT_EQ(x["history"][1]["actor"], winner);
+  }
+  // One outbox event per post and per claim: nothing more, nothing less.
+  auto s = *store_->OpenSession();
+  ASSERT_TRUE(s->Begin(TxnMode::kRead).ok());
+  auto events = *s->ListOutbox(0, 10 * kPosts);
+  int posted = 0, claimed = 0;
+  for (const auto& e : events) (e.type == "surplus.posted" ? posted : claimed)++;
+  EXPECT_EQ(posted, kPosts);
+  EXPECT_EQ(claimed, kPosts);
+  s->Rollback();
+}
+
+TEST_P(HubServiceTest, ReplayReturnsTheFirstResultAndHasNoSecondEffect) {
+  int64_t provider = NewOrg(OrgKind::kProvider), ngo = NewOrg(OrgKind::kNgo);
+  auto first = hub_->PostSurplus(Draft(provider), "k-1");
+  ASSERT_TRUE(first.ok());
+  EXPECT_FALSE(first->replayed);
+  clock_.Advance(std::chrono::minutes(3));
+  auto again = hub_->PostSurplus(Draft(provider), "k-1");
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(again->replayed);
+  EXPECT_EQ(again->json, first->json);
+
+  int64_t id = json::parse(first->json)["id"].get<int64_t>();
+  auto claim = hub_->Claim(id, {ngo, 1}, "c-1");
+  ASSERT_TRUE(claim.ok());
+  // The state has moved on (version 2), yet the retry gets its first answer.
+  auto claim_again = hub_->Claim(id, {ngo, 1}, "c-1");
+  ASSERT_TRUE(claim_again.ok()) << claim_again.error().ToString();
+  EXPECT_TRUE(claim_again->replayed);
+  EXPECT_EQ(claim_again->json, claim->json);
+
+  auto s = *store_->OpenSession();
+  ASSERT_TRUE(s->Begin(TxnMode::kRead).ok());
+  EXPECT_EQ(*s->CountSurplus(), 1);
+  EXPECT_EQ(s->GetHistory(id)->size(), 2u);
+  EXPECT_EQ(s->ListOutbox(0, 100)->size(), 2u);
+  s->Rollback();
+}
+
+TEST_P(HubServiceTest, AKeyReusedForAnotherRequestIsRefused) {
+  int64_t provider = NewOrg(OrgKind::kProvider);
+  ASSERT_TRUE(hub_->PostSurplus(Draft(provider, "bread"), "k").ok());
+  auto other = hub_->PostSurplus(Draft(provider, "cake"), "k");
+  ASSERT_FALSE(other.ok());
+  EXPECT_EQ(other.error().code, Code::kFailedPrecondition);
+  // Keys are scoped by provider: another provider may use the same string.
+  int64_t provider2 = NewOrg(OrgKind::kProvider);
+  EXPECT_TRUE(hub_->PostSurplus(Draft(provider2, "cake"), "k").ok());
+}
+
+TEST_P(HubServiceTest, WrongOrganisationsAndMissingPostsAreNamed) {
+  int64_t provider = NewOrg(OrgKind::kProvider), ngo = NewOrg(OrgKind::kNgo);
+  auto by_ngo = hub_->PostSurplus(Draft(ngo), "a");
+  ASSERT_FALSE(by_ngo.ok());
+  EXPECT_EQ(by_ngo.error().fields.at(0).field, "provider_id");
+  int64_t id = NewPost(provider, "b");
+  auto by_provider = hub_->Claim(id, {provider, 1}, "c");
+  ASSERT_FALSE(by_provider.ok());
+  EXPECT_EQ(by_provider.error().fields.at(0).field, "ngo_id");
+  auto missing = hub_->Claim(id + 100, {ngo, 1}, "d");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.error().code, Code::kNotFound);
+  auto stale = hub_->Claim(id, {ngo, 7}, "e");
+  ASSERT_FALSE(stale.ok());
+  EXPECT_EQ(stale.error().code, Code::kAborted);
+  EXPECT_EQ(json::parse(stale.error().context_json)["version"], 1);
+  EXPECT_EQ(Get(id)["status"], "available");
+}
+
+TEST_P(HubServiceTest, PostPositionDefaultsToTheProvider) {
+  int64_t provider = NewOrg(OrgKind::kProvider);
+  json x = Get(NewPost(provider, "p"));
+  EXPECT_EQ(x["lat"], 51.5);
+  EXPECT_EQ(x["lon"], -0.1);
+  EXPECT_EQ(x["created_at"], "2026-11-24T20:00:00Z");
+}
+
+TEST_P(HubServiceTest, AStoreFailureInABatchFailsOnlyItsOwnOperation) {
+  int64_t provider = NewOrg(OrgKind::kProvider);
+  // Hold the writer so that the next three operations queue into one batch.
+  std::latch hold(1), holding(1);
+  committer_->Submit(
+      [&](StoreSession&) {
+        holding.count_down();
+        hold.wait();
+        return OkStatus();
+      },
+      [](Status) {});
+  holding.wait();
+  std::vector<std::future<Result<Reply>>> results;
+  auto post = [&](std::string key) {
+    auto p = std::make_shared<std::promise<Result<Reply>>>();
+    results.push_back(p->get_future());
+    hub_->PostSurplus(Draft(provider), key, [p](Result<Reply> r) { p->set_value(std::move(r)); });
+  };
+  post("good-1");
+  std::promise<Status> bad_done;
+  committer_->Submit([](StoreSession&) -> Status { return Error::Internal("disk on fire"); },
+                     [&](Status s) { bad_done.set_value(std::move(s)); });
+  post("good-2");
+  auto before = committer_->stats();
+  hold.count_down();
+  for (auto& f : results) {
+    auto r = f.get();
+    EXPECT_TRUE(r.ok()) << r.error().ToString();
+    EXPECT_FALSE(r->replayed);
+  }
+  auto bad = bad_done.get_future().get();
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.error().message, "disk on fire");
+  EXPECT_EQ(committer_->stats().batch_failures, before.batch_failures + 1);
+  auto s = *store_->OpenSession();
+  ASSERT_TRUE(s->Begin(TxnMode::kRead).ok());
+  EXPECT_EQ(*s->CountSurplus(), 2);  // each good post exactly once
+  s->Rollback();
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, HubServiceTest, ::testing::Values("sqlite", "postgresql"),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
+}  // namespace pp

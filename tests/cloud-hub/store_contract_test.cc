@@ -1,0 +1,266 @@
+// The contract every store backend must keep. One suite, run against SQLite
+// and against a real PostgreSQL 15 (started by the ctest fixture).
+#include <gtest/gtest.h>
+
+#include "cloud-hub/store/store.h"
+#include "common/time_format.h"
+#include "tests/support/test_support.h"
+
+namespace pp {
+namespace {
+
+const Timestamp kT0 = *ParseRfc3339("2026-11-24T20:00:00Z");
+
+class StoreContract : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    url_ = GetParam() == "sqlite" ? "sqlite:" + dir_.file("hub.db")
+                                  : test::NewPostgresDatabase("contract");
+    ASSERT_FALSE(url_.empty());
+    auto store = OpenStore(url_);
+    ASSERT_TRUE(store.ok()) << store.error().ToString();
+    store_ = std::move(*store);
+    auto s = store_->OpenSession();
+    ASSERT_TRUE(s.ok()) << s.error().ToString();
+    s_ = std::move(*s);
+  }
+
+  // Runs `f` in a committed write transaction.
+  template <typename F>
+  void Write(F&& f) {
+    ASSERT_TRUE(s_->Begin(TxnMode::kWrite).ok());
+    f(*s_);
+    auto st = s_->Commit();
+    ASSERT_TRUE(st.ok()) << st.error().ToString();
+  }
+
+  int64_t Org(OrgKind kind) {
+    int64_t id = 0;
+    Write([&](StoreSession& s) {
+      auto r = s.InsertOrganization({kind, "org", {51.5, -0.1}}, kT0);
+      ASSERT_TRUE(r.ok()) << r.error().ToString();
+      id = *r;
+    });
+    return id;
+  }
+
+  Surplus Sample(int64_t provider) {
+    Surplus x;
+    x.draft.provider_id = provider;
+    x.draft.category = "prepared_meals";
+    x.draft.description = "rendang, 20 boxes";
+    x.draft.quantity_kg = 6.25;
+    x.draft.allergens = {"milk", "nuts"};
+    x.draft.storage = Storage::kHot;
+    x.draft.best_before = kT0 + std::chrono::hours(3);
+    x.draft.pickup_start = kT0 + std::chrono::minutes(30);
+    x.draft.pickup_end = kT0 + std::chrono::minutes(90);
+    x.draft.instructions = "ring the bell";
+    x.position = {51.501, -0.102};
+    x.created_at = x.updated_at = kT0;
+    return x;
+  }
+
+  int64_t Post(int64_t provider) {
+    int64_t id = 0;
+    Write([&](StoreSession& s) {
+      auto r = s.InsertSurplus(Sample(provider));
+      ASSERT_TRUE(r.ok()) << r.error().ToString();
+      id = *r;
+    });
+    return id;
+  }
+
+  test::TempDir dir_;
+  std::string url_;
+  std::unique_ptr<Store> store_;
+  std::unique_ptr<StoreSession> s_;
+};
+
+TEST_P(StoreContract, OrganizationRoundTrip) {
+  int64_t id = Org(OrgKind::kNgo);
+  ASSERT_TRUE(s_->Begin(TxnMode::kRead).ok());
+  auto o = s_->GetOrganization(id);
+  ASSERT_TRUE(o.ok() && *o);
+  EXPECT_EQ((*o)->kind, OrgKind::kNgo);
+  EXPECT_EQ((*o)->position, (GeoPoint{51.5, -0.1}));
+  EXPECT_EQ((*o)->created_at, kT0);
+  auto missing = s_->GetOrganization(id + 1000);
+  ASSERT_TRUE(missing.ok());
+  EXPECT_FALSE(*missing);
+  s_->Rollback();
+}
+
+TEST_P(StoreContract, SurplusRoundTripKeepsEveryFieldAndUnknowns) {
+  int64_t p = Org(OrgKind::kProvider);
+  int64_t id = Post(p);
+  Surplus unknown = Sample(p);
+  unknown.draft.quantity_kg.reset();
+  unknown.draft.pickup_start.reset();
+  unknown.draft.pickup_end.reset();
+  unknown.draft.allergens.clear();
+  int64_t id2 = 0;
+  Write([&](StoreSession& s) { id2 = *s.InsertSurplus(unknown); });
+
+  ASSERT_TRUE(s_->Begin(TxnMode::kRead).ok());
+  auto got = s_->GetSurplus(id);
+  ASSERT_TRUE(got.ok() && *got);
+  const Surplus& x = **got;
+  Surplus want = Sample(p);
+  EXPECT_EQ(x.id, id);
+  EXPECT_EQ(x.draft.description, want.draft.description);
+  EXPECT_EQ(x.draft.quantity_kg, 6.25);
+  EXPECT_EQ(x.draft.allergens, want.draft.allergens);
+  EXPECT_EQ(x.draft.storage, Storage::kHot);
+  EXPECT_EQ(x.draft.best_before, want.draft.best_before);
+  EXPECT_EQ(x.draft.pickup_start, want.draft.pickup_start);
+  EXPECT_EQ(x.draft.instructions, "ring the bell");
+  EXPECT_EQ(x.position, want.position);
+  EXPECT_EQ(x.status, SurplusStatus::kAvailable);
+  EXPECT_EQ(x.version, 1);
+  EXPECT_FALSE(x.claimed_by);
+
+  auto u = s_->GetSurplus(id2);
+  ASSERT_TRUE(u.ok() && *u);
+  EXPECT_FALSE((*u)->draft.quantity_kg);  // unknown stays unknown, never 0
+  EXPECT_FALSE((*u)->draft.pickup_start);
+  EXPECT_TRUE((*u)->draft.allergens.empty());
+  s_->Rollback();
+}
+
+TEST_P(StoreContract, ChangeIsAnOptimisticLock) {
+  int64_t p = Org(OrgKind::kProvider), ngo = Org(OrgKind::kNgo);
+  int64_t id = Post(p);
+  auto at = kT0 + std::chrono::minutes(1);
+  Write([&](StoreSession& s) {
+    // Wrong version: refused.
+    EXPECT_FALSE(*s.ApplyChange({id, 2, SurplusEvent::kClaim, ngo, at}));
+    // Event not allowed from 'available': refused.
+    EXPECT_FALSE(*s.ApplyChange({id, 1, SurplusEvent::kDeliver, ngo, at}));
+    // No such post: refused, not an error.
+    EXPECT_FALSE(*s.ApplyChange({id + 99, 1, SurplusEvent::kClaim, ngo, at}));
+    EXPECT_TRUE(*s.ApplyChange({id, 1, SurplusEvent::kClaim, ngo, at}));
+    // The same claim again is now stale.
+    EXPECT_FALSE(*s.ApplyChange({id, 1, SurplusEvent::kClaim, ngo, at}));
+    EXPECT_FALSE(*s.ApplyChange({id, 2, SurplusEvent::kClaim, ngo, at}));
+  });
+  ASSERT_TRUE(s_->Begin(TxnMode::kRead).ok());
+  auto x = **s_->GetSurplus(id);
+  EXPECT_EQ(x.status, SurplusStatus::kClaimed);
+  EXPECT_EQ(x.version, 2);
+  EXPECT_EQ(x.claimed_by, ngo);
+  EXPECT_EQ(x.updated_at, at);
+  s_->Rollback();
+}
+
+TEST_P(StoreContract, RollbackLeavesNothing) {
+  int64_t p = Org(OrgKind::kProvider);
+  ASSERT_TRUE(s_->Begin(TxnMode::kWrite).ok());
+  ASSERT_TRUE(s_->InsertSurplus(Sample(p)).ok());
+  ASSERT_TRUE(s_->AppendOutbox({0, "surplus.posted", 1, "{}", kT0, std::nullopt}).ok());
+  s_->Rollback();
+  ASSERT_TRUE(s_->Begin(TxnMode::kRead).ok());
+  EXPECT_EQ(*s_->CountSurplus(), 0);
+  EXPECT_TRUE(s_->ListOutbox(0, 10)->empty());
+  s_->Rollback();
+}
+
+TEST_P(StoreContract, HistoryInVersionOrder) {
+  int64_t p = Org(OrgKind::kProvider);
+  int64_t id = Post(p);
+  Write([&](StoreSession& s) {
+    ASSERT_TRUE(s.AppendHistory({id, 2, kT0, SurplusStatus::kAvailable, SurplusStatus::kClaimed,
+                                 "claim", p}).ok());
+    ASSERT_TRUE(s.AppendHistory({id, 1, kT0, std::nullopt, SurplusStatus::kAvailable, "post", p})
+                    .ok());
+  });
+  ASSERT_TRUE(s_->Begin(TxnMode::kRead).ok());
+  auto h = *s_->GetHistory(id);
+  ASSERT_EQ(h.size(), 2u);
+  EXPECT_EQ(h[0].version, 1);
+  EXPECT_FALSE(h[0].from);
+  EXPECT_EQ(h[1].from, SurplusStatus::kAvailable);
+  EXPECT_EQ(h[1].to, SurplusStatus::kClaimed);
+  EXPECT_EQ(h[1].actor_org, p);
+  s_->Rollback();
+  // The same version twice is a store error (it would mean a lost update).
+  ASSERT_TRUE(s_->Begin(TxnMode::kWrite).ok());
+  auto dup = s_->AppendHistory({id, 2, kT0, std::nullopt, SurplusStatus::kClaimed, "claim", p});
+  ASSERT_FALSE(dup.ok());
+  EXPECT_EQ(dup.error().code, Code::kAlreadyExists);
+  s_->Rollback();
+}
+
+TEST_P(StoreContract, OutboxIsOrderedAndPageable) {
+  Write([&](StoreSession& s) {
+    for (int i = 0; i < 5; ++i)
+      ASSERT_TRUE(s.AppendOutbox({0, "e" + std::to_string(i), i, "{\"i\":" + std::to_string(i) + "}",
+                                  kT0, std::nullopt}).ok());
+  });
+  ASSERT_TRUE(s_->Begin(TxnMode::kRead).ok());
+  auto first = *s_->ListOutbox(0, 3);
+  ASSERT_EQ(first.size(), 3u);
+  EXPECT_EQ(first[0].type, "e0");
+  EXPECT_LT(first[0].id, first[1].id);
+  auto rest = *s_->ListOutbox(first.back().id, 10);
+  ASSERT_EQ(rest.size(), 2u);
+  EXPECT_EQ(rest[1].type, "e4");
+  EXPECT_EQ(rest[1].payload_json, "{\"i\":4}");
+  EXPECT_FALSE(rest[1].sent_at);
+  s_->Rollback();
+}
+
+TEST_P(StoreContract, IdempotencyKeysAreUniquePerScope) {
+  Write([&](StoreSession& s) {
+    ASSERT_TRUE(s.PutIdempotency({"a", "k", "f1", "{\"id\":1}", kT0}).ok());
+    ASSERT_TRUE(s.PutIdempotency({"b", "k", "f2", "{\"id\":2}", kT0}).ok());
+  });
+  ASSERT_TRUE(s_->Begin(TxnMode::kWrite).ok());
+  auto r = *s_->GetIdempotency("a", "k");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->fingerprint, "f1");
+  EXPECT_EQ(r->result_json, "{\"id\":1}");
+  EXPECT_FALSE(*s_->GetIdempotency("a", "other"));
+  auto dup = s_->PutIdempotency({"a", "k", "f3", "{}", kT0});
+  ASSERT_FALSE(dup.ok());
+  EXPECT_EQ(dup.error().code, Code::kAlreadyExists);
+  s_->Rollback();
+}
+
+TEST_P(StoreContract, ReopeningKeepsDataAndMigrationsRunOnce) {
+  int64_t p = Org(OrgKind::kProvider);
+  Post(p);
+  s_.reset();
+  store_.reset();
+  auto again = OpenStore(url_);
+  ASSERT_TRUE(again.ok()) << again.error().ToString();
+  auto s = *(*again)->OpenSession();
+  ASSERT_TRUE(s->Begin(TxnMode::kRead).ok());
+  EXPECT_EQ(*s->CountSurplus(), 1);
+  s->Rollback();
+}
+
+TEST_P(StoreContract, UnknownProviderIsRefusedByTheStore) {
+  ASSERT_TRUE(s_->Begin(TxnMode::kWrite).ok());
+  auto r = s_->InsertSurplus(Sample(424242));
+  EXPECT_FALSE(r.ok());
+  s_->Rollback();
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, StoreContract, ::testing::Values("sqlite", "postgresql"),
+                         [](const auto& info) { return info.param; });
+
+TEST(OpenStore, BadUrlsNameTheProblem) {
+  auto r = OpenStore("mysql://x");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message.find("sqlite:PATH or postgresql://"), std::string::npos);
+  EXPECT_FALSE(OpenStore("sqlite:").ok());
+  auto unreachable = OpenStore("postgresql://pp@127.0.0.1:1/nothing?connect_timeout=2");
+  ASSERT_FALSE(unreachable.ok());
+  EXPECT_EQ(unreachable.error().code, Code::kUnavailable);
+  auto dir = OpenStore("sqlite:/proc/no/such/dir/hub.db");
+  EXPECT_FALSE(dir.ok());
+}
+
+}  // namespace
+}  // namespace pp

@@ -1,0 +1,115 @@
+#include "common/validation.h"
+
+#include <gtest/gtest.h>
+
+#include "common/time_format.h"
+
+namespace pp {
+namespace {
+
+const Timestamp kNow = *ParseRfc3339("2026-11-24T20:00:00Z");
+
+std::vector<std::string> BadFields(const Error& e) {
+  std::vector<std::string> out;
+  for (const auto& f : e.fields) out.push_back(f.field);
+  return out;
+}
+
+TEST(Validation, MinimalSurplusPost) {
+  auto d = ParseSurplusDraft(
+      R"({"provider_id":7,"category":"bakery","description":"12 loaves","best_before":"2026-11-24T23:00:00Z"})",
+      kNow);
+  ASSERT_TRUE(d.ok()) << d.error().ToString();
+  EXPECT_EQ(d->provider_id, 7);
+  EXPECT_FALSE(d->quantity_kg);  // unknown, not 0
+  EXPECT_EQ(d->storage, Storage::kAmbient);
+  EXPECT_FALSE(d->position);
+}
+
+TEST(Validation, FullSurplusPost) {
+  auto d = ParseSurplusDraft(R"({
+    "provider_id":7, "category":"prepared_meals", "description":"nasi goreng",
+    "quantity_kg":4.5, "portions":12, "allergens":["eggs","soya","eggs"], "storage":"hot",
+    "prepared_at":"2026-11-24T19:30:00Z", "best_before":"2026-11-24T23:00:00Z",
+    "pickup_start":"2026-11-24T20:30:00Z", "pickup_end":"2026-11-24T21:30:00Z",
+    "instructions":"back door, ring twice", "lat":51.5, "lon":-0.12})",
+                             kNow);
+  ASSERT_TRUE(d.ok()) << d.error().ToString();
+  EXPECT_EQ(d->quantity_kg, 4.5);
+  EXPECT_EQ(d->portions, 12);
+  EXPECT_EQ(d->allergens, (std::vector<std::string>{"eggs", "soya"}));
+  EXPECT_EQ(d->storage, Storage::kHot);
+  ASSERT_TRUE(d->position);
+  EXPECT_EQ(d->position->lon, -0.12);
+}
+
+TEST(Validation, NamesEveryBadFieldAtOnce) {
+  auto d = ParseSurplusDraft(R"({
+    "provider_id":"7", "category":"caviar", "quantity_kg":0, "portions":1.5,
+    "allergens":["gluten"], "storage":"warm", "best_before":"2026-11-24T19:00:00Z",
+    "lat":95, "lon":0, "colour":"red"})",
+                             kNow);
+  ASSERT_FALSE(d.ok());
+  EXPECT_EQ(d.error().code, Code::kInvalidArgument);
+  auto fields = BadFields(d.error());
+  for (const char* f : {"colour", "provider_id", "category", "description", "quantity_kg",
+                        "portions", "allergens/0", "storage", "best_before", "lat"})
+    EXPECT_NE(std::find(fields.begin(), fields.end(), f), fields.end()) << f;
+}
+
+TEST(Validation, DatesMustMakeSense) {
+  auto bad = [](const std::string& extra) {
+    auto d = ParseSurplusDraft(
+        R"({"provider_id":1,"category":"bakery","description":"x","best_before":"2026-11-24T23:00:00Z")" +
+            extra + "}",
+        kNow);
+    return d.ok() ? std::vector<std::string>{} : BadFields(d.error());
+  };
+  EXPECT_EQ(bad(R"(,"prepared_at":"2026-11-25T00:00:00Z")"),
+            (std::vector<std::string>{"prepared_at", "prepared_at"}));
+  EXPECT_EQ(bad(R"(,"pickup_start":"2026-11-24T21:00:00Z")"),
+            std::vector<std::string>{"pickup_end"});
+  EXPECT_EQ(bad(R"(,"pickup_start":"2026-11-24T21:00:00Z","pickup_end":"2026-11-24T20:30:00Z")"),
+            std::vector<std::string>{"pickup_end"});
+  EXPECT_EQ(bad(R"(,"lat":51.5)"), std::vector<std::string>{"lon"});
+  auto far = ParseSurplusDraft(
+      R"({"provider_id":1,"category":"bakery","description":"x","best_before":"2027-01-30T00:00:00Z"})",
+      kNow);
+  ASSERT_FALSE(far.ok());
+  EXPECT_EQ(BadFields(far.error()), std::vector<std::string>{"best_before"});
+}
+
+TEST(Validation, MalformedBodies) {
+  for (const char* body : {"", "{", "[]", "null", "\"x\"", "{\"a\":1,}", "{'a':1}"}) {
+    auto d = ParseSurplusDraft(body, kNow);
+    ASSERT_FALSE(d.ok()) << body;
+    EXPECT_EQ(d.error().code, Code::kInvalidArgument);
+    EXPECT_TRUE(d.error().fields.empty()) << body;  // a syntax error, not a field error
+  }
+}
+
+TEST(Validation, Organization) {
+  auto o = ParseNewOrganization(R"({"kind":"ngo","name":"City Harvest","lat":51.5,"lon":-0.1})");
+  ASSERT_TRUE(o.ok());
+  EXPECT_EQ(o->kind, OrgKind::kNgo);
+  auto bad = ParseNewOrganization(R"({"kind":"shop","name":"","lat":-91,"lon":181})");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(BadFields(bad.error()), (std::vector<std::string>{"kind", "name", "lat", "lon"}));
+}
+
+TEST(Validation, Claim) {
+  auto c = ParseClaimRequest(R"({"ngo_id":3,"version":2})");
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->version, 2);
+  auto bad = ParseClaimRequest(R"({"ngo_id":18446744073709551615,"version":0})");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(BadFields(bad.error()), (std::vector<std::string>{"ngo_id", "version"}));
+}
+
+TEST(Validation, FingerprintIsStable) {
+  EXPECT_EQ(Fingerprint("abc"), "e71fa2190541574b");
+  EXPECT_NE(Fingerprint("abc"), Fingerprint("abd"));
+}
+
+}  // namespace
+}  // namespace pp

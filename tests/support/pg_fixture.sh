@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Starts or stops the throw-away PostgreSQL 15 that the tests use:
+#   pg_fixture.sh start STATE_DIR   initdb in STATE_DIR/pg, listen on a free
+#                                   loopback port, write the URL to STATE_DIR/pg.url
+#   pg_fixture.sh stop STATE_DIR
+# Run by ctest as the setup/cleanup of the "postgres" fixture. PostgreSQL
+# refuses to run as root, so as root it runs as the 'postgres' system user.
+set -euo pipefail
+cmd=$1
+state=$(realpath -m "$2")
+pgdir=$state/pg
+bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
+
+as_pg() {
+  if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+case $cmd in
+  start)
+    [[ -f $pgdir/data/postmaster.pid ]] && as_pg "$bin/pg_ctl" -D "$pgdir/data" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$pgdir" "$state/pg.url"
+    mkdir -p "$pgdir"
+    [[ $(id -u) -eq 0 ]] && chown postgres: "$pgdir"
+    as_pg "$bin/initdb" -D "$pgdir/data" -U pp -A trust --no-sync -E UTF8 >"$pgdir/initdb.log" 2>&1 \
+      || { cat "$pgdir/initdb.log" >&2; exit 1; }
+    for attempt in 1 2 3 4 5 6 7 8; do
+      port=$(( 20000 + RANDOM % 40000 ))
+      # Something answering on the port means it is taken.
+      if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then continue; fi
+      if as_pg "$bin/pg_ctl" -D "$pgdir/data" -l "$pgdir/server.log" -w -t 30 \
+           -o "-p $port -k $pgdir -c listen_addresses=127.0.0.1 -c max_connections=200 -c shared_buffers=256MB" \
+           start >/dev/null; then
+        echo "postgresql://pp@127.0.0.1:$port/postgres" > "$state/pg.url"
+        echo "PostgreSQL $("$bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$port ($pgdir)"
+        exit 0
+      fi
+    done
+    cat "$pgdir/server.log" >&2
+    exit 1
+    ;;
+  stop)
+    if [[ -f $pgdir/data/postmaster.pid ]]; then
+      as_pg "$bin/pg_ctl" -D "$pgdir/data" -m fast -w stop >/dev/null
+    fi
+    rm -rf "$pgdir" "$state/pg.url"
+    ;;
+  *) echo "usage: $0 start|stop STATE_DIR" >&2; exit 2 ;;
+esac

@@ -1,0 +1,90 @@
+// Shared test support: temporary folders, the PostgreSQL the test command
+// started, child processes (pp-hub) and a small HTTP client. Tests never
+// sleep to wait for something: they poll a condition with a deadline.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace pp::test {
+
+// A fresh folder under the build tree, removed at destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::filesystem::path& path() const { return path_; }
+  std::string file(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// The PostgreSQL started by the ctest fixture "postgres"
+// (tests/support/pg_fixture.sh). Creates a new empty database per call so
+// tests do not see each other's rows. Fails the test if none is running.
+std::string NewPostgresDatabase(const std::string& prefix);
+
+// Where the built binaries are (PP_BIN_DIR, set by pp_test()).
+std::string BinPath(const std::string& name);
+
+// A child process whose stdout we read; killed (SIGKILL) at destruction if
+// still running.
+class Process {
+ public:
+  explicit Process(std::vector<std::string> argv);
+  ~Process();
+  Process(const Process&) = delete;
+  Process& operator=(const Process&) = delete;
+
+  // Reads stdout until a line containing `needle` appears or the deadline
+  // passes; returns the line, or "" on timeout/EOF.
+  std::string WaitForLine(const std::string& needle,
+                          std::chrono::milliseconds deadline = std::chrono::seconds(20));
+  void Kill(int sig);
+  // Waits for exit; returns the exit status as from waitpid, or -1.
+  int Wait();
+  pid_t pid() const { return pid_; }
+
+ private:
+  pid_t pid_ = -1;
+  int out_fd_ = -1;
+  std::string buffer_;
+};
+
+// Starts pp-hub on a free loopback port with `db`, and waits until it serves.
+class Hub {
+ public:
+  explicit Hub(const std::string& db, std::vector<std::string> extra_args = {});
+  int port() const { return port_; }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  Process& process() { return process_; }
+
+ private:
+  Process process_;
+  int port_ = 0;
+};
+
+// Repeats `cond` until it holds or `deadline` passes.
+bool Eventually(const std::function<bool()>& cond,
+                std::chrono::milliseconds deadline = std::chrono::seconds(10));
+
+// A future RFC 3339 time, `hours` from the real clock.
+std::string HoursFromNow(int hours);
+
+}  // namespace pp::test
+
+namespace pp::test {
+// Sends raw bytes to 127.0.0.1:port and returns whatever comes back until the
+// server closes or `deadline` passes. For requests no well-behaved client
+// library would send (oversized chunked bodies, forged headers).
+std::string RawHttp(int port, const std::string& request,
+                    std::chrono::milliseconds deadline = std::chrono::seconds(10));
+// The status code of a raw response ("HTTP/1.1 413 ..." -> 413), or 0.
+int RawStatus(const std::string& response);
+}  // namespace pp::test

@@ -64,16 +64,21 @@ class StoreSession {
   // false: the lock was lost (other version, other status, or no such post).
   virtual Result<bool> ApplyChange(const SurplusChange& change) = 0;
 
+  // Append-only rows (history, outbox, idempotency) may be written when the
+  // transaction commits rather than at the call: a backend may batch them
+  // (PostgreSQL does, to save round trips). Their errors (a duplicate key)
+  // then surface from Commit(); reads in the same transaction still see them.
   virtual Status AppendHistory(const HistoryEntry& entry) = 0;
   virtual Result<std::vector<HistoryEntry>> GetHistory(int64_t surplus_id) = 0;
 
-  virtual Result<int64_t> AppendOutbox(const OutboxEvent& event) = 0;
+  // The store assigns the event's id, increasing in commit order per writer.
+  virtual Status AppendOutbox(const OutboxEvent& event) = 0;
   // Events with id > after_id, oldest first, at most `limit`.
   virtual Result<std::vector<OutboxEvent>> ListOutbox(int64_t after_id, int limit) = 0;
 
   virtual Result<std::optional<IdempotencyRecord>> GetIdempotency(std::string_view scope,
                                                                   std::string_view key) = 0;
-  // kAlreadyExists if (scope, key) is taken.
+  // kAlreadyExists if (scope, key) is taken (from Commit() where deferred).
   virtual Status PutIdempotency(const IdempotencyRecord& record) = 0;
 
   // Counts for tests and /healthz-style reports.

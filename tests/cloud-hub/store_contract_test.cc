@@ -71,6 +71,15 @@ class StoreContract : public ::testing::TestWithParam<std::string> {
     return id;
   }
 
+  // Append-only rows may be written at commit (store.h): a duplicate must
+  // fail at the call or at Commit(), and never commit.
+  void ExpectAlreadyExistsByCommit(Status at_call) {
+    Status st = at_call.ok() ? s_->Commit() : at_call;
+    ASSERT_FALSE(st.ok());
+    EXPECT_EQ(st.error().code, Code::kAlreadyExists) << st.error().ToString();
+    s_->Rollback();
+  }
+
   test::TempDir dir_;
   std::string url_;
   std::unique_ptr<Store> store_;
@@ -185,10 +194,8 @@ TEST_P(StoreContract, HistoryInVersionOrder) {
   s_->Rollback();
   // The same version twice is a store error (it would mean a lost update).
   ASSERT_TRUE(s_->Begin(TxnMode::kWrite).ok());
-  auto dup = s_->AppendHistory({id, 2, kT0, std::nullopt, SurplusStatus::kClaimed, "claim", p});
-  ASSERT_FALSE(dup.ok());
-  EXPECT_EQ(dup.error().code, Code::kAlreadyExists);
-  s_->Rollback();
+  ExpectAlreadyExistsByCommit(
+      s_->AppendHistory({id, 2, kT0, std::nullopt, SurplusStatus::kClaimed, "claim", p}));
 }
 
 TEST_P(StoreContract, OutboxIsOrderedAndPageable) {
@@ -221,10 +228,13 @@ TEST_P(StoreContract, IdempotencyKeysAreUniquePerScope) {
   EXPECT_EQ(r->fingerprint, "f1");
   EXPECT_EQ(r->result_json, "{\"id\":1}");
   EXPECT_FALSE(*s_->GetIdempotency("a", "other"));
-  auto dup = s_->PutIdempotency({"a", "k", "f3", "{}", kT0});
-  ASSERT_FALSE(dup.ok());
-  EXPECT_EQ(dup.error().code, Code::kAlreadyExists);
-  s_->Rollback();
+  ExpectAlreadyExistsByCommit(s_->PutIdempotency({"a", "k", "f3", "{}", kT0}));
+  // Twice within one transaction: refused too.
+  ASSERT_TRUE(s_->Begin(TxnMode::kWrite).ok());
+  ASSERT_TRUE(s_->PutIdempotency({"c", "k", "f", "{}", kT0}).ok());
+  auto seen = *s_->GetIdempotency("c", "k");  // visible before commit
+  ASSERT_TRUE(seen);
+  ExpectAlreadyExistsByCommit(s_->PutIdempotency({"c", "k", "f", "{}", kT0}));
 }
 
 TEST_P(StoreContract, ReopeningKeepsDataAndMigrationsRunOnce) {

@@ -106,6 +106,37 @@ std::optional<int64_t> OptMillis(const std::optional<Timestamp>& t) {
   return t ? std::optional<int64_t>(ToUnixMillis(*t)) : std::nullopt;
 }
 
+// PostgreSQL array literals, for sending many rows as one parameter per
+// column ("{1,NULL,3}", "{\"a\",\"b \\\"q\\\"\"}").
+class ArrayLiteral {
+ public:
+  void Add(const std::string& v) {
+    Sep();
+    out_ += '"';
+    for (char c : v) {
+      if (c == '"' || c == '\\') out_ += '\\';
+      out_ += c;
+    }
+    out_ += '"';
+  }
+  void Add(std::string_view v) { Add(std::string(v)); }
+  void Add(int64_t v) {
+    Sep();
+    out_ += std::to_string(v);
+  }
+  template <typename T>
+  void Add(const std::optional<T>& v) {
+    if (v) return Add(*v);
+    Sep();
+    out_ += "NULL";
+  }
+  std::string str() const { return out_ + "}"; }
+
+ private:
+  void Sep() { out_ += out_.size() > 1 ? "," : ""; }
+  std::string out_ = "{";
+};
+
 struct Statement {
   const char* name;
   std::string sql;
@@ -144,6 +175,18 @@ std::vector<Statement> Statements() {
        "INSERT INTO idempotency (scope, key, fingerprint, result, created_at) "
        "VALUES ($1,$2,$3,$4,$5)"},
       {"surplus_count", "SELECT count(*) FROM surplus"},
+      // Deferred append-only rows, one statement per table per transaction.
+      {"history_flush",
+       "INSERT INTO surplus_history (surplus_id, version, at, from_status, to_status, event, "
+       "actor_org) SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], "
+       "$5::text[], $6::text[], $7::bigint[])"},
+      {"outbox_flush",
+       "INSERT INTO outbox (type, aggregate_id, payload, created_at) "
+       "SELECT t, a, p, c FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[]) "
+       "WITH ORDINALITY AS u(t, a, p, c, n) ORDER BY n"},
+      {"idem_flush",
+       "INSERT INTO idempotency (scope, key, fingerprint, result, created_at) "
+       "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])"},
   };
   return v;
 }
@@ -187,6 +230,7 @@ class PgSession final : public StoreSession {
     });
   }
   Status Commit() override {
+    if (auto st = FlushPending(); !st.ok()) return st;
     auto st = Guard("commit", [&] {
       txn_->commit();
       return Ok{};
@@ -195,6 +239,7 @@ class PgSession final : public StoreSession {
     return st;
   }
   void Rollback() override {
+    ClearPending();
     if (!txn_) return;
     try {
       txn_->abort();
@@ -281,16 +326,12 @@ class PgSession final : public StoreSession {
   }
 
   Status AppendHistory(const HistoryEntry& h) override {
-    return Exec("append history", [&] {
-      std::optional<std::string> from;
-      if (h.from) from = std::string(ToString(*h.from));
-      txn_->exec_prepared("history_insert", h.surplus_id, h.version, ToUnixMillis(h.at), from,
-                          std::string(ToString(h.to)), h.event, h.actor_org);
-      return Ok{};
-    });
+    pending_history_.push_back(h);
+    return OkStatus();
   }
 
   Result<std::vector<HistoryEntry>> GetHistory(int64_t id) override {
+    PP_RETURN_IF_ERROR(FlushPending());
     return Exec("get history", [&] {
       std::vector<HistoryEntry> out;
       for (const auto& row : txn_->exec_prepared("history_get", id)) {
@@ -308,16 +349,13 @@ class PgSession final : public StoreSession {
     });
   }
 
-  Result<int64_t> AppendOutbox(const OutboxEvent& e) override {
-    return Exec("append outbox", [&] {
-      return txn_
-          ->exec_prepared1("outbox_insert", e.type, e.aggregate_id, e.payload_json,
-                           ToUnixMillis(e.created_at))[0]
-          .as<int64_t>();
-    });
+  Status AppendOutbox(const OutboxEvent& e) override {
+    pending_outbox_.push_back(e);
+    return OkStatus();
   }
 
   Result<std::vector<OutboxEvent>> ListOutbox(int64_t after_id, int limit) override {
+    PP_RETURN_IF_ERROR(FlushPending());
     return Exec("list outbox", [&] {
       std::vector<OutboxEvent> out;
       for (const auto& row : txn_->exec_prepared("outbox_list", after_id, limit)) {
@@ -331,6 +369,8 @@ class PgSession final : public StoreSession {
 
   Result<std::optional<IdempotencyRecord>> GetIdempotency(std::string_view scope,
                                                           std::string_view key) override {
+    if (auto it = pending_idem_.find(IdemKey(scope, key)); it != pending_idem_.end())
+      return std::optional<IdempotencyRecord>(it->second);
     return Exec("get idempotency", [&] {
       auto r = txn_->exec_prepared("idem_get", std::string(scope), std::string(key));
       if (r.empty()) return std::optional<IdempotencyRecord>();
@@ -341,11 +381,9 @@ class PgSession final : public StoreSession {
   }
 
   Status PutIdempotency(const IdempotencyRecord& r) override {
-    return Exec("put idempotency", [&] {
-      txn_->exec_prepared("idem_put", r.scope, r.key, r.fingerprint, r.result_json,
-                          ToUnixMillis(r.created_at));
-      return Ok{};
-    });
+    if (!pending_idem_.emplace(IdemKey(r.scope, r.key), r).second)
+      return Error{Code::kAlreadyExists, "idempotency key already used in this transaction", {}, {}};
+    return OkStatus();
   }
 
   Result<int64_t> CountSurplus() override {
@@ -386,8 +424,73 @@ class PgSession final : public StoreSession {
     return r;
   }
 
+  static std::string IdemKey(std::string_view scope, std::string_view key) {
+    std::string k(scope);
+    k += '\0';
+    k += key;
+    return k;
+  }
+
+  void ClearPending() {
+    pending_history_.clear();
+    pending_outbox_.clear();
+    pending_idem_.clear();
+  }
+
+  // Writes the deferred rows: three statements for a whole batch instead of
+  // three per operation.
+  Status FlushPending() {
+    if (pending_history_.empty() && pending_outbox_.empty() && pending_idem_.empty())
+      return OkStatus();
+    auto st = Exec("flush", [&] {
+      if (!pending_history_.empty()) {
+        ArrayLiteral id, version, at, from, to, event, actor;
+        for (const auto& h : pending_history_) {
+          id.Add(h.surplus_id);
+          version.Add(h.version);
+          at.Add(ToUnixMillis(h.at));
+          from.Add(h.from ? std::optional<std::string_view>(ToString(*h.from)) : std::nullopt);
+          to.Add(ToString(h.to));
+          event.Add(h.event);
+          actor.Add(h.actor_org);
+        }
+        txn_->exec_prepared("history_flush", id.str(), version.str(), at.str(), from.str(),
+                            to.str(), event.str(), actor.str());
+      }
+      if (!pending_outbox_.empty()) {
+        ArrayLiteral type, agg, payload, created;
+        for (const auto& e : pending_outbox_) {
+          type.Add(e.type);
+          agg.Add(e.aggregate_id);
+          payload.Add(e.payload_json);
+          created.Add(ToUnixMillis(e.created_at));
+        }
+        txn_->exec_prepared("outbox_flush", type.str(), agg.str(), payload.str(), created.str());
+      }
+      if (!pending_idem_.empty()) {
+        ArrayLiteral scope, key, fp, result, created;
+        for (const auto& [k, r] : pending_idem_) {
+          scope.Add(r.scope);
+          key.Add(r.key);
+          fp.Add(r.fingerprint);
+          result.Add(r.result_json);
+          created.Add(ToUnixMillis(r.created_at));
+        }
+        txn_->exec_prepared("idem_flush", scope.str(), key.str(), fp.str(), result.str(),
+                            created.str());
+      }
+      return Ok{};
+    });
+    ClearPending();
+    return st;
+  }
+
   std::unique_ptr<pqxx::connection> conn_;
   std::unique_ptr<pqxx::transaction_base> txn_;
+  // Deferred append-only rows of the open transaction (see store.h).
+  std::vector<HistoryEntry> pending_history_;
+  std::vector<OutboxEvent> pending_outbox_;
+  std::unordered_map<std::string, IdempotencyRecord> pending_idem_;
 };
 
 class PgStore final : public Store {

@@ -291,12 +291,12 @@ class SqliteSession final : public StoreSession {
     return out;
   }
 
-  Result<int64_t> AppendOutbox(const OutboxEvent& e) override {
+  Status AppendOutbox(const OutboxEvent& e) override {
     auto& s = Prepare(
         "INSERT INTO outbox (type, aggregate_id, payload, created_at) VALUES (?,?,?,?)");
     s.Reset().Bind(e.type).Bind(e.aggregate_id).Bind(e.payload_json).Bind(e.created_at);
     PP_RETURN_IF_ERROR(s.Step("append outbox"));
-    return int64_t(sqlite3_last_insert_rowid(db_));
+    return OkStatus();
   }
 
   Result<std::vector<OutboxEvent>> ListOutbox(int64_t after_id, int limit) override {

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Starts or stops the throw-away PostgreSQL 15 that the tests use:
-#   pg_fixture.sh start STATE_DIR   initdb in STATE_DIR/pg, listen on a free
-#                                   loopback port, write the URL to STATE_DIR/pg.url
+#   pg_fixture.sh start STATE_DIR   initdb in a fresh folder under /tmp, listen on
+#                                   a free loopback port, write the URL to
+#                                   STATE_DIR/pg.url (and the folder to STATE_DIR/pg.dir)
 #   pg_fixture.sh stop STATE_DIR
 # Run by ctest as the setup/cleanup of the "postgres" fixture. PostgreSQL
-# refuses to run as root, so as root it runs as the 'postgres' system user.
+# refuses to run as root, so as root it runs as the 'postgres' system user;
+# its data lives under /tmp because that user may not reach the checkout
+# (a home folder with mode 700, say).
 set -euo pipefail
 cmd=$1
 state=$(realpath -m "$2")
-pgdir=$state/pg
+mkdir -p "$state"
 bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
 
 as_pg() {
@@ -17,9 +20,10 @@ as_pg() {
 
 case $cmd in
   start)
-    [[ -f $pgdir/data/postmaster.pid ]] && as_pg "$bin/pg_ctl" -D "$pgdir/data" -m immediate stop >/dev/null 2>&1 || true
-    rm -rf "$pgdir" "$state/pg.url"
-    mkdir -p "$pgdir"
+    "$0" stop "$state" >/dev/null 2>&1 || true
+    pgdir=$(mktemp -d /tmp/pp-pg.XXXXXX)
+    chmod 755 "$pgdir"
+    echo "$pgdir" > "$state/pg.dir"
     [[ $(id -u) -eq 0 ]] && chown postgres: "$pgdir"
     as_pg "$bin/initdb" -D "$pgdir/data" -U pp -A trust --no-sync -E UTF8 >"$pgdir/initdb.log" 2>&1 \
       || { cat "$pgdir/initdb.log" >&2; exit 1; }
@@ -39,10 +43,12 @@ case $cmd in
     exit 1
     ;;
   stop)
+    pgdir=$(cat "$state/pg.dir" 2>/dev/null || true)
+    [[ -n $pgdir && -d $pgdir ]] || { rm -f "$state/pg.url" "$state/pg.dir"; exit 0; }
     if [[ -f $pgdir/data/postmaster.pid ]]; then
       as_pg "$bin/pg_ctl" -D "$pgdir/data" -m fast -w stop >/dev/null
     fi
-    rm -rf "$pgdir" "$state/pg.url"
+    rm -rf "$pgdir" "$state/pg.url" "$state/pg.dir"
     ;;
   *) echo "usage: $0 start|stop STATE_DIR" >&2; exit 2 ;;
 esac

@@ -61,6 +61,17 @@ struct SurplusDraft {
   std::optional<GeoPoint> position;  // defaults to the provider's
 };
 
+// Where a post stands in the offer cascade (issue 3). Kept in the store with
+// the post, so that any hub replica can pick up what is due.
+struct MatchState {
+  std::optional<int64_t> offered_to;          // the NGO holding the current offer
+  std::optional<Timestamp> offer_expires_at;  // its answer deadline
+  std::vector<int64_t> excluded;              // NGOs that declined or timed out
+  int dlq_attempts = 0;                       // re-matches tried from the DLQ
+  std::optional<Timestamp> next_retry_at;     // next DLQ re-match; none: waits for an operator
+  bool operator==(const MatchState&) const = default;
+};
+
 struct Surplus {
   int64_t id = 0;
   SurplusDraft draft;
@@ -68,6 +79,7 @@ struct Surplus {
   SurplusStatus status = SurplusStatus::kAvailable;
   int64_t version = 1;  // the optimistic lock; +1 on every change
   std::optional<int64_t> claimed_by;
+  MatchState match;
   Timestamp created_at{};
   Timestamp updated_at{};
 };

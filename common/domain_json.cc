@@ -44,10 +44,20 @@ nlohmann::json ToJson(const SurplusDraft& d) {
 }
 
 nlohmann::json StateJson(const Surplus& s) {
+  nlohmann::json offer = nullptr, dlq = nullptr;
+  if (s.match.offered_to)
+    offer = {{"ngo_id", *s.match.offered_to},
+             {"expires_at", OrNull(s.match.offer_expires_at, Rfc)}};
+  if (s.status == SurplusStatus::kDeadLettered)
+    dlq = {{"attempts", s.match.dlq_attempts},
+           {"next_retry_at", OrNull(s.match.next_retry_at, Rfc)}};
   return {{"id", s.id},
           {"status", ToString(s.status)},
           {"version", s.version},
           {"claimed_by", OrNull(s.claimed_by, Same)},
+          {"offer", offer},
+          {"excluded", s.match.excluded},
+          {"dlq", dlq},
           {"updated_at", FormatRfc3339(s.updated_at)}};
 }
 

@@ -20,6 +20,7 @@ const std::vector<Transition>& SurplusTransitions() {
       {S::kOffered,      E::kDeadLetter,    S::kDeadLettered},
       {S::kOffered,      E::kExpire,        S::kExpired},
       {S::kOffered,      E::kCancel,        S::kCancelled},
+      {S::kDeadLettered, E::kDeadLetter,    S::kDeadLettered},  // a DLQ retry found no one
       {S::kDeadLettered, E::kRequeue,       S::kAvailable},
       {S::kDeadLettered, E::kOffer,         S::kOffered},
       {S::kDeadLettered, E::kClaim,         S::kClaimed},

@@ -15,6 +15,13 @@ Result<Reply> Await(const std::function<void(HubService::Callback)>& start) {
   return f.get();
 }
 
+std::string NgoCommandFingerprint(const char* what, int64_t surplus_id, int64_t ngo,
+                                  int64_t version = 0) {
+  return Fingerprint(nlohmann::json{{"op", what}, {"surplus_id", surplus_id}, {"ngo_id", ngo},
+                                    {"version", version}}
+                         .dump());
+}
+
 }  // namespace
 
 HubService::HubService(Store& store, GroupCommitter& committer, const Clock& clock)
@@ -36,7 +43,7 @@ void HubService::SubmitIdempotent(std::string scope, std::string key, std::strin
           *reply = e;
           return e;
         }
-        *reply = Reply{prior->result_json, true};
+        *reply = Reply{prior->result_json, true, nullptr, false};
         return OkStatus();
       }
     }
@@ -46,8 +53,8 @@ void HubService::SubmitIdempotent(std::string scope, std::string key, std::strin
       return result.take_error();
     }
     if (!key.empty())
-      PP_RETURN_IF_ERROR(s.PutIdempotency({scope, key, fingerprint, *result, clock_.Now()}));
-    *reply = Reply{std::move(*result), false};
+      PP_RETURN_IF_ERROR(s.PutIdempotency({scope, key, fingerprint, result->json, clock_.Now()}));
+    *reply = std::move(result);
     return OkStatus();
   };
   committer_.Submit(std::move(op), [reply, done = std::move(done)](Status st) {
@@ -77,12 +84,21 @@ void HubService::CreateOrganization(NewOrganization org, std::string key, Callba
                            {"name", org.name},
                            {"lat", org.position.lat},
                            {"lon", org.position.lon}};
-  auto created = std::make_shared<Organization>(Organization{0, org.kind, org.name, org.position, now});
-  auto effect = [created](StoreSession& s) -> Result<std::string> {
+  auto created =
+      std::make_shared<Organization>(Organization{0, org.kind, org.name, org.position, now});
+  auto effect = [created](StoreSession& s) -> Result<Reply> {
     PP_ASSIGN_OR_RETURN(created->id, s.InsertOrganization(
                                          {created->kind, created->name, created->position},
                                          created->created_at));
-    return ToJson(*created).dump();
+    if (created->kind == OrgKind::kNgo) {
+      // Until its tablet reports, the NGO's vehicle stands at the depot.
+      Vehicle v;
+      v.ngo_id = created->id;
+      v.position = created->position;
+      v.updated_at = created->created_at;
+      PP_RETURN_IF_ERROR(s.UpsertVehicle(v));
+    }
+    return Reply{ToJson(*created).dump(), false, nullptr, false};
   };
   SubmitIdempotent("organization.create", std::move(key), Fingerprint(canonical.dump()), effect,
                    [this, created, done = std::move(done)](Result<Reply> r) {
@@ -94,73 +110,106 @@ void HubService::CreateOrganization(NewOrganization org, std::string key, Callba
 void HubService::PostSurplus(SurplusDraft draft, std::string key, Callback done) {
   std::string scope = "surplus.post/provider:" + std::to_string(draft.provider_id);
   std::string fingerprint = Fingerprint(ToJson(draft).dump());
-  auto effect = [this, draft = std::move(draft)](StoreSession& s) -> Result<std::string> {
+  auto effect = [this, draft = std::move(draft)](StoreSession& s) -> Result<Reply> {
     PP_ASSIGN_OR_RETURN(auto provider, FindOrganization(s, draft.provider_id));
     if (!provider || provider->kind != OrgKind::kProvider)
       return Error::Invalid("request has invalid fields",
                             {{"provider_id", "no provider organisation with this id"}});
     Timestamp now = clock_.Now();
-    Surplus x;
-    x.draft = draft;
-    x.position = draft.position.value_or(provider->position);
-    x.status = SurplusStatus::kAvailable;
-    x.version = 1;
-    x.created_at = x.updated_at = now;
-    PP_ASSIGN_OR_RETURN(x.id, s.InsertSurplus(x));
+    auto x = std::make_shared<Surplus>();
+    x->draft = draft;
+    x->position = draft.position.value_or(provider->position);
+    x->status = SurplusStatus::kAvailable;
+    x->version = 1;
+    x->created_at = x->updated_at = now;
+    PP_ASSIGN_OR_RETURN(x->id, s.InsertSurplus(*x));
     PP_RETURN_IF_ERROR(
-        s.AppendHistory({x.id, 1, now, std::nullopt, x.status, "post", draft.provider_id}));
-    std::string body = ToJson(x).dump();
-    PP_RETURN_IF_ERROR(s.AppendOutbox({0, "surplus.posted", x.id, body, now, std::nullopt}));
-    return body;
+        s.AppendHistory({x->id, 1, now, std::nullopt, x->status, "post", draft.provider_id}));
+    std::string body = ToJson(*x).dump();
+    PP_RETURN_IF_ERROR(s.AppendOutbox({0, "surplus.posted", x->id, body, now, std::nullopt}));
+    return Reply{std::move(body), false, x, false};
   };
   SubmitIdempotent(std::move(scope), std::move(key), std::move(fingerprint), effect,
                    std::move(done));
 }
 
-void HubService::Claim(int64_t surplus_id, ClaimRequest req, std::string key, Callback done) {
-  std::string scope = "surplus.claim/ngo:" + std::to_string(req.ngo_id);
-  nlohmann::json canonical{{"surplus_id", surplus_id}, {"ngo_id", req.ngo_id},
-                           {"version", req.version}};
-  auto effect = [this, surplus_id, req](StoreSession& s) -> Result<std::string> {
-    PP_ASSIGN_OR_RETURN(auto ngo, FindOrganization(s, req.ngo_id));
-    if (!ngo || ngo->kind != OrgKind::kNgo)
+Result<Reply> HubService::ApplyDecision(StoreSession& s, int64_t surplus_id,
+                                        std::optional<int64_t> ngo, const Decide& decide) {
+  if (ngo) {
+    PP_ASSIGN_OR_RETURN(auto org, FindOrganization(s, *ngo));
+    if (!org || org->kind != OrgKind::kNgo)
       return Error::Invalid("request has invalid fields",
                             {{"ngo_id", "no NGO organisation with this id"}});
-    PP_ASSIGN_OR_RETURN(auto current, s.GetSurplus(surplus_id));
-    if (!current) return Error::NotFound("no surplus post " + std::to_string(surplus_id));
-    auto conflict = [](const Surplus& cur) {
-      return Error::Conflict("surplus " + std::to_string(cur.id) + " is " +
-                                 std::string(ToString(cur.status)) + " at version " +
-                                 std::to_string(cur.version),
-                             StateJson(cur).dump());
-    };
-    // The domain decides (table and version), the store enforces (the
-    // conditional UPDATE), because another transaction may have won since
-    // our read.
-    auto next = NextStatus(current->status, SurplusEvent::kClaim);
-    if (!next || current->version != req.version) return conflict(*current);
-    Timestamp now = clock_.Now();
-    PP_ASSIGN_OR_RETURN(bool applied,
-                        s.ApplyChange({surplus_id, req.version, SurplusEvent::kClaim,
-                                       req.ngo_id, now}));
-    if (!applied) {
-      PP_ASSIGN_OR_RETURN(auto winner, s.GetSurplus(surplus_id));
-      return conflict(*winner);
-    }
-    Surplus after = *current;
-    after.status = *next;
-    after.version = req.version + 1;
-    after.claimed_by = req.ngo_id;
-    after.updated_at = now;
-    PP_RETURN_IF_ERROR(s.AppendHistory({surplus_id, after.version, now, current->status,
-                                        after.status, std::string(ToString(SurplusEvent::kClaim)),
-                                        req.ngo_id}));
-    std::string body = StateJson(after).dump();
-    PP_RETURN_IF_ERROR(s.AppendOutbox({0, "surplus.claimed", surplus_id, body, now, std::nullopt}));
-    return body;
+  }
+  PP_ASSIGN_OR_RETURN(auto current, s.GetSurplus(surplus_id));
+  if (!current) return Error::NotFound("no surplus post " + std::to_string(surplus_id));
+  Timestamp now = clock_.Now();
+  // The domain decides (table, version, offer), the store enforces (the
+  // conditional UPDATE), because another transaction may have won since our
+  // read — in another hub process, say.
+  PP_ASSIGN_OR_RETURN(Decision d, decide(*current, now));
+  PP_ASSIGN_OR_RETURN(bool applied, s.ApplyChange({surplus_id, current->version, d.event,
+                                                   d.claimed_by, d.match, now}));
+  if (!applied) {
+    PP_ASSIGN_OR_RETURN(auto winner, s.GetSurplus(surplus_id));
+    if (!winner) return Error::NotFound("no surplus post " + std::to_string(surplus_id));
+    return Error::Conflict("surplus " + std::to_string(surplus_id) + " changed concurrently",
+                           StateJson(*winner).dump());
+  }
+  auto after = std::make_shared<Surplus>(Apply(*current, d, now));
+  PP_RETURN_IF_ERROR(s.AppendHistory({surplus_id, after->version, now, current->status,
+                                      after->status, std::string(ToString(d.event)), d.actor}));
+  std::string body = StateJson(*after).dump();
+  PP_RETURN_IF_ERROR(s.AppendOutbox({0, d.outbox_type, surplus_id, body, now, std::nullopt}));
+  return Reply{std::move(body), false, after, d.dlq_exhausted};
+}
+
+void HubService::SubmitDecision(int64_t surplus_id, std::optional<int64_t> ngo, std::string scope,
+                                std::string key, std::string fingerprint, Decide decide,
+                                Callback done) {
+  auto effect = [this, surplus_id, ngo, decide = std::move(decide)](StoreSession& s) {
+    return ApplyDecision(s, surplus_id, ngo, decide);
   };
-  SubmitIdempotent(std::move(scope), std::move(key), Fingerprint(canonical.dump()), effect,
+  SubmitIdempotent(std::move(scope), std::move(key), std::move(fingerprint), std::move(effect),
                    std::move(done));
+}
+
+void HubService::Claim(int64_t surplus_id, ClaimRequest req, std::string key, Callback done) {
+  SubmitDecision(
+      surplus_id, req.ngo_id, "surplus.claim/ngo:" + std::to_string(req.ngo_id), std::move(key),
+      NgoCommandFingerprint("claim", surplus_id, req.ngo_id, req.version),
+      [req](const Surplus& cur, Timestamp) { return DecideClaim(cur, req.ngo_id, req.version); },
+      std::move(done));
+}
+
+void HubService::Accept(int64_t surplus_id, int64_t ngo, std::string key, Callback done) {
+  SubmitDecision(
+      surplus_id, ngo, "surplus.accept/ngo:" + std::to_string(ngo), std::move(key),
+      NgoCommandFingerprint("accept", surplus_id, ngo),
+      [ngo](const Surplus& cur, Timestamp now) { return DecideAccept(cur, ngo, now); },
+      std::move(done));
+}
+
+void HubService::Decline(int64_t surplus_id, int64_t ngo, std::string key, Callback done) {
+  SubmitDecision(
+      surplus_id, ngo, "surplus.decline/ngo:" + std::to_string(ngo), std::move(key),
+      NgoCommandFingerprint("decline", surplus_id, ngo),
+      [ngo](const Surplus& cur, Timestamp) { return DecideDecline(cur, ngo); }, std::move(done));
+}
+
+void HubService::Assign(int64_t surplus_id, int64_t ngo, std::string key, Callback done) {
+  SubmitDecision(
+      surplus_id, ngo, "surplus.assign", std::move(key),
+      NgoCommandFingerprint("assign", surplus_id, ngo),
+      [ngo](const Surplus& cur, Timestamp) { return DecideAssign(cur, ngo); }, std::move(done));
+}
+
+void HubService::ApplyInternal(int64_t surplus_id, Decide decide, Callback done) {
+  SubmitDecision(surplus_id, std::nullopt, "", "", "", std::move(decide), std::move(done));
+}
+
+Status HubService::UpsertVehicle(const Vehicle& v) {
+  return committer_.Run([v](StoreSession& s) { return s.UpsertVehicle(v); });
 }
 
 Result<Reply> HubService::CreateOrganization(NewOrganization org, std::string key) {
@@ -172,9 +221,21 @@ Result<Reply> HubService::PostSurplus(SurplusDraft draft, std::string key) {
 Result<Reply> HubService::Claim(int64_t id, ClaimRequest req, std::string key) {
   return Await([&](Callback cb) { Claim(id, req, std::move(key), cb); });
 }
+Result<Reply> HubService::Accept(int64_t id, int64_t ngo, std::string key) {
+  return Await([&](Callback cb) { Accept(id, ngo, std::move(key), cb); });
+}
+Result<Reply> HubService::Decline(int64_t id, int64_t ngo, std::string key) {
+  return Await([&](Callback cb) { Decline(id, ngo, std::move(key), cb); });
+}
+Result<Reply> HubService::Assign(int64_t id, int64_t ngo, std::string key) {
+  return Await([&](Callback cb) { Assign(id, ngo, std::move(key), cb); });
+}
+Result<Reply> HubService::ApplyInternal(int64_t id, Decide decide) {
+  return Await([&](Callback cb) { ApplyInternal(id, std::move(decide), cb); });
+}
 
-template <typename F>
-Result<Reply> HubService::Read(F&& f) {
+template <typename T, typename F>
+Result<T> HubService::Read(F&& f) {
   std::unique_ptr<StoreSession> s;
   {
     std::lock_guard lock(mu_);
@@ -187,7 +248,7 @@ Result<Reply> HubService::Read(F&& f) {
     PP_ASSIGN_OR_RETURN(s, store_.OpenSession());
   }
   PP_RETURN_IF_ERROR(s->Begin(TxnMode::kRead));
-  Result<Reply> r = f(*s);
+  Result<T> r = f(*s);
   s->Rollback();  // read-only: nothing to keep
   // A session whose read failed may be broken: let it go.
   if (r.ok() || !IsStoreFailure(r.error())) {
@@ -198,24 +259,38 @@ Result<Reply> HubService::Read(F&& f) {
 }
 
 Result<Reply> HubService::GetOrganization(int64_t id) {
-  return Read([&](StoreSession& s) -> Result<Reply> {
+  return Read<Reply>([&](StoreSession& s) -> Result<Reply> {
     PP_ASSIGN_OR_RETURN(auto org, s.GetOrganization(id));
     if (!org) return Error::NotFound("no organisation " + std::to_string(id));
     CacheOrganization(*org);
-    return Reply{ToJson(*org).dump(), false};
+    return Reply{ToJson(*org).dump(), false, nullptr, false};
   });
 }
 
 Result<Reply> HubService::GetSurplus(int64_t id) {
-  return Read([&](StoreSession& s) -> Result<Reply> {
+  return Read<Reply>([&](StoreSession& s) -> Result<Reply> {
     PP_ASSIGN_OR_RETURN(auto x, s.GetSurplus(id));
     if (!x) return Error::NotFound("no surplus post " + std::to_string(id));
     PP_ASSIGN_OR_RETURN(auto history, s.GetHistory(id));
     nlohmann::json j = ToJson(*x);
     j["history"] = nlohmann::json::array();
     for (const auto& h : history) j["history"].push_back(ToJson(h));
-    return Reply{j.dump(), false};
+    return Reply{j.dump(), false, std::make_shared<Surplus>(*x), false};
   });
+}
+
+Result<std::vector<Surplus>> HubService::ListSurplus(const std::vector<SurplusStatus>& statuses,
+                                                     int64_t after_id, int limit) {
+  return Read<std::vector<Surplus>>(
+      [&](StoreSession& s) { return s.ListSurplus(statuses, after_id, limit); });
+}
+
+Result<std::vector<int64_t>> HubService::ListDue(Timestamp now, int limit) {
+  return Read<std::vector<int64_t>>([&](StoreSession& s) { return s.ListDue({now, limit}); });
+}
+
+Result<std::vector<Vehicle>> HubService::ListVehicles() {
+  return Read<std::vector<Vehicle>>([&](StoreSession& s) { return s.ListVehicles(); });
 }
 
 }  // namespace pp

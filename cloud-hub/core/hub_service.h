@@ -22,6 +22,7 @@
 
 #include "cloud-hub/core/group_committer.h"
 #include "cloud-hub/store/store.h"
+#include "common/cascade.h"
 #include "common/clock.h"
 #include "common/validation.h"
 
@@ -31,6 +32,10 @@ namespace pp {
 struct Reply {
   std::string json;
   bool replayed = false;  // true when served from the idempotency record
+  // For commands that changed a post, when freshly applied: the post after
+  // the change (the matching engine continues from it).
+  std::shared_ptr<const Surplus> surplus;
+  bool dlq_exhausted = false;  // the change calls for an operator alert
 };
 
 class HubService {
@@ -43,30 +48,54 @@ class HubService {
   void CreateOrganization(NewOrganization org, std::string idempotency_key, Callback done);
   void PostSurplus(SurplusDraft draft, std::string idempotency_key, Callback done);
   void Claim(int64_t surplus_id, ClaimRequest req, std::string idempotency_key, Callback done);
+  // The offer cascade: an NGO answers its offer; an operator assigns.
+  void Accept(int64_t surplus_id, int64_t ngo, std::string idempotency_key, Callback done);
+  void Decline(int64_t surplus_id, int64_t ngo, std::string idempotency_key, Callback done);
+  void Assign(int64_t surplus_id, int64_t ngo, std::string idempotency_key, Callback done);
+  // Decisions taken by the hub itself (matching, timers), applied to the
+  // post's state at commit time.
+  using Decide = std::function<Result<Decision>(const Surplus& current, Timestamp now)>;
+  void ApplyInternal(int64_t surplus_id, Decide decide, Callback done);
+
+  Status UpsertVehicle(const Vehicle& v);
 
   // Blocking forms of the above.
   Result<Reply> CreateOrganization(NewOrganization org, std::string idempotency_key);
   Result<Reply> PostSurplus(SurplusDraft draft, std::string idempotency_key);
   Result<Reply> Claim(int64_t surplus_id, ClaimRequest req, std::string idempotency_key);
+  Result<Reply> Accept(int64_t surplus_id, int64_t ngo, std::string idempotency_key);
+  Result<Reply> Decline(int64_t surplus_id, int64_t ngo, std::string idempotency_key);
+  Result<Reply> Assign(int64_t surplus_id, int64_t ngo, std::string idempotency_key);
+  Result<Reply> ApplyInternal(int64_t surplus_id, Decide decide);
 
   // Reads (a snapshot; never blocks writers).
   Result<Reply> GetOrganization(int64_t id);
   // The post with its full history.
   Result<Reply> GetSurplus(int64_t id);
+  Result<std::vector<Surplus>> ListSurplus(const std::vector<SurplusStatus>& statuses,
+                                           int64_t after_id, int limit);
+  Result<std::vector<int64_t>> ListDue(Timestamp now, int limit);
+  Result<std::vector<Vehicle>> ListVehicles();
 
   const Clock& clock() const { return clock_; }
 
  private:
-  using Effect = std::function<Result<std::string>(StoreSession&)>;
+  using Effect = std::function<Result<Reply>(StoreSession&)>;
   void SubmitIdempotent(std::string scope, std::string key, std::string fingerprint,
                         Effect effect, Callback done);
+  // Reads the post, asks `decide`, applies the decision with the optimistic
+  // lock, writes history and outbox. For NGO commands `ngo` must be an NGO.
+  void SubmitDecision(int64_t surplus_id, std::optional<int64_t> ngo, std::string scope,
+                      std::string key, std::string fingerprint, Decide decide, Callback done);
+  Result<Reply> ApplyDecision(StoreSession& s, int64_t surplus_id, std::optional<int64_t> ngo,
+                              const Decide& decide);
   // Organisations never change once created, so they are cached after their
   // commit or a committed read.
   Result<std::optional<Organization>> FindOrganization(StoreSession& s, int64_t id);
   void CacheOrganization(const Organization& o);
 
-  template <typename F>
-  Result<Reply> Read(F&& f);
+  template <typename T, typename F>
+  Result<T> Read(F&& f);
 
   // Constant after construction.
   Store& store_;

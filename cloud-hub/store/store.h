@@ -28,6 +28,7 @@
 #include "common/error.h"
 #include "common/lifecycle.h"
 #include "common/validation.h"
+#include "common/vehicle.h"
 
 namespace pp {
 
@@ -37,10 +38,18 @@ struct SurplusChange {
   int64_t surplus_id = 0;
   int64_t expected_version = 0;
   SurplusEvent event = SurplusEvent::kClaim;
-  // The claiming NGO after the change (set by kClaim; cleared by kRelease,
-  // kOfferLapsed keeps whatever it was, which is none).
+  // The post's fields after the change (the caller computes them with the
+  // domain; the store writes them only if the lock holds).
   std::optional<int64_t> claimed_by;
+  MatchState match;
   Timestamp at{};
+};
+
+// Work that has come due: offers past their deadline, dead-lettered posts
+// whose retry time has come, open posts past best_before.
+struct DueQuery {
+  Timestamp now{};
+  int limit = 100;
 };
 
 enum class TxnMode { kRead, kWrite };
@@ -68,6 +77,16 @@ class StoreSession {
   // transaction commits rather than at the call: a backend may batch them
   // (PostgreSQL does, to save round trips). Their errors (a duplicate key)
   // then surface from Commit(); reads in the same transaction still see them.
+  // Posts in `statuses` (all when empty), oldest first, after `after_id`.
+  virtual Result<std::vector<Surplus>> ListSurplus(const std::vector<SurplusStatus>& statuses,
+                                                   int64_t after_id, int limit) = 0;
+  // Ids of posts with work due (see DueQuery), oldest deadline first.
+  virtual Result<std::vector<int64_t>> ListDue(const DueQuery& q) = 0;
+
+  // NGO vehicles (one per NGO; see common/vehicle.h).
+  virtual Status UpsertVehicle(const Vehicle& v) = 0;
+  virtual Result<std::vector<Vehicle>> ListVehicles() = 0;
+
   virtual Status AppendHistory(const HistoryEntry& entry) = 0;
   virtual Result<std::vector<HistoryEntry>> GetHistory(int64_t surplus_id) = 0;
 

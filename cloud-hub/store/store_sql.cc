@@ -31,4 +31,28 @@ std::vector<std::string> SplitAllergens(const std::string& s) {
   return out;
 }
 
+std::string DueSql(char p) {
+  std::string now = std::string(1, p) + "1", limit = std::string(1, p) + "2";
+  return "SELECT id FROM ("
+         " SELECT id, offer_expires_at AS due FROM surplus WHERE status='offered' AND "
+         "offer_expires_at <= " + now +
+         " UNION ALL SELECT id, next_retry_at FROM surplus WHERE status='dead_lettered' AND "
+         "next_retry_at <= " + now +
+         " UNION ALL SELECT id, best_before FROM surplus WHERE status IN (" +
+         QuotedSources(SurplusEvent::kExpire) + ") AND best_before <= " + now +
+         ") due_work GROUP BY id ORDER BY min(due), id LIMIT " + limit;
+}
+
+std::string JoinIds(const std::vector<int64_t>& ids) {
+  std::string out;
+  for (auto id : ids) (out += out.empty() ? "" : ",") += std::to_string(id);
+  return out;
+}
+
+std::vector<int64_t> SplitIds(const std::string& s) {
+  std::vector<int64_t> out;
+  for (const auto& part : SplitAllergens(s)) out.push_back(std::stoll(part));
+  return out;
+}
+
 }  // namespace pp::store_sql

@@ -18,6 +18,20 @@ std::string QuotedSources(SurplusEvent event);
 std::string JoinAllergens(const std::vector<std::string>& a);
 std::vector<std::string> SplitAllergens(const std::string& s);
 
+// The surplus columns in the order every backend selects and decodes them.
+constexpr const char* kSurplusColumns =
+    "id, provider_id, category, description, quantity_kg, portions, allergens, storage, "
+    "prepared_at, best_before, pickup_start, pickup_end, instructions, lat, lon, status, version, "
+    "claimed_by, created_at, updated_at, offered_to, offer_expires_at, excluded, dlq_attempts, "
+    "next_retry_at";
+
+// SELECT id of due work (see DueQuery); `p` is the placeholder style:
+// "?" for SQLite ("?1" style), "$" for PostgreSQL.
+std::string DueSql(char p);
+
+std::string JoinIds(const std::vector<int64_t>& ids);
+std::vector<int64_t> SplitIds(const std::string& s);
+
 // One migration: applied once, in order, recorded in schema_migrations.
 struct Migration {
   int version;

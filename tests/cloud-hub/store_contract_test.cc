@@ -143,15 +143,15 @@ TEST_P(StoreContract, ChangeIsAnOptimisticLock) {
   auto at = kT0 + std::chrono::minutes(1);
   Write([&](StoreSession& s) {
     // Wrong version: refused.
-    EXPECT_FALSE(*s.ApplyChange({id, 2, SurplusEvent::kClaim, ngo, at}));
+    EXPECT_FALSE(*s.ApplyChange({id, 2, SurplusEvent::kClaim, ngo, {}, at}));
     // Event not allowed from 'available': refused.
-    EXPECT_FALSE(*s.ApplyChange({id, 1, SurplusEvent::kDeliver, ngo, at}));
+    EXPECT_FALSE(*s.ApplyChange({id, 1, SurplusEvent::kDeliver, ngo, {}, at}));
     // No such post: refused, not an error.
-    EXPECT_FALSE(*s.ApplyChange({id + 99, 1, SurplusEvent::kClaim, ngo, at}));
-    EXPECT_TRUE(*s.ApplyChange({id, 1, SurplusEvent::kClaim, ngo, at}));
+    EXPECT_FALSE(*s.ApplyChange({id + 99, 1, SurplusEvent::kClaim, ngo, {}, at}));
+    EXPECT_TRUE(*s.ApplyChange({id, 1, SurplusEvent::kClaim, ngo, {}, at}));
     // The same claim again is now stale.
-    EXPECT_FALSE(*s.ApplyChange({id, 1, SurplusEvent::kClaim, ngo, at}));
-    EXPECT_FALSE(*s.ApplyChange({id, 2, SurplusEvent::kClaim, ngo, at}));
+    EXPECT_FALSE(*s.ApplyChange({id, 1, SurplusEvent::kClaim, ngo, {}, at}));
+    EXPECT_FALSE(*s.ApplyChange({id, 2, SurplusEvent::kClaim, ngo, {}, at}));
   });
   ASSERT_TRUE(s_->Begin(TxnMode::kRead).ok());
   auto x = **s_->GetSurplus(id);
@@ -254,6 +254,79 @@ TEST_P(StoreContract, UnknownProviderIsRefusedByTheStore) {
   ASSERT_TRUE(s_->Begin(TxnMode::kWrite).ok());
   auto r = s_->InsertSurplus(Sample(424242));
   EXPECT_FALSE(r.ok());
+  s_->Rollback();
+}
+
+TEST_P(StoreContract, MatchStateRoundTripsThroughAChange) {
+  int64_t p = Org(OrgKind::kProvider), ngo = Org(OrgKind::kNgo), other = Org(OrgKind::kNgo);
+  int64_t id = Post(p);
+  MatchState m;
+  m.offered_to = ngo;
+  m.offer_expires_at = kT0 + std::chrono::minutes(5);
+  m.excluded = {other, 77};
+  Write([&](StoreSession& s) {
+    EXPECT_TRUE(*s.ApplyChange({id, 1, SurplusEvent::kOffer, std::nullopt, m, kT0}));
+  });
+  ASSERT_TRUE(s_->Begin(TxnMode::kRead).ok());
+  auto x = **s_->GetSurplus(id);
+  EXPECT_EQ(x.status, SurplusStatus::kOffered);
+  EXPECT_EQ(x.match, m);
+  s_->Rollback();
+}
+
+TEST_P(StoreContract, DueWorkAndListsByStatus) {
+  int64_t p = Org(OrgKind::kProvider), ngo = Org(OrgKind::kNgo);
+  int64_t offered = Post(p), dlq = Post(p), fresh = Post(p), claimed = Post(p);
+  MatchState offer;
+  offer.offered_to = ngo;
+  offer.offer_expires_at = kT0 + std::chrono::minutes(5);
+  MatchState retry;
+  retry.next_retry_at = kT0 + std::chrono::minutes(1);
+  Write([&](StoreSession& s) {
+    ASSERT_TRUE(*s.ApplyChange({offered, 1, SurplusEvent::kOffer, std::nullopt, offer, kT0}));
+    ASSERT_TRUE(*s.ApplyChange({dlq, 1, SurplusEvent::kDeadLetter, std::nullopt, retry, kT0}));
+    ASSERT_TRUE(*s.ApplyChange({claimed, 1, SurplusEvent::kClaim, ngo, {}, kT0}));
+  });
+  ASSERT_TRUE(s_->Begin(TxnMode::kRead).ok());
+  EXPECT_TRUE(s_->ListDue({kT0, 10})->empty());
+  EXPECT_EQ(*s_->ListDue({kT0 + std::chrono::minutes(1), 10}), std::vector<int64_t>{dlq});
+  EXPECT_EQ(*s_->ListDue({kT0 + std::chrono::minutes(5), 10}), (std::vector<int64_t>{dlq, offered}));
+  // Past best_before (3 h): every open or claimed post is due, once each.
+  auto all = *s_->ListDue({kT0 + std::chrono::hours(3), 10});
+  EXPECT_EQ(all.size(), 4u);
+  EXPECT_EQ(s_->ListDue({kT0 + std::chrono::hours(3), 2})->size(), 2u);
+  auto open = *s_->ListSurplus({SurplusStatus::kAvailable, SurplusStatus::kDeadLettered}, 0, 10);
+  ASSERT_EQ(open.size(), 2u);
+  EXPECT_EQ(open[0].id, dlq);
+  EXPECT_EQ(open[1].id, fresh);
+  EXPECT_EQ(s_->ListSurplus({}, dlq, 10)->size(), 2u);
+  s_->Rollback();
+}
+
+TEST_P(StoreContract, VehiclesUpsert) {
+  int64_t ngo = Org(OrgKind::kNgo);
+  Vehicle v;
+  v.ngo_id = ngo;
+  v.position = {51.5, -0.1};
+  v.free_kg = 120;
+  v.accepts = CategoryMaskOf({"bakery", "produce"});
+  v.open_from_min = 22 * 60;
+  v.open_to_min = 6 * 60;
+  v.updated_at = kT0;
+  Write([&](StoreSession& s) { ASSERT_TRUE(s.UpsertVehicle(v).ok()); });
+  v.position = {51.6, -0.2};
+  v.online = false;
+  v.reported = true;
+  Write([&](StoreSession& s) { ASSERT_TRUE(s.UpsertVehicle(v).ok()); });
+  ASSERT_TRUE(s_->Begin(TxnMode::kRead).ok());
+  auto all = *s_->ListVehicles();
+  ASSERT_EQ(all.size(), 1u);
+  EXPECT_EQ(all[0].position, (GeoPoint{51.6, -0.2}));
+  EXPECT_EQ(all[0].accepts, v.accepts);
+  EXPECT_EQ(all[0].open_from_min, 22 * 60);
+  EXPECT_FALSE(all[0].online);
+  EXPECT_TRUE(all[0].reported);
+  EXPECT_EQ(all[0].free_kg, 120);
   s_->Rollback();
 }
 

@@ -71,6 +71,27 @@ CREATE TABLE idempotency (
   PRIMARY KEY (scope, key)
 );
 )sql"},
+    {2, "offer cascade state on surplus; NGO vehicles", R"sql(
+ALTER TABLE surplus ADD COLUMN offered_to BIGINT;
+ALTER TABLE surplus ADD COLUMN offer_expires_at BIGINT;
+ALTER TABLE surplus ADD COLUMN excluded TEXT NOT NULL DEFAULT '';
+ALTER TABLE surplus ADD COLUMN dlq_attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE surplus ADD COLUMN next_retry_at BIGINT;
+CREATE INDEX surplus_offer_due ON surplus (offer_expires_at) WHERE status = 'offered';
+CREATE INDEX surplus_retry_due ON surplus (next_retry_at) WHERE status = 'dead_lettered';
+CREATE TABLE vehicles (
+  ngo_id        BIGINT PRIMARY KEY REFERENCES organizations(id),
+  lat           DOUBLE PRECISION NOT NULL,
+  lon           DOUBLE PRECISION NOT NULL,
+  free_kg       DOUBLE PRECISION NOT NULL,
+  accepts       INTEGER NOT NULL,
+  open_from_min INTEGER NOT NULL,
+  open_to_min   INTEGER NOT NULL,
+  online        BOOLEAN NOT NULL,
+  reported      BOOLEAN NOT NULL,
+  updated_at    BIGINT  NOT NULL
+);
+)sql"},
 };
 
 // Any stable number: the advisory lock that serialises migrations of hubs
@@ -151,12 +172,27 @@ std::vector<Statement> Statements() {
       {"surplus_insert",
        "INSERT INTO surplus (provider_id, category, description, quantity_kg, portions, "
        "allergens, storage, prepared_at, best_before, pickup_start, pickup_end, instructions, "
-       "lat, lon, status, version, claimed_by, created_at, updated_at) VALUES "
-       "($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19) RETURNING id"},
+       "lat, lon, status, version, claimed_by, created_at, updated_at, offered_to, "
+       "offer_expires_at, excluded, dlq_attempts, next_retry_at) VALUES "
+       "($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24) "
+       "RETURNING id"},
       {"surplus_get",
-       "SELECT id, provider_id, category, description, quantity_kg, portions, allergens, "
-       "storage, prepared_at, best_before, pickup_start, pickup_end, instructions, lat, lon, "
-       "status, version, claimed_by, created_at, updated_at FROM surplus WHERE id=$1"},
+       std::string("SELECT ") + store_sql::kSurplusColumns + " FROM surplus WHERE id=$1"},
+      {"surplus_list",
+       std::string("SELECT ") + store_sql::kSurplusColumns +
+           " FROM surplus WHERE id > $1 AND ($2 = '' OR status = ANY(string_to_array($2, ',')))"
+           " ORDER BY id LIMIT $3"},
+      {"due_list", store_sql::DueSql('$')},
+      {"vehicle_upsert",
+       "INSERT INTO vehicles (ngo_id, lat, lon, free_kg, accepts, open_from_min, open_to_min, "
+       "online, reported, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) ON CONFLICT "
+       "(ngo_id) DO UPDATE SET lat=excluded.lat, lon=excluded.lon, free_kg=excluded.free_kg, "
+       "accepts=excluded.accepts, open_from_min=excluded.open_from_min, "
+       "open_to_min=excluded.open_to_min, online=excluded.online, reported=excluded.reported, "
+       "updated_at=excluded.updated_at"},
+      {"vehicle_list",
+       "SELECT ngo_id, lat, lon, free_kg, accepts, open_from_min, open_to_min, online, reported, "
+       "updated_at FROM vehicles ORDER BY ngo_id"},
       {"history_insert",
        "INSERT INTO surplus_history (surplus_id, version, at, from_status, to_status, event, "
        "actor_org) VALUES ($1,$2,$3,$4,$5,$6,$7)"},
@@ -207,8 +243,9 @@ class PgSession final : public StoreSession {
       for (const auto& t : SurplusTransitions()) {
         std::string name = ChangeStatementName(t.event);
         std::string sql = "UPDATE surplus SET status='" + std::string(ToString(TargetOf(t.event))) +
-                          "', claimed_by=$1, version=version+1, updated_at=$2 "
-                          "WHERE id=$3 AND version=$4 AND status IN (" +
+                          "', claimed_by=$1, offered_to=$2, offer_expires_at=$3, excluded=$4, "
+                          "dlq_attempts=$5, next_retry_at=$6, version=version+1, updated_at=$7 "
+                          "WHERE id=$8 AND version=$9 AND status IN (" +
                           store_sql::QuotedSources(t.event) + ")";
         try {
           conn->prepare(name, sql);
@@ -282,7 +319,10 @@ class PgSession final : public StoreSession {
                            ToUnixMillis(d.best_before), OptMillis(d.pickup_start),
                            OptMillis(d.pickup_end), d.instructions, x.position.lat,
                            x.position.lon, std::string(ToString(x.status)), x.version,
-                           x.claimed_by, ToUnixMillis(x.created_at), ToUnixMillis(x.updated_at))[0]
+                           x.claimed_by, ToUnixMillis(x.created_at), ToUnixMillis(x.updated_at),
+                           x.match.offered_to, OptMillis(x.match.offer_expires_at),
+                           store_sql::JoinIds(x.match.excluded), x.match.dlq_attempts,
+                           OptMillis(x.match.next_retry_at))[0]
           .as<int64_t>();
     });
   }
@@ -291,35 +331,66 @@ class PgSession final : public StoreSession {
     return Exec("get surplus", [&] {
       auto r = txn_->exec_prepared("surplus_get", id);
       if (r.empty()) return std::optional<Surplus>();
-      const auto& row = r[0];
-      Surplus x;
-      auto& d = x.draft;
-      x.id = row[0].as<int64_t>();
-      d.provider_id = row[1].as<int64_t>();
-      d.category = row[2].as<std::string>();
-      d.description = row[3].as<std::string>();
-      d.quantity_kg = Opt<double>(row[4]);
-      d.portions = Opt<int64_t>(row[5]);
-      d.allergens = store_sql::SplitAllergens(row[6].as<std::string>());
-      d.storage = ParseStorage(row[7].c_str()).value_or(Storage::kAmbient);
-      d.prepared_at = OptTime(row[8]);
-      d.best_before = FromUnixMillis(row[9].as<int64_t>());
-      d.pickup_start = OptTime(row[10]);
-      d.pickup_end = OptTime(row[11]);
-      d.instructions = row[12].as<std::string>();
-      x.position = {row[13].as<double>(), row[14].as<double>()};
-      x.status = ParseSurplusStatus(row[15].c_str()).value_or(SurplusStatus::kAvailable);
-      x.version = row[16].as<int64_t>();
-      x.claimed_by = Opt<int64_t>(row[17]);
-      x.created_at = FromUnixMillis(row[18].as<int64_t>());
-      x.updated_at = FromUnixMillis(row[19].as<int64_t>());
-      return std::optional<Surplus>(std::move(x));
+      return std::optional<Surplus>(ReadSurplus(r[0]));
+    });
+  }
+
+  Result<std::vector<Surplus>> ListSurplus(const std::vector<SurplusStatus>& statuses,
+                                           int64_t after_id, int limit) override {
+    std::string wanted;
+    for (auto st : statuses) (wanted += wanted.empty() ? "" : ",") += ToString(st);
+    return Exec("list surplus", [&] {
+      std::vector<Surplus> out;
+      for (const auto& row : txn_->exec_prepared("surplus_list", after_id, wanted, limit))
+        out.push_back(ReadSurplus(row));
+      return out;
+    });
+  }
+
+  Result<std::vector<int64_t>> ListDue(const DueQuery& q) override {
+    return Exec("list due", [&] {
+      std::vector<int64_t> out;
+      for (const auto& row : txn_->exec_prepared("due_list", ToUnixMillis(q.now), q.limit))
+        out.push_back(row[0].as<int64_t>());
+      return out;
+    });
+  }
+
+  Status UpsertVehicle(const Vehicle& v) override {
+    return Exec("upsert vehicle", [&] {
+      txn_->exec_prepared("vehicle_upsert", v.ngo_id, v.position.lat, v.position.lon, v.free_kg,
+                          int(v.accepts), v.open_from_min, v.open_to_min, v.online, v.reported,
+                          ToUnixMillis(v.updated_at));
+      return Ok{};
+    });
+  }
+
+  Result<std::vector<Vehicle>> ListVehicles() override {
+    return Exec("list vehicles", [&] {
+      std::vector<Vehicle> out;
+      for (const auto& row : txn_->exec_prepared("vehicle_list")) {
+        Vehicle v;
+        v.ngo_id = row[0].as<int64_t>();
+        v.position = {row[1].as<double>(), row[2].as<double>()};
+        v.free_kg = row[3].as<double>();
+        v.accepts = CategoryMask(row[4].as<int>());
+        v.open_from_min = row[5].as<int>();
+        v.open_to_min = row[6].as<int>();
+        v.online = row[7].as<bool>();
+        v.reported = row[8].as<bool>();
+        v.updated_at = FromUnixMillis(row[9].as<int64_t>());
+        out.push_back(v);
+      }
+      return out;
     });
   }
 
   Result<bool> ApplyChange(const SurplusChange& c) override {
     return Exec("apply surplus change", [&] {
-      auto r = txn_->exec_prepared(ChangeStatementName(c.event), c.claimed_by, ToUnixMillis(c.at),
+      auto r = txn_->exec_prepared(ChangeStatementName(c.event), c.claimed_by, c.match.offered_to,
+                                   OptMillis(c.match.offer_expires_at),
+                                   store_sql::JoinIds(c.match.excluded), c.match.dlq_attempts,
+                                   OptMillis(c.match.next_retry_at), ToUnixMillis(c.at),
                                    c.surplus_id, c.expected_version);
       return r.affected_rows() == 1;
     });
@@ -422,6 +493,36 @@ class PgSession final : public StoreSession {
     auto r = Guard(what, std::forward<F>(f));
     if (!r.ok()) Rollback();
     return r;
+  }
+
+  static Surplus ReadSurplus(const pqxx::row& row) {
+    Surplus x;
+    auto& d = x.draft;
+    x.id = row[0].as<int64_t>();
+    d.provider_id = row[1].as<int64_t>();
+    d.category = row[2].as<std::string>();
+    d.description = row[3].as<std::string>();
+    d.quantity_kg = Opt<double>(row[4]);
+    d.portions = Opt<int64_t>(row[5]);
+    d.allergens = store_sql::SplitAllergens(row[6].as<std::string>());
+    d.storage = ParseStorage(row[7].c_str()).value_or(Storage::kAmbient);
+    d.prepared_at = OptTime(row[8]);
+    d.best_before = FromUnixMillis(row[9].as<int64_t>());
+    d.pickup_start = OptTime(row[10]);
+    d.pickup_end = OptTime(row[11]);
+    d.instructions = row[12].as<std::string>();
+    x.position = {row[13].as<double>(), row[14].as<double>()};
+    x.status = ParseSurplusStatus(row[15].c_str()).value_or(SurplusStatus::kAvailable);
+    x.version = row[16].as<int64_t>();
+    x.claimed_by = Opt<int64_t>(row[17]);
+    x.created_at = FromUnixMillis(row[18].as<int64_t>());
+    x.updated_at = FromUnixMillis(row[19].as<int64_t>());
+    x.match.offered_to = Opt<int64_t>(row[20]);
+    x.match.offer_expires_at = OptTime(row[21]);
+    x.match.excluded = store_sql::SplitIds(row[22].as<std::string>());
+    x.match.dlq_attempts = row[23].as<int>();
+    x.match.next_retry_at = OptTime(row[24]);
+    return x;
   }
 
   static std::string IdemKey(std::string_view scope, std::string_view key) {

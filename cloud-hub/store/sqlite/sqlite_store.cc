@@ -2,6 +2,7 @@
 
 #include <sqlite3.h>
 
+#include <set>
 #include <unordered_map>
 
 #include "cloud-hub/store/store_sql.h"
@@ -71,6 +72,27 @@ CREATE TABLE idempotency (
   created_at  INTEGER NOT NULL,
   PRIMARY KEY (scope, key)
 ) WITHOUT ROWID;
+)sql"},
+    {2, "offer cascade state on surplus; NGO vehicles", R"sql(
+ALTER TABLE surplus ADD COLUMN offered_to INTEGER;
+ALTER TABLE surplus ADD COLUMN offer_expires_at INTEGER;
+ALTER TABLE surplus ADD COLUMN excluded TEXT NOT NULL DEFAULT '';
+ALTER TABLE surplus ADD COLUMN dlq_attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE surplus ADD COLUMN next_retry_at INTEGER;
+CREATE INDEX surplus_offer_due ON surplus (offer_expires_at) WHERE status = 'offered';
+CREATE INDEX surplus_retry_due ON surplus (next_retry_at) WHERE status = 'dead_lettered';
+CREATE TABLE vehicles (
+  ngo_id        INTEGER PRIMARY KEY REFERENCES organizations(id),
+  lat           REAL    NOT NULL,
+  lon           REAL    NOT NULL,
+  free_kg       REAL    NOT NULL,
+  accepts       INTEGER NOT NULL,
+  open_from_min INTEGER NOT NULL,
+  open_to_min   INTEGER NOT NULL,
+  online        INTEGER NOT NULL,
+  reported      INTEGER NOT NULL,
+  updated_at    INTEGER NOT NULL
+);
 )sql"},
 };
 
@@ -195,8 +217,9 @@ class SqliteSession final : public StoreSession {
     auto& s = Prepare(
         "INSERT INTO surplus (provider_id, category, description, quantity_kg, portions, "
         "allergens, storage, prepared_at, best_before, pickup_start, pickup_end, instructions, "
-        "lat, lon, status, version, claimed_by, created_at, updated_at) "
-        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+        "lat, lon, status, version, claimed_by, created_at, updated_at, offered_to, "
+        "offer_expires_at, excluded, dlq_attempts, next_retry_at) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
     const auto& d = x.draft;
     s.Reset()
         .Bind(d.provider_id).Bind(d.category).Bind(d.description).Bind(d.quantity_kg)
@@ -204,41 +227,92 @@ class SqliteSession final : public StoreSession {
         .Bind(d.prepared_at).Bind(d.best_before).Bind(d.pickup_start).Bind(d.pickup_end)
         .Bind(d.instructions).Bind(x.position.lat).Bind(x.position.lon)
         .Bind(ToString(x.status)).Bind(x.version).Bind(x.claimed_by).Bind(x.created_at)
-        .Bind(x.updated_at);
+        .Bind(x.updated_at).Bind(x.match.offered_to).Bind(x.match.offer_expires_at)
+        .Bind(store_sql::JoinIds(x.match.excluded)).Bind(int64_t(x.match.dlq_attempts))
+        .Bind(x.match.next_retry_at);
     PP_RETURN_IF_ERROR(s.Step("insert surplus"));
     return int64_t(sqlite3_last_insert_rowid(db_));
   }
 
   Result<std::optional<Surplus>> GetSurplus(int64_t id) override {
-    auto& s = Prepare(
-        "SELECT id, provider_id, category, description, quantity_kg, portions, allergens, "
-        "storage, prepared_at, best_before, pickup_start, pickup_end, instructions, lat, lon, "
-        "status, version, claimed_by, created_at, updated_at FROM surplus WHERE id=?");
+    auto& s = Prepare(surplus_by_id_sql_.c_str());
     s.Reset().Bind(id);
     PP_ASSIGN_OR_RETURN(bool row, s.Step("get surplus"));
     if (!row) return std::optional<Surplus>();
-    Surplus x;
-    auto& d = x.draft;
-    x.id = s.Int(0);
-    d.provider_id = s.Int(1);
-    d.category = s.Text(2);
-    d.description = s.Text(3);
-    if (!s.Null(4)) d.quantity_kg = s.Real(4);
-    d.portions = s.OptInt(5);
-    d.allergens = store_sql::SplitAllergens(s.Text(6));
-    d.storage = ParseStorage(s.Text(7)).value_or(Storage::kAmbient);
-    d.prepared_at = s.OptTime(8);
-    d.best_before = FromUnixMillis(s.Int(9));
-    d.pickup_start = s.OptTime(10);
-    d.pickup_end = s.OptTime(11);
-    d.instructions = s.Text(12);
-    x.position = {s.Real(13), s.Real(14)};
-    x.status = ParseSurplusStatus(s.Text(15)).value_or(SurplusStatus::kAvailable);
-    x.version = s.Int(16);
-    x.claimed_by = s.OptInt(17);
-    x.created_at = FromUnixMillis(s.Int(18));
-    x.updated_at = FromUnixMillis(s.Int(19));
-    return std::optional<Surplus>(std::move(x));
+    return std::optional<Surplus>(ReadSurplus(s));
+  }
+
+  Result<std::vector<Surplus>> ListSurplus(const std::vector<SurplusStatus>& statuses,
+                                           int64_t after_id, int limit) override {
+    std::string sql = std::string("SELECT ") + store_sql::kSurplusColumns +
+                      " FROM surplus WHERE id > ?";
+    if (!statuses.empty()) {
+      sql += " AND status IN (";
+      for (size_t i = 0; i < statuses.size(); ++i)
+        sql += (i ? ",'" : "'") + std::string(ToString(statuses[i])) + "'";
+      sql += ")";
+    }
+    sql += " ORDER BY id LIMIT ?";
+    auto& s = Prepare(dynamic_sql_.emplace(sql).first->c_str());
+    s.Reset().Bind(after_id).Bind(int64_t(limit));
+    std::vector<Surplus> out;
+    while (true) {
+      PP_ASSIGN_OR_RETURN(bool row, s.Step("list surplus"));
+      if (!row) break;
+      out.push_back(ReadSurplus(s));
+    }
+    return out;
+  }
+
+  Result<std::vector<int64_t>> ListDue(const DueQuery& q) override {
+    auto& s = Prepare(due_sql_.c_str());
+    s.Reset().Bind(q.now).Bind(int64_t(q.limit));
+    std::vector<int64_t> out;
+    while (true) {
+      PP_ASSIGN_OR_RETURN(bool row, s.Step("list due"));
+      if (!row) break;
+      out.push_back(s.Int(0));
+    }
+    return out;
+  }
+
+  Status UpsertVehicle(const Vehicle& v) override {
+    auto& s = Prepare(
+        "INSERT INTO vehicles (ngo_id, lat, lon, free_kg, accepts, open_from_min, open_to_min, "
+        "online, reported, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (ngo_id) DO "
+        "UPDATE SET lat=excluded.lat, lon=excluded.lon, free_kg=excluded.free_kg, "
+        "accepts=excluded.accepts, open_from_min=excluded.open_from_min, "
+        "open_to_min=excluded.open_to_min, online=excluded.online, reported=excluded.reported, "
+        "updated_at=excluded.updated_at");
+    s.Reset().Bind(v.ngo_id).Bind(v.position.lat).Bind(v.position.lon).Bind(v.free_kg)
+        .Bind(int64_t(v.accepts)).Bind(int64_t(v.open_from_min)).Bind(int64_t(v.open_to_min))
+        .Bind(int64_t(v.online)).Bind(int64_t(v.reported)).Bind(v.updated_at);
+    PP_RETURN_IF_ERROR(s.Step("upsert vehicle"));
+    return OkStatus();
+  }
+
+  Result<std::vector<Vehicle>> ListVehicles() override {
+    auto& s = Prepare(
+        "SELECT ngo_id, lat, lon, free_kg, accepts, open_from_min, open_to_min, online, reported, "
+        "updated_at FROM vehicles ORDER BY ngo_id");
+    s.Reset();
+    std::vector<Vehicle> out;
+    while (true) {
+      PP_ASSIGN_OR_RETURN(bool row, s.Step("list vehicles"));
+      if (!row) break;
+      Vehicle v;
+      v.ngo_id = s.Int(0);
+      v.position = {s.Real(1), s.Real(2)};
+      v.free_kg = s.Real(3);
+      v.accepts = CategoryMask(s.Int(4));
+      v.open_from_min = int(s.Int(5));
+      v.open_to_min = int(s.Int(6));
+      v.online = s.Int(7) != 0;
+      v.reported = s.Int(8) != 0;
+      v.updated_at = FromUnixMillis(s.Int(9));
+      out.push_back(v);
+    }
+    return out;
   }
 
   Result<bool> ApplyChange(const SurplusChange& c) override {
@@ -246,13 +320,16 @@ class SqliteSession final : public StoreSession {
     auto it = change_sql_.find(c.event);
     if (it == change_sql_.end()) {
       std::string sql = "UPDATE surplus SET status='" + std::string(ToString(TargetOf(c.event))) +
-                        "', claimed_by=?, version=version+1, updated_at=? "
+                        "', claimed_by=?, offered_to=?, offer_expires_at=?, excluded=?, "
+                        "dlq_attempts=?, next_retry_at=?, version=version+1, updated_at=? "
                         "WHERE id=? AND version=? AND status IN (" +
                         store_sql::QuotedSources(c.event) + ")";
       it = change_sql_.emplace(c.event, std::move(sql)).first;
     }
     auto& s = Prepare(it->second.c_str());
-    s.Reset().Bind(c.claimed_by).Bind(c.at).Bind(c.surplus_id).Bind(c.expected_version);
+    s.Reset().Bind(c.claimed_by).Bind(c.match.offered_to).Bind(c.match.offer_expires_at)
+        .Bind(store_sql::JoinIds(c.match.excluded)).Bind(int64_t(c.match.dlq_attempts))
+        .Bind(c.match.next_retry_at).Bind(c.at).Bind(c.surplus_id).Bind(c.expected_version);
     PP_RETURN_IF_ERROR(s.Step("apply surplus change"));
     return sqlite3_changes(db_) == 1;
   }
@@ -381,6 +458,41 @@ class SqliteSession final : public StoreSession {
     }
     return it->second;
   }
+
+  static Surplus ReadSurplus(const Stmt& s) {
+    Surplus x;
+    auto& d = x.draft;
+    x.id = s.Int(0);
+    d.provider_id = s.Int(1);
+    d.category = s.Text(2);
+    d.description = s.Text(3);
+    if (!s.Null(4)) d.quantity_kg = s.Real(4);
+    d.portions = s.OptInt(5);
+    d.allergens = store_sql::SplitAllergens(s.Text(6));
+    d.storage = ParseStorage(s.Text(7)).value_or(Storage::kAmbient);
+    d.prepared_at = s.OptTime(8);
+    d.best_before = FromUnixMillis(s.Int(9));
+    d.pickup_start = s.OptTime(10);
+    d.pickup_end = s.OptTime(11);
+    d.instructions = s.Text(12);
+    x.position = {s.Real(13), s.Real(14)};
+    x.status = ParseSurplusStatus(s.Text(15)).value_or(SurplusStatus::kAvailable);
+    x.version = s.Int(16);
+    x.claimed_by = s.OptInt(17);
+    x.created_at = FromUnixMillis(s.Int(18));
+    x.updated_at = FromUnixMillis(s.Int(19));
+    x.match.offered_to = s.OptInt(20);
+    x.match.offer_expires_at = s.OptTime(21);
+    x.match.excluded = store_sql::SplitIds(s.Text(22));
+    x.match.dlq_attempts = int(s.Int(23));
+    x.match.next_retry_at = s.OptTime(24);
+    return x;
+  }
+
+  const std::string surplus_by_id_sql_ =
+      std::string("SELECT ") + store_sql::kSurplusColumns + " FROM surplus WHERE id=?";
+  const std::string due_sql_ = store_sql::DueSql('?');
+  std::set<std::string> dynamic_sql_;  // node-stable storage for built statements
 
   sqlite3* db_;
   // Keyed by the SQL text's address: every statement is a literal or lives

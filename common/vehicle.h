@@ -1,0 +1,57 @@
+// An NGO's vehicle as matching sees it, and the eligibility rule. Pure.
+//
+// One vehicle per NGO (its tablet): the vehicle's id is the NGO's id. Until
+// the tablet reports, the vehicle stands at the NGO's depot.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/domain.h"
+
+namespace pp {
+
+// Bit i set: accepts FoodCategories()[i]. 0 is never stored: "accepts
+// everything" is all bits.
+using CategoryMask = uint16_t;
+constexpr CategoryMask kAllCategories = 0xffff;
+// The bit of a category name, 0 if unknown.
+CategoryMask CategoryBit(std::string_view category);
+CategoryMask CategoryMaskOf(const std::vector<std::string>& categories);
+std::vector<std::string> CategoriesOf(CategoryMask mask);
+
+struct Vehicle {
+  int64_t ngo_id = 0;
+  GeoPoint position;
+  double free_kg = 500;  // free capacity now
+  CategoryMask accepts = kAllCategories;
+  // Operating hours as UTC minutes of the day, [open_from, open_to); equal
+  // means always open. A window may wrap past midnight (22:00-06:00).
+  int open_from_min = 0;
+  int open_to_min = 0;
+  bool online = true;
+  bool reported = false;  // false: still placed at the depot
+  Timestamp updated_at{};
+
+  bool OpenAt(Timestamp t) const;
+};
+
+// What a post needs from a vehicle.
+struct Need {
+  CategoryMask category = 0;
+  std::optional<double> kg;  // unknown weight: any free capacity will do
+  Timestamp best_before{};
+};
+
+// Eligible = online, accepts the category, has the capacity, is open now,
+// and arrives (now + eta) before best_before. Exclusion is checked by the caller.
+inline bool IsEligible(const Vehicle& v, const Need& need, Timestamp now, double eta_seconds) {
+  return v.online && (v.accepts & need.category) && v.free_kg > 0 &&
+         (!need.kg || v.free_kg >= *need.kg) && v.OpenAt(now) &&
+         now + std::chrono::milliseconds(int64_t(eta_seconds * 1000)) < need.best_before;
+}
+
+}  // namespace pp

@@ -1,42 +1,75 @@
 // pp-hub: the authoritative cloud hub.
 //
-//   pp-hub [--http HOST:PORT] [--db URL] [--max-body BYTES]
+//   pp-hub [--http HOST:PORT] [--db URL] [options]   (pp-hub --help lists them)
 //
-// Defaults: --http 127.0.0.1:8080, --db sqlite:./var/hub.db. Port 0 picks a
-// free port; the first line on stdout says which ("pp-hub listening on ...").
-// SIGINT/SIGTERM stop it cleanly: requests in flight finish, every accepted
-// write is committed.
+// Port 0 picks a free port; the first line on stdout says which
+// ("pp-hub listening on ..."). SIGINT/SIGTERM stop it cleanly: requests in
+// flight finish, every accepted write is committed.
 #include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <string>
 #include <thread>
 
 #include "cloud-hub/core/group_committer.h"
 #include "cloud-hub/core/hub_service.h"
 #include "cloud-hub/http/http_api.h"
+#include "cloud-hub/matching/cascade.h"
+#include "cloud-hub/matching/matcher.h"
 #include "cloud-hub/store/store.h"
 #include "common/log.h"
+#include "common/time_format.h"
 
 namespace {
 
 constexpr const char* kUsage =
-    "usage: pp-hub [--http HOST:PORT] [--db sqlite:PATH|postgresql://...] [--max-body BYTES]\n"
-    "  --http      where the HTTP API listens (default 127.0.0.1:8080; port 0 = any free)\n"
-    "  --db        the store (default sqlite:./var/hub.db)\n"
-    "  --max-body  largest request body accepted, in bytes (default 65536)\n";
+    "usage: pp-hub [options]\n"
+    "  --http HOST:PORT           HTTP API (default 127.0.0.1:8080; port 0 = any free)\n"
+    "  --db URL                   sqlite:PATH (default sqlite:./var/hub.db) or postgresql://...\n"
+    "  --max-body BYTES           largest request body (default 65536)\n"
+    "  --offer-ack-timeout DUR    how long an NGO has to answer an offer (default 5m)\n"
+    "  --dlq-retry-base DUR       dead-letter re-matches after 1, 2, 4 x this (default 1m)\n"
+    "  --alert-webhook URL        where operator alerts are POSTed (PagerDuty Events v2 JSON)\n"
+    "  --alert-routing-key KEY    routing_key in the alerts (default pp-hub)\n"
+    "  --routing-url URL          OSRM-compatible routing service (default: none, haversine)\n"
+    "  --routing-deadline DUR     routing answer deadline (default 300ms)\n"
+    "  --shards N                 matching shard threads (default 2)\n"
+    "  --max-radius-km KM         never offer to a vehicle further than this (default 25)\n"
+    "DUR is a number and a unit: 250ms, 30s, 5m, 2h.\n";
+
+[[noreturn]] void Die(const std::string& msg) {
+  std::fprintf(stderr, "pp-hub: %s\n%s", msg.c_str(), kUsage);
+  std::exit(2);
+}
 
 struct Args {
   std::string host = "127.0.0.1";
   int port = 8080;
   std::string db = "sqlite:./var/hub.db";
   size_t max_body = 64 * 1024;
+  pp::CascadePolicy policy;
+  std::string alert_webhook, alert_routing_key = "pp-hub", routing_url;
+  pp::Duration routing_deadline{300};
+  pp::MatchOptions match;
 };
 
-[[noreturn]] void Die(const std::string& msg) {
-  std::fprintf(stderr, "pp-hub: %s\n%s", msg.c_str(), kUsage);
-  std::exit(2);
+long long Number(const std::string& flag, const std::string& v, long long lo, long long hi) {
+  try {
+    size_t used = 0;
+    long long n = std::stoll(v, &used);
+    if (used == v.size() && n >= lo && n <= hi) return n;
+  } catch (...) {
+  }
+  Die(flag + " must be a whole number in " + std::to_string(lo) + ".." + std::to_string(hi) +
+      ", got \"" + v + "\"");
+}
+
+pp::Duration Dur(const std::string& flag, const std::string& v) {
+  auto d = pp::ParseDuration(v);
+  if (!d) Die(flag + " wants a duration like 300ms, 30s, 5m, got \"" + v + "\"");
+  return *d;
 }
 
 Args ParseArgs(int argc, char** argv) {
@@ -53,24 +86,31 @@ Args ParseArgs(int argc, char** argv) {
       auto colon = v.rfind(':');
       if (colon == std::string::npos || colon == 0) Die("--http wants HOST:PORT, got \"" + v + "\"");
       a.host = v.substr(0, colon);
-      try {
-        size_t used = 0;
-        a.port = std::stoi(v.substr(colon + 1), &used);
-        if (used != v.size() - colon - 1 || a.port < 0 || a.port > 65535) throw 0;
-      } catch (...) {
-        Die("--http port must be 0-65535, got \"" + v.substr(colon + 1) + "\"");
-      }
+      a.port = int(Number("--http port", v.substr(colon + 1), 0, 65535));
     } else if (flag == "--db") {
       a.db = v;
     } else if (flag == "--max-body") {
-      try {
-        size_t used = 0;
-        long long n = std::stoll(v, &used);
-        if (used != v.size() || n < 1024 || n > (64 << 20)) throw 0;
-        a.max_body = size_t(n);
-      } catch (...) {
-        Die("--max-body must be 1024..67108864 bytes, got \"" + v + "\"");
-      }
+      a.max_body = size_t(Number(flag, v, 1024, 64 << 20));
+    } else if (flag == "--offer-ack-timeout") {
+      a.policy.offer_ack_timeout = Dur(flag, v);
+    } else if (flag == "--dlq-retry-base") {
+      a.policy.dlq_retry_base = Dur(flag, v);
+    } else if (flag == "--alert-webhook") {
+      if (v.rfind("http://", 0) != 0 && v.rfind("https://", 0) != 0)
+        Die("--alert-webhook wants an http:// or https:// URL, got \"" + v + "\"");
+      a.alert_webhook = v;
+    } else if (flag == "--alert-routing-key") {
+      a.alert_routing_key = v;
+    } else if (flag == "--routing-url") {
+      if (v.rfind("http://", 0) != 0 && v.rfind("https://", 0) != 0)
+        Die("--routing-url wants an http:// or https:// URL, got \"" + v + "\"");
+      a.routing_url = v;
+    } else if (flag == "--routing-deadline") {
+      a.routing_deadline = Dur(flag, v);
+    } else if (flag == "--shards") {
+      a.match.shards = int(Number(flag, v, 1, 64));
+    } else if (flag == "--max-radius-km") {
+      a.match.max_radius_km = double(Number(flag, v, 1, 500));
     } else {
       Die("unknown option " + flag);
     }
@@ -106,7 +146,24 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "pp-hub: %s\n", committer.error().ToString().c_str());
     return 1;
   }
-  pp::HubService hub(**store, **committer, pp::SystemClock::Instance());
+  const pp::Clock& clock = pp::SystemClock::Instance();
+  pp::HubService hub(**store, **committer, clock);
+
+  std::unique_ptr<pp::TravelTimeSource> routing;
+  if (!args.routing_url.empty())
+    routing = std::make_unique<pp::OsrmClient>(args.routing_url, args.routing_deadline);
+  pp::TravelTimes travel(clock, pp::TravelModel{}, std::move(routing), {});
+  pp::Matcher matcher(clock, args.match, travel);
+  std::unique_ptr<pp::AlertSink> alerts;
+  if (!args.alert_webhook.empty())
+    alerts = std::make_unique<pp::WebhookAlertSink>(args.alert_webhook, args.alert_routing_key);
+  pp::Cascade cascade(hub, matcher, clock, args.policy, alerts.get());
+  hub.SetListener(&cascade);
+  if (auto st = cascade.Start(); !st.ok()) {
+    std::fprintf(stderr, "pp-hub: cannot start matching: %s\n", st.error().ToString().c_str());
+    return 1;
+  }
+
   pp::HttpOptions http_options;
   http_options.max_body_bytes = args.max_body;
   pp::HttpApi api(hub, http_options);
@@ -120,8 +177,19 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
   pp::Log(pp::LogLevel::kInfo, "hub_started",
           {{"http", args.host + ":" + std::to_string(*port)},
-           {"store", std::string((*store)->Backend())}});
+           {"store", std::string((*store)->Backend())},
+           {"routing", args.routing_url.empty() ? "haversine" : args.routing_url}});
 
+  // Offer deadlines, DLQ retries and expiry, once a second.
+  std::atomic<bool> stopping{false};
+  std::thread ticker([&] {
+    while (!stopping) {
+      if (auto st = cascade.Tick(); !st.ok())
+        pp::Log(pp::LogLevel::kError, "tick_failed", {{"error", st.error().ToString()}});
+      for (int i = 0; i < 10 && !stopping; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  });
   std::thread stopper([&] {
     int sig = 0;
     sigwait(&stop_signals, &sig);
@@ -132,6 +200,12 @@ int main(int argc, char** argv) {
   // Serve() also returns if listening fails; make sure the stopper ends.
   pthread_kill(stopper.native_handle(), SIGTERM);
   stopper.join();
+  stopping = true;
+  ticker.join();
+  cascade.WaitIdle();
+  matcher.WaitIdle();
+  cascade.WaitIdle();
+  hub.SetListener(nullptr);
   committer->reset();  // drains: every accepted write commits before exit
   pp::Log(pp::LogLevel::kInfo, "hub_stopped");
   return 0;

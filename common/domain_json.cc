@@ -1,5 +1,7 @@
 #include "common/domain_json.h"
 
+#include <cstdio>
+
 #include "common/time_format.h"
 
 namespace pp {
@@ -68,6 +70,18 @@ nlohmann::json ToJson(const Surplus& s) {
   j["lon"] = s.position.lon;
   j["created_at"] = FormatRfc3339(s.created_at);
   return j;
+}
+
+nlohmann::json ToJson(const Vehicle& v) {
+  char from[32], to[32];
+  std::snprintf(from, sizeof from, "%02d:%02d", v.open_from_min / 60, v.open_from_min % 60);
+  std::snprintf(to, sizeof to, "%02d:%02d", v.open_to_min / 60, v.open_to_min % 60);
+  return {{"ngo_id", v.ngo_id},       {"lat", v.position.lat},
+          {"lon", v.position.lon},    {"free_kg", v.free_kg},
+          {"categories", CategoriesOf(v.accepts)},
+          {"open_from", from},        {"open_to", to},
+          {"online", v.online},       {"at_depot", !v.reported},
+          {"updated_at", FormatRfc3339(v.updated_at)}};
 }
 
 nlohmann::json ToJson(const HistoryEntry& h) {

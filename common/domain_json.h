@@ -6,6 +6,7 @@
 
 #include "common/domain.h"
 #include "common/validation.h"
+#include "common/vehicle.h"
 
 namespace pp {
 
@@ -15,5 +16,6 @@ nlohmann::json ToJson(const Surplus& s);
 nlohmann::json ToJson(const HistoryEntry& h);
 // The small form a conflict carries: what the loser needs to show the truth.
 nlohmann::json StateJson(const Surplus& s);
+nlohmann::json ToJson(const Vehicle& v);
 
 }  // namespace pp

@@ -71,6 +71,23 @@ std::optional<Timestamp> ParseRfc3339(std::string_view s) {
   return time_point_cast<milliseconds>(t);
 }
 
+std::optional<Duration> ParseDuration(std::string_view s) {
+  size_t digits = 0;
+  while (digits < s.size() && s[digits] >= '0' && s[digits] <= '9') ++digits;
+  if (digits == 0 || digits > 9) return std::nullopt;
+  int64_t n = 0;
+  std::from_chars(s.data(), s.data() + digits, n);
+  std::string_view unit = s.substr(digits);
+  int64_t ms;
+  if (unit == "ms") ms = n;
+  else if (unit == "s") ms = n * 1000;
+  else if (unit == "m") ms = n * 60'000;
+  else if (unit == "h") ms = n * 3'600'000;
+  else return std::nullopt;
+  if (ms <= 0) return std::nullopt;
+  return Duration(ms);
+}
+
 std::string FormatRfc3339(Timestamp t) {
   using namespace std::chrono;
   auto day = floor<days>(t);

@@ -14,6 +14,9 @@ namespace pp {
 // impossible dates (2026-02-30) and a missing zone.
 std::optional<Timestamp> ParseRfc3339(std::string_view text);
 
+// "250ms", "30s", "5m", "2h" (a positive integer and a unit). nullopt otherwise.
+std::optional<Duration> ParseDuration(std::string_view text);
+
 // UTC with a 'Z'; milliseconds only when non-zero.
 std::string FormatRfc3339(Timestamp t);
 

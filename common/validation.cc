@@ -241,6 +241,62 @@ Result<ClaimRequest> ParseClaimRequest(std::string_view body) {
   return ClaimRequest{*ngo, *version};
 }
 
+Result<int64_t> ParseNgoRequest(std::string_view body) {
+  PP_ASSIGN_OR_RETURN(json j, ParseObject(body));
+  FieldReader r(j, {"ngo_id"});
+  auto ngo = r.Integer("ngo_id", true, 1, INT64_MAX);
+  if (!r.ok()) return FieldErrors(r.TakeErrors());
+  return *ngo;
+}
+
+namespace {
+// "HH:MM" -> minutes of the day.
+std::optional<int> ParseHhMm(const std::string& s) {
+  if (s.size() != 5 || s[2] != ':') return std::nullopt;
+  auto digit = [&](int i) { return s[i] >= '0' && s[i] <= '9' ? s[i] - '0' : -100; };
+  int h = digit(0) * 10 + digit(1), m = digit(3) * 10 + digit(4);
+  if (h < 0 || h > 23 || m < 0 || m > 59) return std::nullopt;
+  return h * 60 + m;
+}
+}  // namespace
+
+Result<Vehicle> ParseVehicleUpdate(std::string_view body, Vehicle v, Timestamp now) {
+  PP_ASSIGN_OR_RETURN(json j, ParseObject(body));
+  FieldReader r(j, {"lat", "lon", "free_kg", "categories", "open_from", "open_to", "online"});
+  bool has_lat = r.Present("lat"), has_lon = r.Present("lon");
+  auto lat = r.Number("lat", false, -90, 90);
+  auto lon = r.Number("lon", false, -180, 180);
+  if (has_lat != has_lon) r.Fail(has_lat ? "lon" : "lat", "lat and lon must be given together");
+  auto free_kg = r.Number("free_kg", false, 0, Limits::kQuantityKgMax);
+  std::optional<std::vector<std::string>> categories;
+  if (r.Present("categories")) categories = r.StringSet("categories", FoodCategories());
+  std::optional<int> from, to;
+  for (auto [name, out] : {std::pair{"open_from", &from}, std::pair{"open_to", &to}}) {
+    auto s = r.String(name, false, 5);
+    if (!s) continue;
+    *out = ParseHhMm(*s);
+    if (!*out) r.Fail(name, "must be a UTC time of day HH:MM");
+  }
+  if (from.has_value() != to.has_value())
+    r.Fail(from ? "open_to" : "open_from", "open_from and open_to must be given together");
+  std::optional<bool> online;
+  if (r.Present("online")) {
+    if (!j["online"].is_boolean()) r.Fail("online", "must be true or false");
+    else online = j["online"].get<bool>();
+  }
+  if (!r.ok()) return FieldErrors(r.TakeErrors());
+  if (lat && lon) {
+    v.position = {*lat, *lon};
+    v.reported = true;  // no longer at the depot
+  }
+  if (free_kg) v.free_kg = *free_kg;
+  if (categories) v.accepts = CategoryMaskOf(*categories);
+  if (from && to) v.open_from_min = *from, v.open_to_min = *to;
+  if (online) v.online = *online;
+  v.updated_at = now;
+  return v;
+}
+
 std::string Fingerprint(std::string_view canonical) {
   uint64_t h = 14695981039346656037ull;  // FNV-1a 64 offset basis
   for (unsigned char c : canonical) {

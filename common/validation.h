@@ -12,6 +12,7 @@
 #include "common/clock.h"
 #include "common/domain.h"
 #include "common/error.h"
+#include "common/vehicle.h"
 
 namespace pp {
 
@@ -43,6 +44,11 @@ Result<NewOrganization> ParseNewOrganization(std::string_view body);
 // kBestBeforeMaxDays, prepared_at not in the future (beyond kClockSkewMinutes).
 Result<SurplusDraft> ParseSurplusDraft(std::string_view body, Timestamp now);
 Result<ClaimRequest> ParseClaimRequest(std::string_view body);
+// {"ngo_id": N}: accept, decline, assign.
+Result<int64_t> ParseNgoRequest(std::string_view body);
+// A vehicle's report: {"lat","lon","free_kg","categories":[...],"open_from":"HH:MM",
+// "open_to":"HH:MM","online"}; every field optional, applied over `current`.
+Result<Vehicle> ParseVehicleUpdate(std::string_view body, Vehicle current, Timestamp now);
 
 // Stable 64-bit FNV-1a of the canonical form of a request, as 16 hex digits;
 // used to refuse an idempotency key reused for a different request.

@@ -22,6 +22,15 @@ std::string NgoCommandFingerprint(const char* what, int64_t surplus_id, int64_t 
                          .dump());
 }
 
+// Until its tablet reports, an NGO's vehicle stands at the depot.
+Vehicle DepotVehicle(const Organization& ngo) {
+  Vehicle v;
+  v.ngo_id = ngo.id;
+  v.position = ngo.position;
+  v.updated_at = ngo.created_at;
+  return v;
+}
+
 }  // namespace
 
 HubService::HubService(Store& store, GroupCommitter& committer, const Clock& clock)
@@ -57,11 +66,11 @@ void HubService::SubmitIdempotent(std::string scope, std::string key, std::strin
     *reply = std::move(result);
     return OkStatus();
   };
-  committer_.Submit(std::move(op), [reply, done = std::move(done)](Status st) {
-    if (!st.ok())
-      done(st.take_error());
-    else
-      done(std::move(*reply));
+  committer_.Submit(std::move(op), [this, reply, done = std::move(done)](Status st) {
+    if (!st.ok()) return done(st.take_error());
+    if (listener_ && reply->ok() && (*reply)->surplus && !(*reply)->replayed)
+      listener_->OnSurplusChanged(*(*reply)->surplus, (*reply)->dlq_exhausted);
+    done(std::move(*reply));
   });
 }
 
@@ -90,19 +99,16 @@ void HubService::CreateOrganization(NewOrganization org, std::string key, Callba
     PP_ASSIGN_OR_RETURN(created->id, s.InsertOrganization(
                                          {created->kind, created->name, created->position},
                                          created->created_at));
-    if (created->kind == OrgKind::kNgo) {
-      // Until its tablet reports, the NGO's vehicle stands at the depot.
-      Vehicle v;
-      v.ngo_id = created->id;
-      v.position = created->position;
-      v.updated_at = created->created_at;
-      PP_RETURN_IF_ERROR(s.UpsertVehicle(v));
-    }
+    if (created->kind == OrgKind::kNgo) PP_RETURN_IF_ERROR(s.UpsertVehicle(DepotVehicle(*created)));
     return Reply{ToJson(*created).dump(), false, nullptr, false};
   };
   SubmitIdempotent("organization.create", std::move(key), Fingerprint(canonical.dump()), effect,
                    [this, created, done = std::move(done)](Result<Reply> r) {
-                     if (r.ok() && !r->replayed) CacheOrganization(*created);
+                     if (r.ok() && !r->replayed) {
+                       CacheOrganization(*created);
+                       if (listener_ && created->kind == OrgKind::kNgo)
+                         listener_->OnVehicleChanged(DepotVehicle(*created));
+                     }
                      done(std::move(r));
                    });
 }
@@ -209,7 +215,37 @@ void HubService::ApplyInternal(int64_t surplus_id, Decide decide, Callback done)
 }
 
 Status HubService::UpsertVehicle(const Vehicle& v) {
-  return committer_.Run([v](StoreSession& s) { return s.UpsertVehicle(v); });
+  auto st = committer_.Run([this, v](StoreSession& s) -> Status {
+    PP_ASSIGN_OR_RETURN(auto org, FindOrganization(s, v.ngo_id));
+    if (!org || org->kind != OrgKind::kNgo)
+      return Error::NotFound("no NGO organisation " + std::to_string(v.ngo_id));
+    return s.UpsertVehicle(v);
+  });
+  if (st.ok() && listener_) listener_->OnVehicleChanged(v);
+  return st;
+}
+
+Result<Vehicle> HubService::UpdateVehicle(int64_t ngo_id, std::string body) {
+  auto out = std::make_shared<Result<Vehicle>>(Error::Internal("not run"));
+  auto st = committer_.Run([this, ngo_id, body, out](StoreSession& s) -> Status {
+    PP_ASSIGN_OR_RETURN(auto current, s.GetVehicle(ngo_id));
+    if (!current) {
+      Error e = Error::NotFound("no NGO vehicle " + std::to_string(ngo_id));
+      *out = e;
+      return e;
+    }
+    auto v = ParseVehicleUpdate(body, *current, clock_.Now());
+    if (!v.ok()) {
+      *out = v.error();
+      return v.take_error();
+    }
+    PP_RETURN_IF_ERROR(s.UpsertVehicle(*v));
+    *out = std::move(v);
+    return OkStatus();
+  });
+  if (!st.ok()) return st.take_error();
+  if (listener_) listener_->OnVehicleChanged(**out);
+  return std::move(*out);
 }
 
 Result<Reply> HubService::CreateOrganization(NewOrganization org, std::string key) {

@@ -38,6 +38,16 @@ struct Reply {
   bool dlq_exhausted = false;  // the change calls for an operator alert
 };
 
+// Told about every change after it committed (never about replays). The
+// matching engine listens to continue the cascade. Called on a writer
+// thread: must not block.
+class ChangeListener {
+ public:
+  virtual ~ChangeListener() = default;
+  virtual void OnSurplusChanged(const Surplus& after, bool dlq_exhausted) = 0;
+  virtual void OnVehicleChanged(const Vehicle& v) = 0;
+};
+
 class HubService {
  public:
   using Callback = std::function<void(Result<Reply>)>;
@@ -58,6 +68,9 @@ class HubService {
   void ApplyInternal(int64_t surplus_id, Decide decide, Callback done);
 
   Status UpsertVehicle(const Vehicle& v);
+  // A vehicle's report (JSON, see ParseVehicleUpdate) applied over its
+  // current state; returns the vehicle as stored.
+  Result<Vehicle> UpdateVehicle(int64_t ngo_id, std::string body);
 
   // Blocking forms of the above.
   Result<Reply> CreateOrganization(NewOrganization org, std::string idempotency_key);
@@ -78,6 +91,8 @@ class HubService {
   Result<std::vector<Vehicle>> ListVehicles();
 
   const Clock& clock() const { return clock_; }
+  // Set once, before traffic.
+  void SetListener(ChangeListener* listener) { listener_ = listener; }
 
  private:
   using Effect = std::function<Result<Reply>(StoreSession&)>;
@@ -101,6 +116,7 @@ class HubService {
   Store& store_;
   GroupCommitter& committer_;
   const Clock& clock_;
+  ChangeListener* listener_ = nullptr;
 
   // Protected by mu_.
   std::mutex mu_;

@@ -6,6 +6,7 @@
 #include <charconv>
 #include <nlohmann/json.hpp>
 
+#include "common/domain_json.h"
 #include "common/log.h"
 
 namespace pp {
@@ -298,6 +299,52 @@ void HttpApi::Routes() {
     auto claim = ParseClaimRequest(body);
     if (!claim.ok()) return Problem(res, claim.error(), req.path);
     Reply201or200(res, hub_.Claim(*id, *claim, std::move(*key)), req.path, 200);
+  });
+
+  // accept, decline and assign: {"ngo_id": N} on one post.
+  using NgoCommand = Result<Reply> (HubService::*)(int64_t, int64_t, std::string);
+  auto ngo_command = [this, read_body, idem_key](NgoCommand command) {
+    return [this, read_body, idem_key, command](const Request& req, Response& res,
+                                                const ContentReader& reader) {
+      std::string body;
+      if (!read_body(req, res, reader, body)) return;
+      auto id = PathId(req);
+      if (!id)
+        return Problem(res, Error::NotFound("no surplus post " + std::string(req.matches[1])),
+                       req.path);
+      auto key = idem_key(req, res, true);
+      if (!key) return;
+      auto ngo = ParseNgoRequest(body);
+      if (!ngo.ok()) return Problem(res, ngo.error(), req.path);
+      Reply201or200(res, (hub_.*command)(*id, *ngo, std::move(*key)), req.path, 200);
+    };
+  };
+  s.Post(R"(/api/v1/surplus/([^/]+)/accept)", ngo_command(&HubService::Accept));
+  s.Post(R"(/api/v1/surplus/([^/]+)/decline)", ngo_command(&HubService::Decline));
+  s.Post(R"(/api/v1/surplus/([^/]+)/assign)", ngo_command(&HubService::Assign));
+
+  s.Get("/api/v1/dlq", [this](const Request& req, Response& res) {
+    nlohmann::json out = nlohmann::json::array();
+    int64_t after = 0;
+    while (true) {
+      auto page = hub_.ListSurplus({SurplusStatus::kDeadLettered}, after, 500);
+      if (!page.ok()) return Problem(res, page.error(), req.path);
+      for (const auto& x : *page) out.push_back(ToJson(x));
+      if (page->size() < 500) break;
+      after = page->back().id;
+    }
+    res.set_content(nlohmann::json{{"items", out}, {"count", out.size()}}.dump(), kJson);
+  });
+
+  s.Put(R"(/api/v1/vehicles/([^/]+))", [this, read_body](const Request& req, Response& res,
+                                                         const ContentReader& reader) {
+    std::string body;
+    if (!read_body(req, res, reader, body)) return;
+    auto id = PathId(req);
+    if (!id) return Problem(res, Error::NotFound("no vehicle " + std::string(req.matches[1])), req.path);
+    auto v = hub_.UpdateVehicle(*id, std::move(body));
+    if (!v.ok()) return Problem(res, v.error(), req.path);
+    res.set_content(ToJson(*v).dump(), kJson);
   });
 }
 

@@ -86,6 +86,7 @@ class StoreSession {
   // NGO vehicles (one per NGO; see common/vehicle.h).
   virtual Status UpsertVehicle(const Vehicle& v) = 0;
   virtual Result<std::vector<Vehicle>> ListVehicles() = 0;
+  virtual Result<std::optional<Vehicle>> GetVehicle(int64_t ngo_id) = 0;
 
   virtual Status AppendHistory(const HistoryEntry& entry) = 0;
   virtual Result<std::vector<HistoryEntry>> GetHistory(int64_t surplus_id) = 0;

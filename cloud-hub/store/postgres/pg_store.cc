@@ -193,6 +193,9 @@ std::vector<Statement> Statements() {
       {"vehicle_list",
        "SELECT ngo_id, lat, lon, free_kg, accepts, open_from_min, open_to_min, online, reported, "
        "updated_at FROM vehicles ORDER BY ngo_id"},
+      {"vehicle_get",
+       "SELECT ngo_id, lat, lon, free_kg, accepts, open_from_min, open_to_min, online, reported, "
+       "updated_at FROM vehicles WHERE ngo_id=$1"},
       {"history_insert",
        "INSERT INTO surplus_history (surplus_id, version, at, from_status, to_status, event, "
        "actor_org) VALUES ($1,$2,$3,$4,$5,$6,$7)"},
@@ -368,21 +371,31 @@ class PgSession final : public StoreSession {
   Result<std::vector<Vehicle>> ListVehicles() override {
     return Exec("list vehicles", [&] {
       std::vector<Vehicle> out;
-      for (const auto& row : txn_->exec_prepared("vehicle_list")) {
-        Vehicle v;
-        v.ngo_id = row[0].as<int64_t>();
-        v.position = {row[1].as<double>(), row[2].as<double>()};
-        v.free_kg = row[3].as<double>();
-        v.accepts = CategoryMask(row[4].as<int>());
-        v.open_from_min = row[5].as<int>();
-        v.open_to_min = row[6].as<int>();
-        v.online = row[7].as<bool>();
-        v.reported = row[8].as<bool>();
-        v.updated_at = FromUnixMillis(row[9].as<int64_t>());
-        out.push_back(v);
-      }
+      for (const auto& row : txn_->exec_prepared("vehicle_list")) out.push_back(ReadVehicle(row));
       return out;
     });
+  }
+
+  Result<std::optional<Vehicle>> GetVehicle(int64_t ngo_id) override {
+    return Exec("get vehicle", [&] {
+      auto r = txn_->exec_prepared("vehicle_get", ngo_id);
+      if (r.empty()) return std::optional<Vehicle>();
+      return std::optional<Vehicle>(ReadVehicle(r[0]));
+    });
+  }
+
+  static Vehicle ReadVehicle(const pqxx::row& row) {
+    Vehicle v;
+    v.ngo_id = row[0].as<int64_t>();
+    v.position = {row[1].as<double>(), row[2].as<double>()};
+    v.free_kg = row[3].as<double>();
+    v.accepts = CategoryMask(row[4].as<int>());
+    v.open_from_min = row[5].as<int>();
+    v.open_to_min = row[6].as<int>();
+    v.online = row[7].as<bool>();
+    v.reported = row[8].as<bool>();
+    v.updated_at = FromUnixMillis(row[9].as<int64_t>());
+    return v;
   }
 
   Result<bool> ApplyChange(const SurplusChange& c) override {

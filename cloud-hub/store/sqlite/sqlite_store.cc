@@ -186,9 +186,18 @@ class SqliteSession final : public StoreSession {
     // fails half-way on a read-to-write upgrade.
     return Exec(mode == TxnMode::kWrite ? "BEGIN IMMEDIATE" : "BEGIN");
   }
-  Status Commit() override { return Exec("COMMIT"); }
+  // A statement left on a row keeps its read snapshot open: reset them all
+  // when a transaction ends, or the next one on this connection reads the past.
+  Status Commit() override {
+    ResetAll();
+    return Exec("COMMIT");
+  }
   void Rollback() override {
+    ResetAll();
     if (!sqlite3_get_autocommit(db_)) (void)Exec("ROLLBACK");
+  }
+  void ResetAll() {
+    for (auto& [sql, s] : stmts_) s.Reset();
   }
 
   Result<int64_t> InsertOrganization(const NewOrganization& o, Timestamp now) override {
@@ -300,19 +309,33 @@ class SqliteSession final : public StoreSession {
     while (true) {
       PP_ASSIGN_OR_RETURN(bool row, s.Step("list vehicles"));
       if (!row) break;
-      Vehicle v;
-      v.ngo_id = s.Int(0);
-      v.position = {s.Real(1), s.Real(2)};
-      v.free_kg = s.Real(3);
-      v.accepts = CategoryMask(s.Int(4));
-      v.open_from_min = int(s.Int(5));
-      v.open_to_min = int(s.Int(6));
-      v.online = s.Int(7) != 0;
-      v.reported = s.Int(8) != 0;
-      v.updated_at = FromUnixMillis(s.Int(9));
-      out.push_back(v);
+      out.push_back(ReadVehicle(s));
     }
     return out;
+  }
+
+  Result<std::optional<Vehicle>> GetVehicle(int64_t ngo_id) override {
+    auto& s = Prepare(
+        "SELECT ngo_id, lat, lon, free_kg, accepts, open_from_min, open_to_min, online, reported, "
+        "updated_at FROM vehicles WHERE ngo_id=?");
+    s.Reset().Bind(ngo_id);
+    PP_ASSIGN_OR_RETURN(bool row, s.Step("get vehicle"));
+    if (!row) return std::optional<Vehicle>();
+    return std::optional<Vehicle>(ReadVehicle(s));
+  }
+
+  static Vehicle ReadVehicle(const Stmt& s) {
+    Vehicle v;
+    v.ngo_id = s.Int(0);
+    v.position = {s.Real(1), s.Real(2)};
+    v.free_kg = s.Real(3);
+    v.accepts = CategoryMask(s.Int(4));
+    v.open_from_min = int(s.Int(5));
+    v.open_to_min = int(s.Int(6));
+    v.online = s.Int(7) != 0;
+    v.reported = s.Int(8) != 0;
+    v.updated_at = FromUnixMillis(s.Int(9));
+    return v;
   }
 
   Result<bool> ApplyChange(const SurplusChange& c) override {

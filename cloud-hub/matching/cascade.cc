@@ -1,0 +1,158 @@
+#include "cloud-hub/matching/cascade.h"
+
+#include <httplib.h>
+
+#include <nlohmann/json.hpp>
+
+#include "common/domain_json.h"
+#include "common/log.h"
+#include "common/time_format.h"
+
+namespace pp {
+
+WebhookAlertSink::WebhookAlertSink(std::string url, std::string routing_key)
+    : routing_key_(std::move(routing_key)) {
+  // "http://host:port/path" -> ("http://host:port", "/path")
+  auto scheme_end = url.find("://");
+  auto path_start = url.find('/', scheme_end == std::string::npos ? 0 : scheme_end + 3);
+  scheme_host_port_ = url.substr(0, path_start);
+  path_ = path_start == std::string::npos ? "/" : url.substr(path_start);
+}
+
+void WebhookAlertSink::Trigger(const Surplus& post, const std::string& summary) {
+  nlohmann::json event{
+      {"routing_key", routing_key_},
+      {"event_action", "trigger"},
+      {"dedup_key", "pp-surplus-" + std::to_string(post.id)},
+      {"payload",
+       {{"summary", summary},
+        {"source", "pp-hub"},
+        {"severity", "warning"},
+        {"component", "matching"},
+        {"group", "dead-letter-queue"},
+        {"class", "surplus.dlq_exhausted"},
+        {"timestamp", FormatRfc3339(post.updated_at)},
+        {"custom_details", ToJson(post)}}}};
+  httplib::Client client(scheme_host_port_);
+  client.set_connection_timeout(5, 0);
+  client.set_read_timeout(5, 0);
+  auto res = client.Post(path_.c_str(), event.dump(), "application/json");
+  if (!res || res->status / 100 != 2)
+    Log(LogLevel::kError, "alert_failed",
+        {{"surplus_id", std::to_string(post.id)},
+         {"error", res ? "HTTP " + std::to_string(res->status) : httplib::to_string(res.error())}});
+  else
+    Log(LogLevel::kWarn, "alert_sent", {{"surplus_id", std::to_string(post.id)}});
+}
+
+Cascade::Cascade(HubService& hub, Matcher& matcher, const Clock& clock, CascadePolicy policy,
+                 AlertSink* alerts)
+    : hub_(hub), matcher_(matcher), clock_(clock), policy_(policy), alerts_(alerts) {}
+
+void Cascade::Begin(int64_t id) {
+  std::lock_guard lock(mu_);
+  in_flight_.insert(id);
+}
+
+void Cascade::End(int64_t id) {
+  std::lock_guard lock(mu_);
+  in_flight_.erase(in_flight_.find(id));
+  if (in_flight_.empty()) idle_.notify_all();
+}
+
+void Cascade::WaitIdle() {
+  std::unique_lock lock(mu_);
+  idle_.wait(lock, [&] { return in_flight_.empty(); });
+}
+
+Status Cascade::Start() {
+  PP_ASSIGN_OR_RETURN(auto vehicles, hub_.ListVehicles());
+  for (const auto& v : vehicles) matcher_.UpsertVehicle(v);
+  int64_t after = 0;
+  while (true) {
+    PP_ASSIGN_OR_RETURN(auto open, hub_.ListSurplus({SurplusStatus::kAvailable}, after, 500));
+    for (const auto& post : open) Rematch(post);
+    if (open.size() < 500) break;
+    after = open.back().id;
+  }
+  Log(LogLevel::kInfo, "cascade_started", {{"vehicles", std::to_string(vehicles.size())}});
+  return OkStatus();
+}
+
+void Cascade::OnVehicleChanged(const Vehicle& v) { matcher_.UpsertVehicle(v); }
+
+void Cascade::OnSurplusChanged(const Surplus& after, bool dlq_exhausted) {
+  if (dlq_exhausted) {
+    alerts_sent_++;
+    Log(LogLevel::kWarn, "dlq_exhausted", {{"surplus_id", std::to_string(after.id)}});
+    if (alerts_)
+      alerts_->Trigger(after, "Surplus " + std::to_string(after.id) + " (" +
+                                  after.draft.description.substr(0, 80) +
+                                  ") found no NGO after every retry; assign it by hand");
+  }
+  // Posted, or open again after a decline or a timeout: find the next NGO.
+  if (after.status == SurplusStatus::kAvailable) Rematch(after);
+}
+
+void Cascade::Rematch(const Surplus& post) {
+  Begin(post.id);
+  MatchRequest req{post.id, post.position,
+                   Need{CategoryBit(post.draft.category), post.draft.quantity_kg,
+                        post.draft.best_before},
+                   post.match.excluded};
+  int64_t id = post.id;
+  matcher_.Match(std::move(req), [this, id](std::vector<RankedCandidate> ranked) {
+    HubService::Decide decide;
+    if (ranked.empty()) {
+      decide = [this](const Surplus& cur, Timestamp now) {
+        return DecideDeadLetter(cur, now, policy_);
+      };
+    } else {
+      int64_t best = ranked.front().ngo_id;
+      decide = [this, best](const Surplus& cur, Timestamp now) {
+        return DecideOffer(cur, best, now, policy_);
+      };
+    }
+    hub_.ApplyInternal(id, decide, [this, id](Result<Reply> r) {
+      // A refusal means the post moved on (claimed directly, expired): the
+      // cascade step is simply no longer needed.
+      if (!r.ok() && r.error().code != Code::kAborted && r.error().code != Code::kFailedPrecondition)
+        Log(LogLevel::kError, "cascade_step_failed",
+            {{"surplus_id", std::to_string(id)}, {"error", r.error().ToString()}});
+      End(id);
+    });
+  });
+}
+
+Status Cascade::Tick() {
+  Timestamp now = clock_.Now();
+  PP_ASSIGN_OR_RETURN(auto due, hub_.ListDue(now, 500));
+  for (int64_t id : due) {
+    {
+      std::lock_guard lock(mu_);
+      if (in_flight_.count(id)) continue;  // a step for it is already running
+    }
+    auto got = hub_.GetSurplus(id);
+    if (!got.ok() || !got->surplus) continue;
+    const Surplus& cur = *got->surplus;
+    HubService::Decide decide;
+    if (now >= cur.draft.best_before && NextStatus(cur.status, SurplusEvent::kExpire)) {
+      decide = [](const Surplus& c, Timestamp t) { return DecideExpire(c, t); };
+    } else if (cur.status == SurplusStatus::kOffered && cur.match.offer_expires_at &&
+               now >= *cur.match.offer_expires_at) {
+      decide = [](const Surplus& c, Timestamp t) { return DecideOfferTimeout(c, t); };
+    } else if (cur.status == SurplusStatus::kDeadLettered && cur.match.next_retry_at &&
+               now >= *cur.match.next_retry_at) {
+      Rematch(cur);  // a DLQ retry: match again, offer or dead-letter once more
+      continue;
+    } else {
+      continue;
+    }
+    Begin(id);
+    hub_.ApplyInternal(id, decide, [this, id](Result<Reply>) { End(id); });
+  }
+  WaitIdle();
+  return OkStatus();
+}
+
+}  // namespace pp

@@ -1,0 +1,82 @@
+// The offer cascade, driving the matching engine and the hub's commands:
+//
+//   posted, or open again after a decline/timeout -> Match -> Offer(best)
+//                                                    \-> nobody: DeadLetter
+//   Tick(): offers past their deadline -> OfferTimeout -> (rematch, above)
+//           DLQ retries due (1, 2, 4 x base)  -> Match -> Offer or DeadLetter
+//           after the last retry -> operator alert; the post waits for Assign
+//           posts past best_before -> Expire (offers and timers end with it)
+//
+// Deadlines and retry times live in the store, so Tick() on any replica
+// finds what is due. Every step is a command applied with the optimistic
+// lock: if a direct claim wins meanwhile, the cascade's step is refused and
+// dropped.
+//
+// Thread safety: all public methods may be called from any thread.
+#pragma once
+
+#include <condition_variable>
+#include <mutex>
+#include <set>
+#include <string>
+
+#include "cloud-hub/core/hub_service.h"
+#include "cloud-hub/matching/matcher.h"
+#include "common/cascade.h"
+
+namespace pp {
+
+// Where operator alerts go.
+class AlertSink {
+ public:
+  virtual ~AlertSink() = default;
+  virtual void Trigger(const Surplus& post, const std::string& summary) = 0;
+};
+
+// POSTs a PagerDuty Events v2-shaped JSON to a webhook URL
+// ({"routing_key","event_action":"trigger","dedup_key","payload":{...}}).
+class WebhookAlertSink final : public AlertSink {
+ public:
+  WebhookAlertSink(std::string url, std::string routing_key);
+  void Trigger(const Surplus& post, const std::string& summary) override;
+
+ private:
+  std::string scheme_host_port_, path_, routing_key_;
+};
+
+class Cascade final : public ChangeListener {
+ public:
+  Cascade(HubService& hub, Matcher& matcher, const Clock& clock, CascadePolicy policy,
+          AlertSink* alerts);
+
+  // Loads every vehicle into the matcher and re-matches open posts that hold
+  // no offer (a hub that stopped mid-cascade picks up where it was).
+  Status Start();
+  // Handles everything due now. Returns when the work it started is done.
+  Status Tick();
+  // Blocks until no cascade step is in flight.
+  void WaitIdle();
+
+  void OnSurplusChanged(const Surplus& after, bool dlq_exhausted) override;
+  void OnVehicleChanged(const Vehicle& v) override;
+
+  uint64_t alerts_sent() const { return alerts_sent_; }
+
+ private:
+  void Rematch(const Surplus& post);
+  void Begin(int64_t id);  // a step for `id` is in flight
+  void End(int64_t id);
+
+  HubService& hub_;
+  Matcher& matcher_;
+  const Clock& clock_;
+  const CascadePolicy policy_;
+  AlertSink* alerts_;
+  std::atomic<uint64_t> alerts_sent_{0};
+
+  std::mutex mu_;
+  std::condition_variable idle_;
+  std::multiset<int64_t> in_flight_;  // guarded by mu_
+};
+
+}  // namespace pp

@@ -33,3 +33,16 @@ TEST(TimeFormat, FormatRoundTrips) {
 
 }  // namespace
 }  // namespace pp
+
+namespace pp {
+namespace {
+TEST(TimeFormat, Durations) {
+  EXPECT_EQ(ParseDuration("250ms"), Duration(250));
+  EXPECT_EQ(ParseDuration("30s"), Duration(30000));
+  EXPECT_EQ(ParseDuration("5m"), Duration(300000));
+  EXPECT_EQ(ParseDuration("2h"), Duration(7200000));
+  for (const char* bad : {"", "5", "m", "-5m", "0s", "5 m", "5min", "1.5s"})
+    EXPECT_FALSE(ParseDuration(bad)) << bad;
+}
+}  // namespace
+}  // namespace pp

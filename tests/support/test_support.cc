@@ -210,3 +210,69 @@ int RawStatus(const std::string& response) {
 }
 
 }  // namespace pp::test
+
+#include <httplib.h>
+
+namespace pp::test {
+
+FakeHttpServer::FakeHttpServer(Answer answer)
+    : answer_(std::move(answer)), server_(std::make_unique<httplib::Server>()) {
+  auto handle = [this](const httplib::Request& req, httplib::Response& res) {
+    requests_++;
+    std::unique_lock lock(mu_);
+    bodies_.push_back(req.body);
+    switch (mode_) {
+      case Mode::kFail:
+        res.status = 500;
+        res.set_content("{\"code\":\"InternalError\"}", "application/json");
+        return;
+      case Mode::kHang:
+        cv_.wait_for(lock, std::chrono::seconds(30), [&] { return released_; });
+        res.status = 504;
+        return;
+      case Mode::kSlow:
+        // A server that is genuinely slow to answer: the client's deadline
+        // is what is under test.
+        cv_.wait_for(lock, delay_, [&] { return released_; });
+        break;
+      case Mode::kOk:
+        break;
+    }
+    lock.unlock();
+    std::string target = req.path;
+    if (!req.params.empty()) {
+      target += "?";
+      for (const auto& [k, v] : req.params) target += k + "=" + v + "&";
+      target.pop_back();
+    }
+    res.set_content(answer_(target, req.body), "application/json");
+  };
+  server_->Get(".*", handle);
+  server_->Post(".*", handle);
+  port_ = server_->bind_to_any_port("127.0.0.1");
+  thread_ = std::thread([this] { server_->listen_after_bind(); });
+  Eventually([&] { return server_->is_running(); });
+}
+
+FakeHttpServer::~FakeHttpServer() {
+  {
+    std::lock_guard lock(mu_);
+    released_ = true;
+  }
+  cv_.notify_all();
+  server_->stop();
+  thread_.join();
+}
+
+void FakeHttpServer::set_mode(Mode m, std::chrono::milliseconds slow_delay) {
+  std::lock_guard lock(mu_);
+  mode_ = m;
+  delay_ = slow_delay;
+}
+
+std::vector<std::string> FakeHttpServer::bodies() const {
+  std::lock_guard lock(mu_);
+  return bodies_;
+}
+
+}  // namespace pp::test

@@ -88,3 +88,48 @@ std::string RawHttp(int port, const std::string& request,
 // The status code of a raw response ("HTTP/1.1 413 ..." -> 413), or 0.
 int RawStatus(const std::string& response);
 }  // namespace pp::test
+
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+namespace httplib {
+class Server;
+}
+
+namespace pp::test {
+
+// A loopback HTTP server that answers, fails, hangs or dawdles on command:
+// the routing service and the alert webhook in tests. Hanging requests are
+// released at destruction.
+class FakeHttpServer {
+ public:
+  enum class Mode { kOk, kFail, kHang, kSlow };
+  // `answer` gets (path with query, body) and returns the 200 JSON body.
+  using Answer = std::function<std::string(const std::string& path, const std::string& body)>;
+
+  explicit FakeHttpServer(Answer answer);
+  ~FakeHttpServer();
+  int port() const { return port_; }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  void set_mode(Mode m, std::chrono::milliseconds slow_delay = std::chrono::milliseconds(0));
+  int requests() const { return requests_; }
+  std::vector<std::string> bodies() const;
+
+ private:
+  Answer answer_;
+  std::unique_ptr<httplib::Server> server_;
+  std::thread thread_;
+  int port_ = 0;
+  std::atomic<int> requests_{0};
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  Mode mode_ = Mode::kOk;                  // guarded by mu_
+  std::chrono::milliseconds delay_{0};     // guarded by mu_
+  bool released_ = false;                  // guarded by mu_
+  std::vector<std::string> bodies_;        // guarded by mu_
+};
+
+}  // namespace pp::test

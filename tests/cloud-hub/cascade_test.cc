@@ -1,0 +1,238 @@
+// The offer cascade end to end in one process: a real SQLite store, the
+// sharded matcher, the simulated clock (no sleeps), and a loopback webhook
+// receiving the operator alert.
+#include "cloud-hub/matching/cascade.h"
+
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "common/time_format.h"
+#include "tests/support/test_support.h"
+
+namespace pp {
+namespace {
+
+using nlohmann::json;
+using std::chrono::minutes;
+using std::chrono::seconds;
+
+const Timestamp kT0 = *ParseRfc3339("2026-11-24T21:00:00Z");
+
+class CascadeTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    store_ = std::move(*OpenStore("sqlite:" + dir_.file("hub.db")));
+    committer_ = std::move(*GroupCommitter::Start(*store_, {}));
+    hub_ = std::make_unique<HubService>(*store_, *committer_, clock_);
+    StartMatching();
+    provider_ = Org(OrgKind::kProvider, {51.5000, -0.1000});
+  }
+  void TearDown() override { StopMatching(); }
+
+  void StartMatching() {
+    travel_ = std::make_unique<TravelTimes>(clock_, TravelModel{}, nullptr, CircuitBreaker::Options{});
+    matcher_ = std::make_unique<Matcher>(clock_, MatchOptions{}, *travel_);
+    sink_ = std::make_unique<WebhookAlertSink>(webhook_.url() + "/v2/enqueue", "test-key");
+    cascade_ = std::make_unique<Cascade>(*hub_, *matcher_, clock_, CascadePolicy{}, sink_.get());
+    hub_->SetListener(cascade_.get());
+    ASSERT_TRUE(cascade_->Start().ok());
+  }
+  void StopMatching() {
+    if (!cascade_) return;
+    cascade_->WaitIdle();
+    hub_->SetListener(nullptr);
+    cascade_.reset();
+    matcher_.reset();
+  }
+
+  int64_t Org(OrgKind kind, GeoPoint at) {
+    auto r = hub_->CreateOrganization({kind, "org", at}, "");
+    EXPECT_TRUE(r.ok());
+    return json::parse(r->json)["id"].get<int64_t>();
+  }
+  // NGOs at increasing distance from the provider.
+  int64_t Ngo(double dlat) { return Org(OrgKind::kNgo, {51.5000 + dlat, -0.1000}); }
+
+  int64_t Post(Duration best_before = std::chrono::hours(3), std::string category = "bakery") {
+    SurplusDraft d;
+    d.provider_id = provider_;
+    d.category = std::move(category);
+    d.description = "roti";
+    d.quantity_kg = 4;
+    d.best_before = clock_.Now() + best_before;
+    auto r = hub_->PostSurplus(d, "p" + std::to_string(next_key_++));
+    EXPECT_TRUE(r.ok()) << r.error().ToString();
+    if (cascade_) cascade_->WaitIdle();
+    return json::parse(r->json)["id"].get<int64_t>();
+  }
+
+  json Get(int64_t id) { return json::parse(hub_->GetSurplus(id)->json); }
+  void Tick() { ASSERT_TRUE(cascade_->Tick().ok()); }
+  std::string Key() { return "k" + std::to_string(next_key_++); }
+
+  test::TempDir dir_;
+  SimulatedClock clock_{kT0};
+  test::FakeHttpServer webhook_{[](const std::string&, const std::string&) {
+    return std::string("{\"status\":\"success\"}");
+  }};
+  std::unique_ptr<Store> store_;
+  std::unique_ptr<GroupCommitter> committer_;
+  std::unique_ptr<HubService> hub_;
+  std::unique_ptr<TravelTimes> travel_;
+  std::unique_ptr<Matcher> matcher_;
+  std::unique_ptr<WebhookAlertSink> sink_;
+  std::unique_ptr<Cascade> cascade_;
+  int64_t provider_ = 0;
+  int next_key_ = 0;
+};
+
+TEST_F(CascadeTest, TheNearestEligibleNgoGetsTheOfferAndDeclineMovesOn) {
+  int64_t a = Ngo(0.001), b = Ngo(0.002), c = Ngo(0.003);
+  int64_t id = Post();
+  json x = Get(id);
+  EXPECT_EQ(x["status"], "offered");
+  EXPECT_EQ(x["offer"]["ngo_id"], a);
+  EXPECT_EQ(x["offer"]["expires_at"], FormatRfc3339(kT0 + minutes(5)));
+
+  ASSERT_TRUE(hub_->Decline(id, a, Key()).ok());
+  cascade_->WaitIdle();
+  x = Get(id);
+  EXPECT_EQ(x["offer"]["ngo_id"], b);
+  EXPECT_EQ(x["excluded"], json::array({a}));
+
+  auto ok = hub_->Accept(id, b, Key());
+  ASSERT_TRUE(ok.ok()) << ok.error().ToString();
+  x = Get(id);
+  EXPECT_EQ(x["status"], "claimed");
+  EXPECT_EQ(x["claimed_by"], b);
+  (void)c;
+}
+
+TEST_F(CascadeTest, TimeoutMovesOnAndALateAcceptIsRejected) {
+  int64_t a = Ngo(0.001), b = Ngo(0.002);
+  int64_t id = Post();
+  clock_.Advance(minutes(5) - seconds(1));
+  Tick();
+  EXPECT_EQ(Get(id)["offer"]["ngo_id"], a);  // not yet
+  clock_.Advance(seconds(1));
+  Tick();
+  json x = Get(id);
+  EXPECT_EQ(x["offer"]["ngo_id"], b);
+  EXPECT_EQ(x["excluded"], json::array({a}));
+  auto late = hub_->Accept(id, a, Key());
+  ASSERT_FALSE(late.ok());
+  EXPECT_EQ(late.error().code, Code::kAborted);
+  EXPECT_EQ(json::parse(late.error().context_json)["offer"]["ngo_id"], b);
+}
+
+TEST_F(CascadeTest, ADirectClaimRacingAnOpenOfferWins) {
+  int64_t a = Ngo(0.001), c = Ngo(0.003);
+  int64_t id = Post();
+  int64_t version = Get(id)["version"].get<int64_t>();
+  auto claim = hub_->Claim(id, {c, version}, Key());
+  ASSERT_TRUE(claim.ok()) << claim.error().ToString();
+  auto accept = hub_->Accept(id, a, Key());
+  ASSERT_FALSE(accept.ok());
+  EXPECT_EQ(accept.error().code, Code::kAborted);
+  EXPECT_EQ(json::parse(accept.error().context_json)["claimed_by"], c);
+  // The offer's timer is gone with it.
+  clock_.Advance(minutes(6));
+  Tick();
+  EXPECT_EQ(Get(id)["status"], "claimed");
+  EXPECT_EQ(Get(id)["version"], version + 1);
+}
+
+TEST_F(CascadeTest, DeadLetterRetriesWithBackoffThenAlertsAndWaitsForAssignment) {
+  int64_t a = Ngo(0.001);
+  int64_t id = Post();
+  ASSERT_TRUE(hub_->Decline(id, a, Key()).ok());
+  cascade_->WaitIdle();
+  json x = Get(id);
+  ASSERT_EQ(x["status"], "dead_lettered");
+  EXPECT_EQ(x["dlq"]["next_retry_at"], FormatRfc3339(clock_.Now() + minutes(1)));
+
+  for (int wait : {1, 2, 4}) {
+    clock_.Advance(minutes(wait) - seconds(1));
+    Tick();
+    EXPECT_EQ(Get(id)["version"], x["version"]) << "retried early";
+    clock_.Advance(seconds(1));
+    Tick();
+    x = Get(id);
+    EXPECT_EQ(x["status"], "dead_lettered");
+  }
+  EXPECT_EQ(x["dlq"]["attempts"], 3);
+  EXPECT_TRUE(x["dlq"]["next_retry_at"].is_null());
+  EXPECT_EQ(cascade_->alerts_sent(), 1u);
+  ASSERT_EQ(webhook_.bodies().size(), 1u);
+  json alert = json::parse(webhook_.bodies()[0]);
+  EXPECT_EQ(alert["event_action"], "trigger");
+  EXPECT_EQ(alert["routing_key"], "test-key");
+  EXPECT_EQ(alert["dedup_key"], "pp-surplus-" + std::to_string(id));
+  EXPECT_EQ(alert["payload"]["severity"], "warning");
+  EXPECT_EQ(alert["payload"]["custom_details"]["id"], id);
+
+  clock_.Advance(minutes(30));
+  Tick();
+  EXPECT_EQ(Get(id)["version"], x["version"]) << "no more retries";
+  ASSERT_TRUE(hub_->Assign(id, a, Key()).ok());
+  EXPECT_EQ(Get(id)["status"], "claimed");
+}
+
+TEST_F(CascadeTest, ADlqRetryFindsAVehicleThatCameNear) {
+  int64_t far = Org(OrgKind::kNgo, {51.9, -0.1});  // ~45 km: beyond reach
+  int64_t id = Post(std::chrono::hours(1));
+  ASSERT_EQ(Get(id)["status"], "dead_lettered");
+  ASSERT_TRUE(hub_->UpdateVehicle(far, R"({"lat":51.501,"lon":-0.1})").ok());
+  clock_.Advance(minutes(1));
+  Tick();
+  json x = Get(id);
+  EXPECT_EQ(x["status"], "offered");
+  EXPECT_EQ(x["offer"]["ngo_id"], far);
+}
+
+TEST_F(CascadeTest, ExpiryEndsTheOfferAndEveryTimer) {
+  int64_t a = Ngo(0.001);
+  int64_t id = Post(minutes(3));
+  json x = Get(id);
+  EXPECT_EQ(x["offer"]["ngo_id"], a);
+  EXPECT_EQ(x["offer"]["expires_at"], FormatRfc3339(kT0 + minutes(3)));  // capped at best_before
+  clock_.Advance(minutes(3));
+  Tick();
+  x = Get(id);
+  EXPECT_EQ(x["status"], "expired");
+  EXPECT_TRUE(x["offer"].is_null());
+  EXPECT_TRUE(hub_->ListDue(clock_.Now() + std::chrono::hours(24), 10)->empty());
+  EXPECT_FALSE(hub_->Accept(id, a, Key()).ok());
+}
+
+TEST_F(CascadeTest, IneligibleVehiclesAreSkipped) {
+  int64_t offline = Ngo(0.001), small = Ngo(0.002), dairy_only = Ngo(0.003), ok = Ngo(0.004);
+  ASSERT_TRUE(hub_->UpdateVehicle(offline, R"({"online":false})").ok());
+  ASSERT_TRUE(hub_->UpdateVehicle(small, R"({"free_kg":1})").ok());
+  ASSERT_TRUE(hub_->UpdateVehicle(dairy_only, R"({"categories":["dairy"]})").ok());
+  int64_t id = Post();
+  EXPECT_EQ(Get(id)["offer"]["ngo_id"], ok);
+}
+
+TEST_F(CascadeTest, ARestartedHubRebuildsItsIndexAndResumes) {
+  int64_t a = Ngo(0.001);
+  StopMatching();  // the hub "restarts": a fresh matcher knows nothing
+  int64_t id = Post();
+  EXPECT_EQ(Get(id)["status"], "available");  // nobody was listening
+  StartMatching();  // Start(): vehicles from the store; open posts re-matched
+  cascade_->WaitIdle();
+  EXPECT_EQ(Get(id)["offer"]["ngo_id"], a);
+}
+
+TEST_F(CascadeTest, BadVehicleReportsAreNamed) {
+  int64_t a = Ngo(0.001);
+  auto r = hub_->UpdateVehicle(a, R"({"lat":99,"open_from":"25:00","online":"yes"})");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, Code::kInvalidArgument);
+  EXPECT_GE(r.error().fields.size(), 3u);
+  EXPECT_EQ(hub_->UpdateVehicle(999, "{}").error().code, Code::kNotFound);
+}
+
+}  // namespace
+}  // namespace pp

@@ -1,0 +1,194 @@
+// The hot index and ranking, checked against brute force: on random data and
+// on the real London premises (tests/data, FSA open data).
+#include "cloud-hub/matching/vehicle_index.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <random>
+
+#include "cloud-hub/matching/matcher.h"
+#include "common/geo.h"
+#include "common/time_format.h"
+
+namespace pp {
+namespace {
+
+const Timestamp kNow = *ParseRfc3339("2026-11-24T21:00:00Z");
+
+struct World {
+  std::vector<Vehicle> vehicles;
+  std::vector<GeoPoint> posts;
+};
+
+Vehicle RandomVehicle(int64_t id, GeoPoint at, std::mt19937& rng) {
+  std::uniform_real_distribution<double> u(0, 1);
+  Vehicle v;
+  v.ngo_id = id;
+  v.position = at;
+  v.free_kg = u(rng) < 0.1 ? 0 : 5 + u(rng) * 200;
+  v.accepts = u(rng) < 0.5 ? kAllCategories : CategoryMask(1 + rng() % 0xff);
+  v.online = u(rng) < 0.9;
+  if (u(rng) < 0.2) {  // some keep hours; 21:00 UTC is inside or outside at random
+    v.open_from_min = int(rng() % 1440);
+    v.open_to_min = int(rng() % 1440);
+  }
+  return v;
+}
+
+// The answer by definition: every vehicle, the same eligibility, nearest first.
+std::vector<RankedCandidate> BruteForce(const std::vector<Vehicle>& all, const MatchRequest& req,
+                                        const MatchOptions& o, const TravelModel& model) {
+  double left = std::chrono::duration<double>(req.need.best_before - kNow).count();
+  double max_km = std::min(o.max_radius_km, model.KmWithin(left));
+  std::vector<RankedCandidate> out;
+  for (const auto& v : all) {
+    if (std::find(req.excluded.begin(), req.excluded.end(), v.ngo_id) != req.excluded.end()) continue;
+    double km = HaversineKm(req.at, v.position);
+    if (km > max_km || !IsEligible(v, req.need, kNow, model.SecondsFor(km))) continue;
+    out.push_back({v.ngo_id, km, model.SecondsFor(km)});
+  }
+  std::sort(out.begin(), out.end(),
+            [](const auto& a, const auto& b) { return a.eta_seconds < b.eta_seconds; });
+  if (out.size() > o.candidates) out.resize(o.candidates);
+  return out;
+}
+
+void CheckAgainstBruteForce(const World& w, uint32_t seed) {
+  std::mt19937 rng(seed);
+  VehicleIndex index;
+  for (const auto& v : w.vehicles) index.Upsert(v);
+  SimulatedClock clock(kNow);
+  TravelTimes travel(clock, TravelModel{}, nullptr, {});
+  MatchOptions options;
+  int offers = 0;
+  for (size_t i = 0; i < w.posts.size(); ++i) {
+    MatchRequest req;
+    req.surplus_id = int64_t(i);
+    req.at = w.posts[i];
+    req.need.category = CategoryMask(1u << (rng() % 8));
+    if (rng() % 3) req.need.kg = double(rng() % 60);
+    req.need.best_before = kNow + std::chrono::minutes(5 + rng() % 240);
+    for (int e = 0; e < 3; ++e)
+      if (rng() % 2) req.excluded.push_back(w.vehicles[rng() % w.vehicles.size()].ngo_id);
+    auto got = Rank(index, req, kNow, options, travel);
+    auto want = BruteForce(w.vehicles, req, options, travel.model());
+    ASSERT_EQ(got.size(), want.size()) << "post " << i;
+    for (size_t k = 0; k < got.size(); ++k) {
+      // Same distances in the same order (ids may differ only on exact ties).
+      EXPECT_NEAR(got[k].distance_km, want[k].distance_km, 1e-6) << "post " << i << " rank " << k;
+    }
+    if (!got.empty()) {
+      ++offers;
+      EXPECT_EQ(got[0].ngo_id, want[0].ngo_id) << "post " << i;
+    }
+  }
+  EXPECT_GT(offers, int(w.posts.size()) / 4) << "the data should produce offers";
+}
+
+TEST(VehicleIndex, RandomWorldMatchesBruteForce) {
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<double> lat(51.28, 51.70), lon(-0.51, 0.33);
+  World w;
+  for (int i = 1; i <= 3000; ++i) w.vehicles.push_back(RandomVehicle(i, {lat(rng), lon(rng)}, rng));
+  for (int i = 0; i < 400; ++i) w.posts.push_back({lat(rng), lon(rng)});
+  CheckAgainstBruteForce(w, 11);
+}
+
+// One CSV line (RFC 4180 quoting: "a, b" and "" for a quote).
+std::vector<std::string> SplitCsv(const std::string& line) {
+  std::vector<std::string> out(1);
+  bool quoted = false;
+  for (size_t i = 0; i < line.size(); ++i) {
+    char c = line[i];
+    if (quoted) {
+      if (c == '"' && i + 1 < line.size() && line[i + 1] == '"') out.back() += '"', ++i;
+      else if (c == '"') quoted = false;
+      else out.back() += c;
+    } else if (c == '"') {
+      quoted = true;
+    } else if (c == ',') {
+      out.emplace_back();
+    } else if (c != '\r') {
+      out.back() += c;
+    }
+  }
+  return out;
+}
+
+TEST(VehicleIndex, LondonPremisesMatchBruteForce) {
+  std::ifstream in(std::string(std::getenv("PP_SOURCE_DIR")) + "/tests/data/london_food_premises.csv");
+  ASSERT_TRUE(in) << "tests/data/london_food_premises.csv missing";
+  std::string line;
+  std::getline(in, line);  // header
+  World w;
+  std::mt19937 rng(3);
+  std::vector<GeoPoint> providers;
+  int64_t id = 1;
+  while (std::getline(in, line)) {
+    // fhrsid,role,name,business_type,borough,postcode,lat,lon,rating,rating_date
+    auto f = SplitCsv(line);
+    ASSERT_EQ(f.size(), 10u) << line;
+    GeoPoint p{std::stod(f[6]), std::stod(f[7])};
+    if (f[1] == "receiver")
+      w.vehicles.push_back(RandomVehicle(id++, p, rng));
+    else
+      providers.push_back(p);
+  }
+  EXPECT_EQ(w.vehicles.size(), 127u);
+  EXPECT_EQ(providers.size(), 27764u);
+  std::shuffle(providers.begin(), providers.end(), rng);
+  w.posts.assign(providers.begin(), providers.begin() + 3000);
+  CheckAgainstBruteForce(w, 5);
+}
+
+TEST(VehicleIndex, AMovedVehicleIsFoundWhereItIsNow) {
+  VehicleIndex index;
+  Vehicle v;
+  v.ngo_id = 1;
+  v.position = {51.50, -0.10};
+  index.Upsert(v);
+  Vehicle w = v;
+  w.ngo_id = 2;
+  w.position = {51.60, -0.30};
+  index.Upsert(w);
+  auto any = [](const Vehicle&, double) { return true; };
+  EXPECT_EQ(index.FindNearest({51.50, -0.10}, 1, 50, any)[0].ngo_id, 1);
+  v.position = {51.70, -0.40};  // drives away
+  index.Upsert(v);
+  EXPECT_EQ(index.size(), 2u);
+  EXPECT_EQ(index.FindNearest({51.50, -0.10}, 1, 50, any)[0].ngo_id, 2);
+  EXPECT_EQ(index.FindNearest({51.70, -0.40}, 1, 50, any)[0].ngo_id, 1);
+  EXPECT_TRUE(index.FindNearest({51.50, -0.10}, 5, 1, any).empty());  // radius
+  index.Remove(1);
+  index.Remove(2);
+  EXPECT_TRUE(index.FindNearest({51.50, -0.10}, 5, 50, any).empty());
+}
+
+TEST(VehicleIndex, EligibilityFilters) {
+  SimulatedClock clock(kNow);
+  TravelTimes travel(clock, TravelModel{}, nullptr, {});
+  VehicleIndex index;
+  auto add = [&](int64_t id, double dlat, auto tweak) {
+    Vehicle v;
+    v.ngo_id = id;
+    v.position = {51.5 + dlat, -0.1};
+    tweak(v);
+    index.Upsert(v);
+  };
+  add(1, 0.001, [](Vehicle& v) { v.online = false; });
+  add(2, 0.002, [](Vehicle& v) { v.accepts = CategoryBit("dairy"); });
+  add(3, 0.003, [](Vehicle& v) { v.free_kg = 2; });
+  add(4, 0.004, [](Vehicle& v) { v.open_from_min = 8 * 60, v.open_to_min = 18 * 60; });
+  add(5, 0.005, [](Vehicle&) {});
+  add(6, 0.5, [](Vehicle&) {});  // ~55 km: cannot arrive before best_before
+  MatchRequest req{1, {51.5, -0.1}, {CategoryBit("bakery"), 5.0, kNow + std::chrono::minutes(30)}, {}};
+  auto got = Rank(index, req, kNow, MatchOptions{}, travel);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].ngo_id, 5);
+  req.excluded = {5};
+  EXPECT_TRUE(Rank(index, req, kNow, MatchOptions{}, travel).empty());
+}
+
+}  // namespace
+}  // namespace pp

@@ -203,3 +203,40 @@ TEST_F(HttpApiTest, SmallChunkedBodiesAreAccepted) {
 
 }  // namespace
 }  // namespace pp
+
+namespace pp {
+namespace {
+
+TEST_F(HttpApiTest, CascadeRoutes) {
+  auto post = PostJson("/api/v1/surplus", ValidPost(), "cr1");
+  int64_t id = json::parse(post->body)["id"].get<int64_t>();
+  std::string base = "/api/v1/surplus/" + std::to_string(id);
+  // No offer is open (no matching engine in this test): accepting is a conflict.
+  auto accept = PostJson(base + "/accept", {{"ngo_id", ngo_}}, "a1");
+  ASSERT_EQ(accept->status, 409) << accept->body;
+  EXPECT_EQ(json::parse(accept->body)["current"]["status"], "available");
+  auto no_key = PostJson(base + "/decline", {{"ngo_id", ngo_}}, "");
+  EXPECT_EQ(no_key->status, 400);
+  auto bad = PostJson(base + "/decline", {{"ngo", ngo_}}, "d1");
+  EXPECT_EQ(bad->status, 422);
+  auto assign = PostJson(base + "/assign", {{"ngo_id", ngo_}}, "as1");
+  ASSERT_EQ(assign->status, 200) << assign->body;
+  EXPECT_EQ(json::parse(assign->body)["claimed_by"], ngo_);
+
+  auto dlq = client_->Get("/api/v1/dlq");
+  ASSERT_EQ(dlq->status, 200);
+  EXPECT_EQ(json::parse(dlq->body)["count"], 0);
+
+  std::string vpath = "/api/v1/vehicles/" + std::to_string(ngo_);
+  auto moved = client_->Put(vpath.c_str(), R"({"lat":51.52,"lon":-0.09,"free_kg":80})", "application/json");
+  ASSERT_EQ(moved->status, 200) << moved->body;
+  EXPECT_EQ(json::parse(moved->body)["at_depot"], false);
+  auto wrong = client_->Put(vpath.c_str(), R"({"free_kg":-1,"categories":["caviar"]})", "application/json");
+  ASSERT_EQ(wrong->status, 422);
+  EXPECT_EQ(json::parse(wrong->body)["errors"].size(), 2u);
+  auto nobody = client_->Put("/api/v1/vehicles/424242", "{}", "application/json");
+  EXPECT_EQ(nobody->status, 404);
+}
+
+}  // namespace
+}  // namespace pp

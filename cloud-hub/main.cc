@@ -166,7 +166,7 @@ int main(int argc, char** argv) {
 
   pp::HttpOptions http_options;
   http_options.max_body_bytes = args.max_body;
-  pp::HttpApi api(hub, http_options);
+  pp::HttpApi api(hub, http_options, &cascade);
   auto port = api.Bind(args.host, args.port);
   if (!port.ok()) {
     std::fprintf(stderr, "pp-hub: %s\n", port.error().ToString().c_str());

@@ -6,6 +6,7 @@
 #include <charconv>
 #include <nlohmann/json.hpp>
 
+#include "cloud-hub/matching/cascade.h"
 #include "common/domain_json.h"
 #include "common/log.h"
 
@@ -99,8 +100,8 @@ std::optional<int64_t> PathId(const Request& req, size_t group = 1) {
 
 }  // namespace
 
-HttpApi::HttpApi(HubService& hub, HttpOptions options)
-    : hub_(hub), options_(options), server_(std::make_unique<httplib::Server>()) {
+HttpApi::HttpApi(HubService& hub, HttpOptions options, const Cascade* cascade)
+    : hub_(hub), options_(options), cascade_(cascade), server_(std::make_unique<httplib::Server>()) {
   int threads = options_.threads;
   server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   server_->set_payload_max_length(options_.max_body_bytes);
@@ -279,6 +280,38 @@ void HttpApi::Routes() {
       res.set_header("Location", "/api/v1/surplus/" + std::to_string(id));
     }
     Reply201or200(res, r, req.path, 201);
+  });
+
+  // Before /surplus/{id}: routes match in the order they are added.
+  s.Get("/api/v1/surplus/nearby", [this](const Request& req, Response& res) {
+    std::vector<FieldError> bad;
+    auto number = [&](const char* name, double lo, double hi, std::optional<double> fallback) {
+      if (!req.has_param(name)) {
+        if (!fallback) bad.push_back({name, "is required"});
+        return fallback.value_or(0);
+      }
+      const std::string v = req.get_param_value(name);
+      char* end = nullptr;
+      double d = std::strtod(v.c_str(), &end);
+      if (v.empty() || *end != '\0' || !(d >= lo && d <= hi)) {
+        bad.push_back({name, "must be a number from " + std::to_string(lo) + " to " + std::to_string(hi)});
+        return 0.0;
+      }
+      return d;
+    };
+    double lat = number("lat", -90, 90, std::nullopt), lon = number("lon", -180, 180, std::nullopt);
+    double km = number("km", 0.1, 50, 5.0), limit = number("limit", 1, 500, 50.0);
+    if (!bad.empty()) return Problem(res, Error::Invalid("invalid query parameters", bad), req.path);
+    if (!cascade_) return Problem(res, Error::Unavailable("matching is not running"), req.path);
+    nlohmann::json items = nlohmann::json::array();
+    for (const auto& n : cascade_->open_posts().Near({lat, lon}, km, size_t(limit))) {
+      auto post = hub_.GetSurplus(n.surplus_id);
+      if (!post.ok() || !post->surplus) continue;  // changed meanwhile
+      auto j = ToJson(*post->surplus);
+      j["distance_km"] = n.distance_km;
+      items.push_back(std::move(j));
+    }
+    res.set_content(nlohmann::json{{"items", items}, {"count", items.size()}}.dump(), kJson);
   });
 
   s.Get(R"(/api/v1/surplus/([^/]+))", [this](const Request& req, Response& res) {

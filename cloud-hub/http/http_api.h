@@ -23,6 +23,8 @@ class Server;
 
 namespace pp {
 
+class Cascade;
+
 struct HttpOptions {
   size_t max_body_bytes = 64 * 1024;
   size_t max_header_bytes = 16 * 1024;
@@ -33,7 +35,8 @@ struct HttpOptions {
 
 class HttpApi {
  public:
-  HttpApi(HubService& hub, HttpOptions options);
+  // `cascade` may be null (no matching engine): nearby lists are then refused.
+  HttpApi(HubService& hub, HttpOptions options, const Cascade* cascade = nullptr);
   ~HttpApi();
 
   // Binds host:port (port 0 picks a free one) and returns the bound port.
@@ -47,6 +50,7 @@ class HttpApi {
 
   HubService& hub_;
   const HttpOptions options_;
+  const Cascade* cascade_;
   std::unique_ptr<httplib::Server> server_;
 };
 

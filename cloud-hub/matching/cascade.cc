@@ -70,8 +70,13 @@ Status Cascade::Start() {
   for (const auto& v : vehicles) matcher_.UpsertVehicle(v);
   int64_t after = 0;
   while (true) {
-    PP_ASSIGN_OR_RETURN(auto open, hub_.ListSurplus({SurplusStatus::kAvailable}, after, 500));
-    for (const auto& post : open) Rematch(post);
+    PP_ASSIGN_OR_RETURN(auto open, hub_.ListSurplus({SurplusStatus::kAvailable, SurplusStatus::kOffered,
+                                                     SurplusStatus::kDeadLettered},
+                                                    after, 500));
+    for (const auto& post : open) {
+      open_.Update(post);
+      if (post.status == SurplusStatus::kAvailable) Rematch(post);
+    }
     if (open.size() < 500) break;
     after = open.back().id;
   }
@@ -82,6 +87,7 @@ Status Cascade::Start() {
 void Cascade::OnVehicleChanged(const Vehicle& v) { matcher_.UpsertVehicle(v); }
 
 void Cascade::OnSurplusChanged(const Surplus& after, bool dlq_exhausted) {
+  open_.Update(after);
   if (dlq_exhausted) {
     alerts_sent_++;
     Log(LogLevel::kWarn, "dlq_exhausted", {{"surplus_id", std::to_string(after.id)}});

@@ -22,6 +22,7 @@
 
 #include "cloud-hub/core/hub_service.h"
 #include "cloud-hub/matching/matcher.h"
+#include "cloud-hub/matching/surplus_index.h"
 #include "common/cascade.h"
 
 namespace pp {
@@ -61,6 +62,8 @@ class Cascade final : public ChangeListener {
   void OnVehicleChanged(const Vehicle& v) override;
 
   uint64_t alerts_sent() const { return alerts_sent_; }
+  // Open posts by cell ("available nearby"), kept from committed changes.
+  const SurplusIndex& open_posts() const { return open_; }
 
  private:
   void Rematch(const Surplus& post);
@@ -73,6 +76,7 @@ class Cascade final : public ChangeListener {
   const CascadePolicy policy_;
   AlertSink* alerts_;
   std::atomic<uint64_t> alerts_sent_{0};
+  SurplusIndex open_;
 
   std::mutex mu_;
   std::condition_variable idle_;

@@ -29,8 +29,6 @@ struct Candidate {
 
 class VehicleIndex {
  public:
-  static constexpr int kLevel = 13;
-
   void Upsert(const Vehicle& v);
   void Remove(int64_t ngo_id);
   const Vehicle* Find(int64_t ngo_id) const;

@@ -225,6 +225,16 @@ TEST_F(CascadeTest, ARestartedHubRebuildsItsIndexAndResumes) {
   EXPECT_EQ(Get(id)["offer"]["ngo_id"], a);
 }
 
+TEST_F(CascadeTest, NearbyListsOpenPostsOnly) {
+  int64_t a = Ngo(0.001);
+  int64_t open = Post(), taken = Post();
+  auto v = Get(taken)["version"].get<int64_t>();
+  ASSERT_TRUE(hub_->Claim(taken, {a, v}, Key()).ok());
+  auto near = cascade_->open_posts().Near({51.5, -0.1}, 1, 10);
+  ASSERT_EQ(near.size(), 1u);
+  EXPECT_EQ(near[0].surplus_id, open);
+}
+
 TEST_F(CascadeTest, BadVehicleReportsAreNamed) {
   int64_t a = Ngo(0.001);
   auto r = hub_->UpdateVehicle(a, R"({"lat":99,"open_from":"25:00","online":"yes"})");

@@ -236,6 +236,12 @@ TEST_F(HttpApiTest, CascadeRoutes) {
   EXPECT_EQ(json::parse(wrong->body)["errors"].size(), 2u);
   auto nobody = client_->Put("/api/v1/vehicles/424242", "{}", "application/json");
   EXPECT_EQ(nobody->status, 404);
+
+  auto near_bad = client_->Get("/api/v1/surplus/nearby?lat=91&km=abc");
+  ASSERT_EQ(near_bad->status, 422);
+  EXPECT_EQ(json::parse(near_bad->body)["errors"].size(), 3u);  // lat, lon, km
+  auto near = client_->Get("/api/v1/surplus/nearby?lat=51.5&lon=-0.1");
+  EXPECT_EQ(near->status, 503);  // no matching engine in this test
 }
 
 }  // namespace

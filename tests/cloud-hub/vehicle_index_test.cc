@@ -192,3 +192,42 @@ TEST(VehicleIndex, EligibilityFilters) {
 
 }  // namespace
 }  // namespace pp
+
+#include "cloud-hub/matching/surplus_index.h"
+
+namespace pp {
+namespace {
+
+TEST(SurplusIndex, NearMatchesBruteForceAndForgetsClosedPosts) {
+  std::mt19937 rng(9);
+  std::uniform_real_distribution<double> lat(51.28, 51.70), lon(-0.51, 0.33);
+  SurplusIndex index;
+  std::vector<Surplus> posts;
+  for (int i = 1; i <= 2000; ++i) {
+    Surplus s;
+    s.id = i;
+    s.position = {lat(rng), lon(rng)};
+    s.status = i % 5 == 0 ? SurplusStatus::kClaimed : SurplusStatus::kAvailable;
+    index.Update(s);
+    posts.push_back(s);
+  }
+  EXPECT_EQ(index.size(), 1600u);
+  for (int q = 0; q < 50; ++q) {
+    GeoPoint at{lat(rng), lon(rng)};
+    auto got = index.Near(at, 3.0, 1000);
+    std::vector<int64_t> want;
+    for (const auto& s : posts)
+      if (s.status == SurplusStatus::kAvailable && HaversineKm(at, s.position) <= 3.0)
+        want.push_back(s.id);
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 1; i < got.size(); ++i) EXPECT_LE(got[i - 1].distance_km, got[i].distance_km);
+  }
+  posts[0].status = SurplusStatus::kExpired;
+  index.Update(posts[0]);
+  EXPECT_EQ(index.size(), 1599u);
+  auto near0 = index.Near(posts[0].position, 0.001, 10);
+  EXPECT_TRUE(near0.empty() || near0[0].surplus_id != 1);
+}
+
+}  // namespace
+}  // namespace pp

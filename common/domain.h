@@ -116,6 +116,19 @@ struct IdempotencyRecord {
   Timestamp created_at{};
 };
 
+// A registered kiosk or tablet. Its Ed25519 public key verifies every
+// operation it sends; its organisation is who it acts for (never taken from
+// the message itself).
+struct Device {
+  std::string id;
+  std::string role;  // "kiosk" (a provider's) or "tablet" (an NGO's)
+  int64_t org_id = 0;
+  std::string public_key;  // base64, 32 bytes
+  bool revoked = false;
+  uint64_t max_seq = 0;  // highest sequence number accepted
+  Timestamp created_at{};
+};
+
 // Enum <-> wire name. Parse functions return nullopt for unknown names.
 std::string_view ToString(OrgKind k);
 std::string_view ToString(Storage s);

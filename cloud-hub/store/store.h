@@ -88,6 +88,15 @@ class StoreSession {
   virtual Result<std::vector<Vehicle>> ListVehicles() = 0;
   virtual Result<std::optional<Vehicle>> GetVehicle(int64_t ngo_id) = 0;
 
+  // Devices (sync protocol). InsertDevice: kAlreadyExists if the id is taken.
+  virtual Status InsertDevice(const Device& d) = 0;
+  virtual Result<std::optional<Device>> GetDevice(std::string_view id) = 0;
+  // false if there is no such device.
+  virtual Result<bool> RevokeDevice(std::string_view id) = 0;
+  // max_seq = max(max_seq, seq)
+  virtual Status AdvanceDeviceSeq(std::string_view id, uint64_t seq) = 0;
+  virtual Result<std::vector<Device>> ListDevicesOfOrg(int64_t org_id) = 0;
+
   virtual Status AppendHistory(const HistoryEntry& entry) = 0;
   virtual Result<std::vector<HistoryEntry>> GetHistory(int64_t surplus_id) = 0;
 
@@ -95,6 +104,9 @@ class StoreSession {
   virtual Status AppendOutbox(const OutboxEvent& event) = 0;
   // Events with id > after_id, oldest first, at most `limit`.
   virtual Result<std::vector<OutboxEvent>> ListOutbox(int64_t after_id, int limit) = 0;
+  // Unsent events with id > after_id, oldest first (the relay's work).
+  virtual Result<std::vector<OutboxEvent>> ListUnsentOutbox(int64_t after_id, int limit) = 0;
+  virtual Status MarkOutboxSent(const std::vector<int64_t>& ids, Timestamp at) = 0;
 
   virtual Result<std::optional<IdempotencyRecord>> GetIdempotency(std::string_view scope,
                                                                   std::string_view key) = 0;

@@ -330,6 +330,50 @@ TEST_P(StoreContract, VehiclesUpsert) {
   s_->Rollback();
 }
 
+TEST_P(StoreContract, DevicesRegisterRevokeAndTrackTheirSequence) {
+  int64_t org = Org(OrgKind::kProvider);
+  Device d{"kiosk-1", "kiosk", org, "cHVibGlj", false, 0, kT0};
+  Write([&](StoreSession& s) { ASSERT_TRUE(s.InsertDevice(d).ok()); });
+  ASSERT_TRUE(s_->Begin(TxnMode::kWrite).ok());
+  auto dup = s_->InsertDevice(d);
+  Status st = dup.ok() ? s_->Commit() : dup;
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.error().code, Code::kAlreadyExists);
+  s_->Rollback();
+  Write([&](StoreSession& s) {
+    ASSERT_TRUE(s.AdvanceDeviceSeq("kiosk-1", 7).ok());
+    ASSERT_TRUE(s.AdvanceDeviceSeq("kiosk-1", 3).ok());  // never goes back
+    EXPECT_TRUE(*s.RevokeDevice("kiosk-1"));
+    EXPECT_FALSE(*s.RevokeDevice("nobody"));
+  });
+  ASSERT_TRUE(s_->Begin(TxnMode::kRead).ok());
+  auto got = **s_->GetDevice("kiosk-1");
+  EXPECT_EQ(got.max_seq, 7u);
+  EXPECT_TRUE(got.revoked);
+  EXPECT_EQ(got.org_id, org);
+  EXPECT_EQ(s_->ListDevicesOfOrg(org)->size(), 1u);
+  EXPECT_FALSE(*s_->GetDevice("nobody"));
+  s_->Rollback();
+}
+
+TEST_P(StoreContract, OutboxSentMarks) {
+  Write([&](StoreSession& s) {
+    for (int i = 0; i < 4; ++i) ASSERT_TRUE(s.AppendOutbox({0, "e", i, "{}", kT0, std::nullopt}).ok());
+  });
+  ASSERT_TRUE(s_->Begin(TxnMode::kRead).ok());
+  auto all = *s_->ListUnsentOutbox(0, 10);
+  s_->Rollback();
+  ASSERT_EQ(all.size(), 4u);
+  Write([&](StoreSession& s) { ASSERT_TRUE(s.MarkOutboxSent({all[0].id, all[2].id}, kT0).ok()); });
+  ASSERT_TRUE(s_->Begin(TxnMode::kRead).ok());
+  auto left = *s_->ListUnsentOutbox(0, 10);
+  ASSERT_EQ(left.size(), 2u);
+  EXPECT_EQ(left[0].id, all[1].id);
+  EXPECT_EQ(left[1].id, all[3].id);
+  EXPECT_EQ(s_->ListUnsentOutbox(all[1].id, 10)->size(), 1u);
+  s_->Rollback();
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, StoreContract, ::testing::Values("sqlite", "postgresql"),
                          [](const auto& info) { return info.param; });
 

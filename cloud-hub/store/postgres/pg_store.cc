@@ -92,6 +92,18 @@ CREATE TABLE vehicles (
   updated_at    BIGINT  NOT NULL
 );
 )sql"},
+    {3, "devices for the sync protocol", R"sql(
+CREATE TABLE devices (
+  id          TEXT    PRIMARY KEY,
+  role        TEXT    NOT NULL CHECK (role IN ('kiosk', 'tablet')),
+  org_id      BIGINT  NOT NULL REFERENCES organizations(id),
+  public_key  TEXT    NOT NULL,
+  revoked     BOOLEAN NOT NULL DEFAULT false,
+  max_seq     BIGINT  NOT NULL DEFAULT 0,
+  created_at  BIGINT  NOT NULL
+);
+CREATE INDEX devices_by_org ON devices (org_id);
+)sql"},
 };
 
 // Any stable number: the advisory lock that serialises migrations of hubs
@@ -193,6 +205,20 @@ std::vector<Statement> Statements() {
       {"vehicle_list",
        "SELECT ngo_id, lat, lon, free_kg, accepts, open_from_min, open_to_min, online, reported, "
        "updated_at FROM vehicles ORDER BY ngo_id"},
+      {"device_insert",
+       "INSERT INTO devices (id, role, org_id, public_key, revoked, max_seq, created_at) "
+       "VALUES ($1,$2,$3,$4,$5,$6,$7)"},
+      {"device_get",
+       "SELECT id, role, org_id, public_key, revoked, max_seq, created_at FROM devices WHERE id=$1"},
+      {"device_revoke", "UPDATE devices SET revoked=true WHERE id=$1"},
+      {"device_seq", "UPDATE devices SET max_seq=GREATEST(max_seq, $1) WHERE id=$2"},
+      {"device_list_org",
+       "SELECT id, role, org_id, public_key, revoked, max_seq, created_at FROM devices "
+       "WHERE org_id=$1 ORDER BY id"},
+      {"outbox_unsent",
+       "SELECT id, type, aggregate_id, payload, created_at, sent_at FROM outbox "
+       "WHERE id > $1 AND sent_at IS NULL ORDER BY id LIMIT $2"},
+      {"outbox_mark", "UPDATE outbox SET sent_at=$1 WHERE id = ANY($2::bigint[])"},
       {"vehicle_get",
        "SELECT ngo_id, lat, lon, free_kg, accepts, open_from_min, open_to_min, online, reported, "
        "updated_at FROM vehicles WHERE ngo_id=$1"},
@@ -381,6 +407,72 @@ class PgSession final : public StoreSession {
       auto r = txn_->exec_prepared("vehicle_get", ngo_id);
       if (r.empty()) return std::optional<Vehicle>();
       return std::optional<Vehicle>(ReadVehicle(r[0]));
+    });
+  }
+
+  Status InsertDevice(const Device& d) override {
+    return Exec("insert device", [&] {
+      txn_->exec_prepared("device_insert", d.id, d.role, d.org_id, d.public_key, d.revoked,
+                          int64_t(d.max_seq), ToUnixMillis(d.created_at));
+      return Ok{};
+    });
+  }
+
+  Result<std::optional<Device>> GetDevice(std::string_view id) override {
+    return Exec("get device", [&] {
+      auto r = txn_->exec_prepared("device_get", std::string(id));
+      if (r.empty()) return std::optional<Device>();
+      return std::optional<Device>(ReadDevice(r[0]));
+    });
+  }
+
+  Result<bool> RevokeDevice(std::string_view id) override {
+    return Exec("revoke device", [&] {
+      return txn_->exec_prepared("device_revoke", std::string(id)).affected_rows() == 1;
+    });
+  }
+
+  Status AdvanceDeviceSeq(std::string_view id, uint64_t seq) override {
+    return Exec("advance device seq", [&] {
+      txn_->exec_prepared("device_seq", int64_t(seq), std::string(id));
+      return Ok{};
+    });
+  }
+
+  Result<std::vector<Device>> ListDevicesOfOrg(int64_t org_id) override {
+    return Exec("list devices", [&] {
+      std::vector<Device> out;
+      for (const auto& row : txn_->exec_prepared("device_list_org", org_id))
+        out.push_back(ReadDevice(row));
+      return out;
+    });
+  }
+
+  static Device ReadDevice(const pqxx::row& row) {
+    return Device{row[0].as<std::string>(), row[1].as<std::string>(), row[2].as<int64_t>(),
+                  row[3].as<std::string>(), row[4].as<bool>(),      uint64_t(row[5].as<int64_t>()),
+                  FromUnixMillis(row[6].as<int64_t>())};
+  }
+
+  Result<std::vector<OutboxEvent>> ListUnsentOutbox(int64_t after_id, int limit) override {
+    PP_RETURN_IF_ERROR(FlushPending());
+    return Exec("list unsent outbox", [&] {
+      std::vector<OutboxEvent> out;
+      for (const auto& row : txn_->exec_prepared("outbox_unsent", after_id, limit))
+        out.push_back({row[0].as<int64_t>(), row[1].as<std::string>(), row[2].as<int64_t>(),
+                       row[3].as<std::string>(), FromUnixMillis(row[4].as<int64_t>()),
+                       OptTime(row[5])});
+      return out;
+    });
+  }
+
+  Status MarkOutboxSent(const std::vector<int64_t>& ids, Timestamp at) override {
+    PP_RETURN_IF_ERROR(FlushPending());
+    return Exec("mark outbox sent", [&] {
+      ArrayLiteral a;
+      for (int64_t id : ids) a.Add(id);
+      txn_->exec_prepared("outbox_mark", ToUnixMillis(at), a.str());
+      return Ok{};
     });
   }
 

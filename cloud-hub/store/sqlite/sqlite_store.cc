@@ -94,6 +94,18 @@ CREATE TABLE vehicles (
   updated_at    INTEGER NOT NULL
 );
 )sql"},
+    {3, "devices for the sync protocol", R"sql(
+CREATE TABLE devices (
+  id          TEXT    PRIMARY KEY,
+  role        TEXT    NOT NULL CHECK (role IN ('kiosk', 'tablet')),
+  org_id      INTEGER NOT NULL REFERENCES organizations(id),
+  public_key  TEXT    NOT NULL,
+  revoked     INTEGER NOT NULL DEFAULT 0,
+  max_seq     INTEGER NOT NULL DEFAULT 0,
+  created_at  INTEGER NOT NULL
+);
+CREATE INDEX devices_by_org ON devices (org_id);
+)sql"},
 };
 
 Error SqlError(sqlite3* db, int rc, const char* what) {
@@ -322,6 +334,81 @@ class SqliteSession final : public StoreSession {
     PP_ASSIGN_OR_RETURN(bool row, s.Step("get vehicle"));
     if (!row) return std::optional<Vehicle>();
     return std::optional<Vehicle>(ReadVehicle(s));
+  }
+
+  Status InsertDevice(const Device& d) override {
+    auto& s = Prepare(
+        "INSERT INTO devices (id, role, org_id, public_key, revoked, max_seq, created_at) "
+        "VALUES (?,?,?,?,?,?,?)");
+    s.Reset().Bind(d.id).Bind(d.role).Bind(d.org_id).Bind(d.public_key).Bind(int64_t(d.revoked))
+        .Bind(int64_t(d.max_seq)).Bind(d.created_at);
+    PP_RETURN_IF_ERROR(s.Step("insert device"));
+    return OkStatus();
+  }
+
+  Result<std::optional<Device>> GetDevice(std::string_view id) override {
+    auto& s = Prepare(
+        "SELECT id, role, org_id, public_key, revoked, max_seq, created_at FROM devices WHERE id=?");
+    s.Reset().Bind(id);
+    PP_ASSIGN_OR_RETURN(bool row, s.Step("get device"));
+    if (!row) return std::optional<Device>();
+    return std::optional<Device>(ReadDevice(s));
+  }
+
+  Result<bool> RevokeDevice(std::string_view id) override {
+    auto& s = Prepare("UPDATE devices SET revoked=1 WHERE id=?");
+    s.Reset().Bind(id);
+    PP_RETURN_IF_ERROR(s.Step("revoke device"));
+    return sqlite3_changes(db_) == 1;
+  }
+
+  Status AdvanceDeviceSeq(std::string_view id, uint64_t seq) override {
+    auto& s = Prepare("UPDATE devices SET max_seq=max(max_seq, ?) WHERE id=?");
+    s.Reset().Bind(int64_t(seq)).Bind(id);
+    PP_RETURN_IF_ERROR(s.Step("advance device seq"));
+    return OkStatus();
+  }
+
+  Result<std::vector<Device>> ListDevicesOfOrg(int64_t org_id) override {
+    auto& s = Prepare(
+        "SELECT id, role, org_id, public_key, revoked, max_seq, created_at FROM devices "
+        "WHERE org_id=? ORDER BY id");
+    s.Reset().Bind(org_id);
+    std::vector<Device> out;
+    while (true) {
+      PP_ASSIGN_OR_RETURN(bool row, s.Step("list devices"));
+      if (!row) break;
+      out.push_back(ReadDevice(s));
+    }
+    return out;
+  }
+
+  static Device ReadDevice(const Stmt& s) {
+    return Device{s.Text(0), s.Text(1), s.Int(2), s.Text(3), s.Int(4) != 0, uint64_t(s.Int(5)),
+                  FromUnixMillis(s.Int(6))};
+  }
+
+  Result<std::vector<OutboxEvent>> ListUnsentOutbox(int64_t after_id, int limit) override {
+    auto& s = Prepare(
+        "SELECT id, type, aggregate_id, payload, created_at, sent_at FROM outbox "
+        "WHERE id > ? AND sent_at IS NULL ORDER BY id LIMIT ?");
+    s.Reset().Bind(after_id).Bind(int64_t(limit));
+    std::vector<OutboxEvent> out;
+    while (true) {
+      PP_ASSIGN_OR_RETURN(bool row, s.Step("list unsent outbox"));
+      if (!row) break;
+      out.push_back({s.Int(0), s.Text(1), s.Int(2), s.Text(3), FromUnixMillis(s.Int(4)), s.OptTime(5)});
+    }
+    return out;
+  }
+
+  Status MarkOutboxSent(const std::vector<int64_t>& ids, Timestamp at) override {
+    auto& s = Prepare("UPDATE outbox SET sent_at=? WHERE id=?");
+    for (int64_t id : ids) {
+      s.Reset().Bind(at).Bind(id);
+      PP_RETURN_IF_ERROR(s.Step("mark outbox sent"));
+    }
+    return OkStatus();
   }
 
   static Vehicle ReadVehicle(const Stmt& s) {

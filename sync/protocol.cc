@@ -1,0 +1,200 @@
+#include "sync/protocol.h"
+
+#include <sodium.h>
+
+#include <mutex>
+
+namespace pp::sync {
+namespace {
+
+void InitSodium() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    if (sodium_init() < 0) std::abort();  // no randomness source: nothing is safe
+  });
+}
+
+template <size_t N>
+Result<std::array<unsigned char, N>> FromBase64(std::string_view b64, const char* what) {
+  InitSodium();
+  std::array<unsigned char, N> out{};
+  size_t len = 0;
+  if (sodium_base642bin(out.data(), N, b64.data(), b64.size(), nullptr, &len, nullptr,
+                        sodium_base64_VARIANT_ORIGINAL) != 0 ||
+      len != N)
+    return Error::Invalid(std::string(what) + " must be " + std::to_string(N) +
+                          " bytes in standard base64");
+  return out;
+}
+
+}  // namespace
+
+std::string UpTopic(std::string_view device, std::string_view type) {
+  return "pp/v1/up/" + std::string(device) + "/" + std::string(type);
+}
+
+std::string DownTopic(std::string_view device) { return "pp/v1/down/" + std::string(device); }
+
+std::optional<std::pair<std::string, std::string>> ParseUpTopic(std::string_view t) {
+  constexpr std::string_view kPrefix = "pp/v1/up/";
+  if (!t.starts_with(kPrefix)) return std::nullopt;
+  t.remove_prefix(kPrefix.size());
+  auto slash = t.find('/');
+  if (slash == std::string_view::npos) return std::nullopt;
+  std::string_view device = t.substr(0, slash), type = t.substr(slash + 1);
+  if (!ValidDeviceId(device) || type.empty() || type.find('/') != std::string_view::npos)
+    return std::nullopt;
+  return std::pair{std::string(device), std::string(type)};
+}
+
+bool ValidDeviceId(std::string_view id) {
+  if (id.empty() || id.size() > 64) return false;
+  for (char c : id)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.'))
+      return false;
+  return true;
+}
+
+bool KnownOpType(std::string_view t) {
+  for (const char* k : {kOpPostSurplus, kOpClaim, kOpAccept, kOpDecline, kOpVehicle})
+    if (t == k) return true;
+  return false;
+}
+
+KeyPair GenerateKeyPair() {
+  InitSodium();
+  KeyPair k;
+  crypto_sign_keypair(k.public_key.data(), k.secret_key.data());
+  return k;
+}
+
+std::string ToBase64(const unsigned char* data, size_t n) {
+  InitSodium();
+  std::string out(sodium_base64_ENCODED_LEN(n, sodium_base64_VARIANT_ORIGINAL), '\0');
+  sodium_bin2base64(out.data(), out.size(), data, n, sodium_base64_VARIANT_ORIGINAL);
+  out.resize(out.size() - 1);  // the terminating NUL
+  return out;
+}
+
+Result<PublicKey> PublicKeyFromBase64(std::string_view b64) {
+  return FromBase64<32>(b64, "public key");
+}
+Result<SecretKey> SecretKeyFromBase64(std::string_view b64) {
+  return FromBase64<64>(b64, "secret key");
+}
+
+std::string CanonicalBytes(const Envelope& e) {
+  return "pp1\n" + e.device + "\n" + std::to_string(e.seq) + "\n" + e.op + "\n" + e.type + "\n" +
+         std::to_string(e.ts_ms) + "\n" + e.body.dump();
+}
+
+void Sign(Envelope& e, const SecretKey& key) {
+  InitSodium();
+  std::string bytes = CanonicalBytes(e);
+  std::array<unsigned char, crypto_sign_BYTES> sig{};
+  crypto_sign_detached(sig.data(), nullptr, reinterpret_cast<const unsigned char*>(bytes.data()),
+                       bytes.size(), key.data());
+  e.sig = ToBase64(sig);
+}
+
+bool Verify(const Envelope& e, const PublicKey& key) {
+  auto sig = FromBase64<crypto_sign_BYTES>(e.sig, "sig");
+  if (!sig.ok()) return false;
+  std::string bytes = CanonicalBytes(e);
+  return crypto_sign_verify_detached(sig->data(), reinterpret_cast<const unsigned char*>(bytes.data()),
+                                     bytes.size(), key.data()) == 0;
+}
+
+std::string Encode(const Envelope& e) {
+  return nlohmann::json{{"v", e.v},   {"device", e.device}, {"seq", e.seq}, {"op", e.op},
+                        {"type", e.type}, {"ts", e.ts_ms},  {"body", e.body}, {"sig", e.sig}}
+      .dump();
+}
+
+Result<Envelope> Decode(std::string_view bytes) {
+  if (bytes.size() > kMaxMessageBytes)
+    return Error{Code::kResourceExhausted, "message exceeds " + std::to_string(kMaxMessageBytes) + " bytes", {}, {}};
+  nlohmann::json j = nlohmann::json::parse(bytes, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return Error::Invalid("message is not a JSON object");
+  std::vector<FieldError> bad;
+  for (const auto& [k, v] : j.items())
+    if (k != "v" && k != "device" && k != "seq" && k != "op" && k != "type" && k != "ts" &&
+        k != "body" && k != "sig")
+      bad.push_back({k, "unknown field"});
+  auto str = [&](const char* k) -> std::string {
+    if (!j.contains(k) || !j[k].is_string()) {
+      bad.push_back({k, "must be a string"});
+      return "";
+    }
+    return j[k].get<std::string>();
+  };
+  Envelope e;
+  if (!j.contains("v") || !j["v"].is_number_integer() || j["v"].get<int64_t>() != kProtocolVersion)
+    bad.push_back({"v", "must be " + std::to_string(kProtocolVersion)});
+  e.device = str("device");
+  e.op = str("op");
+  e.type = str("type");
+  e.sig = str("sig");
+  if (!j.contains("seq") || !j["seq"].is_number_unsigned() || j["seq"].get<uint64_t>() == 0)
+    bad.push_back({"seq", "must be a positive integer"});
+  else
+    e.seq = j["seq"].get<uint64_t>();
+  if (!j.contains("ts") || !j["ts"].is_number_integer())
+    bad.push_back({"ts", "must be an integer (Unix milliseconds)"});
+  else
+    e.ts_ms = j["ts"].get<int64_t>();
+  if (!j.contains("body") || !j["body"].is_object())
+    bad.push_back({"body", "must be a JSON object"});
+  else
+    e.body = j["body"];
+  if (!e.device.empty() && !ValidDeviceId(e.device))
+    bad.push_back({"device", "must be 1-64 of A-Z a-z 0-9 _ . -"});
+  if (e.op.size() > 64 || (j.contains("op") && e.op.empty()))
+    bad.push_back({"op", "must be 1-64 characters"});
+  if (!bad.empty()) return Error::Invalid("malformed envelope", std::move(bad));
+  return e;
+}
+
+std::string_view ToString(OutcomeStatus s) {
+  switch (s) {
+    case OutcomeStatus::kAccepted: return "accepted";
+    case OutcomeStatus::kConflict: return "conflict";
+    case OutcomeStatus::kRejected: return "rejected";
+  }
+  return "?";
+}
+
+nlohmann::json OutcomeJson(const Outcome& o) {
+  return {{"v", kProtocolVersion},       {"kind", "outcome"}, {"op", o.op},
+          {"seq", o.seq},                {"status", ToString(o.status)},
+          {"code", o.code},              {"message", o.message}, {"data", o.data}};
+}
+
+Outcome OutcomeFor(const Envelope& e, const Error& error) {
+  Outcome o;
+  o.op = e.op;
+  o.seq = e.seq;
+  o.message = error.message;
+  if (error.code == Code::kAborted) {
+    o.status = OutcomeStatus::kConflict;
+    o.code = "conflict";
+    o.data = nlohmann::json::parse(error.context_json.empty() ? "null" : error.context_json, nullptr, false);
+    return o;
+  }
+  o.status = OutcomeStatus::kRejected;
+  switch (error.code) {
+    case Code::kInvalidArgument: o.code = "invalid"; break;
+    case Code::kNotFound: o.code = "not_found"; break;
+    case Code::kFailedPrecondition: o.code = "precondition_failed"; break;
+    case Code::kPermissionDenied: o.code = "forbidden"; break;
+    case Code::kUnauthenticated: o.code = "unauthenticated"; break;
+    case Code::kResourceExhausted: o.code = "too_large"; break;
+    case Code::kUnavailable: o.code = "unavailable"; break;
+    default: o.code = "internal"; break;
+  }
+  o.data = nlohmann::json::array();
+  for (const auto& f : error.fields) o.data.push_back({{"field", f.field}, {"reason", f.reason}});
+  return o;
+}
+
+}  // namespace pp::sync

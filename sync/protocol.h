@@ -1,0 +1,103 @@
+// The edge<->hub protocol both sides link: topics, the signed envelope of a
+// device operation, and the messages the hub sends down. Specified for
+// third parties in docs/protocol.md.
+//
+// An operation travels up as an Envelope signed with the device's Ed25519
+// key over CanonicalBytes(): the signature covers every field, so neither a
+// broker nor another device can alter or re-attribute it. The hub answers
+// every operation with an Outcome on the device's down topic, and pushes
+// Events (offers, claims, ...) there too; both carry an id the device uses to
+// drop duplicates (QoS 1 may deliver twice).
+//
+// Thread safety: plain functions and values.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+
+namespace pp::sync {
+
+constexpr int kProtocolVersion = 1;
+constexpr size_t kMaxMessageBytes = 64 * 1024;  // also the broker's max_packet_size
+
+// Topics.
+std::string UpTopic(std::string_view device, std::string_view type);  // pp/v1/up/{device}/{type}
+std::string DownTopic(std::string_view device);                       // pp/v1/down/{device}
+constexpr const char* kHubSubscription = "$share/hub/pp/v1/up/#";
+// "pp/v1/up/kiosk-7/post_surplus" -> {"kiosk-7", "post_surplus"}
+std::optional<std::pair<std::string, std::string>> ParseUpTopic(std::string_view topic);
+
+// Device ids double as broker user names and topic levels: 1-64 of
+// [A-Za-z0-9_.-] (no MQTT wildcards or separators).
+bool ValidDeviceId(std::string_view id);
+
+// Operation types a device may send.
+constexpr const char* kOpPostSurplus = "post_surplus";  // body: a surplus draft (provider = the device's org)
+constexpr const char* kOpClaim = "claim";               // body: {"surplus_id","version"}
+constexpr const char* kOpAccept = "accept";             // body: {"surplus_id"}
+constexpr const char* kOpDecline = "decline";           // body: {"surplus_id"}
+constexpr const char* kOpVehicle = "vehicle";           // body: a vehicle report
+bool KnownOpType(std::string_view type);
+
+using PublicKey = std::array<unsigned char, 32>;
+using SecretKey = std::array<unsigned char, 64>;
+struct KeyPair {
+  PublicKey public_key;
+  SecretKey secret_key;
+};
+KeyPair GenerateKeyPair();
+std::string ToBase64(const unsigned char* data, size_t n);
+template <size_t N>
+std::string ToBase64(const std::array<unsigned char, N>& a) {
+  return ToBase64(a.data(), N);
+}
+Result<PublicKey> PublicKeyFromBase64(std::string_view b64);
+Result<SecretKey> SecretKeyFromBase64(std::string_view b64);
+
+struct Envelope {
+  int v = kProtocolVersion;
+  std::string device;
+  uint64_t seq = 0;           // per device, increasing; bounds how old a replay may be
+  std::string op;             // op id (UUID-like): the idempotency key
+  std::string type;           // one of the kOp* types
+  int64_t ts_ms = 0;          // device clock, informational only (never trusted)
+  nlohmann::json body = nlohmann::json::object();
+  std::string sig;            // base64 Ed25519 signature of CanonicalBytes()
+};
+
+// "pp1\n{device}\n{seq}\n{op}\n{type}\n{ts}\n{body as compact JSON, keys sorted}"
+std::string CanonicalBytes(const Envelope& e);
+void Sign(Envelope& e, const SecretKey& key);
+bool Verify(const Envelope& e, const PublicKey& key);
+
+std::string Encode(const Envelope& e);
+// Strict: size, JSON shape, field types, version, id syntax. Names what is wrong.
+Result<Envelope> Decode(std::string_view bytes);
+
+// The hub's answer to one operation.
+enum class OutcomeStatus { kAccepted, kConflict, kRejected };
+std::string_view ToString(OutcomeStatus s);
+
+struct Outcome {
+  std::string op;
+  uint64_t seq = 0;
+  OutcomeStatus status = OutcomeStatus::kAccepted;
+  std::string code;     // machine-readable; "ok" when accepted (see docs/protocol.md)
+  std::string message;  // for a person
+  nlohmann::json data;  // accepted: the result; conflict: the current state; rejected: field errors
+};
+
+// Down messages: {"v":1,"kind":"outcome"|"event","id":N,...}. `id` is the
+// hub's outbox event id, unique and increasing: receivers drop repeats.
+nlohmann::json OutcomeJson(const Outcome& o);
+// Maps an Error to the outcome a device sees.
+Outcome OutcomeFor(const Envelope& e, const Error& error);
+
+}  // namespace pp::sync

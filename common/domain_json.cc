@@ -54,6 +54,7 @@ nlohmann::json StateJson(const Surplus& s) {
     dlq = {{"attempts", s.match.dlq_attempts},
            {"next_retry_at", OrNull(s.match.next_retry_at, Rfc)}};
   return {{"id", s.id},
+          {"provider_id", s.draft.provider_id},
           {"status", ToString(s.status)},
           {"version", s.version},
           {"claimed_by", OrNull(s.claimed_by, Same)},
@@ -82,6 +83,12 @@ nlohmann::json ToJson(const Vehicle& v) {
           {"open_from", from},        {"open_to", to},
           {"online", v.online},       {"at_depot", !v.reported},
           {"updated_at", FormatRfc3339(v.updated_at)}};
+}
+
+nlohmann::json ToJson(const Device& d) {
+  return {{"id", d.id},           {"role", d.role},       {"org_id", d.org_id},
+          {"public_key", d.public_key}, {"revoked", d.revoked}, {"max_seq", d.max_seq},
+          {"created_at", FormatRfc3339(d.created_at)}};
 }
 
 nlohmann::json ToJson(const HistoryEntry& h) {

@@ -17,5 +17,6 @@ nlohmann::json ToJson(const HistoryEntry& h);
 // The small form a conflict carries: what the loser needs to show the truth.
 nlohmann::json StateJson(const Surplus& s);
 nlohmann::json ToJson(const Vehicle& v);
+nlohmann::json ToJson(const Device& d);  // without anything secret (there is nothing secret in it)
 
 }  // namespace pp

@@ -36,12 +36,12 @@ Vehicle DepotVehicle(const Organization& ngo) {
 HubService::HubService(Store& store, GroupCommitter& committer, const Clock& clock)
     : store_(store), committer_(committer), clock_(clock) {}
 
-void HubService::SubmitIdempotent(std::string scope, std::string key, std::string fingerprint,
-                                  Effect effect, Callback done) {
+void HubService::Submit(std::string scope, std::string key, std::string fingerprint,
+                        Effect effect, Also also, Callback done) {
   // Filled by the op (possibly more than once, if its batch is retried) and
   // read by `done` after the commit.
   auto reply = std::make_shared<Result<Reply>>(Error::Internal("operation did not run"));
-  auto op = [this, scope, key, fingerprint, effect = std::move(effect),
+  auto op = [this, scope, key, fingerprint, effect = std::move(effect), also = std::move(also),
              reply](StoreSession& s) -> Status {
     if (!key.empty()) {
       PP_ASSIGN_OR_RETURN(auto prior, s.GetIdempotency(scope, key));
@@ -52,7 +52,9 @@ void HubService::SubmitIdempotent(std::string scope, std::string key, std::strin
           *reply = e;
           return e;
         }
-        *reply = Reply{prior->result_json, true, nullptr, false};
+        Reply replayed{prior->result_json, true, nullptr, false, nullptr};
+        if (also) PP_RETURN_IF_ERROR(also(s, replayed));
+        *reply = std::move(replayed);
         return OkStatus();
       }
     }
@@ -63,13 +65,16 @@ void HubService::SubmitIdempotent(std::string scope, std::string key, std::strin
     }
     if (!key.empty())
       PP_RETURN_IF_ERROR(s.PutIdempotency({scope, key, fingerprint, result->json, clock_.Now()}));
+    if (also) PP_RETURN_IF_ERROR(also(s, *result));
     *reply = std::move(result);
     return OkStatus();
   };
   committer_.Submit(std::move(op), [this, reply, done = std::move(done)](Status st) {
     if (!st.ok()) return done(st.take_error());
-    if (listener_ && reply->ok() && (*reply)->surplus && !(*reply)->replayed)
-      listener_->OnSurplusChanged(*(*reply)->surplus, (*reply)->dlq_exhausted);
+    if (listener_ && reply->ok() && !(*reply)->replayed) {
+      if ((*reply)->surplus) listener_->OnSurplusChanged(*(*reply)->surplus, (*reply)->dlq_exhausted);
+      if ((*reply)->vehicle) listener_->OnVehicleChanged(*(*reply)->vehicle);
+    }
     done(std::move(*reply));
   });
 }
@@ -100,9 +105,9 @@ void HubService::CreateOrganization(NewOrganization org, std::string key, Callba
                                          {created->kind, created->name, created->position},
                                          created->created_at));
     if (created->kind == OrgKind::kNgo) PP_RETURN_IF_ERROR(s.UpsertVehicle(DepotVehicle(*created)));
-    return Reply{ToJson(*created).dump(), false, nullptr, false};
+    return Reply{ToJson(*created).dump(), false, nullptr, false, nullptr};
   };
-  SubmitIdempotent("organization.create", std::move(key), Fingerprint(canonical.dump()), effect,
+  Submit("organization.create", std::move(key), Fingerprint(canonical.dump()), effect, nullptr,
                    [this, created, done = std::move(done)](Result<Reply> r) {
                      if (r.ok() && !r->replayed) {
                        CacheOrganization(*created);
@@ -113,10 +118,8 @@ void HubService::CreateOrganization(NewOrganization org, std::string key, Callba
                    });
 }
 
-void HubService::PostSurplus(SurplusDraft draft, std::string key, Callback done) {
-  std::string scope = "surplus.post/provider:" + std::to_string(draft.provider_id);
-  std::string fingerprint = Fingerprint(ToJson(draft).dump());
-  auto effect = [this, draft = std::move(draft)](StoreSession& s) -> Result<Reply> {
+HubService::Effect HubService::PostEffect(SurplusDraft draft) {
+  return [this, draft = std::move(draft)](StoreSession& s) -> Result<Reply> {
     PP_ASSIGN_OR_RETURN(auto provider, FindOrganization(s, draft.provider_id));
     if (!provider || provider->kind != OrgKind::kProvider)
       return Error::Invalid("request has invalid fields",
@@ -133,10 +136,15 @@ void HubService::PostSurplus(SurplusDraft draft, std::string key, Callback done)
         s.AppendHistory({x->id, 1, now, std::nullopt, x->status, "post", draft.provider_id}));
     std::string body = ToJson(*x).dump();
     PP_RETURN_IF_ERROR(s.AppendOutbox({0, "surplus.posted", x->id, body, now, std::nullopt}));
-    return Reply{std::move(body), false, x, false};
+    return Reply{std::move(body), false, x, false, nullptr};
   };
-  SubmitIdempotent(std::move(scope), std::move(key), std::move(fingerprint), effect,
-                   std::move(done));
+}
+
+void HubService::PostSurplus(SurplusDraft draft, std::string key, Callback done) {
+  std::string scope = "surplus.post/provider:" + std::to_string(draft.provider_id);
+  std::string fingerprint = Fingerprint(ToJson(draft).dump());
+  Submit(std::move(scope), std::move(key), std::move(fingerprint), PostEffect(std::move(draft)),
+         nullptr, std::move(done));
 }
 
 Result<Reply> HubService::ApplyDecision(StoreSession& s, int64_t surplus_id,
@@ -167,17 +175,26 @@ Result<Reply> HubService::ApplyDecision(StoreSession& s, int64_t surplus_id,
                                       after->status, std::string(ToString(d.event)), d.actor}));
   std::string body = StateJson(*after).dump();
   PP_RETURN_IF_ERROR(s.AppendOutbox({0, d.outbox_type, surplus_id, body, now, std::nullopt}));
-  return Reply{std::move(body), false, after, d.dlq_exhausted};
+  return Reply{std::move(body), false, after, d.dlq_exhausted, nullptr};
+}
+
+HubService::Effect HubService::DecisionEffect(int64_t surplus_id, std::optional<int64_t> ngo,
+                                              Decide decide) {
+  return [this, surplus_id, ngo, decide = std::move(decide)](StoreSession& s) {
+    return ApplyDecision(s, surplus_id, ngo, decide);
+  };
 }
 
 void HubService::SubmitDecision(int64_t surplus_id, std::optional<int64_t> ngo, std::string scope,
                                 std::string key, std::string fingerprint, Decide decide,
                                 Callback done) {
-  auto effect = [this, surplus_id, ngo, decide = std::move(decide)](StoreSession& s) {
-    return ApplyDecision(s, surplus_id, ngo, decide);
-  };
-  SubmitIdempotent(std::move(scope), std::move(key), std::move(fingerprint), std::move(effect),
-                   std::move(done));
+  Submit(std::move(scope), std::move(key), std::move(fingerprint),
+         DecisionEffect(surplus_id, ngo, std::move(decide)), nullptr, std::move(done));
+}
+
+void HubService::Emit(OutboxEvent event, std::function<void(Status)> done) {
+  committer_.Submit([event = std::move(event)](StoreSession& s) { return s.AppendOutbox(event); },
+                    std::move(done));
 }
 
 void HubService::Claim(int64_t surplus_id, ClaimRequest req, std::string key, Callback done) {
@@ -225,27 +242,78 @@ Status HubService::UpsertVehicle(const Vehicle& v) {
   return st;
 }
 
-Result<Vehicle> HubService::UpdateVehicle(int64_t ngo_id, std::string body) {
-  auto out = std::make_shared<Result<Vehicle>>(Error::Internal("not run"));
-  auto st = committer_.Run([this, ngo_id, body, out](StoreSession& s) -> Status {
+HubService::Effect HubService::VehicleEffect(int64_t ngo_id, std::string body) {
+  return [this, ngo_id, body = std::move(body)](StoreSession& s) -> Result<Reply> {
     PP_ASSIGN_OR_RETURN(auto current, s.GetVehicle(ngo_id));
-    if (!current) {
-      Error e = Error::NotFound("no NGO vehicle " + std::to_string(ngo_id));
-      *out = e;
-      return e;
-    }
-    auto v = ParseVehicleUpdate(body, *current, clock_.Now());
-    if (!v.ok()) {
-      *out = v.error();
-      return v.take_error();
-    }
-    PP_RETURN_IF_ERROR(s.UpsertVehicle(*v));
-    *out = std::move(v);
+    if (!current) return Error::NotFound("no NGO vehicle " + std::to_string(ngo_id));
+    PP_ASSIGN_OR_RETURN(Vehicle v, ParseVehicleUpdate(body, *current, clock_.Now()));
+    PP_RETURN_IF_ERROR(s.UpsertVehicle(v));
+    return Reply{ToJson(v).dump(), false, nullptr, false, std::make_shared<Vehicle>(v)};
+  };
+}
+
+Result<Vehicle> HubService::UpdateVehicle(int64_t ngo_id, std::string body) {
+  auto r = Await([&](Callback cb) {
+    Submit("", "", "", VehicleEffect(ngo_id, std::move(body)), nullptr, cb);
+  });
+  if (!r.ok()) return r.take_error();
+  return *r->vehicle;
+}
+
+Result<Reply> HubService::RegisterDevice(Device d) {
+  d.created_at = clock_.Now();
+  d.revoked = false;
+  d.max_seq = 0;
+  auto r = Await([&](Callback cb) {
+    Submit("", "", "",
+           [this, d](StoreSession& s) -> Result<Reply> {
+             PP_ASSIGN_OR_RETURN(auto org, FindOrganization(s, d.org_id));
+             OrgKind want = d.role == "kiosk" ? OrgKind::kProvider : OrgKind::kNgo;
+             if (!org || org->kind != want)
+               return Error::Invalid("request has invalid fields",
+                                     {{"org_id", d.role == "kiosk"
+                                                     ? "a kiosk belongs to a provider organisation"
+                                                     : "a tablet belongs to an NGO organisation"}});
+             PP_ASSIGN_OR_RETURN(auto existing, s.GetDevice(d.id));
+             if (existing)
+               return Error{Code::kAlreadyExists, "device " + d.id + " is already registered", {}, {}};
+             PP_RETURN_IF_ERROR(s.InsertDevice(d));
+             return Reply{ToJson(d).dump(), false, nullptr, false, nullptr};
+           },
+           nullptr, cb);
+  });
+  return r;
+}
+
+Status HubService::RevokeDevice(const std::string& id) {
+  auto st = committer_.Run([id](StoreSession& s) -> Status {
+    PP_ASSIGN_OR_RETURN(bool found, s.RevokeDevice(id));
+    if (!found) return Error::NotFound("no device " + id);
     return OkStatus();
   });
-  if (!st.ok()) return st.take_error();
-  if (listener_) listener_->OnVehicleChanged(**out);
-  return std::move(*out);
+  std::lock_guard lock(mu_);
+  devices_.erase(id);
+  return st;
+}
+
+Result<std::optional<Device>> HubService::FindDevice(const std::string& id) {
+  auto now = std::chrono::steady_clock::now();
+  {
+    std::lock_guard lock(mu_);
+    auto it = devices_.find(id);
+    if (it != devices_.end() && now - it->second.second < kDeviceCacheTtl)
+      return std::optional<Device>(it->second.first);
+  }
+  auto d = Read<std::optional<Device>>([&](StoreSession& s) { return s.GetDevice(id); });
+  if (d.ok() && *d) {
+    std::lock_guard lock(mu_);
+    devices_[id] = {**d, now};
+  }
+  return d;
+}
+
+Result<std::vector<Device>> HubService::ListDevicesOfOrg(int64_t org_id) {
+  return Read<std::vector<Device>>([&](StoreSession& s) { return s.ListDevicesOfOrg(org_id); });
 }
 
 Result<Reply> HubService::CreateOrganization(NewOrganization org, std::string key) {
@@ -299,7 +367,7 @@ Result<Reply> HubService::GetOrganization(int64_t id) {
     PP_ASSIGN_OR_RETURN(auto org, s.GetOrganization(id));
     if (!org) return Error::NotFound("no organisation " + std::to_string(id));
     CacheOrganization(*org);
-    return Reply{ToJson(*org).dump(), false, nullptr, false};
+    return Reply{ToJson(*org).dump(), false, nullptr, false, nullptr};
   });
 }
 
@@ -311,7 +379,7 @@ Result<Reply> HubService::GetSurplus(int64_t id) {
     nlohmann::json j = ToJson(*x);
     j["history"] = nlohmann::json::array();
     for (const auto& h : history) j["history"].push_back(ToJson(h));
-    return Reply{j.dump(), false, std::make_shared<Surplus>(*x), false};
+    return Reply{j.dump(), false, std::make_shared<Surplus>(*x), false, nullptr};
   });
 }
 

@@ -36,6 +36,7 @@ struct Reply {
   // the change (the matching engine continues from it).
   std::shared_ptr<const Surplus> surplus;
   bool dlq_exhausted = false;  // the change calls for an operator alert
+  std::shared_ptr<const Vehicle> vehicle;  // for vehicle reports
 };
 
 // Told about every change after it committed (never about replays). The
@@ -90,14 +91,35 @@ class HubService {
   Result<std::vector<int64_t>> ListDue(Timestamp now, int limit);
   Result<std::vector<Vehicle>> ListVehicles();
 
+  // Devices (sync protocol). Register: kAlreadyExists if the id is taken;
+  // the organisation must exist and match the role (kiosk: provider, tablet: NGO).
+  Result<Reply> RegisterDevice(Device d);
+  Status RevokeDevice(const std::string& id);
+  // Cached; a revocation through this hub is seen at once, through another
+  // replica within kDeviceCacheTtl.
+  Result<std::optional<Device>> FindDevice(const std::string& id);
+  static constexpr Duration kDeviceCacheTtl{std::chrono::seconds(5)};
+  Result<std::vector<Device>> ListDevicesOfOrg(int64_t org_id);
+
+  // The building blocks both doors use. An Effect is a command's work inside
+  // the write transaction; `also` (may be empty) runs in the same transaction
+  // after it succeeded or was replayed — the MQTT door writes the device's
+  // outcome there.
+  using Effect = std::function<Result<Reply>(StoreSession&)>;
+  using Also = std::function<Status(StoreSession&, const Reply&)>;
+  Effect PostEffect(SurplusDraft draft);
+  Effect DecisionEffect(int64_t surplus_id, std::optional<int64_t> ngo, Decide decide);
+  Effect VehicleEffect(int64_t ngo_id, std::string body);
+  void Submit(std::string scope, std::string key, std::string fingerprint, Effect effect, Also also,
+              Callback done);
+  // Appends one outbox event in its own transaction.
+  void Emit(OutboxEvent event, std::function<void(Status)> done);
+
   const Clock& clock() const { return clock_; }
   // Set once, before traffic.
   void SetListener(ChangeListener* listener) { listener_ = listener; }
 
  private:
-  using Effect = std::function<Result<Reply>(StoreSession&)>;
-  void SubmitIdempotent(std::string scope, std::string key, std::string fingerprint,
-                        Effect effect, Callback done);
   // Reads the post, asks `decide`, applies the decision with the optimistic
   // lock, writes history and outbox. For NGO commands `ngo` must be an NGO.
   void SubmitDecision(int64_t surplus_id, std::optional<int64_t> ngo, std::string scope,
@@ -121,6 +143,7 @@ class HubService {
   // Protected by mu_.
   std::mutex mu_;
   std::unordered_map<int64_t, Organization> orgs_;
+  std::unordered_map<std::string, std::pair<Device, std::chrono::steady_clock::time_point>> devices_;
   std::vector<std::unique_ptr<StoreSession>> idle_readers_;
 };
 

@@ -1,0 +1,144 @@
+#include "sync/mqtt_client.h"
+
+#include <dirent.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+#include <mqtt/async_client.h>
+
+#include "common/log.h"
+
+namespace pp::sync {
+namespace {
+
+// Paho keeps its socket to itself; find ours among this process's open
+// sockets by the broker's port and set TCP_NODELAY on it.
+void SetNoDelayOnSocketsTo(int port) {
+  DIR* dir = opendir("/proc/self/fd");
+  if (!dir) return;
+  while (dirent* ent = readdir(dir)) {
+    int fd = std::atoi(ent->d_name);
+    if (fd <= 2) continue;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
+    sockaddr_storage peer{};
+    socklen_t len = sizeof peer;
+    if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len) != 0) continue;
+    int peer_port = peer.ss_family == AF_INET
+                        ? ntohs(reinterpret_cast<sockaddr_in*>(&peer)->sin_port)
+                        : peer.ss_family == AF_INET6
+                              ? ntohs(reinterpret_cast<sockaddr_in6*>(&peer)->sin6_port)
+                              : -1;
+    if (peer_port != port) continue;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  }
+  closedir(dir);
+}
+
+int PortOf(const std::string& uri) {
+  auto colon = uri.rfind(':');
+  return colon == std::string::npos ? 1883 : std::atoi(uri.c_str() + colon + 1);
+}
+
+}  // namespace
+
+Status MqttClient::Ack::Wait(std::chrono::milliseconds timeout) const {
+  try {
+    if (!token_->wait_for(timeout)) return Error::Unavailable("no PUBACK within the timeout");
+    if (token_->get_return_code() != 0)
+      return Error::Unavailable("publish failed: code " + std::to_string(token_->get_return_code()));
+    return OkStatus();
+  } catch (const mqtt::exception& e) {
+    return Error::Unavailable(std::string("publish failed: ") + e.what());
+  }
+}
+
+MqttClient::MqttClient(Options options, Handler handler)
+    : options_(std::move(options)), handler_(std::move(handler)), broker_port_(PortOf(options_.uri)) {
+  mqtt::create_options create(MQTTVERSION_5);
+  create.set_max_buffered_messages(options_.max_buffered);
+  create.set_send_while_disconnected(true);
+  client_ = std::make_unique<mqtt::async_client>(options_.uri, options_.client_id, create, nullptr);
+  client_->set_connected_handler([this](const std::string&) { OnConnected(); });
+  client_->set_connection_lost_handler([this](const std::string& cause) {
+    Log(LogLevel::kWarn, "mqtt_connection_lost",
+        {{"client", options_.client_id}, {"cause", cause}});
+  });
+  client_->set_message_callback([this](mqtt::const_message_ptr msg) {
+    std::string traceparent;
+    mqtt::properties props = msg->get_properties();  // get() is not const in 1.2.0
+    for (size_t i = 0, n = props.count(mqtt::property::USER_PROPERTY); i < n; ++i) {
+      auto kv = mqtt::get<mqtt::string_pair>(props.get(mqtt::property::USER_PROPERTY, i));
+      if (std::get<0>(kv) == "traceparent") traceparent = std::get<1>(kv);
+    }
+    handler_(msg->get_topic(), msg->to_string(), traceparent);
+  });
+}
+
+MqttClient::~MqttClient() { Disconnect(); }
+
+void MqttClient::OnConnected() {
+  SetNoDelayOnSocketsTo(broker_port_);
+  // Re-subscribe on every connect: cheap, and right even if the broker lost
+  // the session (restart without persistence).
+  for (const auto& topic : options_.subscriptions) {
+    try {
+      client_->subscribe(topic, 1);
+    } catch (const mqtt::exception& e) {
+      Log(LogLevel::kError, "mqtt_subscribe_failed", {{"topic", topic}, {"error", e.what()}});
+    }
+  }
+  Log(LogLevel::kInfo, "mqtt_connected", {{"client", options_.client_id}});
+}
+
+Status MqttClient::Connect(std::chrono::milliseconds timeout) {
+  mqtt::properties props{{mqtt::property::SESSION_EXPIRY_INTERVAL, options_.session_expiry_s}};
+  auto opts = mqtt::connect_options_builder()
+                  .mqtt_version(MQTTVERSION_5)
+                  .clean_start(options_.clean_start)
+                  .properties(props)
+                  .user_name(options_.username)
+                  .password(options_.password)
+                  .keep_alive_interval(std::chrono::seconds(20))
+                  .automatic_reconnect(std::chrono::milliseconds(250), std::chrono::seconds(8))
+                  .finalize();
+  try {
+    auto tok = client_->connect(opts);
+    if (!tok->wait_for(timeout)) return Error::Unavailable("MQTT connect timed out");
+    return OkStatus();
+  } catch (const mqtt::exception& e) {
+    return Error::Unavailable(std::string("MQTT connect to ") + options_.uri + " failed: " + e.what());
+  }
+}
+
+Result<MqttClient::Ack> MqttClient::Publish(const std::string& topic, const std::string& payload,
+                                            const std::string& traceparent) {
+  try {
+    auto msg = mqtt::make_message(topic, payload, 1, false);
+    if (!traceparent.empty()) {
+      mqtt::properties props;
+      props.add({mqtt::property::USER_PROPERTY, "traceparent", traceparent});
+      msg->set_properties(props);
+    }
+    Ack ack;
+    ack.token_ = client_->publish(msg);
+    return ack;
+  } catch (const mqtt::exception& e) {
+    return Error::Unavailable(std::string("publish failed: ") + e.what());
+  }
+}
+
+bool MqttClient::connected() const { return client_->is_connected(); }
+
+void MqttClient::Disconnect() {
+  try {
+    if (client_->is_connected()) client_->disconnect()->wait_for(std::chrono::seconds(2));
+  } catch (const mqtt::exception&) {
+    // Already gone.
+  }
+}
+
+}  // namespace pp::sync

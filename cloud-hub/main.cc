@@ -5,6 +5,7 @@
 // Port 0 picks a free port; the first line on stdout says which
 // ("pp-hub listening on ..."). SIGINT/SIGTERM stop it cleanly: requests in
 // flight finish, every accepted write is committed.
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
@@ -18,6 +19,9 @@
 #include "cloud-hub/http/http_api.h"
 #include "cloud-hub/matching/cascade.h"
 #include "cloud-hub/matching/matcher.h"
+#include "cloud-hub/mqtt/device_ingest.h"
+#include "cloud-hub/mqtt/outbox_relay.h"
+#include "sync/mqtt_client.h"
 #include "cloud-hub/store/store.h"
 #include "common/log.h"
 #include "common/time_format.h"
@@ -37,6 +41,11 @@ constexpr const char* kUsage =
     "  --routing-deadline DUR     routing answer deadline (default 300ms)\n"
     "  --shards N                 matching shard threads (default 2)\n"
     "  --max-radius-km KM         never offer to a vehicle further than this (default 25)\n"
+    "  --mqtt URI                 broker for the device protocol, e.g. tcp://127.0.0.1:1883\n"
+    "                             (default: none, HTTP only)\n"
+    "  --mqtt-user NAME           broker user (default pp-hub)\n"
+    "  --mqtt-password-file PATH  file holding the broker password (or env PP_MQTT_PASSWORD)\n"
+    "  --mqtt-client-id ID        this replica's MQTT client id (default pp-hub)\n"
     "DUR is a number and a unit: 250ms, 30s, 5m, 2h.\n";
 
 [[noreturn]] void Die(const std::string& msg) {
@@ -53,6 +62,7 @@ struct Args {
   std::string alert_webhook, alert_routing_key = "pp-hub", routing_url;
   pp::Duration routing_deadline{300};
   pp::MatchOptions match;
+  std::string mqtt_uri, mqtt_user = "pp-hub", mqtt_password, mqtt_client_id = "pp-hub";
 };
 
 long long Number(const std::string& flag, const std::string& v, long long lo, long long hi) {
@@ -111,10 +121,29 @@ Args ParseArgs(int argc, char** argv) {
       a.match.shards = int(Number(flag, v, 1, 64));
     } else if (flag == "--max-radius-km") {
       a.match.max_radius_km = double(Number(flag, v, 1, 500));
+    } else if (flag == "--mqtt") {
+      if (v.rfind("tcp://", 0) != 0 && v.rfind("mqtt://", 0) != 0)
+        Die("--mqtt wants tcp://HOST:PORT, got \"" + v + "\"");
+      a.mqtt_uri = v;
+    } else if (flag == "--mqtt-user") {
+      a.mqtt_user = v;
+    } else if (flag == "--mqtt-password-file") {
+      std::FILE* f = std::fopen(v.c_str(), "r");
+      if (!f) Die("cannot read --mqtt-password-file " + v + ": " + std::strerror(errno));
+      char buf[256] = {};
+      size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+      std::fclose(f);
+      a.mqtt_password.assign(buf, n);
+      while (!a.mqtt_password.empty() && (a.mqtt_password.back() == '\n' || a.mqtt_password.back() == '\r'))
+        a.mqtt_password.pop_back();
+    } else if (flag == "--mqtt-client-id") {
+      a.mqtt_client_id = v;
     } else {
       Die("unknown option " + flag);
     }
   }
+  if (a.mqtt_password.empty())
+    if (const char* p = std::getenv("PP_MQTT_PASSWORD")) a.mqtt_password = p;
   return a;
 }
 
@@ -164,6 +193,31 @@ int main(int argc, char** argv) {
     return 1;
   }
 
+  // The device door: signed ops in through the broker, outbox out.
+  std::unique_ptr<pp::DeviceIngest> ingest;
+  std::unique_ptr<pp::sync::MqttClient> mqtt;
+  std::unique_ptr<pp::OutboxRelay> relay;
+  if (!args.mqtt_uri.empty()) {
+    ingest = std::make_unique<pp::DeviceIngest>(hub);
+    pp::sync::MqttClient::Options mo;
+    mo.uri = args.mqtt_uri;
+    mo.client_id = args.mqtt_client_id;
+    mo.username = args.mqtt_user;
+    mo.password = args.mqtt_password;
+    mo.subscriptions = {pp::sync::kHubSubscription};
+    mqtt = std::make_unique<pp::sync::MqttClient>(
+        mo, [&ingest](const std::string& topic, const std::string& payload, const std::string& tp) {
+          ingest->OnMessage(topic, payload, tp);
+        });
+    if (auto st = mqtt->Connect(std::chrono::seconds(10)); !st.ok()) {
+      std::fprintf(stderr, "pp-hub: %s\n", st.error().ToString().c_str());
+      return 1;
+    }
+    relay = std::make_unique<pp::OutboxRelay>(hub, *mqtt);
+    hub.SetCommitHook([r = relay.get()] { r->Notify(); });
+    relay->Start();
+  }
+
   pp::HttpOptions http_options;
   http_options.max_body_bytes = args.max_body;
   pp::HttpApi api(hub, http_options, &cascade);
@@ -206,6 +260,9 @@ int main(int argc, char** argv) {
   matcher.WaitIdle();
   cascade.WaitIdle();
   hub.SetListener(nullptr);
+  if (mqtt) mqtt->Disconnect();  // stop taking ops; what was taken still commits
+  if (relay) relay->Stop();
+  hub.SetCommitHook(nullptr);
   committer->reset();  // drains: every accepted write commits before exit
   pp::Log(pp::LogLevel::kInfo, "hub_stopped");
   return 0;

@@ -71,6 +71,7 @@ void HubService::Submit(std::string scope, std::string key, std::string fingerpr
   };
   committer_.Submit(std::move(op), [this, reply, done = std::move(done)](Status st) {
     if (!st.ok()) return done(st.take_error());
+    if (commit_hook_) commit_hook_();
     if (listener_ && reply->ok() && !(*reply)->replayed) {
       if ((*reply)->surplus) listener_->OnSurplusChanged(*(*reply)->surplus, (*reply)->dlq_exhausted);
       if ((*reply)->vehicle) listener_->OnVehicleChanged(*(*reply)->vehicle);
@@ -194,7 +195,10 @@ void HubService::SubmitDecision(int64_t surplus_id, std::optional<int64_t> ngo, 
 
 void HubService::Emit(OutboxEvent event, std::function<void(Status)> done) {
   committer_.Submit([event = std::move(event)](StoreSession& s) { return s.AppendOutbox(event); },
-                    std::move(done));
+                    [this, done = std::move(done)](Status st) {
+                      if (st.ok() && commit_hook_) commit_hook_();
+                      done(std::move(st));
+                    });
 }
 
 void HubService::Claim(int64_t surplus_id, ClaimRequest req, std::string key, Callback done) {
@@ -310,6 +314,15 @@ Result<std::optional<Device>> HubService::FindDevice(const std::string& id) {
     devices_[id] = {**d, now};
   }
   return d;
+}
+
+Result<std::vector<OutboxEvent>> HubService::ListUnsentOutbox(int limit) {
+  return Read<std::vector<OutboxEvent>>([&](StoreSession& s) { return s.ListUnsentOutbox(0, limit); });
+}
+
+Status HubService::MarkOutboxSent(std::vector<int64_t> ids) {
+  Timestamp now = clock_.Now();
+  return committer_.Run([ids = std::move(ids), now](StoreSession& s) { return s.MarkOutboxSent(ids, now); });
 }
 
 Result<std::vector<Device>> HubService::ListDevicesOfOrg(int64_t org_id) {

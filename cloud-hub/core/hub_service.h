@@ -114,10 +114,15 @@ class HubService {
               Callback done);
   // Appends one outbox event in its own transaction.
   void Emit(OutboxEvent event, std::function<void(Status)> done);
+  // The relay's side of the outbox.
+  Result<std::vector<OutboxEvent>> ListUnsentOutbox(int limit);
+  Status MarkOutboxSent(std::vector<int64_t> ids);
 
   const Clock& clock() const { return clock_; }
   // Set once, before traffic.
   void SetListener(ChangeListener* listener) { listener_ = listener; }
+  // Called after every committed write (the outbox relay looks at once).
+  void SetCommitHook(std::function<void()> hook) { commit_hook_ = std::move(hook); }
 
  private:
   // Reads the post, asks `decide`, applies the decision with the optimistic
@@ -139,6 +144,7 @@ class HubService {
   GroupCommitter& committer_;
   const Clock& clock_;
   ChangeListener* listener_ = nullptr;
+  std::function<void()> commit_hook_;
 
   // Protected by mu_.
   std::mutex mu_;

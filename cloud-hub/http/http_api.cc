@@ -8,6 +8,7 @@
 
 #include "cloud-hub/matching/cascade.h"
 #include "common/domain_json.h"
+#include "sync/protocol.h"
 #include "common/log.h"
 
 namespace pp {
@@ -367,6 +368,57 @@ void HttpApi::Routes() {
       after = page->back().id;
     }
     res.set_content(nlohmann::json{{"items", out}, {"count", out.size()}}.dump(), kJson);
+  });
+
+  s.Post("/api/v1/devices", [this, read_body](const Request& req, Response& res,
+                                             const ContentReader& reader) {
+    std::string body;
+    if (!read_body(req, res, reader, body)) return;
+    auto j = nlohmann::json::parse(body, nullptr, false);
+    if (j.is_discarded() || !j.is_object())
+      return Problem(res, Error::Invalid("body must be a JSON object"), req.path);
+    std::vector<FieldError> bad;
+    for (const auto& [k, v] : j.items())
+      if (k != "id" && k != "role" && k != "org_id" && k != "public_key") bad.push_back({k, "unknown field"});
+    Device d;
+    if (!j.contains("id") || !j["id"].is_string() || !sync::ValidDeviceId(j["id"].get<std::string>()))
+      bad.push_back({"id", "must be 1-64 of A-Z a-z 0-9 _ . -"});
+    else
+      d.id = j["id"].get<std::string>();
+    if (!j.contains("role") || (j["role"] != "kiosk" && j["role"] != "tablet"))
+      bad.push_back({"role", "must be kiosk or tablet"});
+    else
+      d.role = j["role"].get<std::string>();
+    if (!j.contains("org_id") || !j["org_id"].is_number_unsigned() || j["org_id"].get<uint64_t>() == 0)
+      bad.push_back({"org_id", "must be a positive integer"});
+    else
+      d.org_id = j["org_id"].get<int64_t>();
+    if (!j.contains("public_key") || !j["public_key"].is_string() ||
+        !sync::PublicKeyFromBase64(j["public_key"].get<std::string>()).ok())
+      bad.push_back({"public_key", "must be a 32-byte Ed25519 public key in standard base64"});
+    else
+      d.public_key = j["public_key"].get<std::string>();
+    if (!bad.empty()) return Problem(res, Error::Invalid("request has invalid fields", bad), req.path);
+    Reply201or200(res, hub_.RegisterDevice(std::move(d)), req.path, 201);
+  });
+
+  s.Post(R"(/api/v1/devices/([^/]+)/revoke)", [this](const Request& req, Response& res,
+                                                     const ContentReader& reader) {
+    reader([](const char*, size_t) { return true; });  // no body expected; drain any
+    std::string id = req.matches[1];
+    auto st = hub_.RevokeDevice(id);
+    if (!st.ok()) return Problem(res, st.error(), req.path);
+    auto d = hub_.FindDevice(id);
+    if (!d.ok() || !*d) return Problem(res, Error::NotFound("no device " + id), req.path);
+    res.set_content(ToJson(**d).dump(), kJson);
+  });
+
+  s.Get(R"(/api/v1/devices/([^/]+))", [this](const Request& req, Response& res) {
+    std::string id = req.matches[1];
+    auto d = hub_.FindDevice(id);
+    if (!d.ok()) return Problem(res, d.error(), req.path);
+    if (!*d) return Problem(res, Error::NotFound("no device " + id), req.path);
+    res.set_content(ToJson(**d).dump(), kJson);
   });
 
   s.Put(R"(/api/v1/vehicles/([^/]+))", [this, read_body](const Request& req, Response& res,

@@ -276,3 +276,120 @@ std::vector<std::string> FakeHttpServer::bodies() const {
 }
 
 }  // namespace pp::test
+
+namespace pp::test {
+
+namespace {
+std::string SourceDir() { return Env("PP_SOURCE_DIR", "."); }
+
+void RunOrFail(std::vector<std::string> argv) {
+  Process p(std::move(argv));
+  int st = p.Wait();
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) ADD_FAILURE() << "command failed";
+}
+}  // namespace
+
+Broker::Broker() {
+  Process p({"/bin/bash", SourceDir() + "/packaging/broker.sh", "start", dir_.path().string()});
+  std::string line = p.WaitForLine("");
+  p.Wait();
+  port_ = std::atoi(line.c_str());
+  if (port_ <= 0) ADD_FAILURE() << "mosquitto did not start in " << dir_.path();
+}
+
+Broker::~Broker() { Stop(); }
+
+void Broker::AddUser(const std::string& name, const std::string& password) {
+  RunOrFail({"/bin/bash", SourceDir() + "/packaging/broker.sh", "add-user", dir_.path().string(),
+             name, password});
+}
+
+void Broker::Stop() {
+  RunOrFail({"/bin/bash", SourceDir() + "/packaging/broker.sh", "stop", dir_.path().string()});
+  // Wait until the port is free again.
+  Eventually([&] {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(uint16_t(port_));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bool refused = connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0;
+    close(fd);
+    return refused;
+  });
+}
+
+void Broker::Start() {
+  Process p({"/bin/bash", SourceDir() + "/packaging/broker.sh", "start", dir_.path().string(),
+             std::to_string(port_)});
+  p.WaitForLine("");
+  p.Wait();
+}
+
+TestDevice::TestDevice(const Broker& broker, std::string id)
+    : id_(std::move(id)), password_("pw-" + id_), keys_(sync::GenerateKeyPair()) {
+  sync::MqttClient::Options o;
+  o.uri = broker.uri();
+  o.client_id = id_;
+  o.username = id_;
+  o.password = password_;
+  o.subscriptions = {sync::DownTopic(id_)};
+  client_ = std::make_unique<sync::MqttClient>(
+      o, [this](const std::string&, const std::string& payload, const std::string&) {
+        auto j = nlohmann::json::parse(payload, nullptr, false);
+        if (j.is_discarded()) return;
+        std::lock_guard lock(mu_);
+        if (j.contains("id") && j["id"].is_number_integer() &&
+            !seen_ids_.insert(j["id"].get<int64_t>()).second) {
+          duplicates_++;  // QoS 1 may deliver twice; the id tells
+          return;
+        }
+        received_.push_back(std::move(j));
+        cv_.notify_all();
+      });
+}
+
+Status TestDevice::Connect() { return client_->Connect(std::chrono::seconds(10)); }
+
+sync::Envelope TestDevice::Send(const std::string& type, nlohmann::json body) {
+  sync::Envelope e;
+  e.device = id_;
+  e.seq = next_seq++;
+  e.op = id_ + "-op-" + std::to_string(e.seq);
+  e.type = type;
+  e.ts_ms = ToUnixMillis(SystemClock::Instance().Now());
+  e.body = std::move(body);
+  sync::Sign(e, keys_.secret_key);
+  SendRaw(sync::UpTopic(id_, type), sync::Encode(e));
+  return e;
+}
+
+void TestDevice::SendRaw(const std::string& topic, const std::string& bytes) {
+  auto ack = client_->Publish(topic, bytes);
+  if (ack.ok()) (void)ack->Wait(std::chrono::seconds(10));
+}
+
+nlohmann::json TestDevice::WaitOutcome(const std::string& op, std::chrono::milliseconds deadline) {
+  return WaitEvent("", [&](const nlohmann::json& j) {
+    return j.value("kind", "") == "outcome" && j.value("op", "") == op;
+  }, deadline);
+}
+
+nlohmann::json TestDevice::WaitEvent(const std::string& type,
+                                     const std::function<bool(const nlohmann::json&)>& pred,
+                                     std::chrono::milliseconds deadline) {
+  std::unique_lock lock(mu_);
+  nlohmann::json found;
+  cv_.wait_for(lock, deadline, [&] {
+    for (const auto& j : received_) {
+      if (!type.empty() && (j.value("kind", "") != "event" || j.value("type", "") != type)) continue;
+      if (pred && !pred(j)) continue;
+      found = j;
+      return true;
+    }
+    return false;
+  });
+  return found;
+}
+
+}  // namespace pp::test

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <set>
 #include <vector>
 
 namespace pp::test {
@@ -130,6 +131,66 @@ class FakeHttpServer {
   std::chrono::milliseconds delay_{0};     // guarded by mu_
   bool released_ = false;                  // guarded by mu_
   std::vector<std::string> bodies_;        // guarded by mu_
+};
+
+}  // namespace pp::test
+
+#include "sync/mqtt_client.h"
+#include "sync/protocol.h"
+
+namespace pp::test {
+
+// A real mosquitto on a free loopback port, configured as in production
+// (packaging/broker.sh: no anonymous access, per-device ACL).
+class Broker {
+ public:
+  Broker();
+  ~Broker();
+  int port() const { return port_; }
+  std::string uri() const { return "tcp://127.0.0.1:" + std::to_string(port_); }
+  std::string hub_password_file() const { return dir_.file("hub.password"); }
+  void AddUser(const std::string& name, const std::string& password);
+  void Stop();
+  void Start();  // again, on the same port, with the same data
+
+ private:
+  TempDir dir_;
+  int port_ = 0;
+};
+
+// A device speaking the protocol through the broker: signs, numbers and
+// sends ops; collects what comes down, dropping repeats by id.
+class TestDevice {
+ public:
+  TestDevice(const Broker& broker, std::string id);
+  const std::string& id() const { return id_; }
+  std::string public_key() const { return sync::ToBase64(keys_.public_key); }
+  Status Connect();
+  // Sends an op; returns the envelope (op id, seq) it sent.
+  sync::Envelope Send(const std::string& type, nlohmann::json body);
+  // Publishes exactly these bytes on `topic` (for forged or foreign messages).
+  void SendRaw(const std::string& topic, const std::string& bytes);
+  // The outcome for op `op`, waiting up to `deadline`; null if none came.
+  nlohmann::json WaitOutcome(const std::string& op,
+                             std::chrono::milliseconds deadline = std::chrono::seconds(10));
+  // The first event of `type` (and matching `pred`), waiting up to `deadline`.
+  nlohmann::json WaitEvent(const std::string& type,
+                           const std::function<bool(const nlohmann::json&)>& pred = nullptr,
+                           std::chrono::milliseconds deadline = std::chrono::seconds(10));
+  int duplicates_dropped() const { return duplicates_; }
+  std::string password() const { return password_; }
+  sync::KeyPair& keys() { return keys_; }
+  uint64_t next_seq = 1;
+
+ private:
+  std::string id_, password_;
+  sync::KeyPair keys_;
+  std::unique_ptr<sync::MqttClient> client_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<nlohmann::json> received_;  // guarded by mu_
+  std::set<int64_t> seen_ids_;            // guarded by mu_
+  int duplicates_ = 0;                    // guarded by mu_
 };
 
 }  // namespace pp::test

@@ -1,0 +1,178 @@
+#include "cloud-hub/mqtt/device_ingest.h"
+
+#include "common/log.h"
+
+namespace pp {
+namespace {
+
+Error Refusal(Code code, std::string message) { return Error{code, std::move(message), {}, {}}; }
+
+// The fields of an op body, strictly (the same rules as HTTP bodies).
+Result<int64_t> SurplusIdOf(const nlohmann::json& body, std::initializer_list<const char*> allowed) {
+  std::vector<FieldError> bad;
+  for (const auto& [k, v] : body.items()) {
+    bool ok = false;
+    for (const char* a : allowed) ok |= k == a;
+    if (!ok) bad.push_back({k, "unknown field"});
+  }
+  if (!body.contains("surplus_id") || !body["surplus_id"].is_number_unsigned() ||
+      body["surplus_id"].get<uint64_t>() == 0 || body["surplus_id"].get<uint64_t>() > uint64_t(INT64_MAX))
+    bad.push_back({"surplus_id", "must be a positive integer"});
+  if (!bad.empty()) return Error::Invalid("request has invalid fields", std::move(bad));
+  return body["surplus_id"].get<int64_t>();
+}
+
+bool RoleAllows(const std::string& role, const std::string& type) {
+  if (role == "kiosk") return type == sync::kOpPostSurplus;
+  return type == sync::kOpClaim || type == sync::kOpAccept || type == sync::kOpDecline ||
+         type == sync::kOpVehicle;
+}
+
+}  // namespace
+
+OutboxEvent OutcomeEvent(const std::string& device, const sync::Outcome& outcome,
+                         const std::string& traceparent, Timestamp now) {
+  nlohmann::json payload{{"device", device}, {"message", sync::OutcomeJson(outcome)}};
+  if (!traceparent.empty()) payload["traceparent"] = traceparent;
+  return {0, "device.outcome", 0, payload.dump(), now, std::nullopt};
+}
+
+void DeviceIngest::Answer(const std::string& device, const sync::Outcome& outcome,
+                          const std::string& traceparent) {
+  hub_.Emit(OutcomeEvent(device, outcome, traceparent, hub_.clock().Now()), [device](Status st) {
+    if (!st.ok())
+      Log(LogLevel::kError, "outcome_not_stored", {{"device", device}, {"error", st.error().ToString()}});
+  });
+}
+
+void DeviceIngest::Refuse(const std::string& device, const sync::Envelope& env, Error error,
+                          const std::string& traceparent) {
+  refused_++;
+  Log(LogLevel::kWarn, "op_refused",
+      {{"device", device}, {"op", env.op}, {"type", env.type}, {"error", error.ToString()}});
+  Answer(device, sync::OutcomeFor(env, error), traceparent);
+}
+
+void DeviceIngest::OnMessage(const std::string& topic, const std::string& payload,
+                             const std::string& traceparent) {
+  received_++;
+  auto where = sync::ParseUpTopic(topic);
+  if (!where) {  // nobody to answer: the broker's ACL should not have let it through
+    dropped_++;
+    Log(LogLevel::kWarn, "op_dropped", {{"topic", topic.substr(0, 200)}, {"reason", "not an up topic"}});
+    return;
+  }
+  const auto& [topic_device, topic_type] = *where;
+  auto decoded = sync::Decode(payload);
+  if (!decoded.ok()) {
+    sync::Envelope shell;
+    shell.device = topic_device;
+    shell.type = topic_type;
+    return Refuse(topic_device, shell, decoded.take_error(), traceparent);
+  }
+  sync::Envelope env = std::move(*decoded);
+  // A device speaks only for itself: the topic (which the broker's ACL ties
+  // to the authenticated user) and the signed envelope must agree.
+  if (env.device != topic_device)
+    return Refuse(topic_device, env,
+                  Refusal(Code::kPermissionDenied, "envelope device " + env.device +
+                                                       " does not match topic device " + topic_device),
+                  traceparent);
+  if (env.type != topic_type || !sync::KnownOpType(env.type))
+    return Refuse(topic_device, env,
+                  Error::Invalid("type \"" + env.type + "\" does not match the topic or is unknown"),
+                  traceparent);
+  auto found = hub_.FindDevice(env.device);
+  if (!found.ok()) return Refuse(topic_device, env, found.take_error(), traceparent);
+  if (!*found)
+    return Refuse(topic_device, env, Refusal(Code::kUnauthenticated, "unknown device"), traceparent);
+  const Device device = **found;
+  if (device.revoked)
+    return Refuse(topic_device, env, Refusal(Code::kUnauthenticated, "device is revoked"), traceparent);
+  auto key = sync::PublicKeyFromBase64(device.public_key);
+  if (!key.ok() || !sync::Verify(env, *key))
+    return Refuse(topic_device, env, Refusal(Code::kUnauthenticated, "bad signature"), traceparent);
+  if (env.seq + kReplayWindow < device.max_seq)
+    return Refuse(topic_device, env,
+                  Refusal(Code::kFailedPrecondition,
+                          "replay: sequence " + std::to_string(env.seq) + " is older than the window"),
+                  traceparent);
+  if (!RoleAllows(device.role, env.type))
+    return Refuse(topic_device, env,
+                  Refusal(Code::kPermissionDenied, "a " + device.role + " may not send " + env.type),
+                  traceparent);
+
+  // The same commands as the HTTP door, with the device's organisation as
+  // the actor: never an identity taken from the body.
+  HubService::Effect effect;
+  const int64_t org = device.org_id;
+  if (env.type == sync::kOpPostSurplus) {
+    nlohmann::json body = env.body;
+    if (body.contains("provider_id") && body["provider_id"] != org)
+      return Refuse(topic_device, env,
+                    Refusal(Code::kPermissionDenied, "provider_id is not this device's organisation"),
+                    traceparent);
+    body["provider_id"] = org;
+    auto draft = ParseSurplusDraft(body.dump(), hub_.clock().Now());
+    if (!draft.ok()) return Refuse(topic_device, env, draft.take_error(), traceparent);
+    effect = hub_.PostEffect(std::move(*draft));
+  } else if (env.type == sync::kOpVehicle) {
+    effect = hub_.VehicleEffect(org, env.body.dump());
+  } else {
+    bool claim = env.type == sync::kOpClaim;
+    auto id = claim ? SurplusIdOf(env.body, {"surplus_id", "version"})
+                    : SurplusIdOf(env.body, {"surplus_id"});
+    if (!id.ok()) return Refuse(topic_device, env, id.take_error(), traceparent);
+    HubService::Decide decide;
+    if (claim) {
+      if (!env.body.contains("version") || !env.body["version"].is_number_unsigned())
+        return Refuse(topic_device, env,
+                      Error::Invalid("request has invalid fields",
+                                     {{"version", "must be a positive integer"}}),
+                      traceparent);
+      int64_t version = env.body["version"].get<int64_t>();
+      decide = [org, version](const Surplus& cur, Timestamp) { return DecideClaim(cur, org, version); };
+    } else if (env.type == sync::kOpAccept) {
+      decide = [org](const Surplus& cur, Timestamp now) { return DecideAccept(cur, org, now); };
+    } else {
+      decide = [org](const Surplus& cur, Timestamp) { return DecideDecline(cur, org); };
+    }
+    effect = hub_.DecisionEffect(*id, org, std::move(decide));
+  }
+
+  std::string device_id = device.id;
+  uint64_t seq = env.seq;
+  std::string op = env.op;
+  // The checks above used a cached device record; revocation and the replay
+  // window are decided again on the committed row, in the transaction.
+  effect = [device_id, seq, effect = std::move(effect)](StoreSession& s) -> Result<Reply> {
+    PP_ASSIGN_OR_RETURN(auto d, s.GetDevice(device_id));
+    if (!d || d->revoked) return Refusal(Code::kUnauthenticated, "device is revoked");
+    if (seq + kReplayWindow < d->max_seq)
+      return Refusal(Code::kFailedPrecondition,
+                     "replay: sequence " + std::to_string(seq) + " is older than the window");
+    return effect(s);
+  };
+  // In the effect's transaction: the device's outcome and its sequence mark.
+  auto also = [this, device_id, seq, op, traceparent](StoreSession& s, const Reply& r) -> Status {
+    sync::Outcome o;
+    o.op = op;
+    o.seq = seq;
+    o.status = sync::OutcomeStatus::kAccepted;
+    o.code = r.replayed ? "duplicate" : "ok";
+    o.data = nlohmann::json::parse(r.json, nullptr, false);
+    PP_RETURN_IF_ERROR(s.AdvanceDeviceSeq(device_id, seq));
+    return s.AppendOutbox(OutcomeEvent(device_id, o, traceparent, hub_.clock().Now()));
+  };
+  std::string fingerprint = Fingerprint(env.type + "\n" + env.body.dump());
+  hub_.Submit("device:" + device_id, op, fingerprint, std::move(effect), also,
+              [this, device_id, env = std::move(env), traceparent](Result<Reply> r) {
+                if (r.ok()) {
+                  accepted_++;
+                  return;
+                }
+                Refuse(device_id, env, r.take_error(), traceparent);
+              });
+}
+
+}  // namespace pp

@@ -1,0 +1,56 @@
+// The hub's MQTT door: turns a device's signed operation into the same
+// HubService command the HTTP door runs, and answers it with an outcome.
+//
+// For every message on pp/v1/up/{device}/{type}:
+//   decode strictly -> the topic's device must be the envelope's device ->
+//   the device must be registered and not revoked -> the Ed25519 signature
+//   must verify -> the sequence number must be within the replay window ->
+//   the role must allow the type -> run the command with the device's
+//   organisation as the actor, idempotent on the op id.
+// Accepted (or replayed) ops get their outcome written to the outbox in the
+// same transaction as the effect; refused ops get a rejected/conflict
+// outcome in a transaction of its own. Nothing malformed stops ingest.
+//
+// Thread safety: OnMessage may be called from any thread.
+#pragma once
+
+#include <atomic>
+#include <string>
+
+#include "cloud-hub/core/hub_service.h"
+#include "sync/protocol.h"
+
+namespace pp {
+
+class DeviceIngest {
+ public:
+  // How far behind the device's highest accepted sequence number an
+  // operation may be and still be considered (older ones are replays).
+  static constexpr uint64_t kReplayWindow = 10000;
+
+  explicit DeviceIngest(HubService& hub) : hub_(hub) {}
+
+  void OnMessage(const std::string& topic, const std::string& payload,
+                 const std::string& traceparent);
+
+  struct Stats {
+    uint64_t received = 0, accepted = 0, refused = 0, dropped = 0;
+  };
+  Stats stats() const { return {received_, accepted_, refused_, dropped_}; }
+
+ private:
+  // Writes the outcome for `device` (its own transaction).
+  void Answer(const std::string& device, const sync::Outcome& outcome,
+              const std::string& traceparent);
+  void Refuse(const std::string& device, const sync::Envelope& env, Error error,
+              const std::string& traceparent);
+
+  HubService& hub_;
+  std::atomic<uint64_t> received_{0}, accepted_{0}, refused_{0}, dropped_{0};
+};
+
+// The outbox event that carries an outcome to a device.
+OutboxEvent OutcomeEvent(const std::string& device, const sync::Outcome& outcome,
+                         const std::string& traceparent, Timestamp now);
+
+}  // namespace pp

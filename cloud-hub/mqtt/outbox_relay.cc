@@ -1,0 +1,128 @@
+#include "cloud-hub/mqtt/outbox_relay.h"
+
+#include <set>
+
+#include "common/log.h"
+#include "sync/protocol.h"
+
+namespace pp {
+namespace {
+
+// The organisations a surplus event concerns.
+std::set<int64_t> OrgsOf(const std::string& type, const nlohmann::json& data) {
+  std::set<int64_t> orgs;
+  auto add = [&](const nlohmann::json& v) {
+    if (v.is_number_integer()) orgs.insert(v.get<int64_t>());
+  };
+  if (data.contains("provider_id")) add(data["provider_id"]);
+  if (data.contains("claimed_by")) add(data["claimed_by"]);
+  if (data.contains("offer") && data["offer"].is_object()) add(data["offer"]["ngo_id"]);
+  // The NGO whose offer just lapsed learns it is over.
+  if ((type == "surplus.offer_declined" || type == "surplus.offer_timed_out") &&
+      data.contains("excluded") && data["excluded"].is_array() && !data["excluded"].empty())
+    add(data["excluded"].back());
+  return orgs;
+}
+
+}  // namespace
+
+OutboxRelay::OutboxRelay(HubService& hub, sync::MqttClient& mqtt) : hub_(hub), mqtt_(mqtt) {}
+
+OutboxRelay::~OutboxRelay() { Stop(); }
+
+void OutboxRelay::Start() {
+  thread_ = std::thread([this] { Loop(); });
+}
+
+void OutboxRelay::Stop() {
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void OutboxRelay::Notify() {
+  {
+    std::lock_guard lock(mu_);
+    poke_ = true;
+  }
+  cv_.notify_all();
+}
+
+void OutboxRelay::Loop() {
+  auto backoff = std::chrono::milliseconds(50);
+  while (true) {
+    {
+      std::lock_guard lock(mu_);
+      if (stop_) return;
+    }
+    auto more = RelayPage();
+    if (!more.ok()) {
+      Log(LogLevel::kWarn, "relay_failed", {{"error", more.error().ToString()}});
+      backoff = std::min(backoff * 2, std::chrono::milliseconds(5000));
+    } else {
+      backoff = std::chrono::milliseconds(50);
+      if (*more) continue;  // a full page: go on at once
+    }
+    std::unique_lock lock(mu_);
+    cv_.wait_for(lock, backoff, [&] { return stop_ || poke_; });
+    poke_ = false;
+  }
+}
+
+Result<bool> OutboxRelay::RelayPage() {
+  if (!mqtt_.connected()) return Error::Unavailable("broker not connected");
+  auto page = hub_.ListUnsentOutbox(500);
+  if (!page.ok()) return page.take_error();
+  if (page->empty()) return false;
+
+  std::map<int64_t, std::vector<std::string>> devices_of;  // per org, this page
+  std::vector<sync::MqttClient::Ack> acks;
+  std::vector<int64_t> ids;
+  for (const auto& e : *page) {
+    auto payload = nlohmann::json::parse(e.payload_json, nullptr, false);
+    std::vector<std::string> targets;
+    std::string traceparent;
+    nlohmann::json message;
+    if (e.type == "device.outcome") {
+      if (payload.is_object() && payload["device"].is_string()) {
+        targets.push_back(payload["device"].get<std::string>());
+        message = payload["message"];
+        traceparent = payload.value("traceparent", "");
+      }
+    } else if (payload.is_object()) {
+      message = {{"v", sync::kProtocolVersion}, {"kind", "event"}, {"type", e.type}, {"data", payload}};
+      for (int64_t org : OrgsOf(e.type, payload)) {
+        auto it = devices_of.find(org);
+        if (it == devices_of.end()) {
+          std::vector<std::string> ids_of_org;
+          auto devs = hub_.ListDevicesOfOrg(org);
+          if (!devs.ok()) return devs.take_error();
+          for (const auto& d : *devs)
+            if (!d.revoked) ids_of_org.push_back(d.id);
+          it = devices_of.emplace(org, std::move(ids_of_org)).first;
+        }
+        targets.insert(targets.end(), it->second.begin(), it->second.end());
+      }
+    }
+    if (!targets.empty()) {
+      message["id"] = e.id;
+      std::string bytes = message.dump();
+      for (const auto& device : targets) {
+        PP_ASSIGN_OR_RETURN(auto ack, mqtt_.Publish(sync::DownTopic(device), bytes, traceparent));
+        acks.push_back(std::move(ack));
+      }
+    }
+    ids.push_back(e.id);
+  }
+  // Mark only what the broker has acknowledged, all of it or nothing.
+  for (const auto& ack : acks) PP_RETURN_IF_ERROR(ack.Wait(std::chrono::seconds(10)));
+  PP_RETURN_IF_ERROR(hub_.MarkOutboxSent(ids));
+  published_ += acks.size();
+  last_sent_ = uint64_t(ids.back());
+  return page->size() == 500;
+}
+
+}  // namespace pp

@@ -1,0 +1,54 @@
+// Publishes the outbox, in order, to the devices each event concerns, with
+// QoS 1; an event is marked sent only after the broker acknowledged every
+// publish of it (PUBACK). A crash between publish and mark republishes the
+// event after restart: receivers drop repeats by the event id ("id").
+//
+// Who receives what (cloud-hub/mqtt/outbox_relay.cc, Recipients):
+//   device.outcome          -> the device that sent the op
+//   surplus.* events        -> the devices of the post's provider, of the NGO
+//                              holding the offer or the claim, and of the NGO
+//                              that just declined or timed out
+//
+// One relay per store: with several hub replicas run it in one of them
+// (--relay), or accept duplicates, which receivers drop anyway.
+//
+// Thread safety: Start/Stop from one thread; Notify from any.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include "cloud-hub/core/hub_service.h"
+#include "sync/mqtt_client.h"
+
+namespace pp {
+
+class OutboxRelay {
+ public:
+  OutboxRelay(HubService& hub, sync::MqttClient& mqtt);
+  ~OutboxRelay();
+  void Start();
+  void Stop();
+  // Something was written: look now rather than at the next poll.
+  void Notify();
+  uint64_t published() const { return published_; }
+  // Events not yet marked sent that this relay has seen (outbox lag).
+  uint64_t last_sent_id() const { return last_sent_; }
+
+ private:
+  void Loop();
+  // One pass: publish up to a page of unsent events; false if nothing to do.
+  Result<bool> RelayPage();
+
+  HubService& hub_;
+  sync::MqttClient& mqtt_;
+  std::thread thread_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false, poke_ = false;  // guarded by mu_
+  std::atomic<uint64_t> published_{0}, last_sent_{0};
+};
+
+}  // namespace pp

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Runs a mosquitto for the hub on loopback:
+#   packaging/broker.sh start DIR [PORT]   config, users and data in DIR; prints the port
+#   packaging/broker.sh stop DIR
+#   packaging/broker.sh add-user DIR NAME PASSWORD   (then reloads the broker)
+# The hub's own credentials are created at start (DIR/hub.password).
+set -euo pipefail
+cmd=$1
+dir=$(realpath -m "$2")
+here=$(cd "$(dirname "$0")" && pwd)
+
+case $cmd in
+  start)
+    mkdir -p "$dir"
+    port=${3:-0}
+    if [[ $port == 0 ]]; then
+      for _ in $(seq 20); do
+        port=$(( 20000 + RANDOM % 40000 ))
+        (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null || break
+      done
+    fi
+    [[ -f $dir/hub.password ]] || (umask 077; head -c 18 /dev/urandom | base64 | tr -d '/+=' > "$dir/hub.password")
+    [[ -f $dir/passwd ]] || mosquitto_passwd -c -b "$dir/passwd" pp-hub "$(cat "$dir/hub.password")"
+    user=$(id -un)
+    sed -e "s|@PORT@|$port|" -e "s|@HOST@|127.0.0.1|" -e "s|@DIR@|$dir|g" \
+        -e "s|@ACL@|$here/mosquitto/acl|" -e "s|@USER@|$user|" \
+        "$here/mosquitto/mosquitto.conf.in" > "$dir/mosquitto.conf"
+    mosquitto -c "$dir/mosquitto.conf" -d
+    for _ in $(seq 50); do
+      (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && { echo "$port" > "$dir/port"; echo "$port"; exit 0; }
+      sleep 0.1
+    done
+    echo "mosquitto did not start; see $dir/mosquitto.log" >&2
+    exit 1
+    ;;
+  stop)
+    pkill -f -- "-c $dir/mosquitto.conf" || true
+    ;;
+  add-user)
+    mosquitto_passwd -b "$dir/passwd" "$3" "$4"
+    pkill -HUP -f -- "-c $dir/mosquitto.conf" || true
+    ;;
+  *) echo "usage: $0 start|stop|add-user DIR ..." >&2; exit 2 ;;
+esac

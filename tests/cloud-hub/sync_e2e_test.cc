@@ -1,0 +1,255 @@
+// The device protocol end to end: a real mosquitto (production config:
+// passwords, per-device ACL), pp-hub as a process, devices as Paho clients
+// that sign their ops.
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <signal.h>
+
+#include <nlohmann/json.hpp>
+
+#include "tests/support/test_support.h"
+
+namespace pp {
+namespace {
+
+using nlohmann::json;
+
+class SyncTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_GT(broker_.port(), 0);
+    StartHub();
+    provider_ = Org("provider", 51.500, -0.100);
+    ngo_ = Org("ngo", 51.501, -0.101);
+    kiosk_ = Device("kiosk-1", "kiosk", provider_);
+    tablet_ = Device("tablet-1", "tablet", ngo_);
+  }
+
+  void StartHub() {
+    hub_ = std::make_unique<test::Hub>(
+        db_, std::vector<std::string>{"--mqtt", broker_.uri(), "--mqtt-password-file",
+                                      broker_.hub_password_file()});
+    ASSERT_GT(hub_->port(), 0);
+    http_ = std::make_unique<httplib::Client>("127.0.0.1", hub_->port());
+    http_->set_read_timeout(10, 0);
+  }
+
+  int64_t Org(const std::string& kind, double lat, double lon) {
+    auto r = http_->Post("/api/v1/organizations",
+                         json{{"kind", kind}, {"name", kind}, {"lat", lat}, {"lon", lon}}.dump(),
+                         "application/json");
+    EXPECT_TRUE(r && r->status == 201);
+    return json::parse(r->body)["id"].get<int64_t>();
+  }
+
+  std::unique_ptr<test::TestDevice> Device(const std::string& id, const std::string& role, int64_t org) {
+    auto d = std::make_unique<test::TestDevice>(broker_, id);
+    auto r = http_->Post("/api/v1/devices",
+                         json{{"id", id}, {"role", role}, {"org_id", org}, {"public_key", d->public_key()}}.dump(),
+                         "application/json");
+    EXPECT_TRUE(r && r->status == 201) << (r ? r->body : "no answer");
+    broker_.AddUser(id, d->password());
+    auto st = d->Connect();
+    EXPECT_TRUE(st.ok()) << st.error().ToString();
+    return d;
+  }
+
+  json Post(int i) {
+    return {{"category", "prepared_meals"}, {"description", "nasi " + std::to_string(i)},
+            {"quantity_kg", 2}, {"best_before", best_before_}};
+  }
+
+  json Get(int64_t id) {
+    auto r = http_->Get(("/api/v1/surplus/" + std::to_string(id)).c_str());
+    return r && r->status == 200 ? json::parse(r->body) : json();
+  }
+
+  test::TempDir dir_;
+  test::Broker broker_;
+  std::string db_ = "sqlite:" + dir_.file("hub.db");
+  std::unique_ptr<test::Hub> hub_;
+  std::unique_ptr<httplib::Client> http_;
+  int64_t provider_ = 0, ngo_ = 0;
+  std::unique_ptr<test::TestDevice> kiosk_, tablet_;
+  const std::string best_before_ = test::HoursFromNow(3);
+};
+
+TEST_F(SyncTest, PostOfferClaimOutcomeEndToEnd) {
+  auto op = kiosk_->Send("post_surplus", Post(1));
+  json outcome = kiosk_->WaitOutcome(op.op);
+  ASSERT_FALSE(outcome.is_null()) << "no outcome for the post";
+  EXPECT_EQ(outcome["status"], "accepted");
+  int64_t id = outcome["data"]["id"].get<int64_t>();
+  EXPECT_EQ(outcome["data"]["provider_id"], provider_);  // the device's org, not the body's
+
+  json offer = tablet_->WaitEvent("surplus.offered", [&](const json& e) { return e["data"]["id"] == id; });
+  ASSERT_FALSE(offer.is_null()) << "the tablet got no offer";
+  EXPECT_EQ(offer["data"]["offer"]["ngo_id"], ngo_);
+
+  auto claim = tablet_->Send("claim", {{"surplus_id", id}, {"version", offer["data"]["version"]}});
+  json claimed = tablet_->WaitOutcome(claim.op);
+  ASSERT_FALSE(claimed.is_null());
+  EXPECT_EQ(claimed["status"], "accepted");
+  EXPECT_EQ(claimed["data"]["claimed_by"], ngo_);
+  json seen = kiosk_->WaitEvent("surplus.claimed", [&](const json& e) { return e["data"]["id"] == id; });
+  ASSERT_FALSE(seen.is_null()) << "the kiosk did not learn of the claim";
+
+  // A second claim loses and learns the truth, machine-readably.
+  auto again = tablet_->Send("claim", {{"surplus_id", id}, {"version", offer["data"]["version"]}});
+  json lost = tablet_->WaitOutcome(again.op);
+  EXPECT_EQ(lost["status"], "conflict");
+  EXPECT_EQ(lost["code"], "conflict");
+  EXPECT_EQ(lost["data"]["claimed_by"], ngo_);
+}
+
+TEST_F(SyncTest, DuplicatedAndReorderedDeliveriesApplyOnce) {
+  sync::Envelope first;
+  first.device = kiosk_->id();
+  first.seq = 5;
+  first.op = "op-five";
+  first.type = "post_surplus";
+  first.body = Post(5);
+  sync::Sign(first, kiosk_->keys().secret_key);
+  sync::Envelope second = first;
+  second.seq = 4;
+  second.op = "op-four";
+  second.body = Post(4);
+  sync::Sign(second, kiosk_->keys().secret_key);
+  std::string topic = sync::UpTopic(kiosk_->id(), "post_surplus");
+  kiosk_->SendRaw(topic, sync::Encode(first));
+  kiosk_->SendRaw(topic, sync::Encode(first));   // duplicated
+  kiosk_->SendRaw(topic, sync::Encode(second));  // older sequence, after
+  json a = kiosk_->WaitOutcome("op-five"), b = kiosk_->WaitOutcome("op-four");
+  ASSERT_FALSE(a.is_null());
+  ASSERT_FALSE(b.is_null());
+  EXPECT_EQ(a["status"], "accepted");
+  EXPECT_EQ(b["status"], "accepted");
+  // The duplicate got its own outcome, "duplicate", with the same result.
+  json dup = kiosk_->WaitEvent("", [&](const json& j) {
+    return j.value("op", "") == "op-five" && j.value("code", "") == "duplicate";
+  });
+  ASSERT_FALSE(dup.is_null());
+  EXPECT_EQ(dup["data"]["id"], a["data"]["id"]);
+  int64_t last = std::max(a["data"]["id"].get<int64_t>(), b["data"]["id"].get<int64_t>());
+  EXPECT_TRUE(Get(last + 1).is_null()) << "something was applied twice";
+}
+
+TEST_F(SyncTest, ForgeriesForeignDevicesAndReplaysAreRefusedAndChangeNothing) {
+  // Forged: signed with another key.
+  sync::Envelope forged;
+  forged.device = kiosk_->id();
+  forged.seq = 1;
+  forged.op = "forged";
+  forged.type = "post_surplus";
+  forged.body = Post(1);
+  sync::Sign(forged, sync::GenerateKeyPair().secret_key);
+  kiosk_->SendRaw(sync::UpTopic(kiosk_->id(), "post_surplus"), sync::Encode(forged));
+  json f = kiosk_->WaitOutcome("forged");
+  ASSERT_FALSE(f.is_null());
+  EXPECT_EQ(f["status"], "rejected");
+  EXPECT_EQ(f["code"], "unauthenticated");
+
+  // Tampered after signing.
+  auto good = kiosk_->Send("post_surplus", Post(2));
+  ASSERT_EQ(kiosk_->WaitOutcome(good.op)["status"], "accepted");
+  sync::Envelope tampered = good;
+  tampered.op = "tampered";
+  kiosk_->SendRaw(sync::UpTopic(kiosk_->id(), "post_surplus"), sync::Encode(tampered));
+  EXPECT_EQ(kiosk_->WaitOutcome("tampered")["code"], "unauthenticated");
+
+  // Speaking for another device on its own topic: refused by the hub.
+  sync::Envelope other;
+  other.device = tablet_->id();
+  other.seq = 1;
+  other.op = "as-other";
+  other.type = "post_surplus";
+  other.body = Post(3);
+  sync::Sign(other, kiosk_->keys().secret_key);
+  kiosk_->SendRaw(sync::UpTopic(kiosk_->id(), "post_surplus"), sync::Encode(other));
+  EXPECT_EQ(kiosk_->WaitOutcome("as-other")["code"], "forbidden");
+  // ... and on the other device's topic: the broker's ACL drops it; the
+  // hub never sees it, the other device gets nothing.
+  kiosk_->SendRaw(sync::UpTopic(tablet_->id(), "post_surplus"), sync::Encode(other));
+
+  // A kiosk may not claim.
+  auto claim = kiosk_->Send("claim", {{"surplus_id", 1}, {"version", 1}});
+  EXPECT_EQ(kiosk_->WaitOutcome(claim.op)["code"], "forbidden");
+
+  // Replay: far older than the highest sequence accepted.
+  kiosk_->next_seq = 50000;
+  auto high = kiosk_->Send("post_surplus", Post(4));
+  ASSERT_EQ(kiosk_->WaitOutcome(high.op)["status"], "accepted");
+  kiosk_->next_seq = 3;  // a fresh op id, an old sequence number
+  auto old = kiosk_->Send("post_surplus", Post(5));
+  json replay = kiosk_->WaitOutcome(old.op);
+  EXPECT_EQ(replay["status"], "rejected");
+  EXPECT_EQ(replay["code"], "precondition_failed");
+
+  // Garbage is answered and ingest goes on.
+  kiosk_->next_seq = 50001;
+  kiosk_->SendRaw(sync::UpTopic(kiosk_->id(), "post_surplus"), "{not json");
+  auto after = kiosk_->Send("post_surplus", Post(6));
+  EXPECT_EQ(kiosk_->WaitOutcome(after.op)["status"], "accepted");
+
+  // Exactly the two good posts and the high one exist: ids 1..3.
+  EXPECT_FALSE(Get(3).is_null());
+  EXPECT_TRUE(Get(4).is_null());
+  EXPECT_TRUE(tablet_->WaitOutcome("as-other", std::chrono::milliseconds(300)).is_null());
+}
+
+TEST_F(SyncTest, RevokedDevicesAreRefused) {
+  auto r = http_->Post("/api/v1/devices/kiosk-1/revoke", "", "application/json");
+  ASSERT_TRUE(r && r->status == 200) << (r ? r->body : "");
+  auto op = kiosk_->Send("post_surplus", Post(1));
+  json o = kiosk_->WaitOutcome(op.op);
+  EXPECT_EQ(o["status"], "rejected");
+  EXPECT_EQ(o["code"], "unauthenticated");
+}
+
+TEST_F(SyncTest, AHubKilledMidStreamLosesNothingAndAppliesNothingTwice) {
+  constexpr int kOps = 200;
+  std::vector<sync::Envelope> sent;
+  for (int i = 0; i < kOps; ++i) {
+    sent.push_back(kiosk_->Send("post_surplus", Post(i)));
+    if (i == kOps / 2) {
+      hub_->process().Kill(SIGKILL);
+      hub_->process().Wait();
+    }
+  }
+  StartHub();
+  // The device's queue is the truth: whatever has no outcome yet is sent
+  // again (same op id, same signature), as pp-agent does after a reconnect.
+  std::set<int64_t> ids;
+  for (const auto& e : sent) {
+    json o = kiosk_->WaitOutcome(e.op, std::chrono::milliseconds(200));
+    if (o.is_null()) {
+      kiosk_->SendRaw(sync::UpTopic(kiosk_->id(), "post_surplus"), sync::Encode(e));
+      o = kiosk_->WaitOutcome(e.op);
+    }
+    ASSERT_FALSE(o.is_null()) << "op " << e.op << " never answered";
+    ASSERT_EQ(o["status"], "accepted") << o.dump();
+    ids.insert(o["data"]["id"].get<int64_t>());
+  }
+  EXPECT_EQ(ids.size(), size_t(kOps));
+  EXPECT_EQ(*ids.rbegin(), kOps) << "ids 1..N: nothing applied twice";
+  EXPECT_TRUE(Get(kOps + 1).is_null());
+}
+
+TEST_F(SyncTest, BothSidesResumeAfterABrokerRestart) {
+  auto before = kiosk_->Send("post_surplus", Post(1));
+  ASSERT_EQ(kiosk_->WaitOutcome(before.op)["status"], "accepted");
+  broker_.Stop();
+  broker_.Start();
+  // Automatic reconnect on both sides; the op is sent (again) until answered.
+  json o;
+  auto op = kiosk_->Send("post_surplus", Post(2));
+  for (int attempt = 0; attempt < 40 && o.is_null(); ++attempt) {
+    o = kiosk_->WaitOutcome(op.op, std::chrono::milliseconds(500));
+    if (o.is_null()) kiosk_->SendRaw(sync::UpTopic(kiosk_->id(), "post_surplus"), sync::Encode(op));
+  }
+  ASSERT_FALSE(o.is_null()) << "no outcome after the broker restart";
+  EXPECT_EQ(o["status"], "accepted");
+}
+
+}  // namespace
+}  // namespace pp

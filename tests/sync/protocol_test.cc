@@ -1,0 +1,76 @@
+#include "sync/protocol.h"
+
+#include <gtest/gtest.h>
+
+namespace pp::sync {
+namespace {
+
+Envelope Sample() {
+  Envelope e;
+  e.device = "kiosk-7";
+  e.seq = 42;
+  e.op = "0f1e2d3c";
+  e.type = kOpPostSurplus;
+  e.ts_ms = 1795554000000;
+  e.body = {{"description", "soto ayam"}, {"quantity_kg", 3.5}, {"allergens", {"eggs"}}};
+  return e;
+}
+
+TEST(Protocol, SignedEnvelopesVerifyAndAnyChangeBreaksThem) {
+  auto keys = GenerateKeyPair();
+  Envelope e = Sample();
+  Sign(e, keys.secret_key);
+  auto decoded = Decode(Encode(e));
+  ASSERT_TRUE(decoded.ok()) << decoded.error().ToString();
+  EXPECT_TRUE(Verify(*decoded, keys.public_key));
+  for (auto mutate : std::vector<std::function<void(Envelope&)>>{
+           [](Envelope& x) { x.seq++; },
+           [](Envelope& x) { x.op = "other"; },
+           [](Envelope& x) { x.device = "kiosk-8"; },
+           [](Envelope& x) { x.type = kOpClaim; },
+           [](Envelope& x) { x.ts_ms++; },
+           [](Envelope& x) { x.body["quantity_kg"] = 35; }}) {
+    Envelope t = *decoded;
+    mutate(t);
+    EXPECT_FALSE(Verify(t, keys.public_key));
+  }
+  EXPECT_FALSE(Verify(*decoded, GenerateKeyPair().public_key));
+}
+
+TEST(Protocol, DecodeNamesWhatIsWrong) {
+  auto bad = Decode(R"({"v":2,"device":"a/b","seq":0,"op":"","type":7,"body":[],"x":1})");
+  ASSERT_FALSE(bad.ok());
+  std::set<std::string> fields;
+  for (const auto& f : bad.error().fields) fields.insert(f.field);
+  for (const char* f : {"v", "device", "seq", "op", "type", "body", "x", "ts", "sig"})
+    EXPECT_TRUE(fields.count(f)) << f;
+  EXPECT_FALSE(Decode("{").ok());
+  EXPECT_EQ(Decode(std::string(kMaxMessageBytes + 1, ' ')).error().code, Code::kResourceExhausted);
+}
+
+TEST(Protocol, Topics) {
+  EXPECT_EQ(UpTopic("kiosk-7", "claim"), "pp/v1/up/kiosk-7/claim");
+  auto t = ParseUpTopic("pp/v1/up/kiosk-7/claim");
+  ASSERT_TRUE(t);
+  EXPECT_EQ(t->first, "kiosk-7");
+  EXPECT_EQ(t->second, "claim");
+  EXPECT_FALSE(ParseUpTopic("pp/v1/up/kiosk-7"));
+  EXPECT_FALSE(ParseUpTopic("pp/v1/up/a+b/claim"));
+  EXPECT_FALSE(ParseUpTopic("pp/v1/down/kiosk-7"));
+  EXPECT_FALSE(ValidDeviceId("#"));
+  EXPECT_FALSE(ValidDeviceId(std::string(65, 'a')));
+}
+
+TEST(Protocol, ErrorsBecomeMachineReadableOutcomes) {
+  Envelope e = Sample();
+  auto conflict = OutcomeFor(e, Error::Conflict("taken", R"({"claimed_by":3})"));
+  EXPECT_EQ(conflict.status, OutcomeStatus::kConflict);
+  EXPECT_EQ(conflict.data["claimed_by"], 3);
+  auto invalid = OutcomeFor(e, Error::Invalid("bad", {{"quantity_kg", "must be > 0"}}));
+  EXPECT_EQ(invalid.code, "invalid");
+  EXPECT_EQ(OutcomeJson(invalid)["data"][0]["field"], "quantity_kg");
+  EXPECT_EQ(OutcomeFor(e, Error{Code::kPermissionDenied, "no", {}, {}}).code, "forbidden");
+}
+
+}  // namespace
+}  // namespace pp::sync

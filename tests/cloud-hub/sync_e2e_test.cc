@@ -5,6 +5,8 @@
 #include <httplib.h>
 #include <signal.h>
 
+#include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "tests/support/test_support.h"
@@ -249,6 +251,36 @@ TEST_F(SyncTest, BothSidesResumeAfterABrokerRestart) {
   }
   ASSERT_FALSE(o.is_null()) << "no outcome after the broker restart";
   EXPECT_EQ(o["status"], "accepted");
+}
+
+TEST_F(SyncTest, TheDeviceCliRegistersWritesKeysAndRevokes) {
+  test::TempDir out;
+  test::Process reg({test::BinPath("pp-device"), "register", "--hub", hub_->url(), "--id", "kiosk-cli",
+                     "--role", "kiosk", "--org", std::to_string(provider_), "--out",
+                     out.path().string(), "--broker", broker_.uri()});
+  ASSERT_EQ(reg.Wait(), 0);
+  for (const char* ext : {".key", ".password", ".json"}) {
+    auto p = out.path() / (std::string("kiosk-cli") + ext);
+    ASSERT_TRUE(std::filesystem::exists(p)) << p;
+    EXPECT_EQ(std::filesystem::status(p).permissions() & std::filesystem::perms::group_read,
+              std::filesystem::perms::none) << p << " must be private";
+  }
+  std::ifstream key_in(out.file("kiosk-cli.key"));
+  std::string key_b64;
+  key_in >> key_b64;
+  auto sk = sync::SecretKeyFromBase64(key_b64);
+  ASSERT_TRUE(sk.ok());
+  auto device = json::parse(http_->Get("/api/v1/devices/kiosk-cli")->body);
+  // An Ed25519 secret key ends with its public key.
+  EXPECT_EQ(device["public_key"], sync::ToBase64(sk->data() + 32, 32));
+  EXPECT_EQ(json::parse(std::ifstream(out.file("kiosk-cli.json")))["broker_url"], broker_.uri());
+
+  test::Process bad({test::BinPath("pp-device"), "register", "--hub", hub_->url(), "--id", "a/b",
+                     "--role", "kiosk", "--org", "1", "--out", out.path().string()});
+  EXPECT_NE(bad.Wait(), 0);
+  test::Process rev({test::BinPath("pp-device"), "revoke", "--hub", hub_->url(), "--id", "kiosk-cli"});
+  ASSERT_EQ(rev.Wait(), 0);
+  EXPECT_EQ(json::parse(http_->Get("/api/v1/devices/kiosk-cli")->body)["revoked"], true);
 }
 
 }  // namespace

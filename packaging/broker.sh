@@ -34,11 +34,16 @@ case $cmd in
     exit 1
     ;;
   stop)
-    pkill -f -- "-c $dir/mosquitto.conf" || true
+    if [[ -f $dir/mosquitto.pid ]]; then
+      pid=$(cat "$dir/mosquitto.pid")
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      rm -f "$dir/mosquitto.pid"
+    fi
     ;;
   add-user)
     mosquitto_passwd -b "$dir/passwd" "$3" "$4"
-    pkill -HUP -f -- "-c $dir/mosquitto.conf" || true
+    [[ -f $dir/mosquitto.pid ]] && kill -HUP "$(cat "$dir/mosquitto.pid")" || true
     ;;
   *) echo "usage: $0 start|stop|add-user DIR ..." >&2; exit 2 ;;
 esac

@@ -19,7 +19,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <cstdio>
+#include <fstream>
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -63,6 +65,13 @@ std::pair<std::string, std::string> SplitUrl(const std::string& url) {
   auto scheme = url.find("://");
   auto path = url.find('/', scheme == std::string::npos ? 0 : scheme + 3);
   return {url.substr(0, path), path == std::string::npos ? "" : url.substr(path)};
+}
+
+// mosquitto reloads its password file on SIGHUP (pid file: packaging/broker.sh).
+void ReloadBroker(const std::string& dir) {
+  std::ifstream in(dir + "/mosquitto.pid");
+  pid_t pid = 0;
+  if (in >> pid && pid > 0) ::kill(pid, SIGHUP);
 }
 
 }  // namespace
@@ -133,7 +142,7 @@ int main(int argc, char** argv) {
     std::string dir = opt["broker-dir"];
     if (Run({"mosquitto_passwd", "-b", dir + "/passwd", id, password}) != 0)
       Die("mosquitto_passwd failed for " + dir + "/passwd", 1);
-    Run({"pkill", "-HUP", "-f", "-c " + dir + "/mosquitto.conf"});  // reload passwords
+    ReloadBroker(dir);
   }
   std::printf("registered %s (%s of organisation %s); files in %s\n", id.c_str(), role.c_str(),
               org.c_str(), out.c_str());

@@ -1,0 +1,201 @@
+// pp-sync-bench: hub ingest through mosquitto against mosquitto alone moving
+// the same messages, in the same run.
+//
+//   packaging/broker.sh start /tmp/ppb            # a broker as in production
+//   pp-sync-bench --broker-dir /tmp/ppb [--ops N]
+//
+// broker-only: one device publishes N QoS 1 messages (the same bytes as the
+//   signed posts below) to its up topic; a subscriber on the hub's shared
+//   subscription receives them. Rate = N / time until the last arrived.
+// hub: the same device publishes N signed post_surplus ops; an in-process
+//   hub (SQLite, synchronous=FULL, group commit) verifies, de-duplicates and
+//   commits each with its outcome. Rate = N / time until the last committed.
+#include <sys/wait.h>
+#include <spawn.h>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <thread>
+
+#include "cloud-hub/core/hub_service.h"
+#include "cloud-hub/mqtt/device_ingest.h"
+#include "cloud-hub/mqtt/outbox_relay.h"
+#include "common/domain_json.h"
+#include "common/time_format.h"
+#include "sync/mqtt_client.h"
+
+extern char** environ;
+
+namespace {
+
+using namespace pp;
+using Steady = std::chrono::steady_clock;
+
+[[noreturn]] void Die(const std::string& m) {
+  std::fprintf(stderr, "pp-sync-bench: %s\nusage: pp-sync-bench --broker-dir DIR [--ops N]\n", m.c_str());
+  std::exit(2);
+}
+
+std::string ReadFile(const std::string& p) {
+  std::ifstream in(p);
+  if (!in) Die("cannot read " + p);
+  std::string s;
+  std::getline(in, s);
+  return s;
+}
+
+void Run(std::vector<std::string> argv) {
+  std::vector<char*> a;
+  for (auto& s : argv) a.push_back(s.data());
+  a.push_back(nullptr);
+  pid_t pid;
+  if (posix_spawnp(&pid, a[0], nullptr, nullptr, a.data(), environ) != 0) Die("cannot run " + argv[0]);
+  int st;
+  waitpid(pid, &st, 0);
+}
+
+template <typename F>
+bool WaitFor(F done, std::chrono::seconds limit) {
+  auto end = Steady::now() + limit;
+  while (!done()) {
+    if (Steady::now() > end) return false;
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  return true;
+}
+
+// mosquitto reloads its password file on SIGHUP (pid file: packaging/broker.sh).
+void ReloadBroker(const std::string& dir) {
+  std::ifstream in(dir + "/mosquitto.pid");
+  pid_t pid = 0;
+  if (in >> pid && pid > 0) ::kill(pid, SIGHUP);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string dir;
+  int ops = 20000;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string f = argv[i];
+    if (f == "--broker-dir") dir = argv[i + 1];
+    else if (f == "--ops") ops = std::atoi(argv[i + 1]);
+    else Die("unknown option " + f);
+  }
+  if (dir.empty() || ops <= 0) Die("--broker-dir is required");
+  std::string uri = "tcp://127.0.0.1:" + ReadFile(dir + "/port");
+  std::string hub_pw = ReadFile(dir + "/hub.password");
+  std::string device = "bench-kiosk", device_pw = "bench-pw";
+  Run({"mosquitto_passwd", "-b", dir + "/passwd", device, device_pw});
+  ReloadBroker(dir);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // let mosquitto reload
+
+  // The hub, in process, on a fresh SQLite file.
+  std::string db = dir + "/bench-hub.db";
+  std::remove(db.c_str());
+  std::remove((db + "-wal").c_str());
+  auto store = OpenStore("sqlite:" + db);
+  if (!store.ok()) Die(store.error().ToString());
+  auto committer = GroupCommitter::Start(**store, {});
+  HubService hub(**store, **committer, SystemClock::Instance());
+  auto org = hub.CreateOrganization({OrgKind::kProvider, "bench", {51.5, -0.1}}, "");
+  int64_t provider = nlohmann::json::parse(org->json)["id"].get<int64_t>();
+  auto keys = sync::GenerateKeyPair();
+  if (!hub.RegisterDevice({device, "kiosk", provider, sync::ToBase64(keys.public_key), false, 0, {}}).ok())
+    Die("cannot register the bench device");
+
+  std::vector<std::string> messages;
+  std::string best_before = FormatRfc3339(SystemClock::Instance().Now() + std::chrono::hours(4));
+  for (int i = 0; i < ops; ++i) {
+    sync::Envelope e;
+    e.device = device;
+    e.seq = uint64_t(i + 1);
+    e.op = "bench-" + std::to_string(i);
+    e.type = sync::kOpPostSurplus;
+    e.ts_ms = ToUnixMillis(SystemClock::Instance().Now());
+    e.body = {{"category", "prepared_meals"}, {"description", "bench meal " + std::to_string(i)},
+              {"quantity_kg", 2.5}, {"portions", 6}, {"storage", "chilled"}, {"best_before", best_before}};
+    sync::Sign(e, keys.secret_key);
+    messages.push_back(sync::Encode(e));
+  }
+  std::string topic = sync::UpTopic(device, sync::kOpPostSurplus);
+  sync::MqttClient::Options dev_opts{uri, device, device, device_pw, {}, true, 0, 200000};
+  sync::MqttClient dev(dev_opts, [](auto&, auto&, auto&) {});
+  if (!dev.Connect(std::chrono::seconds(10)).ok()) Die("device cannot connect to " + uri);
+  auto publish_all = [&] {
+    std::vector<sync::MqttClient::Ack> acks;
+    for (const auto& m : messages) acks.push_back(*dev.Publish(topic, m));
+    for (auto& a : acks) (void)a.Wait(std::chrono::seconds(60));
+  };
+
+  // 1. The broker alone: same bytes, a plain subscriber on the hub's subscription.
+  double broker_rate = 0;
+  {
+    std::atomic<int> got{0};
+    sync::MqttClient sub({uri, "bench-sub", "pp-hub", hub_pw, {sync::kHubSubscription}, true, 0, 1000},
+                         [&](auto&, auto&, auto&) { got++; });
+    if (!sub.Connect(std::chrono::seconds(10)).ok()) Die("subscriber cannot connect");
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // subscription in place
+    auto t0 = Steady::now();
+    publish_all();
+    if (!WaitFor([&] { return got >= ops; }, std::chrono::seconds(120))) Die("broker-only run stalled");
+    broker_rate = ops / std::chrono::duration<double>(Steady::now() - t0).count();
+    sub.Disconnect();
+  }
+
+  // 2. Through the hub: verify, de-duplicate, commit with the outcome.
+  double hub_rate = 0;
+  std::atomic<int64_t> callback_ns{0};
+  DeviceIngest ingest(hub);
+  {
+    sync::MqttClient hub_mqtt({uri, "pp-hub-bench", "pp-hub", hub_pw, {sync::kHubSubscription}, true, 0, 200000},
+                              [&](const std::string& t, const std::string& p, const std::string& tp) {
+                                auto c0 = Steady::now();
+                                ingest.OnMessage(t, p, tp);
+                                callback_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(Steady::now() - c0).count();
+                              });
+    if (!hub_mqtt.Connect(std::chrono::seconds(10)).ok()) Die("hub cannot connect");
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    auto t0 = Steady::now();
+    publish_all();
+    if (!WaitFor([&] { return ingest.stats().accepted + ingest.stats().refused >= uint64_t(ops); },
+                 std::chrono::seconds(300)))
+      Die("hub run stalled");
+    hub_rate = ops / std::chrono::duration<double>(Steady::now() - t0).count();
+    hub_mqtt.Disconnect();
+  }
+  // 3. The hub's ingest alone, the same ops handed straight to it (no
+  // broker): where the time goes when the ratio is low.
+  double direct_rate = 0;
+  {
+    DeviceIngest direct(hub);
+    // Fresh op ids and higher sequence numbers: new ops, not replays.
+    std::vector<std::string> fresh;
+    for (int i = 0; i < ops; ++i) {
+      sync::Envelope e = *sync::Decode(messages[i]);
+      e.op = "direct-" + std::to_string(i);
+      e.seq += uint64_t(ops);
+      sync::Sign(e, keys.secret_key);
+      fresh.push_back(sync::Encode(e));
+    }
+    auto t0 = Steady::now();
+    for (const auto& m : fresh) direct.OnMessage(topic, m, "");
+    if (!WaitFor([&] { return direct.stats().accepted + direct.stats().refused >= uint64_t(ops); },
+                 std::chrono::seconds(300)))
+      Die("direct run stalled");
+    direct_rate = ops / std::chrono::duration<double>(Steady::now() - t0).count();
+  }
+  auto st = ingest.stats();
+  std::printf(
+      "ops=%d bytes_per_op=%zu broker_only=%.0f msg/s hub_ingest=%.0f ops/s ratio=%.0f%% "
+      "ingest_without_broker=%.0f ops/s time_in_ingest_callback=%.2fs accepted=%llu refused=%llu "
+      "avg_batch=%.1f\n",
+      ops, messages[0].size(), broker_rate, hub_rate, 100 * hub_rate / broker_rate, direct_rate,
+      double(callback_ns) / 1e9,
+      (unsigned long long)st.accepted, (unsigned long long)st.refused,
+      double((*committer)->stats().ops) / double(std::max<uint64_t>(1, (*committer)->stats().batches)));
+  return st.refused == 0 ? 0 : 1;
+}

@@ -168,6 +168,11 @@ Result<NewOrganization> ParseNewOrganization(std::string_view body) {
 
 Result<SurplusDraft> ParseSurplusDraft(std::string_view body, Timestamp now) {
   PP_ASSIGN_OR_RETURN(json j, ParseObject(body));
+  return ParseSurplusDraftJson(j, now);
+}
+
+Result<SurplusDraft> ParseSurplusDraftJson(const nlohmann::json& j, Timestamp now) {
+  if (!j.is_object()) return Error::Invalid("body must be a JSON object");
   FieldReader r(j, {"provider_id", "category", "description", "quantity_kg", "portions",
                     "allergens", "storage", "prepared_at", "best_before", "pickup_start",
                     "pickup_end", "instructions", "lat", "lon"});

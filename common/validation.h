@@ -7,6 +7,7 @@
 // named with the reason, all at once, so a person fixes them in one go.
 #pragma once
 
+#include <nlohmann/json_fwd.hpp>
 #include <string_view>
 
 #include "common/clock.h"
@@ -43,6 +44,8 @@ Result<NewOrganization> ParseNewOrganization(std::string_view body);
 // `now` bounds the dates: best_before must be in the future and within
 // kBestBeforeMaxDays, prepared_at not in the future (beyond kClockSkewMinutes).
 Result<SurplusDraft> ParseSurplusDraft(std::string_view body, Timestamp now);
+// The same, from a body already parsed (the MQTT door's envelope body).
+Result<SurplusDraft> ParseSurplusDraftJson(const nlohmann::json& body, Timestamp now);
 Result<ClaimRequest> ParseClaimRequest(std::string_view body);
 // {"ngo_id": N}: accept, decline, assign.
 Result<int64_t> ParseNgoRequest(std::string_view body);

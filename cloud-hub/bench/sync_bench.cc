@@ -14,6 +14,7 @@
 #include <spawn.h>
 
 #include <atomic>
+#include <deque>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -125,9 +126,18 @@ int main(int argc, char** argv) {
   sync::MqttClient::Options dev_opts{uri, device, device, device_pw, {}, true, 0, 200000};
   sync::MqttClient dev(dev_opts, [](auto&, auto&, auto&) {});
   if (!dev.Connect(std::chrono::seconds(10)).ok()) Die("device cannot connect to " + uri);
+  // At most `window` publishes awaiting their PUBACK, as a device's queue
+  // drains them (Paho keeps every pending token in a list it scans per ack).
+  const size_t window = 100;
   auto publish_all = [&] {
-    std::vector<sync::MqttClient::Ack> acks;
-    for (const auto& m : messages) acks.push_back(*dev.Publish(topic, m));
+    std::deque<sync::MqttClient::Ack> acks;
+    for (const auto& m : messages) {
+      if (acks.size() >= window) {
+        (void)acks.front().Wait(std::chrono::seconds(60));
+        acks.pop_front();
+      }
+      acks.push_back(*dev.Publish(topic, m));
+    }
     for (auto& a : acks) (void)a.Wait(std::chrono::seconds(60));
   };
 

@@ -37,6 +37,23 @@ OutboxEvent OutcomeEvent(const std::string& device, const sync::Outcome& outcome
   return {0, "device.outcome", 0, payload.dump(), now, std::nullopt};
 }
 
+OutboxEvent AcceptedOutcomeEvent(const std::string& device, const std::string& op, uint64_t seq,
+                                 bool replayed, const std::string& result_json,
+                                 const std::string& traceparent, Timestamp now) {
+  // The hot path: the result is already JSON; splice it in rather than parse
+  // and serialise it again. Same shape as OutcomeJson().
+  nlohmann::json head{{"v", sync::kProtocolVersion}, {"kind", "outcome"}, {"op", op},
+                      {"seq", seq}, {"status", "accepted"}, {"code", replayed ? "duplicate" : "ok"},
+                      {"message", ""}};
+  std::string message = head.dump();
+  message.pop_back();  // '}'
+  message += ",\"data\":" + result_json + "}";
+  std::string payload = "{\"device\":" + nlohmann::json(device).dump() + ",\"message\":" + message;
+  if (!traceparent.empty()) payload += ",\"traceparent\":" + nlohmann::json(traceparent).dump();
+  payload += "}";
+  return {0, "device.outcome", 0, std::move(payload), now, std::nullopt};
+}
+
 void DeviceIngest::Answer(const std::string& device, const sync::Outcome& outcome,
                           const std::string& traceparent) {
   hub_.Emit(OutcomeEvent(device, outcome, traceparent, hub_.clock().Now()), [device](Status st) {
@@ -113,7 +130,7 @@ void DeviceIngest::OnMessage(const std::string& topic, const std::string& payloa
                     Refusal(Code::kPermissionDenied, "provider_id is not this device's organisation"),
                     traceparent);
     body["provider_id"] = org;
-    auto draft = ParseSurplusDraft(body.dump(), hub_.clock().Now());
+    auto draft = ParseSurplusDraftJson(body, hub_.clock().Now());
     if (!draft.ok()) return Refuse(topic_device, env, draft.take_error(), traceparent);
     effect = hub_.PostEffect(std::move(*draft));
   } else if (env.type == sync::kOpVehicle) {
@@ -155,14 +172,9 @@ void DeviceIngest::OnMessage(const std::string& topic, const std::string& payloa
   };
   // In the effect's transaction: the device's outcome and its sequence mark.
   auto also = [this, device_id, seq, op, traceparent](StoreSession& s, const Reply& r) -> Status {
-    sync::Outcome o;
-    o.op = op;
-    o.seq = seq;
-    o.status = sync::OutcomeStatus::kAccepted;
-    o.code = r.replayed ? "duplicate" : "ok";
-    o.data = nlohmann::json::parse(r.json, nullptr, false);
     PP_RETURN_IF_ERROR(s.AdvanceDeviceSeq(device_id, seq));
-    return s.AppendOutbox(OutcomeEvent(device_id, o, traceparent, hub_.clock().Now()));
+    return s.AppendOutbox(AcceptedOutcomeEvent(device_id, op, seq, r.replayed, r.json, traceparent,
+                                               hub_.clock().Now()));
   };
   std::string fingerprint = Fingerprint(env.type + "\n" + env.body.dump());
   hub_.Submit("device:" + device_id, op, fingerprint, std::move(effect), also,

@@ -49,6 +49,11 @@ class DeviceIngest {
   std::atomic<uint64_t> received_{0}, accepted_{0}, refused_{0}, dropped_{0};
 };
 
+// The outbox event that carries an accepted outcome, with the command's result
+// JSON as its data.
+OutboxEvent AcceptedOutcomeEvent(const std::string& device, const std::string& op, uint64_t seq,
+                                 bool replayed, const std::string& result_json,
+                                 const std::string& traceparent, Timestamp now);
 // The outbox event that carries an outcome to a device.
 OutboxEvent OutcomeEvent(const std::string& device, const sync::Outcome& outcome,
                          const std::string& traceparent, Timestamp now);

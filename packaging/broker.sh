@@ -12,25 +12,32 @@ here=$(cd "$(dirname "$0")" && pwd)
 case $cmd in
   start)
     mkdir -p "$dir"
-    port=${3:-0}
-    if [[ $port == 0 ]]; then
-      for _ in $(seq 20); do
-        port=$(( 20000 + RANDOM % 40000 ))
-        (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null || break
-      done
-    fi
+    want=${3:-0}
     [[ -f $dir/hub.password ]] || (umask 077; head -c 18 /dev/urandom | base64 | tr -d '/+=' > "$dir/hub.password")
     [[ -f $dir/passwd ]] || mosquitto_passwd -c -b "$dir/passwd" pp-hub "$(cat "$dir/hub.password")"
     user=$(id -un)
-    sed -e "s|@PORT@|$port|" -e "s|@HOST@|127.0.0.1|" -e "s|@DIR@|$dir|g" \
-        -e "s|@ACL@|$here/mosquitto/acl|" -e "s|@USER@|$user|" \
-        "$here/mosquitto/mosquitto.conf.in" > "$dir/mosquitto.conf"
-    mosquitto -c "$dir/mosquitto.conf" -d
-    for _ in $(seq 50); do
-      (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && { echo "$port" > "$dir/port"; echo "$port"; exit 0; }
-      sleep 0.1
+    # Ports below the kernel's ephemeral range (32768+), so that no outgoing
+    # connection can be holding the one we pick; a few tries if one is taken.
+    for attempt in 1 2 3 4 5 6; do
+      port=$want
+      if [[ $port == 0 ]]; then
+        port=$(( 20000 + RANDOM % 12000 ))
+        (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && continue
+      fi
+      sed -e "s|@PORT@|$port|" -e "s|@HOST@|127.0.0.1|" -e "s|@DIR@|$dir|g" \
+          -e "s|@ACL@|$here/mosquitto/acl|" -e "s|@USER@|$user|" \
+          "$here/mosquitto/mosquitto.conf.in" > "$dir/mosquitto.conf"
+      mosquitto -c "$dir/mosquitto.conf" -d || true
+      for _ in $(seq 30); do
+        if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && [[ -f $dir/mosquitto.pid ]]; then
+          echo "$port" > "$dir/port"; echo "$port"; exit 0
+        fi
+        sleep 0.1
+      done
+      [[ $want == 0 ]] || break
     done
     echo "mosquitto did not start; see $dir/mosquitto.log" >&2
+    cat "$dir/mosquitto.log" >&2 || true
     exit 1
     ;;
   stop)

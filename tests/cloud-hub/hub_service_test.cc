@@ -199,6 +199,11 @@ TEST_P(HubServiceTest, PostPositionDefaultsToTheProvider) {
 
 TEST_P(HubServiceTest, AStoreFailureInABatchFailsOnlyItsOwnOperation) {
   int64_t provider = NewOrg(OrgKind::kProvider);
+  // One writer, so that the three operations queued behind the held one
+  // are certain to share a batch (PostgreSQL runs four by default).
+  hub_.reset();
+  committer_ = std::move(*GroupCommitter::Start(*store_, {.max_batch = 512, .writers = 1}));
+  hub_ = std::make_unique<HubService>(*store_, *committer_, clock_);
   // Hold the writer so that the next three operations queue into one batch.
   std::latch hold(1), holding(1);
   committer_->Submit(

@@ -28,7 +28,7 @@ case $cmd in
     as_pg "$bin/initdb" -D "$pgdir/data" -U pp -A trust --no-sync -E UTF8 >"$pgdir/initdb.log" 2>&1 \
       || { cat "$pgdir/initdb.log" >&2; exit 1; }
     for attempt in 1 2 3 4 5 6 7 8; do
-      port=$(( 20000 + RANDOM % 40000 ))
+      port=$(( 20000 + RANDOM % 12000 ))  # below the ephemeral range (32768+)
       # Something answering on the port means it is taken.
       if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then continue; fi
       if as_pg "$bin/pg_ctl" -D "$pgdir/data" -l "$pgdir/server.log" -w -t 30 \

@@ -185,12 +185,14 @@ class TestDevice {
  private:
   std::string id_, password_;
   sync::KeyPair keys_;
-  std::unique_ptr<sync::MqttClient> client_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::vector<nlohmann::json> received_;  // guarded by mu_
   std::set<int64_t> seen_ids_;            // guarded by mu_
   int duplicates_ = 0;                    // guarded by mu_
+  // Last: destroyed first, so its callback thread is gone before the state
+  // the callback touches.
+  std::unique_ptr<sync::MqttClient> client_;
 };
 
 }  // namespace pp::test

@@ -10,8 +10,6 @@
 // hub: the same device publishes N signed post_surplus ops; an in-process
 //   hub (SQLite, synchronous=FULL, group commit) verifies, de-duplicates and
 //   commits each with its outcome. Rate = N / time until the last committed.
-#include <sys/wait.h>
-#include <spawn.h>
 
 #include <atomic>
 #include <deque>
@@ -26,9 +24,9 @@
 #include "cloud-hub/mqtt/outbox_relay.h"
 #include "common/domain_json.h"
 #include "common/time_format.h"
+#include "sync/broker_admin.h"
 #include "sync/mqtt_client.h"
 
-extern char** environ;
 
 namespace {
 
@@ -48,16 +46,6 @@ std::string ReadFile(const std::string& p) {
   return s;
 }
 
-void Run(std::vector<std::string> argv) {
-  std::vector<char*> a;
-  for (auto& s : argv) a.push_back(s.data());
-  a.push_back(nullptr);
-  pid_t pid;
-  if (posix_spawnp(&pid, a[0], nullptr, nullptr, a.data(), environ) != 0) Die("cannot run " + argv[0]);
-  int st;
-  waitpid(pid, &st, 0);
-}
-
 template <typename F>
 bool WaitFor(F done, std::chrono::seconds limit) {
   auto end = Steady::now() + limit;
@@ -66,13 +54,6 @@ bool WaitFor(F done, std::chrono::seconds limit) {
     std::this_thread::sleep_for(std::chrono::microseconds(200));
   }
   return true;
-}
-
-// mosquitto reloads its password file on SIGHUP (pid file: packaging/broker.sh).
-void ReloadBroker(const std::string& dir) {
-  std::ifstream in(dir + "/mosquitto.pid");
-  pid_t pid = 0;
-  if (in >> pid && pid > 0) ::kill(pid, SIGHUP);
 }
 
 }  // namespace
@@ -90,8 +71,7 @@ int main(int argc, char** argv) {
   std::string uri = "tcp://127.0.0.1:" + ReadFile(dir + "/port");
   std::string hub_pw = ReadFile(dir + "/hub.password");
   std::string device = "bench-kiosk", device_pw = "bench-pw";
-  Run({"mosquitto_passwd", "-b", dir + "/passwd", device, device_pw});
-  ReloadBroker(dir);
+  if (auto st = sync::AddBrokerUser(dir, device, device_pw); !st.ok()) Die(st.error().message);
   std::this_thread::sleep_for(std::chrono::milliseconds(300));  // let mosquitto reload
 
   // The hub, in process, on a fresh SQLite file.

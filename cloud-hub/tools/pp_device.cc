@@ -14,9 +14,7 @@
 #include <fcntl.h>
 #include <httplib.h>
 #include <sodium.h>
-#include <spawn.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <csignal>
@@ -27,9 +25,9 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "sync/broker_admin.h"
 #include "sync/protocol.h"
 
-extern char** environ;
 
 namespace {
 
@@ -50,28 +48,10 @@ bool WriteSecret(const std::filesystem::path& p, const std::string& content) {
   return ::close(fd) == 0 && ok;
 }
 
-int Run(std::vector<std::string> argv) {
-  std::vector<char*> args;
-  for (auto& a : argv) args.push_back(a.data());
-  args.push_back(nullptr);
-  pid_t pid;
-  if (posix_spawnp(&pid, args[0], nullptr, nullptr, args.data(), environ) != 0) return -1;
-  int st = 0;
-  waitpid(pid, &st, 0);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 std::pair<std::string, std::string> SplitUrl(const std::string& url) {
   auto scheme = url.find("://");
   auto path = url.find('/', scheme == std::string::npos ? 0 : scheme + 3);
   return {url.substr(0, path), path == std::string::npos ? "" : url.substr(path)};
-}
-
-// mosquitto reloads its password file on SIGHUP (pid file: packaging/broker.sh).
-void ReloadBroker(const std::string& dir) {
-  std::ifstream in(dir + "/mosquitto.pid");
-  pid_t pid = 0;
-  if (in >> pid && pid > 0) ::kill(pid, SIGHUP);
 }
 
 }  // namespace
@@ -139,10 +119,8 @@ int main(int argc, char** argv) {
       !WriteSecret(out / (id + ".json"), config.dump(2) + "\n"))
     Die("cannot write into " + out.string(), 1);
   if (opt.count("broker-dir")) {
-    std::string dir = opt["broker-dir"];
-    if (Run({"mosquitto_passwd", "-b", dir + "/passwd", id, password}) != 0)
-      Die("mosquitto_passwd failed for " + dir + "/passwd", 1);
-    ReloadBroker(dir);
+    if (auto st = pp::sync::AddBrokerUser(opt["broker-dir"], id, password); !st.ok())
+      Die(st.error().message, 1);
   }
   std::printf("registered %s (%s of organisation %s); files in %s\n", id.c_str(), role.c_str(),
               org.c_str(), out.c_str());

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test: installs what is missing (Debian packages, PostgreSQL 15
-# among them), builds, and runs ctest. ctest itself starts a throw-away
-# PostgreSQL on a free loopback port (tests/support/pg_fixture.sh) and stops
-# it at the end.
+# and mosquitto among them), builds, and runs ctest. ctest itself starts a
+# throw-away PostgreSQL on a free loopback port (tests/support/pg_fixture.sh)
+# and the tests start their own mosquitto brokers (packaging/broker.sh), all
+# stopped at the end. Then the self-contained suites run again under
+# AddressSanitizer and UBSan.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -10,3 +12,8 @@ bash packaging/install-deps.sh --test
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$(nproc)"
 ctest --test-dir build --output-on-failure -j2 --timeout 600
+
+# Sanitizers: the suites that need neither PostgreSQL nor a broker.
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Asan >/dev/null
+cmake --build build-asan -j"$(nproc)" --target common_test http_api_test matching_test
+ctest --test-dir build-asan --output-on-failure -R '^(common_test|http_api_test|matching_test)$' --timeout 600

@@ -61,6 +61,20 @@ class SyncTest : public ::testing::Test {
             {"quantity_kg", 2}, {"best_before", best_before_}};
   }
 
+  // A post_surplus envelope from `device` (the envelope's claim), signed
+  // with `key` — which a test may choose to be the wrong one.
+  static sync::Envelope Envelope(const std::string& device, uint64_t seq, const std::string& op,
+                                 json body, const sync::SecretKey& key) {
+    sync::Envelope e;
+    e.device = device;
+    e.seq = seq;
+    e.op = op;
+    e.type = "post_surplus";
+    e.body = std::move(body);
+    sync::Sign(e, key);
+    return e;
+  }
+
   json Get(int64_t id) {
     auto r = http_->Get(("/api/v1/surplus/" + std::to_string(id)).c_str());
     return r && r->status == 200 ? json::parse(r->body) : json();
@@ -105,18 +119,8 @@ TEST_F(SyncTest, PostOfferClaimOutcomeEndToEnd) {
 }
 
 TEST_F(SyncTest, DuplicatedAndReorderedDeliveriesApplyOnce) {
-  sync::Envelope first;
-  first.device = kiosk_->id();
-  first.seq = 5;
-  first.op = "op-five";
-  first.type = "post_surplus";
-  first.body = Post(5);
-  sync::Sign(first, kiosk_->keys().secret_key);
-  sync::Envelope second = first;
-  second.seq = 4;
-  second.op = "op-four";
-  second.body = Post(4);
-  sync::Sign(second, kiosk_->keys().secret_key);
+  auto first = Envelope(kiosk_->id(), 5, "op-five", Post(5), kiosk_->keys().secret_key);
+  auto second = Envelope(kiosk_->id(), 4, "op-four", Post(4), kiosk_->keys().secret_key);
   std::string topic = sync::UpTopic(kiosk_->id(), "post_surplus");
   kiosk_->SendRaw(topic, sync::Encode(first));
   kiosk_->SendRaw(topic, sync::Encode(first));   // duplicated
@@ -138,13 +142,7 @@ TEST_F(SyncTest, DuplicatedAndReorderedDeliveriesApplyOnce) {
 
 TEST_F(SyncTest, ForgeriesForeignDevicesAndReplaysAreRefusedAndChangeNothing) {
   // Forged: signed with another key.
-  sync::Envelope forged;
-  forged.device = kiosk_->id();
-  forged.seq = 1;
-  forged.op = "forged";
-  forged.type = "post_surplus";
-  forged.body = Post(1);
-  sync::Sign(forged, sync::GenerateKeyPair().secret_key);
+  auto forged = Envelope(kiosk_->id(), 1, "forged", Post(1), sync::GenerateKeyPair().secret_key);
   kiosk_->SendRaw(sync::UpTopic(kiosk_->id(), "post_surplus"), sync::Encode(forged));
   json f = kiosk_->WaitOutcome("forged");
   ASSERT_FALSE(f.is_null());
@@ -160,13 +158,7 @@ TEST_F(SyncTest, ForgeriesForeignDevicesAndReplaysAreRefusedAndChangeNothing) {
   EXPECT_EQ(kiosk_->WaitOutcome("tampered")["code"], "unauthenticated");
 
   // Speaking for another device on its own topic: refused by the hub.
-  sync::Envelope other;
-  other.device = tablet_->id();
-  other.seq = 1;
-  other.op = "as-other";
-  other.type = "post_surplus";
-  other.body = Post(3);
-  sync::Sign(other, kiosk_->keys().secret_key);
+  auto other = Envelope(tablet_->id(), 1, "as-other", Post(3), kiosk_->keys().secret_key);
   kiosk_->SendRaw(sync::UpTopic(kiosk_->id(), "post_surplus"), sync::Encode(other));
   EXPECT_EQ(kiosk_->WaitOutcome("as-other")["code"], "forbidden");
   // ... and on the other device's topic: the broker's ACL drops it; the

@@ -20,6 +20,7 @@
 #include "cloud-hub/matching/cascade.h"
 #include "cloud-hub/matching/matcher.h"
 #include "cloud-hub/mqtt/device_ingest.h"
+#include "cloud-hub/mqtt/ingest_pool.h"
 #include "cloud-hub/mqtt/outbox_relay.h"
 #include "sync/mqtt_client.h"
 #include "cloud-hub/store/store.h"
@@ -46,6 +47,7 @@ constexpr const char* kUsage =
     "  --mqtt-user NAME           broker user (default pp-hub)\n"
     "  --mqtt-password-file PATH  file holding the broker password (or env PP_MQTT_PASSWORD)\n"
     "  --mqtt-client-id ID        this replica's MQTT client id (default pp-hub)\n"
+    "  --ingest-workers N         threads verifying and applying device ops (default 2)\n"
     "DUR is a number and a unit: 250ms, 30s, 5m, 2h.\n";
 
 [[noreturn]] void Die(const std::string& msg) {
@@ -63,6 +65,7 @@ struct Args {
   pp::Duration routing_deadline{300};
   pp::MatchOptions match;
   std::string mqtt_uri, mqtt_user = "pp-hub", mqtt_password, mqtt_client_id = "pp-hub";
+  int ingest_workers = 2;
 };
 
 long long Number(const std::string& flag, const std::string& v, long long lo, long long hi) {
@@ -138,6 +141,8 @@ Args ParseArgs(int argc, char** argv) {
         a.mqtt_password.pop_back();
     } else if (flag == "--mqtt-client-id") {
       a.mqtt_client_id = v;
+    } else if (flag == "--ingest-workers") {
+      a.ingest_workers = int(Number(flag, v, 1, 32));
     } else {
       Die("unknown option " + flag);
     }
@@ -195,10 +200,12 @@ int main(int argc, char** argv) {
 
   // The device door: signed ops in through the broker, outbox out.
   std::unique_ptr<pp::DeviceIngest> ingest;
+  std::unique_ptr<pp::IngestPool> pool;
   std::unique_ptr<pp::sync::MqttClient> mqtt;
   std::unique_ptr<pp::OutboxRelay> relay;
   if (!args.mqtt_uri.empty()) {
     ingest = std::make_unique<pp::DeviceIngest>(hub);
+    pool = std::make_unique<pp::IngestPool>(*ingest, args.ingest_workers);
     pp::sync::MqttClient::Options mo;
     mo.uri = args.mqtt_uri;
     mo.client_id = args.mqtt_client_id;
@@ -206,8 +213,8 @@ int main(int argc, char** argv) {
     mo.password = args.mqtt_password;
     mo.subscriptions = {pp::sync::kHubSubscription};
     mqtt = std::make_unique<pp::sync::MqttClient>(
-        mo, [&ingest](const std::string& topic, const std::string& payload, const std::string& tp) {
-          ingest->OnMessage(topic, payload, tp);
+        mo, [&pool](const std::string& topic, const std::string& payload, const std::string& tp) {
+          pool->Post(topic, payload, tp);
         });
     if (auto st = mqtt->Connect(std::chrono::seconds(10)); !st.ok()) {
       std::fprintf(stderr, "pp-hub: %s\n", st.error().ToString().c_str());
@@ -261,6 +268,7 @@ int main(int argc, char** argv) {
   cascade.WaitIdle();
   hub.SetListener(nullptr);
   if (mqtt) mqtt->Disconnect();  // stop taking ops; what was taken still commits
+  pool.reset();                  // finishes the ops already queued
   if (relay) relay->Stop();
   hub.SetCommitHook(nullptr);
   committer->reset();  // drains: every accepted write commits before exit

@@ -2,14 +2,15 @@
 // the same messages, in the same run.
 //
 //   packaging/broker.sh start /tmp/ppb            # a broker as in production
-//   pp-sync-bench --broker-dir /tmp/ppb [--ops N]
+//   pp-sync-bench --broker-dir /tmp/ppb [--ops N] [--workers N]
 //
 // broker-only: one device publishes N QoS 1 messages (the same bytes as the
 //   signed posts below) to its up topic; a subscriber on the hub's shared
 //   subscription receives them. Rate = N / time until the last arrived.
 // hub: the same device publishes N signed post_surplus ops; an in-process
-//   hub (SQLite, synchronous=FULL, group commit) verifies, de-duplicates and
-//   commits each with its outcome. Rate = N / time until the last committed.
+//   hub (SQLite, synchronous=FULL, group commit; ingest on `workers` threads
+//   as pp-hub runs it) verifies, de-duplicates and commits each with its
+//   outcome. Rate = N / time until the last committed.
 
 #include <atomic>
 #include <deque>
@@ -21,6 +22,7 @@
 
 #include "cloud-hub/core/hub_service.h"
 #include "cloud-hub/mqtt/device_ingest.h"
+#include "cloud-hub/mqtt/ingest_pool.h"
 #include "cloud-hub/mqtt/outbox_relay.h"
 #include "common/domain_json.h"
 #include "common/time_format.h"
@@ -34,7 +36,7 @@ using namespace pp;
 using Steady = std::chrono::steady_clock;
 
 [[noreturn]] void Die(const std::string& m) {
-  std::fprintf(stderr, "pp-sync-bench: %s\nusage: pp-sync-bench --broker-dir DIR [--ops N]\n", m.c_str());
+  std::fprintf(stderr, "pp-sync-bench: %s\nusage: pp-sync-bench --broker-dir DIR [--ops N] [--workers N]\n", m.c_str());
   std::exit(2);
 }
 
@@ -60,14 +62,15 @@ bool WaitFor(F done, std::chrono::seconds limit) {
 
 int main(int argc, char** argv) {
   std::string dir;
-  int ops = 20000;
+  int ops = 20000, workers = 2;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string f = argv[i];
     if (f == "--broker-dir") dir = argv[i + 1];
     else if (f == "--ops") ops = std::atoi(argv[i + 1]);
+    else if (f == "--workers") workers = std::atoi(argv[i + 1]);
     else Die("unknown option " + f);
   }
-  if (dir.empty() || ops <= 0) Die("--broker-dir is required");
+  if (dir.empty() || ops <= 0 || workers <= 0) Die("--broker-dir is required; --ops and --workers > 0");
   std::string uri = "tcp://127.0.0.1:" + ReadFile(dir + "/port");
   std::string hub_pw = ReadFile(dir + "/hub.password");
   std::string device = "bench-kiosk", device_pw = "bench-pw";
@@ -140,11 +143,12 @@ int main(int argc, char** argv) {
   double hub_rate = 0;
   std::atomic<int64_t> callback_ns{0};
   DeviceIngest ingest(hub);
+  IngestPool pool(ingest, workers);
   {
     sync::MqttClient hub_mqtt({uri, "pp-hub-bench", "pp-hub", hub_pw, {sync::kHubSubscription}, true, 0, 200000},
                               [&](const std::string& t, const std::string& p, const std::string& tp) {
                                 auto c0 = Steady::now();
-                                ingest.OnMessage(t, p, tp);
+                                pool.Post(t, p, tp);
                                 callback_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(Steady::now() - c0).count();
                               });
     if (!hub_mqtt.Connect(std::chrono::seconds(10)).ok()) Die("hub cannot connect");

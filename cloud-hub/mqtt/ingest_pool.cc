@@ -1,0 +1,48 @@
+#include "cloud-hub/mqtt/ingest_pool.h"
+
+#include <functional>
+
+namespace pp {
+
+IngestPool::IngestPool(DeviceIngest& ingest, int workers, size_t queue_limit)
+    : ingest_(ingest), limit_(queue_limit) {
+  for (int i = 0; i < std::max(1, workers); ++i) workers_.push_back(std::make_unique<Worker>());
+  for (auto& w : workers_) w->thread = std::thread([this, wp = w.get()] { Run(*wp); });
+}
+
+IngestPool::~IngestPool() {
+  for (auto& w : workers_) {
+    std::lock_guard lock(w->mu);
+    w->stop = true;
+    w->cv.notify_all();
+  }
+  for (auto& w : workers_) w->thread.join();
+}
+
+void IngestPool::Post(std::string topic, std::string payload, std::string traceparent) {
+  // pp/v1/up/{device}/{type}: the device level picks the worker.
+  auto start = topic.find('/', 9);
+  std::string_view device = start == std::string::npos ? topic : std::string_view(topic).substr(0, start);
+  Worker& w = *workers_[std::hash<std::string_view>{}(device) % workers_.size()];
+  std::unique_lock lock(w.mu);
+  w.cv.wait(lock, [&] { return w.queue.size() < limit_; });
+  w.queue.push_back({std::move(topic), std::move(payload), std::move(traceparent)});
+  w.cv.notify_all();
+}
+
+void IngestPool::Run(Worker& w) {
+  while (true) {
+    Item item;
+    {
+      std::unique_lock lock(w.mu);
+      w.cv.wait(lock, [&] { return w.stop || !w.queue.empty(); });
+      if (w.queue.empty()) return;
+      item = std::move(w.queue.front());
+      w.queue.pop_front();
+      w.cv.notify_all();  // room for a blocked Post()
+    }
+    ingest_.OnMessage(item.topic, item.payload, item.traceparent);
+  }
+}
+
+}  // namespace pp

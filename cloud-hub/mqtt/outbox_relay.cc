@@ -26,7 +26,10 @@ std::set<int64_t> OrgsOf(const std::string& type, const nlohmann::json& data) {
 
 }  // namespace
 
-OutboxRelay::OutboxRelay(HubService& hub, sync::MqttClient& mqtt) : hub_(hub), mqtt_(mqtt) {}
+OutboxRelay::OutboxRelay(HubService& hub, sync::MqttClient& mqtt, Mark mark)
+    : hub_(hub), mqtt_(mqtt), mark_(std::move(mark)) {
+  if (!mark_) mark_ = [this](std::vector<int64_t> ids) { return hub_.MarkOutboxSent(std::move(ids)); };
+}
 
 OutboxRelay::~OutboxRelay() { Stop(); }
 
@@ -119,7 +122,7 @@ Result<bool> OutboxRelay::RelayPage() {
   }
   // Mark only what the broker has acknowledged, all of it or nothing.
   for (const auto& ack : acks) PP_RETURN_IF_ERROR(ack.Wait(std::chrono::seconds(10)));
-  PP_RETURN_IF_ERROR(hub_.MarkOutboxSent(ids));
+  PP_RETURN_IF_ERROR(mark_(ids));
   published_ += acks.size();
   last_sent_ = uint64_t(ids.back());
   return page->size() == 500;

@@ -17,6 +17,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <thread>
 
@@ -27,7 +28,10 @@ namespace pp {
 
 class OutboxRelay {
  public:
-  OutboxRelay(HubService& hub, sync::MqttClient& mqtt);
+  // How a page is marked sent; by default HubService::MarkOutboxSent. A test
+  // may make it fail to stand for a crash between publish and mark.
+  using Mark = std::function<Status(std::vector<int64_t> ids)>;
+  OutboxRelay(HubService& hub, sync::MqttClient& mqtt, Mark mark = nullptr);
   ~OutboxRelay();
   void Start();
   void Stop();
@@ -44,6 +48,7 @@ class OutboxRelay {
 
   HubService& hub_;
   sync::MqttClient& mqtt_;
+  Mark mark_;
   std::thread thread_;
   std::mutex mu_;
   std::condition_variable cv_;

@@ -17,6 +17,6 @@ nlohmann::json ToJson(const HistoryEntry& h);
 // The small form a conflict carries: what the loser needs to show the truth.
 nlohmann::json StateJson(const Surplus& s);
 nlohmann::json ToJson(const Vehicle& v);
-nlohmann::json ToJson(const Device& d);  // without anything secret (there is nothing secret in it)
+nlohmann::json ToJson(const Device& d);  // a device holds no secret: only its public key
 
 }  // namespace pp

@@ -75,7 +75,6 @@ int main(int argc, char** argv) {
   std::string hub_pw = ReadFile(dir + "/hub.password");
   std::string device = "bench-kiosk", device_pw = "bench-pw";
   if (auto st = sync::AddBrokerUser(dir, device, device_pw); !st.ok()) Die(st.error().message);
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // let mosquitto reload
 
   // The hub, in process, on a fresh SQLite file.
   std::string db = dir + "/bench-hub.db";
@@ -108,7 +107,10 @@ int main(int argc, char** argv) {
   std::string topic = sync::UpTopic(device, sync::kOpPostSurplus);
   sync::MqttClient::Options dev_opts{uri, device, device, device_pw, {}, true, 0, 200000};
   sync::MqttClient dev(dev_opts, [](auto&, auto&, auto&) {});
-  if (!dev.Connect(std::chrono::seconds(10)).ok()) Die("device cannot connect to " + uri);
+  // mosquitto reloads its password file asynchronously after SIGHUP: the
+  // device's first attempts may be refused.
+  if (!WaitFor([&] { return dev.Connect(std::chrono::seconds(2)).ok(); }, std::chrono::seconds(10)))
+    Die("device cannot connect to " + uri);
   // At most `window` publishes awaiting their PUBACK, as a device's queue
   // drains them (Paho keeps every pending token in a list it scans per ack).
   const size_t window = 100;

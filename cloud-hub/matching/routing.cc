@@ -69,7 +69,6 @@ TravelTimes::Answer TravelTimes::For(const std::vector<GeoPoint>& from,
         {{"error", r.error().ToString()},
          {"breaker", std::string(CircuitBreaker::Name(breaker_.state()))}});
   }
-  if (routing_) fallbacks_++;
   Answer a;
   for (double km : straight_km) a.seconds.push_back(model_.SecondsFor(km));
   return a;

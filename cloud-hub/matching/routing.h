@@ -9,7 +9,6 @@
 // Thread safety: TravelTimes and OsrmClient are safe for concurrent use.
 #pragma once
 
-#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
@@ -57,13 +56,11 @@ class TravelTimes {
 
   const TravelModel& model() const { return model_; }
   CircuitBreaker::State breaker_state() const { return breaker_.state(); }
-  uint64_t fallbacks() const { return fallbacks_; }
 
  private:
   const TravelModel model_;
   std::unique_ptr<TravelTimeSource> routing_;
   CircuitBreaker breaker_;
-  std::atomic<uint64_t> fallbacks_{0};
 };
 
 }  // namespace pp

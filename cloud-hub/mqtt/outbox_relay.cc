@@ -123,8 +123,6 @@ Result<bool> OutboxRelay::RelayPage() {
   // Mark only what the broker has acknowledged, all of it or nothing.
   for (const auto& ack : acks) PP_RETURN_IF_ERROR(ack.Wait(std::chrono::seconds(10)));
   PP_RETURN_IF_ERROR(mark_(ids));
-  published_ += acks.size();
-  last_sent_ = uint64_t(ids.back());
   return page->size() == 500;
 }
 

@@ -15,7 +15,6 @@
 // Thread safety: Start/Stop from one thread; Notify from any.
 #pragma once
 
-#include <atomic>
 #include <condition_variable>
 #include <functional>
 #include <mutex>
@@ -37,9 +36,6 @@ class OutboxRelay {
   void Stop();
   // Something was written: look now rather than at the next poll.
   void Notify();
-  uint64_t published() const { return published_; }
-  // Events not yet marked sent that this relay has seen (outbox lag).
-  uint64_t last_sent_id() const { return last_sent_; }
 
  private:
   void Loop();
@@ -53,7 +49,6 @@ class OutboxRelay {
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false, poke_ = false;  // guarded by mu_
-  std::atomic<uint64_t> published_{0}, last_sent_{0};
 };
 
 }  // namespace pp

@@ -123,8 +123,7 @@ class CrashTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(CrashTest, EveryAcknowledgedPostSurvivesKillDashNine) {
   test::TempDir dir;
-  std::string db = GetParam() == "sqlite" ? "sqlite:" + dir.file("hub.db")
-                                          : test::NewPostgresDatabase("crash");
+  std::string db = test::StoreUrl(GetParam(), dir, "crash");
   ASSERT_FALSE(db.empty());
   auto hub = std::make_unique<test::Hub>(db);
   ASSERT_GT(hub->port(), 0);

@@ -24,8 +24,7 @@ const Timestamp kT0 = *ParseRfc3339("2026-11-24T20:00:00Z");
 class HubServiceTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    url_ = GetParam() == "sqlite" ? "sqlite:" + dir_.file("hub.db")
-                                  : test::NewPostgresDatabase("service");
+    url_ = test::StoreUrl(GetParam(), dir_, "service");
     ASSERT_FALSE(url_.empty());
     auto store = OpenStore(url_);
     ASSERT_TRUE(store.ok()) << store.error().ToString();

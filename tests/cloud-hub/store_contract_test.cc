@@ -14,8 +14,7 @@ const Timestamp kT0 = *ParseRfc3339("2026-11-24T20:00:00Z");
 class StoreContract : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    url_ = GetParam() == "sqlite" ? "sqlite:" + dir_.file("hub.db")
-                                  : test::NewPostgresDatabase("contract");
+    url_ = test::StoreUrl(GetParam(), dir_, "contract");
     ASSERT_FALSE(url_.empty());
     auto store = OpenStore(url_);
     ASSERT_TRUE(store.ok()) << store.error().ToString();

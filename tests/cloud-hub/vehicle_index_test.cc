@@ -231,3 +231,30 @@ TEST(SurplusIndex, NearMatchesBruteForceAndForgetsClosedPosts) {
 
 }  // namespace
 }  // namespace pp
+
+namespace pp {
+namespace {
+
+TEST(Matcher, SaturationRatioReflectsBusyShards) {
+  SimulatedClock clock(kNow);
+  TravelTimes travel(clock, TravelModel{}, nullptr, {});
+  Matcher matcher(clock, MatchOptions{}, travel);
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<double> lat(51.28, 51.70), lon(-0.51, 0.33);
+  for (int i = 1; i <= 5000; ++i) matcher.UpsertVehicle(RandomVehicle(i, {lat(rng), lon(rng)}, rng));
+  matcher.WaitIdle();
+  matcher.SaturationRatio();  // start a fresh window
+  std::atomic<int> done{0};
+  for (int i = 0; i < 20000; ++i)
+    matcher.Match({i, {lat(rng), lon(rng)}, {kAllCategories, std::nullopt, kNow + std::chrono::hours(2)}, {}},
+                  [&](std::vector<RankedCandidate>) { done++; });
+  matcher.WaitIdle();
+  EXPECT_EQ(done.load(), 20000);
+  double busy = matcher.SaturationRatio();
+  EXPECT_GT(busy, 0.0);
+  EXPECT_LE(busy, 1.0);
+  EXPECT_EQ(matcher.QueueDepth(), 0u);
+}
+
+}  // namespace
+}  // namespace pp

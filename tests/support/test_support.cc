@@ -63,6 +63,10 @@ std::string NewPostgresDatabase(const std::string& prefix) {
   return admin_url.substr(0, slash + 1) + db;
 }
 
+std::string StoreUrl(const std::string& backend, const TempDir& dir, const std::string& prefix) {
+  return backend == "sqlite" ? "sqlite:" + dir.file("hub.db") : NewPostgresDatabase(prefix);
+}
+
 std::string BinPath(const std::string& name) { return Env("PP_BIN_DIR", ".") + "/" + name; }
 
 Process::Process(std::vector<std::string> argv) {

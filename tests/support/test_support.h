@@ -31,6 +31,10 @@ class TempDir {
 // tests do not see each other's rows. Fails the test if none is running.
 std::string NewPostgresDatabase(const std::string& prefix);
 
+// The store URL for a parameterised backend test: "sqlite" (a file in
+// `dir`) or "postgresql" (a new database on the fixture's server).
+std::string StoreUrl(const std::string& backend, const TempDir& dir, const std::string& prefix);
+
 // Where the built binaries are (PP_BIN_DIR, set by pp_test()).
 std::string BinPath(const std::string& name);
 
@@ -50,7 +54,6 @@ class Process {
   void Kill(int sig);
   // Waits for exit; returns the exit status as from waitpid, or -1.
   int Wait();
-  pid_t pid() const { return pid_; }
 
  private:
   pid_t pid_ = -1;

@@ -205,6 +205,8 @@ int main(int argc, char** argv) {
   std::unique_ptr<pp::OutboxRelay> relay;
   if (!args.mqtt_uri.empty()) {
     ingest = std::make_unique<pp::DeviceIngest>(hub);
+    ingest->SetNearbyQuery(
+        [&cascade](const pp::GeoPoint& at, double km) { return cascade.NearbyPosts(at, km, 50); });
     pool = std::make_unique<pp::IngestPool>(*ingest, args.ingest_workers);
     pp::sync::MqttClient::Options mo;
     mo.uri = args.mqtt_uri;

@@ -1,6 +1,7 @@
 #include "common/cascade.h"
 
 #include <algorithm>
+#include <cstdio>
 
 #include "common/domain_json.h"
 #include "common/time_format.h"
@@ -39,6 +40,12 @@ Decision Claimed(const Surplus& cur, int64_t ngo, const char* outbox_type) {
   d.outbox_type = outbox_type;
   d.actor = ngo;
   return d;
+}
+
+std::string FormatKg(double kg) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f", kg);
+  return buf;
 }
 
 }  // namespace
@@ -126,8 +133,43 @@ Result<Decision> DecideExpire(const Surplus& cur, Timestamp now) {
   return d;
 }
 
+Result<Decision> DecidePickUp(const Surplus& cur, int64_t ngo, const std::string& code, double kg) {
+  if (cur.status != SurplusStatus::kClaimed || cur.claimed_by != ngo)
+    return Stale(cur, "not claimed by NGO " + std::to_string(ngo));
+  std::vector<FieldError> bad;
+  if (code != cur.handover_code)
+    bad.push_back({"handover_code", "does not match the code the provider holds"});
+  if (!(kg > 0))
+    bad.push_back({"actual_kg", "must be more than 0"});
+  else if (cur.draft.quantity_kg && kg > *cur.draft.quantity_kg + 1e-9)
+    bad.push_back({"actual_kg", "is more than the " + FormatKg(*cur.draft.quantity_kg) + " kg posted"});
+  if (!bad.empty()) return Error::Invalid("pickup refused", std::move(bad));
+  Decision d;
+  d.event = SurplusEvent::kPickUp;
+  d.claimed_by = ngo;
+  d.match.excluded = cur.match.excluded;
+  d.outbox_type = "surplus.picked_up";
+  d.actor = ngo;
+  d.picked_up_kg = kg;
+  return d;
+}
+
+Result<Decision> DecideDeliver(const Surplus& cur, int64_t ngo) {
+  if (cur.status != SurplusStatus::kPickedUp || cur.claimed_by != ngo)
+    return Stale(cur, "not picked up by NGO " + std::to_string(ngo));
+  Decision d;
+  d.event = SurplusEvent::kDeliver;
+  d.claimed_by = ngo;
+  d.match.excluded = cur.match.excluded;
+  d.outbox_type = "surplus.delivered";
+  d.actor = ngo;
+  return d;
+}
+
 Surplus Apply(const Surplus& cur, const Decision& d, Timestamp now) {
   Surplus after = cur;
+  if (d.handover_code) after.handover_code = *d.handover_code;
+  if (d.picked_up_kg) after.picked_up_kg = *d.picked_up_kg;
   after.status = TargetOf(d.event);
   after.version = cur.version + 1;
   after.claimed_by = d.claimed_by;

@@ -33,6 +33,10 @@ struct Decision {
   std::string outbox_type;           // "surplus.offered", ...
   std::optional<int64_t> actor;      // who caused it (history)
   bool dlq_exhausted = false;        // an operator must act: raise the alert
+  // Set by the caller when the post becomes claimed (a random code is not a
+  // pure function); kept as it is otherwise.
+  std::optional<std::string> handover_code;
+  std::optional<double> picked_up_kg;
 };
 
 // An NGO claims directly (or accepts by claiming) at the version it saw.
@@ -51,6 +55,12 @@ Result<Decision> DecideOffer(const Surplus& cur, int64_t ngo, Timestamp now,
 Result<Decision> DecideDeadLetter(const Surplus& cur, Timestamp now, const CascadePolicy& policy);
 // An operator assigns the post to an NGO (from the DLQ or any open state).
 Result<Decision> DecideAssign(const Surplus& cur, int64_t ngo, int64_t operator_actor = 0);
+// The claiming NGO's driver collects: the handover code must match, and
+// `kg` (what was actually taken) must be positive and at most the posted
+// quantity when that is known. Less than posted is a partial pickup.
+Result<Decision> DecidePickUp(const Surplus& cur, int64_t ngo, const std::string& code, double kg);
+// The driver delivered what was picked up.
+Result<Decision> DecideDeliver(const Surplus& cur, int64_t ngo);
 // best_before has passed: everything ends, offers and timers included.
 Result<Decision> DecideExpire(const Surplus& cur, Timestamp now);
 

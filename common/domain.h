@@ -80,6 +80,11 @@ struct Surplus {
   int64_t version = 1;  // the optimistic lock; +1 on every change
   std::optional<int64_t> claimed_by;
   MatchState match;
+  // Set when the post is claimed: the provider tells it to the driver on
+  // arrival, and the driver's pickup must carry it (proof of presence).
+  // Never shown to the NGO by the hub.
+  std::string handover_code;
+  std::optional<double> picked_up_kg;  // what the driver actually took
   Timestamp created_at{};
   Timestamp updated_at{};
 };

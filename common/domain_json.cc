@@ -61,6 +61,7 @@ nlohmann::json StateJson(const Surplus& s) {
           {"offer", offer},
           {"excluded", s.match.excluded},
           {"dlq", dlq},
+          {"picked_up_kg", OrNull(s.picked_up_kg, Same)},
           {"updated_at", FormatRfc3339(s.updated_at)}};
 }
 

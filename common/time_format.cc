@@ -31,7 +31,7 @@ bool Expect(std::string_view s, size_t& pos, char c) {
 std::optional<Timestamp> ParseRfc3339(std::string_view s) {
   using namespace std::chrono;
   size_t p = 0;
-  int y, mo, d, h, mi, se;
+  int y = 0, mo = 0, d = 0, h = 0, mi = 0, se = 0;
   if (!Digits(s, p, 4, y) || !Expect(s, p, '-') || !Digits(s, p, 2, mo) || !Expect(s, p, '-') ||
       !Digits(s, p, 2, d) || !Expect(s, p, 'T') || !Digits(s, p, 2, h) || !Expect(s, p, ':') ||
       !Digits(s, p, 2, mi) || !Expect(s, p, ':') || !Digits(s, p, 2, se)) {

@@ -246,6 +246,23 @@ Result<ClaimRequest> ParseClaimRequest(std::string_view body) {
   return ClaimRequest{*ngo, *version};
 }
 
+Result<PickUpRequest> ParsePickUpRequestJson(const json& body, int64_t ngo) {
+  if (!body.is_object()) return Error::Invalid("body must be a JSON object");
+  std::set<std::string_view> allowed{"handover_code", "actual_kg"};
+  if (ngo == 0) allowed.insert("ngo_id");
+  FieldReader r(body, allowed);
+  auto ngo_id = ngo == 0 ? r.Integer("ngo_id", true, 1, INT64_MAX) : std::optional<int64_t>(ngo);
+  auto code = r.String("handover_code", true, 16);
+  auto kg = r.Number("actual_kg", true, 0, Limits::kQuantityKgMax, true);
+  if (!r.ok()) return FieldErrors(r.TakeErrors());
+  return PickUpRequest{*ngo_id, *code, *kg};
+}
+
+Result<PickUpRequest> ParsePickUpRequest(std::string_view body) {
+  PP_ASSIGN_OR_RETURN(json j, ParseObject(body));
+  return ParsePickUpRequestJson(j);
+}
+
 Result<int64_t> ParseNgoRequest(std::string_view body) {
   PP_ASSIGN_OR_RETURN(json j, ParseObject(body));
   FieldReader r(j, {"ngo_id"});

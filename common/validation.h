@@ -28,6 +28,13 @@ struct ClaimRequest {
   int64_t version = 0;  // the version the claimer saw; the optimistic lock
 };
 
+// The driver's pickup: the code the provider gave, and what was taken.
+struct PickUpRequest {
+  int64_t ngo_id = 0;
+  std::string handover_code;
+  double actual_kg = 0;
+};
+
 // Limits that requests are held to. Kept in one place so docs/openapi.yaml
 // and the tests can quote them.
 struct Limits {
@@ -47,6 +54,11 @@ Result<SurplusDraft> ParseSurplusDraft(std::string_view body, Timestamp now);
 // The same, from a body already parsed (the MQTT door's envelope body).
 Result<SurplusDraft> ParseSurplusDraftJson(const nlohmann::json& body, Timestamp now);
 Result<ClaimRequest> ParseClaimRequest(std::string_view body);
+// {"ngo_id","handover_code","actual_kg"} (HTTP). The MQTT door passes the
+// body without ngo_id and sets it from the device: `ngo` non-zero means
+// "ngo_id is not allowed in the body, use this".
+Result<PickUpRequest> ParsePickUpRequestJson(const nlohmann::json& body, int64_t ngo = 0);
+Result<PickUpRequest> ParsePickUpRequest(std::string_view body);
 // {"ngo_id": N}: accept, decline, assign.
 Result<int64_t> ParseNgoRequest(std::string_view body);
 // A vehicle's report: {"lat","lon","free_kg","categories":[...],"open_from":"HH:MM",

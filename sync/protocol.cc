@@ -56,7 +56,8 @@ bool ValidDeviceId(std::string_view id) {
 }
 
 bool KnownOpType(std::string_view t) {
-  for (const char* k : {kOpPostSurplus, kOpClaim, kOpAccept, kOpDecline, kOpVehicle})
+  for (const char* k : {kOpPostSurplus, kOpClaim, kOpAccept, kOpDecline, kOpVehicle, kOpPickUp,
+                        kOpDeliver, kOpNearby})
     if (t == k) return true;
   return false;
 }

@@ -44,6 +44,10 @@ constexpr const char* kOpClaim = "claim";               // body: {"surplus_id","
 constexpr const char* kOpAccept = "accept";             // body: {"surplus_id"}
 constexpr const char* kOpDecline = "decline";           // body: {"surplus_id"}
 constexpr const char* kOpVehicle = "vehicle";           // body: a vehicle report
+constexpr const char* kOpPickUp = "pickup";             // body: {"surplus_id","handover_code","actual_kg"}
+constexpr const char* kOpDeliver = "deliver";           // body: {"surplus_id"}
+// A query, not a change: open posts near a point, answered in the outcome.
+constexpr const char* kOpNearby = "nearby";             // body: {"lat","lon","km"}
 bool KnownOpType(std::string_view type);
 
 using PublicKey = std::array<unsigned char, 32>;

@@ -1,8 +1,13 @@
 #include "cloud-hub/core/hub_service.h"
 
+#include <cstdio>
 #include <future>
 
+#include <sodium.h>
+
 #include "common/domain_json.h"
+#include "common/geo.h"
+#include "common/time_format.h"
 #include "common/lifecycle.h"
 
 namespace pp {
@@ -22,6 +27,14 @@ std::string NgoCommandFingerprint(const char* what, int64_t surplus_id, int64_t 
                          .dump());
 }
 
+// Six digits, uniformly random (libsodium's CSPRNG): short enough to read
+// out at a kitchen door, and a wrong guess only earns a refusal.
+std::string NewHandoverCode() {
+  char buf[8];
+  std::snprintf(buf, sizeof buf, "%06u", unsigned(randombytes_uniform(1000000)));
+  return buf;
+}
+
 // Until its tablet reports, an NGO's vehicle stands at the depot.
 Vehicle DepotVehicle(const Organization& ngo) {
   Vehicle v;
@@ -34,7 +47,9 @@ Vehicle DepotVehicle(const Organization& ngo) {
 }  // namespace
 
 HubService::HubService(Store& store, GroupCommitter& committer, const Clock& clock)
-    : store_(store), committer_(committer), clock_(clock) {}
+    : store_(store), committer_(committer), clock_(clock) {
+  if (sodium_init() < 0) std::abort();  // no CSPRNG: handover codes would be guessable
+}
 
 void HubService::Submit(std::string scope, std::string key, std::string fingerprint,
                         Effect effect, Also also, Callback done) {
@@ -52,7 +67,7 @@ void HubService::Submit(std::string scope, std::string key, std::string fingerpr
           *reply = e;
           return e;
         }
-        Reply replayed{prior->result_json, true, nullptr, false, nullptr};
+        Reply replayed{prior->result_json, true, nullptr, false, nullptr, nullptr};
         if (also) PP_RETURN_IF_ERROR(also(s, replayed));
         *reply = std::move(replayed);
         return OkStatus();
@@ -74,6 +89,7 @@ void HubService::Submit(std::string scope, std::string key, std::string fingerpr
     if (commit_hook_) commit_hook_();
     if (listener_ && reply->ok() && !(*reply)->replayed) {
       if ((*reply)->surplus) listener_->OnSurplusChanged(*(*reply)->surplus, (*reply)->dlq_exhausted);
+      if ((*reply)->also_posted) listener_->OnSurplusChanged(*(*reply)->also_posted, false);
       if ((*reply)->vehicle) listener_->OnVehicleChanged(*(*reply)->vehicle);
     }
     done(std::move(*reply));
@@ -106,7 +122,7 @@ void HubService::CreateOrganization(NewOrganization org, std::string key, Callba
                                          {created->kind, created->name, created->position},
                                          created->created_at));
     if (created->kind == OrgKind::kNgo) PP_RETURN_IF_ERROR(s.UpsertVehicle(DepotVehicle(*created)));
-    return Reply{ToJson(*created).dump(), false, nullptr, false, nullptr};
+    return Reply{ToJson(*created).dump(), false, nullptr, false, nullptr, nullptr};
   };
   Submit("organization.create", std::move(key), Fingerprint(canonical.dump()), effect, nullptr,
                    [this, created, done = std::move(done)](Result<Reply> r) {
@@ -137,7 +153,7 @@ HubService::Effect HubService::PostEffect(SurplusDraft draft) {
         s.AppendHistory({x->id, 1, now, std::nullopt, x->status, "post", draft.provider_id}));
     std::string body = ToJson(*x).dump();
     PP_RETURN_IF_ERROR(s.AppendOutbox({0, "surplus.posted", x->id, body, now, std::nullopt}));
-    return Reply{std::move(body), false, x, false, nullptr};
+    return Reply{std::move(body), false, x, false, nullptr, nullptr};
   };
 }
 
@@ -163,20 +179,83 @@ Result<Reply> HubService::ApplyDecision(StoreSession& s, int64_t surplus_id,
   // conditional UPDATE), because another transaction may have won since our
   // read — in another hub process, say.
   PP_ASSIGN_OR_RETURN(Decision d, decide(*current, now));
-  PP_ASSIGN_OR_RETURN(bool applied, s.ApplyChange({surplus_id, current->version, d.event,
-                                                   d.claimed_by, d.match, now}));
+  if (TargetOf(d.event) == SurplusStatus::kClaimed) d.handover_code = NewHandoverCode();
+  auto after = std::make_shared<Surplus>(Apply(*current, d, now));
+  PP_ASSIGN_OR_RETURN(bool applied,
+                      s.ApplyChange({surplus_id, current->version, d.event, d.claimed_by, d.match,
+                                     after->handover_code, after->picked_up_kg, now}));
   if (!applied) {
     PP_ASSIGN_OR_RETURN(auto winner, s.GetSurplus(surplus_id));
     if (!winner) return Error::NotFound("no surplus post " + std::to_string(surplus_id));
     return Error::Conflict("surplus " + std::to_string(surplus_id) + " changed concurrently",
                            StateJson(*winner).dump());
   }
-  auto after = std::make_shared<Surplus>(Apply(*current, d, now));
   PP_RETURN_IF_ERROR(s.AppendHistory({surplus_id, after->version, now, current->status,
                                       after->status, std::string(ToString(d.event)), d.actor}));
-  std::string body = StateJson(*after).dump();
-  PP_RETURN_IF_ERROR(s.AppendOutbox({0, d.outbox_type, surplus_id, body, now, std::nullopt}));
-  return Reply{std::move(body), false, after, d.dlq_exhausted, nullptr};
+  nlohmann::json body = ToJson(*after);
+  nlohmann::json event = body;
+  if (after->claimed_by) {
+    // What the provider's kiosk shows: who is coming, and when.
+    PP_ASSIGN_OR_RETURN(auto claimer, FindOrganization(s, *after->claimed_by));
+    if (claimer) event["claimed_by_name"] = body["claimed_by_name"] = claimer->name;
+    if (after->status == SurplusStatus::kClaimed) {
+      PP_ASSIGN_OR_RETURN(auto vehicle, s.GetVehicle(*after->claimed_by));
+      if (vehicle) {
+        auto eta = now + std::chrono::seconds(int64_t(
+                             TravelModel{}.SecondsFor(HaversineKm(vehicle->position, after->position))));
+        event["pickup_eta"] = body["pickup_eta"] = FormatRfc3339(eta);
+      }
+    }
+  }
+  // The code travels only in the outbox; the relay shows it to the
+  // provider's devices alone (cloud-hub/mqtt/outbox_relay.cc).
+  if (!after->handover_code.empty()) event["handover_code"] = after->handover_code;
+  PP_RETURN_IF_ERROR(s.AppendOutbox({0, d.outbox_type, surplus_id, event.dump(), now, std::nullopt}));
+  return Reply{body.dump(), false, after, d.dlq_exhausted, nullptr, nullptr};
+}
+
+HubService::Effect HubService::PickUpEffect(int64_t surplus_id, int64_t ngo, std::string code,
+                                            double kg) {
+  auto decide = [ngo, code, kg](const Surplus& cur, Timestamp) {
+    return DecidePickUp(cur, ngo, code, kg);
+  };
+  return [this, surplus_id, ngo, decide](StoreSession& s) -> Result<Reply> {
+    PP_ASSIGN_OR_RETURN(Reply r, ApplyDecision(s, surplus_id, ngo, decide));
+    const Surplus& after = *r.surplus;
+    // A partial pickup: what was left behind is posted again, at once and in
+    // the same transaction, so the food is offered to the next NGO.
+    double left = after.draft.quantity_kg.value_or(0) - after.picked_up_kg.value_or(0);
+    if (after.draft.quantity_kg && left >= kMinRemainderKg) {
+      SurplusDraft rest = after.draft;
+      rest.quantity_kg = left;
+      rest.portions.reset();
+      rest.position = after.position;
+      rest.description = "Remainder of post " + std::to_string(after.id) + ": " + after.draft.description;
+      PP_ASSIGN_OR_RETURN(Reply posted, PostEffect(std::move(rest))(s));
+      auto j = nlohmann::json::parse(r.json);
+      j["remainder_id"] = posted.surplus->id;
+      r.json = j.dump();
+      r.also_posted = posted.surplus;
+    }
+    return r;
+  };
+}
+
+void HubService::PickUp(int64_t surplus_id, PickUpRequest req, std::string key, Callback done) {
+  Submit("surplus.pickup/ngo:" + std::to_string(req.ngo_id), std::move(key),
+         Fingerprint(nlohmann::json{{"op", "pickup"}, {"surplus_id", surplus_id},
+                                    {"ngo_id", req.ngo_id}, {"code", req.handover_code},
+                                    {"kg", req.actual_kg}}
+                         .dump()),
+         PickUpEffect(surplus_id, req.ngo_id, req.handover_code, req.actual_kg), nullptr,
+         std::move(done));
+}
+
+void HubService::Deliver(int64_t surplus_id, int64_t ngo, std::string key, Callback done) {
+  SubmitDecision(
+      surplus_id, ngo, "surplus.deliver/ngo:" + std::to_string(ngo), std::move(key),
+      NgoCommandFingerprint("deliver", surplus_id, ngo),
+      [ngo](const Surplus& cur, Timestamp) { return DecideDeliver(cur, ngo); }, std::move(done));
 }
 
 HubService::Effect HubService::DecisionEffect(int64_t surplus_id, std::optional<int64_t> ngo,
@@ -252,7 +331,7 @@ HubService::Effect HubService::VehicleEffect(int64_t ngo_id, std::string body) {
     if (!current) return Error::NotFound("no NGO vehicle " + std::to_string(ngo_id));
     PP_ASSIGN_OR_RETURN(Vehicle v, ParseVehicleUpdate(body, *current, clock_.Now()));
     PP_RETURN_IF_ERROR(s.UpsertVehicle(v));
-    return Reply{ToJson(v).dump(), false, nullptr, false, std::make_shared<Vehicle>(v)};
+    return Reply{ToJson(v).dump(), false, nullptr, false, std::make_shared<Vehicle>(v), nullptr};
   };
 }
 
@@ -282,7 +361,7 @@ Result<Reply> HubService::RegisterDevice(Device d) {
              if (existing)
                return Error{Code::kAlreadyExists, "device " + d.id + " is already registered", {}, {}};
              PP_RETURN_IF_ERROR(s.InsertDevice(d));
-             return Reply{ToJson(d).dump(), false, nullptr, false, nullptr};
+             return Reply{ToJson(d).dump(), false, nullptr, false, nullptr, nullptr};
            },
            nullptr, cb);
   });
@@ -347,6 +426,12 @@ Result<Reply> HubService::Decline(int64_t id, int64_t ngo, std::string key) {
 Result<Reply> HubService::Assign(int64_t id, int64_t ngo, std::string key) {
   return Await([&](Callback cb) { Assign(id, ngo, std::move(key), cb); });
 }
+Result<Reply> HubService::PickUp(int64_t id, PickUpRequest req, std::string key) {
+  return Await([&](Callback cb) { PickUp(id, std::move(req), std::move(key), cb); });
+}
+Result<Reply> HubService::Deliver(int64_t id, int64_t ngo, std::string key) {
+  return Await([&](Callback cb) { Deliver(id, ngo, std::move(key), cb); });
+}
 Result<Reply> HubService::ApplyInternal(int64_t id, Decide decide) {
   return Await([&](Callback cb) { ApplyInternal(id, std::move(decide), cb); });
 }
@@ -380,7 +465,7 @@ Result<Reply> HubService::GetOrganization(int64_t id) {
     PP_ASSIGN_OR_RETURN(auto org, s.GetOrganization(id));
     if (!org) return Error::NotFound("no organisation " + std::to_string(id));
     CacheOrganization(*org);
-    return Reply{ToJson(*org).dump(), false, nullptr, false, nullptr};
+    return Reply{ToJson(*org).dump(), false, nullptr, false, nullptr, nullptr};
   });
 }
 
@@ -392,7 +477,7 @@ Result<Reply> HubService::GetSurplus(int64_t id) {
     nlohmann::json j = ToJson(*x);
     j["history"] = nlohmann::json::array();
     for (const auto& h : history) j["history"].push_back(ToJson(h));
-    return Reply{j.dump(), false, std::make_shared<Surplus>(*x), false, nullptr};
+    return Reply{j.dump(), false, std::make_shared<Surplus>(*x), false, nullptr, nullptr};
   });
 }
 

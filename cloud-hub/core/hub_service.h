@@ -37,6 +37,8 @@ struct Reply {
   std::shared_ptr<const Surplus> surplus;
   bool dlq_exhausted = false;  // the change calls for an operator alert
   std::shared_ptr<const Vehicle> vehicle;  // for vehicle reports
+  // A second post the command created (the remainder of a partial pickup).
+  std::shared_ptr<const Surplus> also_posted;
 };
 
 // Told about every change after it committed (never about replays). The
@@ -63,6 +65,11 @@ class HubService {
   void Accept(int64_t surplus_id, int64_t ngo, std::string idempotency_key, Callback done);
   void Decline(int64_t surplus_id, int64_t ngo, std::string idempotency_key, Callback done);
   void Assign(int64_t surplus_id, int64_t ngo, std::string idempotency_key, Callback done);
+  // Collection and delivery by the claiming NGO. A partial pickup posts the
+  // remainder (at least kMinRemainderKg) as a new post in the same transaction.
+  void PickUp(int64_t surplus_id, PickUpRequest req, std::string idempotency_key, Callback done);
+  void Deliver(int64_t surplus_id, int64_t ngo, std::string idempotency_key, Callback done);
+  static constexpr double kMinRemainderKg = 0.1;
   // Decisions taken by the hub itself (matching, timers), applied to the
   // post's state at commit time.
   using Decide = std::function<Result<Decision>(const Surplus& current, Timestamp now)>;
@@ -80,6 +87,8 @@ class HubService {
   Result<Reply> Accept(int64_t surplus_id, int64_t ngo, std::string idempotency_key);
   Result<Reply> Decline(int64_t surplus_id, int64_t ngo, std::string idempotency_key);
   Result<Reply> Assign(int64_t surplus_id, int64_t ngo, std::string idempotency_key);
+  Result<Reply> PickUp(int64_t surplus_id, PickUpRequest req, std::string idempotency_key);
+  Result<Reply> Deliver(int64_t surplus_id, int64_t ngo, std::string idempotency_key);
   Result<Reply> ApplyInternal(int64_t surplus_id, Decide decide);
 
   // Reads (a snapshot; never blocks writers).
@@ -110,6 +119,7 @@ class HubService {
   Effect PostEffect(SurplusDraft draft);
   Effect DecisionEffect(int64_t surplus_id, std::optional<int64_t> ngo, Decide decide);
   Effect VehicleEffect(int64_t ngo_id, std::string body);
+  Effect PickUpEffect(int64_t surplus_id, int64_t ngo, std::string code, double kg);
   void Submit(std::string scope, std::string key, std::string fingerprint, Effect effect, Also also,
               Callback done);
   // Appends one outbox event in its own transaction.

@@ -304,14 +304,7 @@ void HttpApi::Routes() {
     double km = number("km", 0.1, 50, 5.0), limit = number("limit", 1, 500, 50.0);
     if (!bad.empty()) return Problem(res, Error::Invalid("invalid query parameters", bad), req.path);
     if (!cascade_) return Problem(res, Error::Unavailable("matching is not running"), req.path);
-    nlohmann::json items = nlohmann::json::array();
-    for (const auto& n : cascade_->open_posts().Near({lat, lon}, km, size_t(limit))) {
-      auto post = hub_.GetSurplus(n.surplus_id);
-      if (!post.ok() || !post->surplus) continue;  // changed meanwhile
-      auto j = ToJson(*post->surplus);
-      j["distance_km"] = n.distance_km;
-      items.push_back(std::move(j));
-    }
+    auto items = cascade_->NearbyPosts({lat, lon}, km, size_t(limit));
     res.set_content(nlohmann::json{{"items", items}, {"count", items.size()}}.dump(), kJson);
   });
 
@@ -356,6 +349,21 @@ void HttpApi::Routes() {
   s.Post(R"(/api/v1/surplus/([^/]+)/accept)", ngo_command(&HubService::Accept));
   s.Post(R"(/api/v1/surplus/([^/]+)/decline)", ngo_command(&HubService::Decline));
   s.Post(R"(/api/v1/surplus/([^/]+)/assign)", ngo_command(&HubService::Assign));
+  s.Post(R"(/api/v1/surplus/([^/]+)/deliver)", ngo_command(&HubService::Deliver));
+
+  s.Post(R"(/api/v1/surplus/([^/]+)/pickup)", [this, read_body, idem_key](
+                                                   const Request& req, Response& res,
+                                                   const ContentReader& reader) {
+    std::string body;
+    if (!read_body(req, res, reader, body)) return;
+    auto id = PathId(req);
+    if (!id) return Problem(res, Error::NotFound("no surplus post " + std::string(req.matches[1])), req.path);
+    auto key = idem_key(req, res, true);
+    if (!key) return;
+    auto pickup = ParsePickUpRequest(body);
+    if (!pickup.ok()) return Problem(res, pickup.error(), req.path);
+    Reply201or200(res, hub_.PickUp(*id, *pickup, std::move(*key)), req.path, 200);
+  });
 
   s.Get("/api/v1/dlq", [this](const Request& req, Response& res) {
     nlohmann::json out = nlohmann::json::array();

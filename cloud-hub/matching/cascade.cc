@@ -161,4 +161,16 @@ Status Cascade::Tick() {
   return OkStatus();
 }
 
+nlohmann::json Cascade::NearbyPosts(const GeoPoint& at, double km, size_t limit) const {
+  nlohmann::json items = nlohmann::json::array();
+  for (const auto& n : open_.Near(at, km, limit)) {
+    auto post = hub_.GetSurplus(n.surplus_id);
+    if (!post.ok() || !post->surplus) continue;  // changed meanwhile
+    auto j = ToJson(*post->surplus);
+    j["distance_km"] = n.distance_km;
+    items.push_back(std::move(j));
+  }
+  return items;
+}
+
 }  // namespace pp

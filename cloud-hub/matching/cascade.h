@@ -64,6 +64,9 @@ class Cascade final : public ChangeListener {
   uint64_t alerts_sent() const { return alerts_sent_; }
   // Open posts by cell ("available nearby"), kept from committed changes.
   const SurplusIndex& open_posts() const { return open_; }
+  // Open posts within `km` of `at`, nearest first, as the API shows them
+  // (each with "distance_km"): for GET /surplus/nearby and tablets' queries.
+  nlohmann::json NearbyPosts(const GeoPoint& at, double km, size_t limit) const;
 
  private:
   void Rematch(const Surplus& post);

@@ -1,5 +1,7 @@
 #include "cloud-hub/mqtt/device_ingest.h"
 
+#include <cmath>
+
 #include "common/log.h"
 
 namespace pp {
@@ -25,7 +27,8 @@ Result<int64_t> SurplusIdOf(const nlohmann::json& body, std::initializer_list<co
 bool RoleAllows(const std::string& role, const std::string& type) {
   if (role == "kiosk") return type == sync::kOpPostSurplus;
   return type == sync::kOpClaim || type == sync::kOpAccept || type == sync::kOpDecline ||
-         type == sync::kOpVehicle;
+         type == sync::kOpVehicle || type == sync::kOpPickUp || type == sync::kOpDeliver ||
+         type == sync::kOpNearby;
 }
 
 }  // namespace
@@ -68,6 +71,34 @@ void DeviceIngest::Refuse(const std::string& device, const sync::Envelope& env, 
   Log(LogLevel::kWarn, "op_refused",
       {{"device", device}, {"op", env.op}, {"type", env.type}, {"error", error.ToString()}});
   Answer(device, sync::OutcomeFor(env, error), traceparent);
+}
+
+void DeviceIngest::AnswerNearby(const Device& device, const sync::Envelope& env,
+                                const std::string& traceparent) {
+  std::vector<FieldError> bad;
+  auto number = [&](const char* name, double lo, double hi, double fallback) {
+    if (!env.body.contains(name)) {
+      if (std::isnan(fallback)) bad.push_back({name, "is required"});
+      return fallback;
+    }
+    const auto& v = env.body[name];
+    if (!v.is_number() || !(v.get<double>() >= lo && v.get<double>() <= hi)) {
+      bad.push_back({name, "must be a number from " + std::to_string(lo) + " to " + std::to_string(hi)});
+      return 0.0;
+    }
+    return v.get<double>();
+  };
+  for (const auto& [k, v] : env.body.items())
+    if (k != "lat" && k != "lon" && k != "km") bad.push_back({k, "unknown field"});
+  double lat = number("lat", -90, 90, NAN), lon = number("lon", -180, 180, NAN);
+  double km = number("km", 0.1, 50, 5.0);
+  if (!bad.empty())
+    return Refuse(device.id, env, Error::Invalid("request has invalid fields", std::move(bad)), traceparent);
+  if (!nearby_) return Refuse(device.id, env, Error::Unavailable("matching is not running"), traceparent);
+  accepted_++;
+  sync::Outcome o{env.op, env.seq, sync::OutcomeStatus::kAccepted, "ok", "",
+                  nearby_({lat, lon}, km)};
+  Answer(device.id, o, traceparent);
 }
 
 void DeviceIngest::OnMessage(const std::string& topic, const std::string& payload,
@@ -123,7 +154,16 @@ void DeviceIngest::OnMessage(const std::string& topic, const std::string& payloa
   // the actor: never an identity taken from the body.
   HubService::Effect effect;
   const int64_t org = device.org_id;
-  if (env.type == sync::kOpPostSurplus) {
+  if (env.type == sync::kOpNearby) return AnswerNearby(device, env, traceparent);
+  if (env.type == sync::kOpPickUp) {
+    auto id = SurplusIdOf(env.body, {"surplus_id", "handover_code", "actual_kg"});
+    if (!id.ok()) return Refuse(topic_device, env, id.take_error(), traceparent);
+    nlohmann::json rest = env.body;
+    rest.erase("surplus_id");
+    auto req = ParsePickUpRequestJson(rest, org);
+    if (!req.ok()) return Refuse(topic_device, env, req.take_error(), traceparent);
+    effect = hub_.PickUpEffect(*id, org, req->handover_code, req->actual_kg);
+  } else if (env.type == sync::kOpPostSurplus) {
     nlohmann::json body = env.body;
     if (body.contains("provider_id") && body["provider_id"] != org)
       return Refuse(topic_device, env,
@@ -149,6 +189,8 @@ void DeviceIngest::OnMessage(const std::string& topic, const std::string& payloa
                       traceparent);
       int64_t version = env.body["version"].get<int64_t>();
       decide = [org, version](const Surplus& cur, Timestamp) { return DecideClaim(cur, org, version); };
+    } else if (env.type == sync::kOpDeliver) {
+      decide = [org](const Surplus& cur, Timestamp) { return DecideDeliver(cur, org); };
     } else if (env.type == sync::kOpAccept) {
       decide = [org](const Surplus& cur, Timestamp now) { return DecideAccept(cur, org, now); };
     } else {

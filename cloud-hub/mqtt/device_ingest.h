@@ -15,6 +15,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <string>
 
 #include "cloud-hub/core/hub_service.h"
@@ -29,6 +30,12 @@ class DeviceIngest {
   static constexpr uint64_t kReplayWindow = 10000;
 
   explicit DeviceIngest(HubService& hub) : hub_(hub) {}
+
+  // Answers `nearby` queries: open posts within `km` of a point, as a JSON
+  // array of posts (each with "distance_km"), nearest first. Set once,
+  // before traffic; without it the query is answered `unavailable`.
+  using NearbyQuery = std::function<nlohmann::json(const GeoPoint& at, double km)>;
+  void SetNearbyQuery(NearbyQuery q) { nearby_ = std::move(q); }
 
   void OnMessage(const std::string& topic, const std::string& payload,
                  const std::string& traceparent);
@@ -45,7 +52,11 @@ class DeviceIngest {
   void Refuse(const std::string& device, const sync::Envelope& env, Error error,
               const std::string& traceparent);
 
+  // A query: nothing to apply, answered in a transaction of its own.
+  void AnswerNearby(const Device& device, const sync::Envelope& env, const std::string& traceparent);
+
   HubService& hub_;
+  NearbyQuery nearby_;
   std::atomic<uint64_t> received_{0}, accepted_{0}, refused_{0}, dropped_{0};
 };
 

@@ -84,38 +84,52 @@ Result<bool> OutboxRelay::RelayPage() {
   std::map<int64_t, std::vector<std::string>> devices_of;  // per org, this page
   std::vector<sync::MqttClient::Ack> acks;
   std::vector<int64_t> ids;
+  auto devices_of_org = [&](int64_t org) -> Result<const std::vector<std::string>*> {
+    auto it = devices_of.find(org);
+    if (it == devices_of.end()) {
+      std::vector<std::string> ids_of_org;
+      auto devs = hub_.ListDevicesOfOrg(org);
+      if (!devs.ok()) return devs.take_error();
+      for (const auto& d : *devs)
+        if (!d.revoked) ids_of_org.push_back(d.id);
+      it = devices_of.emplace(org, std::move(ids_of_org)).first;
+    }
+    return &it->second;
+  };
+  auto publish = [&](const std::string& device, const std::string& bytes,
+                     const std::string& traceparent) -> Status {
+    PP_ASSIGN_OR_RETURN(auto ack, mqtt_.Publish(sync::DownTopic(device), bytes, traceparent));
+    acks.push_back(std::move(ack));
+    return OkStatus();
+  };
   for (const auto& e : *page) {
     auto payload = nlohmann::json::parse(e.payload_json, nullptr, false);
-    std::vector<std::string> targets;
-    std::string traceparent;
-    nlohmann::json message;
     if (e.type == "device.outcome") {
       if (payload.is_object() && payload["device"].is_string()) {
-        targets.push_back(payload["device"].get<std::string>());
-        message = payload["message"];
-        traceparent = payload.value("traceparent", "");
+        nlohmann::json message = payload["message"];
+        message["id"] = e.id;
+        PP_RETURN_IF_ERROR(publish(payload["device"].get<std::string>(), message.dump(),
+                                   payload.value("traceparent", "")));
       }
     } else if (payload.is_object()) {
-      message = {{"v", sync::kProtocolVersion}, {"kind", "event"}, {"type", e.type}, {"data", payload}};
-      for (int64_t org : OrgsOf(e.type, payload)) {
-        auto it = devices_of.find(org);
-        if (it == devices_of.end()) {
-          std::vector<std::string> ids_of_org;
-          auto devs = hub_.ListDevicesOfOrg(org);
-          if (!devs.ok()) return devs.take_error();
-          for (const auto& d : *devs)
-            if (!d.revoked) ids_of_org.push_back(d.id);
-          it = devices_of.emplace(org, std::move(ids_of_org)).first;
-        }
-        targets.insert(targets.end(), it->second.begin(), it->second.end());
+      // The handover code is the provider's secret: only its devices see it.
+      std::string code;
+      if (payload.contains("handover_code") && payload["handover_code"].is_string())
+        code = payload["handover_code"].get<std::string>();
+      payload.erase("handover_code");
+      nlohmann::json message{{"v", sync::kProtocolVersion}, {"kind", "event"}, {"id", e.id},
+                             {"type", e.type}, {"data", payload}};
+      const std::string bytes = message.dump();
+      std::string provider_bytes = bytes;
+      int64_t provider = payload.value("provider_id", int64_t{0});
+      if (!code.empty()) {
+        message["data"]["handover_code"] = code;
+        provider_bytes = message.dump();
       }
-    }
-    if (!targets.empty()) {
-      message["id"] = e.id;
-      std::string bytes = message.dump();
-      for (const auto& device : targets) {
-        PP_ASSIGN_OR_RETURN(auto ack, mqtt_.Publish(sync::DownTopic(device), bytes, traceparent));
-        acks.push_back(std::move(ack));
+      for (int64_t org : OrgsOf(e.type, payload)) {
+        PP_ASSIGN_OR_RETURN(auto devices, devices_of_org(org));
+        for (const auto& device : *devices)
+          PP_RETURN_IF_ERROR(publish(device, org == provider ? provider_bytes : bytes, ""));
       }
     }
     ids.push_back(e.id);

@@ -42,6 +42,8 @@ struct SurplusChange {
   // domain; the store writes them only if the lock holds).
   std::optional<int64_t> claimed_by;
   MatchState match;
+  std::string handover_code;
+  std::optional<double> picked_up_kg;
   Timestamp at{};
 };
 

@@ -196,6 +196,58 @@ TEST_P(HubServiceTest, PostPositionDefaultsToTheProvider) {
   EXPECT_EQ(x["created_at"], "2026-11-24T20:00:00Z");
 }
 
+// Claim -> pickup with the provider's code -> deliver. The code is issued at
+// claim, kept out of the NGO's answers, and only the right one opens pickup.
+TEST_P(HubServiceTest, PickupNeedsTheHandoverCodeAndAPartialPickupRepostsTheRest) {
+  int64_t provider = NewOrg(OrgKind::kProvider), ngo = NewOrg(OrgKind::kNgo),
+          other = NewOrg(OrgKind::kNgo);
+  int64_t id = NewPost(provider, "p1");  // 2.5 kg
+  auto claimed = hub_->Claim(id, {ngo, 1}, "c1");
+  ASSERT_TRUE(claimed.ok()) << claimed.error().ToString();
+  EXPECT_FALSE(json::parse(claimed->json).contains("handover_code"));
+  std::string code = claimed->surplus->handover_code;
+  ASSERT_EQ(code.size(), 6u);
+  EXPECT_TRUE(std::all_of(code.begin(), code.end(), ::isdigit));
+  std::string wrong = code == "000000" ? "000001" : "000000";
+
+  auto bad = hub_->PickUp(id, {ngo, wrong, 1.0}, "k1");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.error().code, Code::kInvalidArgument);
+  EXPECT_EQ(bad.error().fields.at(0).field, "handover_code");
+  auto too_much = hub_->PickUp(id, {ngo, code, 3.0}, "k2");
+  ASSERT_FALSE(too_much.ok());
+  EXPECT_EQ(too_much.error().fields.at(0).field, "actual_kg");
+  auto not_theirs = hub_->PickUp(id, {other, code, 1.0}, "k3");
+  ASSERT_FALSE(not_theirs.ok());
+  EXPECT_EQ(not_theirs.error().code, Code::kAborted);
+  EXPECT_EQ(Get(id)["status"], "claimed");  // nothing refused changed anything
+
+  auto picked = hub_->PickUp(id, {ngo, code, 1.0}, "k4");
+  ASSERT_TRUE(picked.ok()) << picked.error().ToString();
+  auto after = json::parse(picked->json);
+  EXPECT_EQ(after["status"], "picked_up");
+  int64_t rest = after["remainder_id"].get<int64_t>();
+  auto remainder = Get(rest);
+  EXPECT_EQ(remainder["status"], "available");
+  EXPECT_DOUBLE_EQ(remainder["quantity_kg"].get<double>(), 1.5);
+  EXPECT_EQ(remainder["provider_id"], provider);
+
+  EXPECT_EQ(hub_->Deliver(id, other, "d0").error().code, Code::kAborted);
+  auto delivered = hub_->Deliver(id, ngo, "d1");
+  ASSERT_TRUE(delivered.ok()) << delivered.error().ToString();
+  auto final_state = Get(id);
+  EXPECT_EQ(final_state["status"], "delivered");
+  EXPECT_DOUBLE_EQ(final_state["picked_up_kg"].get<double>(), 1.0);
+  EXPECT_EQ(final_state["history"].size(), 4u);  // post, claim, pick_up, deliver
+  // A full pickup leaves nothing to repost.
+  int64_t id2 = NewPost(provider, "p2");
+  auto c2 = hub_->Claim(id2, {ngo, 1}, "c2");
+  ASSERT_TRUE(c2.ok());
+  auto full = hub_->PickUp(id2, {ngo, c2->surplus->handover_code, 2.5}, "k5");
+  ASSERT_TRUE(full.ok());
+  EXPECT_FALSE(json::parse(full->json).contains("remainder_id"));
+}
+
 TEST_P(HubServiceTest, AStoreFailureInABatchFailsOnlyItsOwnOperation) {
   int64_t provider = NewOrg(OrgKind::kProvider);
   // One writer, so that the three operations queued behind the held one

@@ -142,15 +142,15 @@ TEST_P(StoreContract, ChangeIsAnOptimisticLock) {
   auto at = kT0 + std::chrono::minutes(1);
   Write([&](StoreSession& s) {
     // Wrong version: refused.
-    EXPECT_FALSE(*s.ApplyChange({id, 2, SurplusEvent::kClaim, ngo, {}, at}));
+    EXPECT_FALSE(*s.ApplyChange({id, 2, SurplusEvent::kClaim, ngo, {}, "", std::nullopt, at}));
     // Event not allowed from 'available': refused.
-    EXPECT_FALSE(*s.ApplyChange({id, 1, SurplusEvent::kDeliver, ngo, {}, at}));
+    EXPECT_FALSE(*s.ApplyChange({id, 1, SurplusEvent::kDeliver, ngo, {}, "", std::nullopt, at}));
     // No such post: refused, not an error.
-    EXPECT_FALSE(*s.ApplyChange({id + 99, 1, SurplusEvent::kClaim, ngo, {}, at}));
-    EXPECT_TRUE(*s.ApplyChange({id, 1, SurplusEvent::kClaim, ngo, {}, at}));
+    EXPECT_FALSE(*s.ApplyChange({id + 99, 1, SurplusEvent::kClaim, ngo, {}, "", std::nullopt, at}));
+    EXPECT_TRUE(*s.ApplyChange({id, 1, SurplusEvent::kClaim, ngo, {}, "", std::nullopt, at}));
     // The same claim again is now stale.
-    EXPECT_FALSE(*s.ApplyChange({id, 1, SurplusEvent::kClaim, ngo, {}, at}));
-    EXPECT_FALSE(*s.ApplyChange({id, 2, SurplusEvent::kClaim, ngo, {}, at}));
+    EXPECT_FALSE(*s.ApplyChange({id, 1, SurplusEvent::kClaim, ngo, {}, "", std::nullopt, at}));
+    EXPECT_FALSE(*s.ApplyChange({id, 2, SurplusEvent::kClaim, ngo, {}, "", std::nullopt, at}));
   });
   ASSERT_TRUE(s_->Begin(TxnMode::kRead).ok());
   auto x = **s_->GetSurplus(id);
@@ -264,12 +264,28 @@ TEST_P(StoreContract, MatchStateRoundTripsThroughAChange) {
   m.offer_expires_at = kT0 + std::chrono::minutes(5);
   m.excluded = {other, 77};
   Write([&](StoreSession& s) {
-    EXPECT_TRUE(*s.ApplyChange({id, 1, SurplusEvent::kOffer, std::nullopt, m, kT0}));
+    EXPECT_TRUE(*s.ApplyChange({id, 1, SurplusEvent::kOffer, std::nullopt, m, "", std::nullopt, kT0}));
   });
   ASSERT_TRUE(s_->Begin(TxnMode::kRead).ok());
   auto x = **s_->GetSurplus(id);
   EXPECT_EQ(x.status, SurplusStatus::kOffered);
   EXPECT_EQ(x.match, m);
+  s_->Rollback();
+}
+
+TEST_P(StoreContract, HandoverCodeAndPickedUpWeightRoundTrip) {
+  int64_t p = Org(OrgKind::kProvider), ngo = Org(OrgKind::kNgo);
+  int64_t id = Post(p);
+  Write([&](StoreSession& s) {
+    EXPECT_TRUE(*s.ApplyChange({id, 1, SurplusEvent::kClaim, ngo, {}, "042917", std::nullopt, kT0}));
+    EXPECT_TRUE(*s.ApplyChange({id, 2, SurplusEvent::kPickUp, ngo, {}, "042917", 1.75, kT0}));
+  });
+  ASSERT_TRUE(s_->Begin(TxnMode::kRead).ok());
+  auto x = **s_->GetSurplus(id);
+  EXPECT_EQ(x.status, SurplusStatus::kPickedUp);
+  EXPECT_EQ(x.handover_code, "042917");  // leading zero kept: it is text
+  ASSERT_TRUE(x.picked_up_kg.has_value());
+  EXPECT_DOUBLE_EQ(*x.picked_up_kg, 1.75);
   s_->Rollback();
 }
 
@@ -282,9 +298,9 @@ TEST_P(StoreContract, DueWorkAndListsByStatus) {
   MatchState retry;
   retry.next_retry_at = kT0 + std::chrono::minutes(1);
   Write([&](StoreSession& s) {
-    ASSERT_TRUE(*s.ApplyChange({offered, 1, SurplusEvent::kOffer, std::nullopt, offer, kT0}));
-    ASSERT_TRUE(*s.ApplyChange({dlq, 1, SurplusEvent::kDeadLetter, std::nullopt, retry, kT0}));
-    ASSERT_TRUE(*s.ApplyChange({claimed, 1, SurplusEvent::kClaim, ngo, {}, kT0}));
+    ASSERT_TRUE(*s.ApplyChange({offered, 1, SurplusEvent::kOffer, std::nullopt, offer, "", std::nullopt, kT0}));
+    ASSERT_TRUE(*s.ApplyChange({dlq, 1, SurplusEvent::kDeadLetter, std::nullopt, retry, "", std::nullopt, kT0}));
+    ASSERT_TRUE(*s.ApplyChange({claimed, 1, SurplusEvent::kClaim, ngo, {}, "", std::nullopt, kT0}));
   });
   ASSERT_TRUE(s_->Begin(TxnMode::kRead).ok());
   EXPECT_TRUE(s_->ListDue({kT0, 10})->empty());

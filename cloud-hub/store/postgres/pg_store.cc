@@ -104,6 +104,10 @@ CREATE TABLE devices (
 );
 CREATE INDEX devices_by_org ON devices (org_id);
 )sql"},
+    {4, "handover code and picked-up weight", R"sql(
+ALTER TABLE surplus ADD COLUMN handover_code TEXT NOT NULL DEFAULT '';
+ALTER TABLE surplus ADD COLUMN picked_up_kg DOUBLE PRECISION;
+)sql"},
 };
 
 // Any stable number: the advisory lock that serialises migrations of hubs
@@ -273,8 +277,9 @@ class PgSession final : public StoreSession {
         std::string name = ChangeStatementName(t.event);
         std::string sql = "UPDATE surplus SET status='" + std::string(ToString(TargetOf(t.event))) +
                           "', claimed_by=$1, offered_to=$2, offer_expires_at=$3, excluded=$4, "
-                          "dlq_attempts=$5, next_retry_at=$6, version=version+1, updated_at=$7 "
-                          "WHERE id=$8 AND version=$9 AND status IN (" +
+                          "dlq_attempts=$5, next_retry_at=$6, handover_code=$7, picked_up_kg=$8, "
+                          "version=version+1, updated_at=$9 "
+                          "WHERE id=$10 AND version=$11 AND status IN (" +
                           store_sql::QuotedSources(t.event) + ")";
         try {
           conn->prepare(name, sql);
@@ -495,7 +500,8 @@ class PgSession final : public StoreSession {
       auto r = txn_->exec_prepared(ChangeStatementName(c.event), c.claimed_by, c.match.offered_to,
                                    OptMillis(c.match.offer_expires_at),
                                    store_sql::JoinIds(c.match.excluded), c.match.dlq_attempts,
-                                   OptMillis(c.match.next_retry_at), ToUnixMillis(c.at),
+                                   OptMillis(c.match.next_retry_at), c.handover_code,
+                                   c.picked_up_kg, ToUnixMillis(c.at),
                                    c.surplus_id, c.expected_version);
       return r.affected_rows() == 1;
     });
@@ -627,6 +633,8 @@ class PgSession final : public StoreSession {
     x.match.excluded = store_sql::SplitIds(row[22].as<std::string>());
     x.match.dlq_attempts = row[23].as<int>();
     x.match.next_retry_at = OptTime(row[24]);
+    x.handover_code = row[25].as<std::string>();
+    x.picked_up_kg = Opt<double>(row[26]);
     return x;
   }
 

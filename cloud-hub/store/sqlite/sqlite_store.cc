@@ -106,6 +106,10 @@ CREATE TABLE devices (
 );
 CREATE INDEX devices_by_org ON devices (org_id);
 )sql"},
+    {4, "handover code and picked-up weight", R"sql(
+ALTER TABLE surplus ADD COLUMN handover_code TEXT NOT NULL DEFAULT '';
+ALTER TABLE surplus ADD COLUMN picked_up_kg REAL;
+)sql"},
 };
 
 Error SqlError(sqlite3* db, int rc, const char* what) {
@@ -431,7 +435,8 @@ class SqliteSession final : public StoreSession {
     if (it == change_sql_.end()) {
       std::string sql = "UPDATE surplus SET status='" + std::string(ToString(TargetOf(c.event))) +
                         "', claimed_by=?, offered_to=?, offer_expires_at=?, excluded=?, "
-                        "dlq_attempts=?, next_retry_at=?, version=version+1, updated_at=? "
+                        "dlq_attempts=?, next_retry_at=?, handover_code=?, picked_up_kg=?, "
+                        "version=version+1, updated_at=? "
                         "WHERE id=? AND version=? AND status IN (" +
                         store_sql::QuotedSources(c.event) + ")";
       it = change_sql_.emplace(c.event, std::move(sql)).first;
@@ -439,7 +444,8 @@ class SqliteSession final : public StoreSession {
     auto& s = Prepare(it->second.c_str());
     s.Reset().Bind(c.claimed_by).Bind(c.match.offered_to).Bind(c.match.offer_expires_at)
         .Bind(store_sql::JoinIds(c.match.excluded)).Bind(int64_t(c.match.dlq_attempts))
-        .Bind(c.match.next_retry_at).Bind(c.at).Bind(c.surplus_id).Bind(c.expected_version);
+        .Bind(c.match.next_retry_at).Bind(c.handover_code).Bind(c.picked_up_kg).Bind(c.at)
+        .Bind(c.surplus_id).Bind(c.expected_version);
     PP_RETURN_IF_ERROR(s.Step("apply surplus change"));
     return sqlite3_changes(db_) == 1;
   }
@@ -596,6 +602,8 @@ class SqliteSession final : public StoreSession {
     x.match.excluded = store_sql::SplitIds(s.Text(22));
     x.match.dlq_attempts = int(s.Int(23));
     x.match.next_retry_at = s.OptTime(24);
+    x.handover_code = s.Text(25);
+    if (!s.Null(26)) x.picked_up_kg = s.Real(26);
     return x;
   }
 

@@ -6,6 +6,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 
+#include <random>
+
 #include <mqtt/async_client.h>
 
 #include "common/log.h"
@@ -56,6 +58,22 @@ Status MqttClient::Ack::Wait(std::chrono::milliseconds timeout) const {
   }
 }
 
+MqttClient::Options MqttClient::CleanSession(std::string uri, std::string client_id,
+                                             std::string username, std::string password,
+                                             std::vector<std::string> subscriptions,
+                                             int max_buffered) {
+  Options o;
+  o.uri = std::move(uri);
+  o.client_id = std::move(client_id);
+  o.username = std::move(username);
+  o.password = std::move(password);
+  o.subscriptions = std::move(subscriptions);
+  o.clean_start = true;
+  o.session_expiry_s = 0;
+  o.max_buffered = max_buffered;
+  return o;
+}
+
 MqttClient::MqttClient(Options options, Handler handler)
     : options_(std::move(options)), handler_(std::move(handler)), broker_port_(PortOf(options_.uri)) {
   mqtt::create_options create(MQTTVERSION_5);
@@ -66,6 +84,12 @@ MqttClient::MqttClient(Options options, Handler handler)
   client_->set_connection_lost_handler([this](const std::string& cause) {
     Log(LogLevel::kWarn, "mqtt_connection_lost",
         {{"client", options_.client_id}, {"cause", cause}});
+    {
+      std::lock_guard lock(mu_);
+      lost_ = true;
+    }
+    cv_.notify_all();
+    if (options_.on_lost) options_.on_lost();
   });
   client_->set_message_callback([this](mqtt::const_message_ptr msg) {
     std::string traceparent;
@@ -78,7 +102,50 @@ MqttClient::MqttClient(Options options, Handler handler)
   });
 }
 
-MqttClient::~MqttClient() { Disconnect(); }
+MqttClient::~MqttClient() {
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (supervisor_.joinable()) supervisor_.join();
+  Disconnect();
+}
+
+void MqttClient::Start() {
+  supervisor_ = std::thread([this] { Supervise(); });
+}
+
+void MqttClient::Supervise() {
+  std::mt19937_64 rng(std::random_device{}());
+  auto jittered = [&](std::chrono::milliseconds d) {
+    return std::chrono::milliseconds(
+        std::uniform_int_distribution<int64_t>(d.count() / 2, d.count())(rng));
+  };
+  auto delay = options_.min_backoff;
+  while (true) {
+    {
+      std::lock_guard lock(mu_);
+      if (stop_) return;
+      lost_ = false;
+    }
+    Status st = ConnectOnce(std::chrono::seconds(10), false);
+    if (st.ok()) {
+      delay = options_.min_backoff;
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [&] { return stop_ || lost_; });
+      if (stop_) return;
+    } else {
+      Log(LogLevel::kWarn, "mqtt_connect_failed",
+          {{"client", options_.client_id}, {"error", st.error().message},
+           {"retry_ms", std::to_string(delay.count())}});
+    }
+    auto wait = jittered(delay);
+    if (!st.ok()) delay = std::min(delay * 2, options_.max_backoff);
+    std::unique_lock lock(mu_);
+    if (cv_.wait_for(lock, wait, [&] { return stop_; })) return;
+  }
+}
 
 void MqttClient::OnConnected() {
   SetNoDelayOnSocketsTo(broker_port_);
@@ -92,19 +159,23 @@ void MqttClient::OnConnected() {
     }
   }
   Log(LogLevel::kInfo, "mqtt_connected", {{"client", options_.client_id}});
+  if (options_.on_connected) options_.on_connected();
 }
 
-Status MqttClient::Connect(std::chrono::milliseconds timeout) {
+Status MqttClient::Connect(std::chrono::milliseconds timeout) { return ConnectOnce(timeout, true); }
+
+Status MqttClient::ConnectOnce(std::chrono::milliseconds timeout, bool paho_reconnects) {
   mqtt::properties props{{mqtt::property::SESSION_EXPIRY_INTERVAL, options_.session_expiry_s}};
-  auto opts = mqtt::connect_options_builder()
-                  .mqtt_version(MQTTVERSION_5)
-                  .clean_start(options_.clean_start)
-                  .properties(props)
-                  .user_name(options_.username)
-                  .password(options_.password)
-                  .keep_alive_interval(std::chrono::seconds(20))
-                  .automatic_reconnect(std::chrono::milliseconds(250), std::chrono::seconds(8))
-                  .finalize();
+  auto builder = mqtt::connect_options_builder()
+                     .mqtt_version(MQTTVERSION_5)
+                     .clean_start(options_.clean_start)
+                     .properties(props)
+                     .user_name(options_.username)
+                     .password(options_.password)
+                     .keep_alive_interval(std::chrono::seconds(20));
+  if (paho_reconnects)
+    builder.automatic_reconnect(std::chrono::milliseconds(250), std::chrono::seconds(8));
+  auto opts = builder.finalize();
   try {
     auto tok = client_->connect(opts);
     if (!tok->wait_for(timeout)) return Error::Unavailable("MQTT connect timed out");

@@ -105,7 +105,7 @@ int main(int argc, char** argv) {
     messages.push_back(sync::Encode(e));
   }
   std::string topic = sync::UpTopic(device, sync::kOpPostSurplus);
-  sync::MqttClient::Options dev_opts{uri, device, device, device_pw, {}, true, 0, 200000};
+  sync::MqttClient::Options dev_opts = sync::MqttClient::CleanSession(uri, device, device, device_pw, {}, 200000);
   sync::MqttClient dev(dev_opts, [](auto&, auto&, auto&) {});
   // mosquitto reloads its password file asynchronously after SIGHUP: the
   // device's first attempts may be refused.
@@ -130,7 +130,7 @@ int main(int argc, char** argv) {
   double broker_rate = 0;
   {
     std::atomic<int> got{0};
-    sync::MqttClient sub({uri, "bench-sub", "pp-hub", hub_pw, {sync::kHubSubscription}, true, 0, 1000},
+    sync::MqttClient sub(sync::MqttClient::CleanSession(uri, "bench-sub", "pp-hub", hub_pw, {sync::kHubSubscription}, 1000),
                          [&](auto&, auto&, auto&) { got++; });
     if (!sub.Connect(std::chrono::seconds(10)).ok()) Die("subscriber cannot connect");
     std::this_thread::sleep_for(std::chrono::milliseconds(300));  // subscription in place
@@ -147,7 +147,8 @@ int main(int argc, char** argv) {
   DeviceIngest ingest(hub);
   IngestPool pool(ingest, workers);
   {
-    sync::MqttClient hub_mqtt({uri, "pp-hub-bench", "pp-hub", hub_pw, {sync::kHubSubscription}, true, 0, 200000},
+    sync::MqttClient hub_mqtt(sync::MqttClient::CleanSession(uri, "pp-hub-bench", "pp-hub", hub_pw,
+                                           {sync::kHubSubscription}, 200000),
                               [&](const std::string& t, const std::string& p, const std::string& tp) {
                                 auto c0 = Steady::now();
                                 pool.Post(t, p, tp);

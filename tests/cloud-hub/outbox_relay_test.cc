@@ -34,7 +34,7 @@ TEST(OutboxRelay, RepublishesWhatWasNotMarkedAndDevicesDropRepeats) {
   std::ifstream pw_in(broker.hub_password_file());
   std::string hub_pw;
   pw_in >> hub_pw;
-  sync::MqttClient mqtt({broker.uri(), "pp-hub-relay-test", "pp-hub", hub_pw, {}, true, 0, 10000},
+  sync::MqttClient mqtt(sync::MqttClient::CleanSession(broker.uri(), "pp-hub-relay-test", "pp-hub", hub_pw, {}, 10000),
                         [](auto&, auto&, auto&) {});
   ASSERT_TRUE(mqtt.Connect(std::chrono::seconds(10)).ok());
   std::atomic<int> marks{0};

@@ -6,6 +6,7 @@
 #include <unordered_map>
 
 #include "cloud-hub/store/store_sql.h"
+#include "common/sqlite_db.h"
 
 namespace pp {
 namespace {
@@ -112,109 +113,16 @@ ALTER TABLE surplus ADD COLUMN picked_up_kg REAL;
 )sql"},
 };
 
-Error SqlError(sqlite3* db, int rc, const char* what) {
-  std::string msg = std::string(what) + ": " + sqlite3_errmsg(db);
-  int primary = rc & 0xff;
-  if (primary == SQLITE_BUSY || primary == SQLITE_LOCKED) return Error::Unavailable(msg);
-  if (rc == SQLITE_CONSTRAINT_PRIMARYKEY || rc == SQLITE_CONSTRAINT_UNIQUE)
-    return Error{Code::kAlreadyExists, msg, {}, {}};
-  return Error::Internal(msg);
-}
-
-// A prepared statement, reset on every use. Binding indexes are 1-based as in SQLite.
-class Stmt {
- public:
-  Stmt(sqlite3* db, sqlite3_stmt* s) : db_(db), s_(s) {}
-  Stmt& Reset() {
-    sqlite3_reset(s_);
-    sqlite3_clear_bindings(s_);
-    idx_ = 0;
-    return *this;
-  }
-  Stmt& Bind(int64_t v) { sqlite3_bind_int64(s_, ++idx_, v); return *this; }
-  Stmt& Bind(double v) { sqlite3_bind_double(s_, ++idx_, v); return *this; }
-  Stmt& Bind(const std::string& v) {
-    sqlite3_bind_text(s_, ++idx_, v.data(), int(v.size()), SQLITE_TRANSIENT);
-    return *this;
-  }
-  Stmt& Bind(std::string_view v) {
-    sqlite3_bind_text(s_, ++idx_, v.data(), int(v.size()), SQLITE_TRANSIENT);
-    return *this;
-  }
-  Stmt& Bind(Timestamp t) { return Bind(ToUnixMillis(t)); }
-  template <typename T>
-  Stmt& Bind(const std::optional<T>& v) {
-    if (v) return Bind(*v);
-    sqlite3_bind_null(s_, ++idx_);
-    return *this;
-  }
-  // SQLITE_ROW -> true, SQLITE_DONE -> false.
-  Result<bool> Step(const char* what) {
-    int rc = sqlite3_step(s_);
-    if (rc == SQLITE_ROW) return true;
-    if (rc == SQLITE_DONE) return false;
-    Error e = SqlError(db_, sqlite3_extended_errcode(db_), what);
-    sqlite3_reset(s_);
-    return e;
-  }
-  void Finalize() { sqlite3_finalize(s_); }
-  int64_t Int(int c) const { return sqlite3_column_int64(s_, c); }
-  double Real(int c) const { return sqlite3_column_double(s_, c); }
-  bool Null(int c) const { return sqlite3_column_type(s_, c) == SQLITE_NULL; }
-  std::string Text(int c) const {
-    auto p = reinterpret_cast<const char*>(sqlite3_column_text(s_, c));
-    return p ? std::string(p, sqlite3_column_bytes(s_, c)) : std::string();
-  }
-  std::optional<int64_t> OptInt(int c) const {
-    return Null(c) ? std::nullopt : std::optional<int64_t>(Int(c));
-  }
-  std::optional<Timestamp> OptTime(int c) const {
-    return Null(c) ? std::nullopt : std::optional<Timestamp>(FromUnixMillis(Int(c)));
-  }
-
- private:
-  sqlite3* db_;
-  sqlite3_stmt* s_;
-  int idx_ = 0;
-};
-
 class SqliteSession final : public StoreSession {
  public:
-  explicit SqliteSession(sqlite3* db) : db_(db) {}
-  ~SqliteSession() override {
-    for (auto& [sql, s] : stmts_) s.Finalize();
-    sqlite3_close_v2(db_);
-  }
+  explicit SqliteSession(std::unique_ptr<SqliteDb> db) : sql_(std::move(db)), db_(sql_->raw()) {}
 
-  Status Exec(const char* sql) {
-    char* err = nullptr;
-    int rc = sqlite3_exec(db_, sql, nullptr, nullptr, &err);
-    if (rc != SQLITE_OK) {
-      Error e = SqlError(db_, rc, sql);
-      sqlite3_free(err);
-      return e;
-    }
-    return OkStatus();
-  }
-
+  Status Exec(const char* sql) { return sql_->Exec(sql); }
   Status Begin(TxnMode mode) override {
-    // IMMEDIATE takes the write lock up front, so a write transaction never
-    // fails half-way on a read-to-write upgrade.
-    return Exec(mode == TxnMode::kWrite ? "BEGIN IMMEDIATE" : "BEGIN");
+    return mode == TxnMode::kWrite ? sql_->BeginWrite() : sql_->BeginRead();
   }
-  // A statement left on a row keeps its read snapshot open: reset them all
-  // when a transaction ends, or the next one on this connection reads the past.
-  Status Commit() override {
-    ResetAll();
-    return Exec("COMMIT");
-  }
-  void Rollback() override {
-    ResetAll();
-    if (!sqlite3_get_autocommit(db_)) (void)Exec("ROLLBACK");
-  }
-  void ResetAll() {
-    for (auto& [sql, s] : stmts_) s.Reset();
-  }
+  Status Commit() override { return sql_->Commit(); }
+  void Rollback() override { sql_->Rollback(); }
 
   Result<int64_t> InsertOrganization(const NewOrganization& o, Timestamp now) override {
     auto& s = Prepare(
@@ -561,19 +469,7 @@ class SqliteSession final : public StoreSession {
   }
 
  private:
-  Stmt& Prepare(const char* sql) {
-    auto it = stmts_.find(sql);
-    if (it == stmts_.end()) {
-      sqlite3_stmt* st = nullptr;
-      // A failure here is a bug in our SQL, not bad input: fail loudly.
-      if (sqlite3_prepare_v3(db_, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, nullptr) != SQLITE_OK) {
-        std::fprintf(stderr, "sqlite prepare failed: %s\n%s\n", sqlite3_errmsg(db_), sql);
-        std::abort();
-      }
-      it = stmts_.emplace(sql, Stmt(db_, st)).first;
-    }
-    return it->second;
-  }
+  Stmt& Prepare(const char* sql) { return sql_->Prepare(sql); }
 
   static Surplus ReadSurplus(const Stmt& s) {
     Surplus x;
@@ -612,10 +508,10 @@ class SqliteSession final : public StoreSession {
   const std::string due_sql_ = store_sql::DueSql('?');
   std::set<std::string> dynamic_sql_;  // node-stable storage for built statements
 
+  std::unique_ptr<SqliteDb> sql_;
   sqlite3* db_;
-  // Keyed by the SQL text's address: every statement is a literal or lives
-  // in change_sql_, whose nodes never move.
-  std::unordered_map<const char*, Stmt> stmts_;
+  // Statements are cached by the SQL text's address: every one is a literal
+  // or lives in change_sql_, whose nodes never move.
   std::unordered_map<SurplusEvent, std::string> change_sql_;
 };
 
@@ -629,21 +525,8 @@ class SqliteStore final : public Store {
   }
 
   Result<std::unique_ptr<SqliteSession>> Connect() {
-    sqlite3* db = nullptr;
-    int rc = sqlite3_open_v2(path_.c_str(), &db,
-                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                             nullptr);
-    if (rc != SQLITE_OK) {
-      std::string msg = "cannot open SQLite database " + path_ + ": " +
-                        (db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
-      sqlite3_close_v2(db);
-      return Error::Unavailable(msg);
-    }
-    auto session = std::make_unique<SqliteSession>(db);
-    sqlite3_busy_timeout(db, 5000);
-    PP_RETURN_IF_ERROR(session->Exec(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"));
-    return session;
+    PP_ASSIGN_OR_RETURN(auto db, SqliteDb::Open(path_));
+    return std::make_unique<SqliteSession>(std::move(db));
   }
 
   std::string_view Backend() const override { return "sqlite"; }

@@ -48,4 +48,17 @@ class SimulatedClock final : public Clock {
   std::atomic<int64_t> now_ms_;
 };
 
+// Another clock, shifted: a device whose clock is wrong (pp-agent's
+// --clock-skew shows that nothing the hub decides depends on it).
+class OffsetClock final : public Clock {
+ public:
+  OffsetClock(const Clock& base, Duration offset) : base_(base), offset_(offset) {}
+  Timestamp Now() const override { return base_.Now() + offset_; }
+  std::chrono::steady_clock::time_point Monotonic() const override { return base_.Monotonic(); }
+
+ private:
+  const Clock& base_;
+  const Duration offset_;
+};
+
 }  // namespace pp

@@ -77,6 +77,9 @@ struct [[nodiscard]] Error {
 };
 
 // A value or an Error; never both, never neither.
+// Result<void>: success carries nothing (Status, below).
+struct Ok {};
+
 template <typename T>
 class [[nodiscard]] Result {
  public:
@@ -97,15 +100,21 @@ class [[nodiscard]] Result {
 
   const Error& error() const { assert(!ok()); return std::get<1>(v_); }
   Error&& take_error() { assert(!ok()); return std::get<1>(std::move(v_)); }
+  // The outcome without the value.
+  Result<Ok> status() const;
 
  private:
   std::variant<T, Error> v_;
 };
 
-// Result<void>: success carries nothing.
-struct Ok {};
 using Status = Result<Ok>;
 inline Status OkStatus() { return Ok{}; }
+
+template <typename T>
+Status Result<T>::status() const {
+  if (ok()) return OkStatus();
+  return error();
+}
 
 }  // namespace pp
 

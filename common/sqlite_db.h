@@ -47,6 +47,12 @@ class Stmt {
   }
   // SQLITE_ROW -> true, SQLITE_DONE -> false.
   Result<bool> Step(const char* what);
+  // Step for statements that return no rows.
+  Status Run(const char* what) {
+    auto r = Step(what);
+    if (!r.ok()) return r.take_error();
+    return OkStatus();
+  }
   void Finalize() { sqlite3_finalize(s_); }
   int64_t Int(int c) const { return sqlite3_column_int64(s_, c); }
   double Real(int c) const { return sqlite3_column_double(s_, c); }

@@ -57,7 +57,7 @@ bool ValidDeviceId(std::string_view id) {
 
 bool KnownOpType(std::string_view t) {
   for (const char* k : {kOpPostSurplus, kOpClaim, kOpAccept, kOpDecline, kOpVehicle, kOpPickUp,
-                        kOpDeliver, kOpNearby})
+                        kOpDeliver, kOpNearby, kOpPing})
     if (t == k) return true;
   return false;
 }

@@ -46,7 +46,10 @@ constexpr const char* kOpDecline = "decline";           // body: {"surplus_id"}
 constexpr const char* kOpVehicle = "vehicle";           // body: a vehicle report
 constexpr const char* kOpPickUp = "pickup";             // body: {"surplus_id","handover_code","actual_kg"}
 constexpr const char* kOpDeliver = "deliver";           // body: {"surplus_id"}
-// A query, not a change: open posts near a point, answered in the outcome.
+// Queries, not changes, answered in the outcome: the hub's time (a device
+// sends it on connecting, to learn the hub clock from the answer's "ts"),
+// and open posts near a point.
+constexpr const char* kOpPing = "ping";                 // body: {}
 constexpr const char* kOpNearby = "nearby";             // body: {"lat","lon","km"}
 bool KnownOpType(std::string_view type);
 

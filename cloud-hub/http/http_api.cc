@@ -10,6 +10,7 @@
 #include "common/domain_json.h"
 #include "sync/protocol.h"
 #include "common/log.h"
+#include "common/problem.h"
 
 namespace pp {
 namespace {
@@ -21,60 +22,15 @@ using httplib::Response;
 constexpr const char* kJson = "application/json";
 constexpr const char* kProblemJson = "application/problem+json";
 
-int HttpStatus(const Error& e) {
-  switch (e.code) {
-    case Code::kInvalidArgument: return e.fields.empty() ? 400 : 422;
-    case Code::kNotFound: return 404;
-    case Code::kAborted: return 409;
-    case Code::kAlreadyExists: return 409;
-    case Code::kFailedPrecondition: return 422;
-    case Code::kResourceExhausted: return 413;
-    case Code::kUnauthenticated: return 401;
-    case Code::kPermissionDenied: return 403;
-    case Code::kUnavailable: return 503;
-    case Code::kOk:
-    case Code::kInternal: return 500;
-  }
-  return 500;
-}
-
-const char* Title(int status) {
-  switch (status) {
-    case 400: return "Bad request";
-    case 404: return "Not found";
-    case 409: return "Conflict";
-    case 413: return "Content too large";
-    case 415: return "Unsupported media type";
-    case 422: return "Unprocessable content";
-    case 431: return "Request header fields too large";
-    case 501: return "Not implemented";
-    case 503: return "Service unavailable";
-    default: return "Internal error";
-  }
-}
-
-// RFC 9457 problem details, with our extensions: `code` (machine-readable),
-// `errors` (one per bad field) and `current` (the current state, on 409).
 void Problem(Response& res, int status, const Error& e, const std::string& instance) {
-  nlohmann::json j{{"type", "urn:pahlawan-pangan:problem:" + std::string(CodeName(e.code))},
-                   {"title", Title(status)},
-                   {"status", status},
-                   {"detail", e.message},
-                   {"code", CodeName(e.code)},
-                   {"instance", instance}};
-  if (!e.fields.empty()) {
-    j["errors"] = nlohmann::json::array();
-    for (const auto& f : e.fields) j["errors"].push_back({{"field", f.field}, {"reason", f.reason}});
-  }
-  if (!e.context_json.empty()) j["current"] = nlohmann::json::parse(e.context_json, nullptr, false);
   res.status = status;
-  res.set_content(j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), kProblemJson);
+  res.set_content(ProblemJson(status, e, instance), kProblemJson);
   if (e.code == Code::kInternal || e.code == Code::kUnavailable)
     Log(LogLevel::kError, "http_error", {{"path", instance}, {"error", e.ToString()}});
 }
 
 void Problem(Response& res, const Error& e, const std::string& instance) {
-  Problem(res, HttpStatus(e), e, instance);
+  Problem(res, HttpStatusOf(e), e, instance);
 }
 
 void Reply201or200(Response& res, const Result<Reply>& r, const std::string& path, int created) {

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "common/log.h"
+#include "common/time_format.h"
 
 namespace pp {
 namespace {
@@ -25,6 +26,7 @@ Result<int64_t> SurplusIdOf(const nlohmann::json& body, std::initializer_list<co
 }
 
 bool RoleAllows(const std::string& role, const std::string& type) {
+  if (type == sync::kOpPing) return true;
   if (role == "kiosk") return type == sync::kOpPostSurplus;
   return type == sync::kOpClaim || type == sync::kOpAccept || type == sync::kOpDecline ||
          type == sync::kOpVehicle || type == sync::kOpPickUp || type == sync::kOpDeliver ||
@@ -155,6 +157,15 @@ void DeviceIngest::OnMessage(const std::string& topic, const std::string& payloa
   HubService::Effect effect;
   const int64_t org = device.org_id;
   if (env.type == sync::kOpNearby) return AnswerNearby(device, env, traceparent);
+  if (env.type == sync::kOpPing) {
+    if (!env.body.empty())
+      return Refuse(topic_device, env, Error::Invalid("ping takes an empty body"), traceparent);
+    accepted_++;
+    return Answer(device.id,
+                  {env.op, env.seq, sync::OutcomeStatus::kAccepted, "ok", "",
+                   {{"now", FormatRfc3339(hub_.clock().Now())}}},
+                  traceparent);
+  }
   if (env.type == sync::kOpPickUp) {
     auto id = SurplusIdOf(env.body, {"surplus_id", "handover_code", "actual_kg"});
     if (!id.ok()) return Refuse(topic_device, env, id.take_error(), traceparent);

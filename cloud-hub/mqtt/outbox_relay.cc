@@ -102,12 +102,16 @@ Result<bool> OutboxRelay::RelayPage() {
     acks.push_back(std::move(ack));
     return OkStatus();
   };
+  // The hub's clock on every message: devices whose clocks are off convert
+  // the times people pick with it (docs/protocol.md, "ts").
+  const int64_t now_ms = ToUnixMillis(hub_.clock().Now());
   for (const auto& e : *page) {
     auto payload = nlohmann::json::parse(e.payload_json, nullptr, false);
     if (e.type == "device.outcome") {
       if (payload.is_object() && payload["device"].is_string()) {
         nlohmann::json message = payload["message"];
         message["id"] = e.id;
+        message["ts"] = now_ms;
         PP_RETURN_IF_ERROR(publish(payload["device"].get<std::string>(), message.dump(),
                                    payload.value("traceparent", "")));
       }
@@ -118,7 +122,7 @@ Result<bool> OutboxRelay::RelayPage() {
         code = payload["handover_code"].get<std::string>();
       payload.erase("handover_code");
       nlohmann::json message{{"v", sync::kProtocolVersion}, {"kind", "event"}, {"id", e.id},
-                             {"type", e.type}, {"data", payload}};
+                             {"ts", now_ms}, {"type", e.type}, {"data", payload}};
       const std::string bytes = message.dump();
       std::string provider_bytes = bytes;
       int64_t provider = payload.value("provider_id", int64_t{0});

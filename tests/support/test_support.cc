@@ -148,7 +148,9 @@ bool Eventually(const std::function<bool()>& cond, std::chrono::milliseconds dea
   auto end = std::chrono::steady_clock::now() + deadline;
   while (std::chrono::steady_clock::now() < end) {
     if (cond()) return true;
-    std::this_thread::yield();
+    // A polling interval (not a stand-in for time passing): on 2 cores a
+    // spinning test would starve the processes it waits for.
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   return cond();
 }
@@ -283,8 +285,9 @@ std::vector<std::string> FakeHttpServer::bodies() const {
 
 namespace pp::test {
 
-namespace {
 std::string SourceDir() { return Env("PP_SOURCE_DIR", "."); }
+
+namespace {
 
 void RunOrFail(std::vector<std::string> argv) {
   Process p(std::move(argv));
@@ -395,5 +398,69 @@ nlohmann::json TestDevice::WaitEvent(const std::string& type,
   });
   return found;
 }
+
+}  // namespace pp::test
+
+namespace pp::test {
+
+int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  int port = ntohs(a.sin_port);
+  close(fd);
+  return port;
+}
+
+HttpAnswer HttpCall(int port, const std::string& method, const std::string& path,
+                    const nlohmann::json& body) {
+  httplib::Client cli("127.0.0.1", port);
+  cli.set_connection_timeout(std::chrono::seconds(5));
+  cli.set_read_timeout(std::chrono::seconds(30));
+  std::string text = body.is_null() ? "" : body.dump();
+  auto r = method == "GET"   ? cli.Get(path)
+           : method == "PUT" ? cli.Put(path, text, "application/json")
+                             : cli.Post(path, text, "application/json");
+  if (!r) return {};
+  return {r->status, nlohmann::json::parse(r->body, nullptr, false)};
+}
+
+AgentProcess::AgentProcess(const std::string& hub_url, const Broker& broker, const std::string& dir,
+                           std::string id, const std::string& role, int64_t org,
+                           nlohmann::json extra_config, std::vector<std::string> extra_args)
+    : id_(std::move(id)), config_(dir + "/" + id_ + ".json"), extra_args_(std::move(extra_args)) {
+  RunOrFail({BinPath("pp-device"), "register", "--hub", hub_url, "--id", id_, "--role", role,
+             "--org", std::to_string(org), "--out", dir, "--broker", broker.uri(), "--broker-dir",
+             broker.dir()});
+  std::ifstream in(config_);
+  nlohmann::json cfg = nlohmann::json::parse(in, nullptr, false);
+  if (!cfg.is_object()) {
+    ADD_FAILURE() << "pp-device wrote no config at " << config_;
+    return;
+  }
+  port_ = FreePort();
+  cfg["http_listen"] = "127.0.0.1:" + std::to_string(port_);
+  cfg.update(extra_config);
+  std::ofstream(config_) << cfg.dump(2);
+  Start();
+}
+
+void AgentProcess::Start() {
+  std::vector<std::string> argv{BinPath("pp-agent"), "run", "--config", config_};
+  argv.insert(argv.end(), extra_args_.begin(), extra_args_.end());
+  process_ = std::make_unique<Process>(argv);
+  if (process_->WaitForLine("UI on http://").empty()) ADD_FAILURE() << "pp-agent " << id_ << " did not start";
+}
+
+void AgentProcess::Kill(int sig) {
+  process_->Kill(sig);
+  process_->Wait();
+}
+
+nlohmann::json AgentProcess::State() { return Call("GET", "/api/state").body; }
 
 }  // namespace pp::test

@@ -152,6 +152,7 @@ class Broker {
   int port() const { return port_; }
   std::string uri() const { return "tcp://127.0.0.1:" + std::to_string(port_); }
   std::string hub_password_file() const { return dir_.file("hub.password"); }
+  std::string dir() const { return dir_.path().string(); }
   void AddUser(const std::string& name, const std::string& password);
   void Stop();
   void Start();  // again, on the same port, with the same data
@@ -196,6 +197,55 @@ class TestDevice {
   // Last: destroyed first, so its callback thread is gone before the state
   // the callback touches.
   std::unique_ptr<sync::MqttClient> client_;
+};
+
+}  // namespace pp::test
+
+namespace pp::test {
+
+// The source tree (PP_SOURCE_DIR, set by pp_test()).
+std::string SourceDir();
+
+// A loopback port that was free a moment ago (for programs that need a port
+// in their config file rather than picking their own).
+int FreePort();
+
+// One HTTP exchange with a local server: status (0 if unreachable) and the
+// JSON body (null if none).
+struct HttpAnswer {
+  int status = 0;
+  nlohmann::json body;
+};
+HttpAnswer HttpCall(int port, const std::string& method, const std::string& path,
+                    const nlohmann::json& body = nullptr);
+
+// A kiosk or tablet: registered with the hub and the broker by
+// `pp-device register` (as an installer would), its config completed with
+// `extra_config`, and pp-agent run on it. Start() again after Kill() reuses
+// the same config and database: a reboot.
+class AgentProcess {
+ public:
+  AgentProcess(const std::string& hub_url, const Broker& broker, const std::string& dir,
+               std::string id, const std::string& role, int64_t org,
+               nlohmann::json extra_config = nlohmann::json::object(),
+               std::vector<std::string> extra_args = {});
+  void Start();
+  void Kill(int sig);
+  int port() const { return port_; }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  std::string config_path() const { return config_; }
+  const std::string& id() const { return id_; }
+  nlohmann::json State();
+  HttpAnswer Call(const std::string& method, const std::string& path,
+                  const nlohmann::json& body = nullptr) {
+    return HttpCall(port_, method, path, body);
+  }
+
+ private:
+  std::string id_, config_;
+  std::vector<std::string> extra_args_;
+  int port_ = 0;
+  std::unique_ptr<Process> process_;
 };
 
 }  // namespace pp::test

@@ -1,0 +1,452 @@
+#include "edge-agent/agent.h"
+
+#include <sodium.h>
+
+#include <algorithm>
+
+#include "common/domain_json.h"
+#include "common/log.h"
+#include "common/time_format.h"
+#include "common/validation.h"
+
+namespace pp::agent {
+namespace {
+
+using nlohmann::json;
+
+std::string NewOpId() {
+  unsigned char raw[16];
+  randombytes_buf(raw, sizeof raw);
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : raw) {
+    out += hex[c >> 4];
+    out += hex[c & 15];
+  }
+  return out;
+}
+
+Error Denied(std::string msg) { return Error{Code::kPermissionDenied, std::move(msg), {}, {}}; }
+
+// {"surplus_id": N, ...} with exactly the keys allowed.
+Status CheckIds(const json& body, std::initializer_list<const char*> ints,
+                std::initializer_list<const char*> others = {}) {
+  std::vector<FieldError> bad;
+  for (const auto& [k, v] : body.items()) {
+    bool known = std::any_of(ints.begin(), ints.end(), [&](const char* a) { return k == a; }) ||
+                 std::any_of(others.begin(), others.end(), [&](const char* a) { return k == a; });
+    if (!known) bad.push_back({k, "unknown field"});
+  }
+  for (const char* k : ints)
+    if (!body.contains(k) || !body[k].is_number_integer() || body[k].get<int64_t>() <= 0)
+      bad.push_back({k, "must be a positive integer"});
+  if (!bad.empty()) return Error::Invalid("request has invalid fields", std::move(bad));
+  return OkStatus();
+}
+
+int64_t MetaInt(AgentTxn& tx, const char* key) {
+  auto v = tx.GetMeta(key);
+  if (!v.ok() || !*v) return 0;
+  return std::strtoll((*v)->c_str(), nullptr, 10);
+}
+
+}  // namespace
+
+Agent::Agent(DeviceConfig config, sync::SecretKey key, AgentStore& store, const Clock& clock,
+             Uplink& uplink)
+    : config_(std::move(config)), key_(key), store_(store), clock_(clock), uplink_(uplink) {
+  (void)store_.Read([&](AgentTxn& tx) -> Status {
+    last_seq_ = uint64_t(MetaInt(tx, "last_seq"));
+    hub_offset_ms_ = MetaInt(tx, "hub_offset_ms");
+    return OkStatus();
+  });
+}
+
+Agent::~Agent() { Stop(); }
+
+void Agent::Start() {
+  sender_ = std::thread([this] { SendLoop(); });
+  applier_ = std::thread([this] { ApplyLoop(); });
+}
+
+void Agent::Stop() {
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+  }
+  send_cv_.notify_all();
+  apply_cv_.notify_all();
+  if (sender_.joinable()) sender_.join();
+  if (applier_.joinable()) applier_.join();
+}
+
+Timestamp Agent::HubNow() const { return clock_.Now() + Duration(hub_offset_ms_.load()); }
+
+void Agent::OnConnected() {
+  {
+    std::lock_guard lock(mu_);
+    ++epoch_;
+    send_work_ = true;
+  }
+  send_cv_.notify_all();
+}
+
+void Agent::OnDown(std::string payload) {
+  {
+    std::lock_guard lock(mu_);
+    inbox_.push_back(std::move(payload));
+  }
+  apply_cv_.notify_one();
+}
+
+sync::Envelope Agent::Seal(uint64_t seq, const std::string& type, const json& body) {
+  sync::Envelope e;
+  e.device = config_.device_id;
+  e.seq = seq;
+  e.op = NewOpId();
+  e.type = type;
+  e.ts_ms = ToUnixMillis(clock_.Now());  // informational: the hub never trusts it
+  e.body = body;
+  sync::Sign(e, key_);
+  return e;
+}
+
+Result<json> Agent::CheckBody(const std::string& type, json body) {
+  if (!body.is_object()) return Error::Invalid("body must be a JSON object");
+  const bool kiosk = config_.role == "kiosk";
+  if (type == sync::kOpPostSurplus) {
+    if (!kiosk) return Denied("only a kiosk posts surplus");
+    // A duration the person picked, turned into the hub's time (the device
+    // clock may be hours off).
+    if (body.contains("best_before_in_min")) {
+      const auto& m = body["best_before_in_min"];
+      if (!m.is_number() || m.get<double>() < 1 || m.get<double>() > 30 * 24 * 60)
+        return Error::Invalid("request has invalid fields",
+                              {{"best_before_in_min", "must be a number of minutes from 1 to 43200"}});
+      body["best_before"] =
+          FormatRfc3339(HubNow() + std::chrono::minutes(int64_t(m.get<double>())));
+      body.erase("best_before_in_min");
+    }
+    if (body.contains("provider_id") && body["provider_id"] != config_.org_id)
+      return Denied("provider_id is not this kiosk's organisation");
+    body["provider_id"] = config_.org_id;
+    if (config_.position && !body.contains("lat") && !body.contains("lon")) {
+      body["lat"] = config_.position->lat;
+      body["lon"] = config_.position->lon;
+    }
+    // The hub's own rules, here too: the person hears at once what is wrong.
+    PP_ASSIGN_OR_RETURN(SurplusDraft draft, ParseSurplusDraftJson(body, HubNow()));
+    json out = ToJson(draft);
+    for (auto it = out.begin(); it != out.end();) it = it->is_null() ? out.erase(it) : std::next(it);
+    return out;
+  }
+  if (kiosk) return Denied("a kiosk only posts surplus; " + type + " is for tablets");
+  if (type == sync::kOpClaim) {
+    PP_RETURN_IF_ERROR(CheckIds(body, {"surplus_id", "version"}));
+  } else if (type == sync::kOpAccept || type == sync::kOpDecline || type == sync::kOpDeliver) {
+    PP_RETURN_IF_ERROR(CheckIds(body, {"surplus_id"}));
+  } else if (type == sync::kOpPickUp) {
+    PP_RETURN_IF_ERROR(CheckIds(body, {"surplus_id"}, {"handover_code", "actual_kg"}));
+    json rest = body;
+    rest.erase("surplus_id");
+    PP_RETURN_IF_ERROR(ParsePickUpRequestJson(rest, config_.org_id).status());
+  } else if (type == sync::kOpVehicle) {
+    PP_RETURN_IF_ERROR(ParseVehicleUpdate(body.dump(), Vehicle{}, HubNow()).status());
+  } else {
+    return Error::Invalid("unknown operation \"" + type + "\"");
+  }
+  return body;
+}
+
+Result<QueuedOp> Agent::Submit(const std::string& type, json body) {
+  PP_ASSIGN_OR_RETURN(json checked, CheckBody(type, std::move(body)));
+  QueuedOp queued;
+  size_t waiting = 0;
+  Status st = store_.Write([&](AgentTxn& tx) -> Status {
+    PP_ASSIGN_OR_RETURN(waiting, tx.QueueSize());
+    if (waiting >= config_.queue_limit)
+      return Error{Code::kResourceExhausted,
+                   "the queue is full: " + std::to_string(waiting) +
+                       " operations are waiting for the hub; nothing was saved. Try again once "
+                       "the device is back online.",
+                   {}, {}};
+    uint64_t seq = uint64_t(MetaInt(tx, "last_seq")) + 1;
+    sync::Envelope env = Seal(seq, type, checked);
+    queued = {seq, env.op, type, checked.dump(), sync::Encode(env), clock_.Now()};
+    PP_RETURN_IF_ERROR(tx.InsertOp(queued));
+    return tx.SetMeta("last_seq", std::to_string(seq));
+  });
+  if (!st.ok()) {
+    if (st.error().code == Code::kResourceExhausted)
+      Log(LogLevel::kWarn, "queue_full",
+          {{"device", config_.device_id}, {"waiting", std::to_string(waiting)}, {"type", type}});
+    return st.take_error();
+  }
+  last_seq_ = queued.seq;
+  Log(LogLevel::kInfo, "op_queued",
+      {{"device", config_.device_id}, {"op", queued.op}, {"seq", std::to_string(queued.seq)},
+       {"type", type}});
+  {
+    std::lock_guard lock(mu_);
+    send_work_ = true;
+    if (type == sync::kOpVehicle) last_nearby_ = {};  // ask again from the new position
+  }
+  send_cv_.notify_all();
+  return queued;
+}
+
+void Agent::MaybeAskNearby() {
+  if (config_.role != "tablet") return;
+  Timestamp now = clock_.Now();
+  {
+    std::lock_guard lock(mu_);
+    if (now - last_nearby_ < kNearbyEvery) return;
+    last_nearby_ = now;
+  }
+  std::optional<GeoPoint> at = config_.position;
+  (void)store_.Read([&](AgentTxn& tx) -> Status {
+    auto v = tx.GetMeta("vehicle");
+    if (v.ok() && *v) {
+      json j = json::parse(**v, nullptr, false);
+      if (j.is_object() && j["lat"].is_number() && j["lon"].is_number())
+        at = GeoPoint{j["lat"].get<double>(), j["lon"].get<double>()};
+    }
+    return OkStatus();
+  });
+  if (at) SendQuery(sync::kOpNearby, {{"lat", at->lat}, {"lon", at->lon}, {"km", 10}});
+}
+
+void Agent::SendQuery(const char* type, const json& body) {
+  // Not queued, not retried: the next one supersedes it. Its sequence number
+  // is the last op's (queries do not advance the replay window).
+  sync::Envelope env = Seal(std::max<uint64_t>(1, last_seq_), type, body);
+  {
+    std::lock_guard lock(mu_);
+    queries_.insert(env.op);
+  }
+  auto ack = uplink_.Publish(sync::UpTopic(config_.device_id, type), sync::Encode(env));
+  if (!ack.ok()) {
+    std::lock_guard lock(mu_);
+    queries_.erase(env.op);
+  }
+}
+
+void Agent::SendLoop() {
+  uint64_t cursor = 0, seen_epoch = ~uint64_t{0}, pinged_epoch = ~uint64_t{0};
+  std::deque<Uplink::AckWait> window;
+  while (true) {
+    {
+      std::unique_lock lock(mu_);
+      send_cv_.wait_for(lock, std::chrono::seconds(1), [&] { return stop_ || send_work_; });
+      if (stop_) return;
+      send_work_ = false;
+      if (epoch_ != seen_epoch) {  // (re)connected: everything unanswered goes again, in order
+        seen_epoch = epoch_;
+        cursor = 0;
+        unanswered_.clear();
+      }
+      if (!unanswered_.empty()) {
+        auto oldest = std::min_element(unanswered_.begin(), unanswered_.end(),
+                                       [](auto& a, auto& b) { return a.second < b.second; });
+        if (clock_.Now() - oldest->second > kResendAfter) {
+          Log(LogLevel::kWarn, "resending",
+              {{"device", config_.device_id}, {"oldest_seq", std::to_string(oldest->first)},
+               {"unanswered", std::to_string(unanswered_.size())}});
+          cursor = 0;
+          unanswered_.clear();
+        }
+      }
+    }
+    if (!uplink_.Connected()) continue;
+    if (pinged_epoch != seen_epoch) {  // learn the hub's clock on every connect
+      pinged_epoch = seen_epoch;
+      SendQuery(sync::kOpPing, json::object());
+    }
+    MaybeAskNearby();
+    bool broken = false;
+    while (!broken) {
+      size_t room;
+      {
+        std::lock_guard lock(mu_);
+        if (stop_) return;
+        room = unanswered_.size() < kMaxUnanswered ? kMaxUnanswered - unanswered_.size() : 0;
+      }
+      if (room == 0) break;
+      std::vector<QueuedOp> ops;
+      Status read = store_.Read([&](AgentTxn& tx) -> Status {
+        PP_ASSIGN_OR_RETURN(ops, tx.OpsAfter(cursor, int(std::min<size_t>(room, 256))));
+        return OkStatus();
+      });
+      if (!read.ok() || ops.empty()) break;
+      for (const auto& op : ops) {
+        {
+          // Before publishing: the outcome may come back before Publish returns.
+          std::lock_guard lock(mu_);
+          unanswered_.emplace(op.seq, clock_.Now());
+        }
+        auto ack = uplink_.Publish(sync::UpTopic(config_.device_id, op.type), op.envelope);
+        if (!ack.ok()) {
+          broken = true;
+          break;
+        }
+        cursor = op.seq;
+        window.push_back(std::move(*ack));
+        while (window.size() >= kWindow) {
+          if (!window.front()(std::chrono::seconds(10)).ok()) broken = true;
+          window.pop_front();
+        }
+        if (broken) break;
+      }
+    }
+    while (!window.empty()) {
+      (void)window.front()(std::chrono::seconds(10));
+      window.pop_front();
+    }
+    if (broken) {
+      // Not acknowledged: start again from the oldest unanswered op once
+      // the connection is back (or after kResendAfter if it never dropped).
+      std::unique_lock lock(mu_);
+      cursor = 0;
+      unanswered_.clear();
+      send_cv_.wait_for(lock, std::chrono::milliseconds(250), [&] { return stop_; });
+    }
+  }
+}
+
+void Agent::ApplyLoop() {
+  while (true) {
+    std::vector<std::string> batch;
+    {
+      std::unique_lock lock(mu_);
+      apply_cv_.wait(lock, [&] { return stop_ || !inbox_.empty(); });
+      if (stop_ && inbox_.empty()) return;
+      while (!inbox_.empty() && batch.size() < 2000) {
+        batch.push_back(std::move(inbox_.front()));
+        inbox_.pop_front();
+      }
+    }
+    Status st = ApplyBatch(batch);
+    if (!st.ok()) {
+      // The disk refused: keep the messages (nothing is lost) and try again.
+      Log(LogLevel::kError, "apply_failed", {{"error", st.error().ToString()}});
+      std::unique_lock lock(mu_);
+      for (auto it = batch.rbegin(); it != batch.rend(); ++it) inbox_.push_front(std::move(*it));
+      apply_cv_.wait_for(lock, std::chrono::milliseconds(500), [&] { return stop_; });
+    }
+  }
+}
+
+Status Agent::MergePost(AgentTxn& tx, const json& post) {
+  if (!post.is_object() || !post.contains("id") || !post["id"].is_number_integer()) return OkStatus();
+  int64_t id = post["id"].get<int64_t>();
+  if (config_.role == "kiosk" && post.contains("provider_id") && post["provider_id"] != config_.org_id)
+    return OkStatus();
+  PP_ASSIGN_OR_RETURN(auto existing, tx.GetPost(id));
+  if (existing && existing->is_object()) {
+    // Versions only grow: an older description never overwrites a newer one.
+    if (existing->value("version", int64_t{0}) > post.value("version", int64_t{0})) return OkStatus();
+    json merged = *existing;
+    merged.update(post);
+    return tx.PutPost(id, merged);
+  }
+  return tx.PutPost(id, post);
+}
+
+Status Agent::ApplyBatch(std::vector<std::string>& batch) {
+  const Timestamp now = clock_.Now();
+  std::vector<uint64_t> answered;
+  std::optional<int64_t> offset;
+  Status st = store_.Write([&](AgentTxn& tx) -> Status {
+    answered.clear();
+    for (const auto& payload : batch) {
+      json m = json::parse(payload, nullptr, false);
+      if (!m.is_object() || !m.contains("id") || !m["id"].is_number_integer() ||
+          !m.contains("kind") || !m["kind"].is_string()) {
+        Log(LogLevel::kWarn, "down_message_invalid", {{"payload", payload.substr(0, 200)}});
+        continue;
+      }
+      if (m.contains("ts") && m["ts"].is_number_integer())
+        offset = m["ts"].get<int64_t>() - ToUnixMillis(now);
+      PP_ASSIGN_OR_RETURN(bool fresh, tx.MarkApplied(m["id"].get<int64_t>()));
+      if (!fresh) continue;  // a repeat: applied before
+      const json& data = m.contains("data") ? m["data"] : json();
+      if (m["kind"] == "event") {
+        PP_RETURN_IF_ERROR(MergePost(tx, data));
+        continue;
+      }
+      if (m["kind"] != "outcome" || !m["op"].is_string()) continue;
+      const std::string op = m["op"].get<std::string>();
+      bool query;
+      {
+        std::lock_guard lock(mu_);
+        query = queries_.erase(op) > 0;
+      }
+      if (query) {
+        if (m.value("status", "") == "accepted" && data.is_array()) PP_RETURN_IF_ERROR(tx.ReplaceNearby(data));
+        continue;
+      }
+      PP_ASSIGN_OR_RETURN(auto taken, tx.TakeOp(op));
+      OutcomeRecord rec{op, m.value("seq", uint64_t{0}), taken ? taken->type : "",
+                        m.value("status", ""), m.value("code", ""), m.value("message", ""),
+                        data, now};
+      if (taken) answered.push_back(taken->seq);
+      PP_RETURN_IF_ERROR(tx.PutOutcome(rec));
+      if (rec.status == "accepted" || rec.status == "conflict") PP_RETURN_IF_ERROR(MergePost(tx, data));
+      if (rec.status == "accepted" && rec.type == sync::kOpVehicle)
+        PP_RETURN_IF_ERROR(tx.SetMeta("vehicle", data.dump()));
+    }
+    PP_RETURN_IF_ERROR(tx.SetMeta("last_sync", std::to_string(ToUnixMillis(now))));
+    if (offset) PP_RETURN_IF_ERROR(tx.SetMeta("hub_offset_ms", std::to_string(*offset)));
+    return OkStatus();
+  });
+  if (!st.ok()) return st;
+  if (offset) hub_offset_ms_ = *offset;
+  {
+    std::lock_guard lock(mu_);
+    for (uint64_t seq : answered) unanswered_.erase(seq);
+    send_work_ = true;
+  }
+  send_cv_.notify_all();
+  return OkStatus();
+}
+
+Result<json> Agent::State() {
+  json out{{"device", config_.device_id},
+           {"role", config_.role},
+           {"org_id", config_.org_id},
+           {"language", config_.language},
+           {"online", uplink_.Connected()},
+           {"queue_limit", config_.queue_limit},
+           {"hub_now", FormatRfc3339(HubNow())}};
+  Status st = store_.Read([&](AgentTxn& tx) -> Status {
+    PP_ASSIGN_OR_RETURN(size_t n, tx.QueueSize());
+    out["queued"] = n;
+    out["queue_full"] = n >= config_.queue_limit;
+    PP_ASSIGN_OR_RETURN(auto ops, tx.OpsAfter(0, 200));
+    json q = json::array();
+    for (const auto& op : ops)
+      q.push_back({{"op", op.op}, {"seq", op.seq}, {"type", op.type},
+                   {"body", json::parse(op.body, nullptr, false)},
+                   {"created_at", FormatRfc3339(op.created_at)}});
+    out["queued_ops"] = std::move(q);
+    PP_ASSIGN_OR_RETURN(auto posts, tx.Posts(200));
+    out["posts"] = posts;
+    PP_ASSIGN_OR_RETURN(auto outcomes, tx.RecentOutcomes(50));
+    json o = json::array();
+    for (const auto& r : outcomes)
+      o.push_back({{"op", r.op}, {"seq", r.seq}, {"type", r.type}, {"status", r.status},
+                   {"code", r.code}, {"message", r.message}, {"data", r.data},
+                   {"at", FormatRfc3339(r.at)}});
+    out["outcomes"] = std::move(o);
+    PP_ASSIGN_OR_RETURN(out["nearby"], tx.Nearby());
+    int64_t last_sync = MetaInt(tx, "last_sync");
+    out["last_sync"] = last_sync ? json(FormatRfc3339(FromUnixMillis(last_sync))) : json(nullptr);
+    auto vehicle = tx.GetMeta("vehicle");
+    out["vehicle"] = vehicle.ok() && *vehicle ? json::parse(**vehicle, nullptr, false) : json(nullptr);
+    return OkStatus();
+  });
+  if (!st.ok()) return st.take_error();
+  return out;
+}
+
+}  // namespace pp::agent

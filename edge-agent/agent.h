@@ -1,0 +1,117 @@
+// pp-agent's core: what a kiosk or tablet does with the ops a person types
+// and the messages the hub sends down. No sockets here: the broker is behind
+// Uplink, the disk behind AgentStore, time behind Clock.
+//
+// Sending. Submit() signs the op and commits it to the queue before it
+// answers (so a power cut after "queued" on screen loses nothing). A sender
+// thread publishes queued ops in sequence order, with at most kWindow
+// publishes awaiting PUBACK and kMaxUnanswered ops awaiting their outcome.
+// An op leaves the queue only when the hub's outcome arrives. After every
+// reconnect, and when the oldest op has waited kResendAfter for its outcome,
+// sending starts again from the oldest queued op (same bytes: the hub
+// applies an op id once and answers a repeat with its first result).
+//
+// Receiving. Down messages are applied by one thread in batches, each batch
+// one transaction: outcomes remove ops and are kept for the person to see;
+// events and results update the mirror of posts; ids already applied are
+// dropped (QoS 1 and the hub's relay may repeat).
+//
+// Time. The device clock may be wrong by hours. Nothing the hub decides
+// depends on it; times a person picks ("good for 4 hours") are converted
+// with the hub's clock, learnt from the "ts" of every down message.
+//
+// Thread safety: all public methods may be called from any thread.
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "common/clock.h"
+#include "common/error.h"
+#include "edge-agent/agent_store.h"
+#include "firmware-cfg/device_config.h"
+#include "sync/protocol.h"
+
+namespace pp::agent {
+
+// The broker, as the agent needs it.
+class Uplink {
+ public:
+  virtual ~Uplink() = default;
+  virtual bool Connected() const = 0;
+  // Returns a wait for the broker's PUBACK.
+  using AckWait = std::function<Status(std::chrono::milliseconds)>;
+  virtual Result<AckWait> Publish(const std::string& topic, const std::string& payload) = 0;
+};
+
+class Agent {
+ public:
+  static constexpr size_t kWindow = 64;             // publishes awaiting PUBACK
+  static constexpr size_t kMaxUnanswered = 2000;    // ops sent, awaiting their outcome
+  static constexpr Duration kResendAfter{std::chrono::seconds(20)};
+  static constexpr Duration kNearbyEvery{std::chrono::seconds(15)};
+
+  Agent(DeviceConfig config, sync::SecretKey key, AgentStore& store, const Clock& clock,
+        Uplink& uplink);
+  ~Agent();
+
+  void Start();
+  void Stop();
+
+  // From the MQTT adapter (Paho's thread: they only hand over).
+  void OnDown(std::string payload);
+  void OnConnected();
+
+  // A person's op: checked, signed and committed to the queue. `body` is
+  // what the local API received; for a post, "best_before_in_min" may stand
+  // for best_before. Refused ops change nothing: kPermissionDenied (wrong
+  // role), kInvalidArgument (fields), kResourceExhausted (queue full).
+  Result<QueuedOp> Submit(const std::string& type, nlohmann::json body);
+
+  // What the UI shows (see docs/protocol.md, "The agent's local API").
+  Result<nlohmann::json> State();
+
+  // The hub's clock as best known here.
+  Timestamp HubNow() const;
+  const DeviceConfig& config() const { return config_; }
+
+ private:
+  void SendLoop();
+  void ApplyLoop();
+  Status ApplyBatch(std::vector<std::string>& batch);
+  Status MergePost(AgentTxn& tx, const nlohmann::json& post);
+  void MaybeAskNearby();
+  // A query (not queued): published now if connected, its answer handled by op id.
+  void SendQuery(const char* type, const nlohmann::json& body);
+  Result<nlohmann::json> CheckBody(const std::string& type, nlohmann::json body);
+  sync::Envelope Seal(uint64_t seq, const std::string& type, const nlohmann::json& body);
+
+  const DeviceConfig config_;
+  const sync::SecretKey key_;
+  AgentStore& store_;
+  const Clock& clock_;
+  Uplink& uplink_;
+
+  std::mutex mu_;
+  std::condition_variable send_cv_, apply_cv_;
+  bool stop_ = false;
+  bool send_work_ = true;
+  uint64_t epoch_ = 0;                       // bumped on every (re)connect
+  std::map<uint64_t, Timestamp> unanswered_;  // seq -> first sent, this connection
+  std::deque<std::string> inbox_;
+  std::set<std::string> queries_;            // op ids of nearby queries in flight
+  std::atomic<int64_t> hub_offset_ms_{0};
+  std::atomic<uint64_t> last_seq_{0};
+  Timestamp last_nearby_{};
+  std::thread sender_, applier_;
+};
+
+}  // namespace pp::agent

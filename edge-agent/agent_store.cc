@@ -1,0 +1,218 @@
+#include "edge-agent/agent_store.h"
+
+namespace pp::agent {
+namespace {
+
+constexpr const char* kSchema = R"sql(
+CREATE TABLE IF NOT EXISTS queue (
+  seq        INTEGER PRIMARY KEY,
+  op         TEXT    NOT NULL UNIQUE,
+  type       TEXT    NOT NULL,
+  body       TEXT    NOT NULL,
+  envelope   TEXT    NOT NULL,
+  created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outcomes (
+  op      TEXT PRIMARY KEY,
+  seq     INTEGER NOT NULL,
+  type    TEXT    NOT NULL,
+  status  TEXT    NOT NULL,
+  code    TEXT    NOT NULL,
+  message TEXT    NOT NULL,
+  data    TEXT    NOT NULL,
+  at      INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outcomes_by_time ON outcomes (at);
+CREATE TABLE IF NOT EXISTS posts (id INTEGER PRIMARY KEY, json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nearby (id INTEGER PRIMARY KEY, json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS applied (id INTEGER PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+)sql";
+
+// Kept for the person to read; older answers are of no use on the device.
+constexpr int kKeepOutcomes = 500;
+// Down-message ids are increasing; a repeat older than this many is not
+// possible (the hub republishes only what it had not marked sent).
+constexpr int64_t kKeepApplied = 100000;
+
+QueuedOp ReadOp(const Stmt& s) {
+  return {uint64_t(s.Int(0)), s.Text(1), s.Text(2), s.Text(3), s.Text(4), FromUnixMillis(s.Int(5))};
+}
+
+}  // namespace
+
+Result<std::unique_ptr<AgentStore>> AgentStore::Open(const std::string& path) {
+  PP_ASSIGN_OR_RETURN(auto db, SqliteDb::Open(path));
+  PP_RETURN_IF_ERROR(db->Exec(kSchema));
+  return std::unique_ptr<AgentStore>(new AgentStore(std::move(db)));
+}
+
+Status AgentStore::Write(const std::function<Status(AgentTxn&)>& f) {
+  std::lock_guard lock(mu_);
+  PP_RETURN_IF_ERROR(db_->BeginWrite());
+  AgentTxn tx(*db_);
+  Status st = f(tx);
+  if (!st.ok()) {
+    db_->Rollback();
+    return st;
+  }
+  st = db_->Commit();
+  if (!st.ok()) db_->Rollback();
+  return st;
+}
+
+Status AgentStore::Read(const std::function<Status(AgentTxn&)>& f) {
+  std::lock_guard lock(mu_);
+  PP_RETURN_IF_ERROR(db_->BeginRead());
+  AgentTxn tx(*db_);
+  Status st = f(tx);
+  db_->Rollback();
+  return st;
+}
+
+Result<size_t> AgentTxn::QueueSize() {
+  auto& s = db_.Prepare("SELECT count(*) FROM queue");
+  s.Reset();
+  PP_RETURN_IF_ERROR(s.Step("count queue"));
+  return size_t(s.Int(0));
+}
+
+Result<std::vector<QueuedOp>> AgentTxn::OpsAfter(uint64_t seq, int limit) {
+  auto& s = db_.Prepare(
+      "SELECT seq, op, type, body, envelope, created_at FROM queue WHERE seq > ? ORDER BY seq LIMIT ?");
+  s.Reset().Bind(int64_t(seq)).Bind(int64_t(limit));
+  std::vector<QueuedOp> out;
+  while (true) {
+    PP_ASSIGN_OR_RETURN(bool row, s.Step("list queue"));
+    if (!row) break;
+    out.push_back(ReadOp(s));
+  }
+  return out;
+}
+
+Status AgentTxn::InsertOp(const QueuedOp& op) {
+  auto& s = db_.Prepare(
+      "INSERT INTO queue (seq, op, type, body, envelope, created_at) VALUES (?,?,?,?,?,?)");
+  s.Reset().Bind(int64_t(op.seq)).Bind(op.op).Bind(op.type).Bind(op.body).Bind(op.envelope)
+      .Bind(op.created_at);
+  return s.Run("queue op");
+}
+
+Result<std::optional<QueuedOp>> AgentTxn::TakeOp(const std::string& op) {
+  auto& q = db_.Prepare("SELECT seq, op, type, body, envelope, created_at FROM queue WHERE op=?");
+  q.Reset().Bind(op);
+  PP_ASSIGN_OR_RETURN(bool row, q.Step("find op"));
+  if (!row) return std::optional<QueuedOp>();
+  QueuedOp found = ReadOp(q);
+  q.Reset();
+  auto& d = db_.Prepare("DELETE FROM queue WHERE op=?");
+  d.Reset().Bind(op);
+  PP_RETURN_IF_ERROR(d.Run("dequeue op"));
+  return std::optional<QueuedOp>(std::move(found));
+}
+
+Status AgentTxn::PutOutcome(const OutcomeRecord& o) {
+  auto& s = db_.Prepare(
+      "INSERT OR REPLACE INTO outcomes (op, seq, type, status, code, message, data, at) "
+      "VALUES (?,?,?,?,?,?,?,?)");
+  s.Reset().Bind(o.op).Bind(int64_t(o.seq)).Bind(o.type).Bind(o.status).Bind(o.code)
+      .Bind(o.message).Bind(o.data.dump()).Bind(o.at);
+  PP_RETURN_IF_ERROR(s.Run("record outcome"));
+  auto& trim = db_.Prepare(
+      "DELETE FROM outcomes WHERE at < (SELECT at FROM outcomes ORDER BY at DESC LIMIT 1 OFFSET ?)");
+  trim.Reset().Bind(int64_t(kKeepOutcomes));
+  return trim.Run("trim outcomes");
+}
+
+Result<std::vector<OutcomeRecord>> AgentTxn::RecentOutcomes(int limit) {
+  auto& s = db_.Prepare(
+      "SELECT op, seq, type, status, code, message, data, at FROM outcomes "
+      "ORDER BY at DESC, seq DESC LIMIT ?");
+  s.Reset().Bind(int64_t(limit));
+  std::vector<OutcomeRecord> out;
+  while (true) {
+    PP_ASSIGN_OR_RETURN(bool row, s.Step("list outcomes"));
+    if (!row) break;
+    out.push_back({s.Text(0), uint64_t(s.Int(1)), s.Text(2), s.Text(3), s.Text(4), s.Text(5),
+                   nlohmann::json::parse(s.Text(6), nullptr, false), FromUnixMillis(s.Int(7))});
+  }
+  return out;
+}
+
+Result<bool> AgentTxn::MarkApplied(int64_t id) {
+  auto& s = db_.Prepare("INSERT OR IGNORE INTO applied (id) VALUES (?)");
+  s.Reset().Bind(id);
+  PP_RETURN_IF_ERROR(s.Run("mark applied"));
+  bool fresh = db_.Changes() == 1;
+  if (fresh && id % 1000 == 0) {
+    auto& trim = db_.Prepare("DELETE FROM applied WHERE id < ?");
+    trim.Reset().Bind(id - kKeepApplied);
+    PP_RETURN_IF_ERROR(trim.Run("trim applied"));
+  }
+  return fresh;
+}
+
+Result<std::optional<nlohmann::json>> AgentTxn::GetPost(int64_t id) {
+  auto& s = db_.Prepare("SELECT json FROM posts WHERE id=?");
+  s.Reset().Bind(id);
+  PP_ASSIGN_OR_RETURN(bool row, s.Step("get post"));
+  if (!row) return std::optional<nlohmann::json>();
+  return std::optional<nlohmann::json>(nlohmann::json::parse(s.Text(0), nullptr, false));
+}
+
+Status AgentTxn::PutPost(int64_t id, const nlohmann::json& post) {
+  auto& s = db_.Prepare("INSERT OR REPLACE INTO posts (id, json) VALUES (?,?)");
+  s.Reset().Bind(id).Bind(post.dump());
+  return s.Run("put post");
+}
+
+Result<std::vector<nlohmann::json>> AgentTxn::Posts(int limit) {
+  auto& s = db_.Prepare("SELECT json FROM posts ORDER BY id DESC LIMIT ?");
+  s.Reset().Bind(int64_t(limit));
+  std::vector<nlohmann::json> out;
+  while (true) {
+    PP_ASSIGN_OR_RETURN(bool row, s.Step("list posts"));
+    if (!row) break;
+    out.push_back(nlohmann::json::parse(s.Text(0), nullptr, false));
+  }
+  return out;
+}
+
+Status AgentTxn::ReplaceNearby(const nlohmann::json& posts) {
+  PP_RETURN_IF_ERROR(db_.Exec("DELETE FROM nearby"));
+  auto& s = db_.Prepare("INSERT OR REPLACE INTO nearby (id, json) VALUES (?,?)");
+  for (const auto& p : posts) {
+    if (!p.is_object() || !p.contains("id") || !p["id"].is_number_integer()) continue;
+    s.Reset().Bind(p["id"].get<int64_t>()).Bind(p.dump());
+    PP_RETURN_IF_ERROR(s.Run("put nearby"));
+  }
+  return OkStatus();
+}
+
+Result<nlohmann::json> AgentTxn::Nearby() {
+  auto& s = db_.Prepare("SELECT json FROM nearby");
+  s.Reset();
+  nlohmann::json out = nlohmann::json::array();
+  while (true) {
+    PP_ASSIGN_OR_RETURN(bool row, s.Step("list nearby"));
+    if (!row) break;
+    out.push_back(nlohmann::json::parse(s.Text(0), nullptr, false));
+  }
+  return out;
+}
+
+Result<std::optional<std::string>> AgentTxn::GetMeta(const char* key) {
+  auto& s = db_.Prepare("SELECT v FROM meta WHERE k=?");
+  s.Reset().Bind(std::string_view(key));
+  PP_ASSIGN_OR_RETURN(bool row, s.Step("get meta"));
+  if (!row) return std::optional<std::string>();
+  return std::optional<std::string>(s.Text(0));
+}
+
+Status AgentTxn::SetMeta(const char* key, const std::string& value) {
+  auto& s = db_.Prepare("INSERT OR REPLACE INTO meta (k, v) VALUES (?,?)");
+  s.Reset().Bind(std::string_view(key)).Bind(value);
+  return s.Run("set meta");
+}
+
+}  // namespace pp::agent

@@ -1,0 +1,302 @@
+// pp-agent end to end: real mosquitto, pp-hub and pp-agent processes, driven
+// through the agent's local API as the UI drives it. What a person typed
+// must survive a dead network, kill -9 and a wrong clock, and reach the hub
+// exactly once.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <atomic>
+#include <map>
+#include <set>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "common/time_format.h"
+#include "tests/support/test_support.h"
+
+namespace pp {
+namespace {
+
+using nlohmann::json;
+using std::chrono::seconds;
+
+class AgentTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_GT(broker_.port(), 0);
+    hub_ = std::make_unique<test::Hub>(
+        "sqlite:" + dir_.file("hub.db"),
+        std::vector<std::string>{"--mqtt", broker_.uri(), "--mqtt-password-file",
+                                 broker_.hub_password_file()});
+    ASSERT_GT(hub_->port(), 0);
+    provider_ = Org("provider", "Warung Bu Sri", 51.5138, -0.0984);
+  }
+
+  int64_t Org(const std::string& kind, const std::string& name, double lat, double lon) {
+    auto r = test::HttpCall(hub_->port(), "POST", "/api/v1/organizations",
+                            {{"kind", kind}, {"name", name}, {"lat", lat}, {"lon", lon}});
+    EXPECT_EQ(r.status, 201);
+    return r.body["id"].get<int64_t>();
+  }
+
+  std::unique_ptr<test::AgentProcess> Agent(const std::string& id, const std::string& role,
+                                            int64_t org, json extra = json::object(),
+                                            std::vector<std::string> args = {}) {
+    return std::make_unique<test::AgentProcess>(hub_->url(), broker_, dir_.path().string(), id,
+                                                role, org, std::move(extra), std::move(args));
+  }
+
+  static json Post(const std::string& description, int minutes = 240) {
+    return {{"category", "prepared_meals"}, {"description", description}, {"quantity_kg", 6},
+            {"storage", "hot"}, {"best_before_in_min", minutes}};
+  }
+
+  // The hub's posts, by id (HTTP until the first missing id).
+  std::map<int64_t, json> HubPosts() {
+    std::map<int64_t, json> out;
+    for (int64_t id = 1;; ++id) {
+      auto r = test::HttpCall(hub_->port(), "GET", "/api/v1/surplus/" + std::to_string(id));
+      if (r.status != 200) break;
+      out[id] = r.body;
+    }
+    return out;
+  }
+
+  static json Outcome(const json& state, const std::string& op) {
+    for (const auto& o : state["outcomes"])
+      if (o["op"] == op) return o;
+    return nullptr;
+  }
+  static json PostIn(const json& state, int64_t id) {
+    for (const auto& p : state["posts"])
+      if (p["id"] == id) return p;
+    return nullptr;
+  }
+  // Waits for the outcome of `op` on `agent`.
+  json WaitOutcome(test::AgentProcess& agent, const std::string& op) {
+    json found;
+    test::Eventually([&] { return !(found = Outcome(agent.State(), op)).is_null(); }, seconds(20));
+    return found;
+  }
+
+  test::TempDir dir_;
+  test::Broker broker_;
+  std::unique_ptr<test::Hub> hub_;
+  int64_t provider_ = 0;
+};
+
+TEST_F(AgentTest, KioskPostIsOfferedAcceptedCollectedAndDelivered) {
+  int64_t ngo = Org("ngo", "City Harvest", 51.5202, -0.1043);
+  auto kiosk = Agent("kiosk-1", "kiosk", provider_);
+  auto tablet = Agent("tablet-1", "tablet", ngo, {{"position", {{"lat", 51.52}, {"lon", -0.10}}}});
+  // Events reach a device through its broker session, which exists from
+  // its first connection on.
+  for (auto* a : {kiosk.get(), tablet.get()})
+    ASSERT_TRUE(test::Eventually([&] { return !a->State()["last_sync"].is_null(); }, seconds(20)));
+
+  auto posted = kiosk->Call("POST", "/api/posts", Post("nasi goreng, 20 boxes"));
+  ASSERT_EQ(posted.status, 202) << posted.body.dump();
+  EXPECT_EQ(posted.body["status"], "queued");
+  json outcome = WaitOutcome(*kiosk, posted.body["op"]);
+  ASSERT_EQ(outcome["status"], "accepted") << outcome.dump();
+  int64_t id = outcome["data"]["id"].get<int64_t>();
+
+  // The tablet is offered the post and accepts it.
+  ASSERT_TRUE(test::Eventually([&] {
+    json p = PostIn(tablet->State(), id);
+    return !p.is_null() && p["status"] == "offered" && p["offer"]["ngo_id"] == ngo;
+  }, seconds(20)));
+  auto accepted = tablet->Call("POST", "/api/surplus/" + std::to_string(id) + "/accept", json::object());
+  ASSERT_EQ(accepted.status, 202);
+  EXPECT_EQ(WaitOutcome(*tablet, accepted.body["op"])["status"], "accepted");
+
+  // The kiosk sees who claimed it, when they come, and the handover code;
+  // the tablet never sees the code.
+  json mine;
+  ASSERT_TRUE(test::Eventually([&] {
+    mine = PostIn(kiosk->State(), id);
+    return !mine.is_null() && mine["status"] == "claimed";
+  }, seconds(20)));
+  EXPECT_EQ(mine["claimed_by_name"], "City Harvest");
+  EXPECT_TRUE(mine.contains("pickup_eta"));
+  std::string code = mine["handover_code"].get<std::string>();
+  ASSERT_EQ(code.size(), 6u);
+  EXPECT_FALSE(PostIn(tablet->State(), id).contains("handover_code"));
+
+  // A wrong code is refused and named; the right one with less than posted
+  // is a partial pickup, and the rest is posted again.
+  std::string wrong = code == "000000" ? "111111" : "000000";
+  std::string path = "/api/surplus/" + std::to_string(id);
+  auto bad = tablet->Call("POST", path + "/pickup", {{"handover_code", wrong}, {"actual_kg", 4}});
+  ASSERT_EQ(bad.status, 202);
+  json refused = WaitOutcome(*tablet, bad.body["op"]);
+  EXPECT_EQ(refused["status"], "rejected");
+  EXPECT_EQ(refused["data"][0]["field"], "handover_code");
+  auto good = tablet->Call("POST", path + "/pickup", {{"handover_code", code}, {"actual_kg", 4}});
+  json picked = WaitOutcome(*tablet, good.body["op"]);
+  ASSERT_EQ(picked["status"], "accepted") << picked.dump();
+  EXPECT_GT(picked["data"]["remainder_id"].get<int64_t>(), id);
+  auto delivered = tablet->Call("POST", path + "/deliver", json::object());
+  EXPECT_EQ(WaitOutcome(*tablet, delivered.body["op"])["status"], "accepted");
+  ASSERT_TRUE(test::Eventually([&] {
+    json p = PostIn(kiosk->State(), id);
+    return !p.is_null() && p["status"] == "delivered" && p["picked_up_kg"] == 4.0;
+  }, seconds(20)));
+  EXPECT_EQ(HubPosts().at(id)["status"], "delivered");
+}
+
+TEST_F(AgentTest, TwoTabletsClaimingOnePostOneWinsAndTheOtherHearsItAtOnce) {
+  // Far from the post: neither NGO is offered it (beyond the match radius),
+  // both see it as available and claim it.
+  int64_t a = Org("ngo", "A", 51.5202, -0.1043), b = Org("ngo", "B", 51.5203, -0.1042);
+  auto kiosk = Agent("kiosk-1", "kiosk", provider_);
+  auto ta = Agent("tablet-a", "tablet", a), tb = Agent("tablet-b", "tablet", b);
+  auto posted = kiosk->Call("POST", "/api/posts", Post("roti, 30 buns"));
+  json outcome = WaitOutcome(*kiosk, posted.body["op"]);
+  int64_t id = outcome["data"]["id"].get<int64_t>();
+  json current = HubPosts().at(id);
+  json claim{{"version", current["version"]}};
+  auto ca = ta->Call("POST", "/api/surplus/" + std::to_string(id) + "/claim", claim);
+  auto cb = tb->Call("POST", "/api/surplus/" + std::to_string(id) + "/claim", claim);
+  ASSERT_EQ(ca.status, 202);
+  ASSERT_EQ(cb.status, 202);
+  json oa = WaitOutcome(*ta, ca.body["op"]), ob = WaitOutcome(*tb, cb.body["op"]);
+  std::multiset<std::string> statuses{oa["status"].get<std::string>(), ob["status"].get<std::string>()};
+  EXPECT_EQ(statuses, (std::multiset<std::string>{"accepted", "conflict"})) << oa.dump() << ob.dump();
+  const json& loser = oa["status"] == "conflict" ? oa : ob;
+  EXPECT_EQ(loser["data"]["status"], "claimed");  // the truth, to show the driver
+  EXPECT_EQ(loser["type"], "claim");
+}
+
+TEST_F(AgentTest, BrokerDownWhileAThousandOpsQueueThenEachIsAppliedOnceInOrder) {
+  constexpr int kOps = 1000;
+  auto kiosk = Agent("kiosk-1", "kiosk", provider_);
+  ASSERT_TRUE(test::Eventually([&] { return kiosk->State()["online"] == true; }, seconds(20)));
+  broker_.Stop();
+  ASSERT_TRUE(test::Eventually([&] { return kiosk->State()["online"] == false; }, seconds(20)));
+  for (int i = 0; i < kOps; ++i) {
+    char name[32];
+    std::snprintf(name, sizeof name, "queued-%04d", i);
+    ASSERT_EQ(kiosk->Call("POST", "/api/posts", Post(name)).status, 202) << i;
+  }
+  json st = kiosk->State();
+  EXPECT_EQ(st["queued"], kOps);
+  EXPECT_EQ(st["online"], false);
+
+  broker_.Start();
+  ASSERT_TRUE(test::Eventually([&] { return kiosk->State()["queued"] == 0; }, seconds(120)))
+      << kiosk->State()["queued"];
+  auto posts = HubPosts();
+  std::vector<std::string> order;
+  for (const auto& [id, p] : posts) order.push_back(p["description"].get<std::string>());
+  ASSERT_EQ(order.size(), size_t(kOps));  // none lost, none twice
+  for (int i = 0; i < kOps; ++i) {
+    char name[32];
+    std::snprintf(name, sizeof name, "queued-%04d", i);
+    ASSERT_EQ(order[i], name) << "applied out of order at " << i;  // ids follow the queue
+  }
+}
+
+TEST_F(AgentTest, KillNineDuringABurstLosesNothingTheUiWasToldIsQueued) {
+  auto kiosk = Agent("kiosk-1", "kiosk", provider_);
+  std::vector<std::string> acknowledged, unanswered;
+  std::atomic<bool> stop{false};
+  std::thread burst([&] {
+    for (int i = 0; !stop; ++i) {
+      std::string name = "burst-" + std::to_string(i);
+      auto r = kiosk->Call("POST", "/api/posts", Post(name));
+      (r.status == 202 ? acknowledged : unanswered).push_back(name);
+      if (r.status == 0) break;  // the agent is gone
+    }
+  });
+  ASSERT_TRUE(test::Eventually([&] { return acknowledged.size() >= 300; }, seconds(60)));
+  kiosk->Kill(SIGKILL);
+  stop = true;
+  burst.join();
+  kiosk->Start();
+  ASSERT_TRUE(test::Eventually([&] { return kiosk->State()["queued"] == 0; }, seconds(60)));
+
+  std::map<std::string, int> seen;
+  for (const auto& [id, p] : HubPosts()) seen[p["description"].get<std::string>()]++;
+  for (const auto& name : acknowledged) EXPECT_EQ(seen[name], 1) << name;
+  // The request cut by the kill may or may not have been committed; it is
+  // never applied twice either way.
+  for (const auto& name : unanswered) EXPECT_LE(seen[name], 1) << name;
+  EXPECT_GE(seen.size(), acknowledged.size());
+}
+
+TEST_F(AgentTest, ADeviceClockHoursOffChangesNoOutcome) {
+  int64_t ngo = Org("ngo", "City Harvest", 51.5202, -0.1043);
+  // The kiosk's clock is five hours slow: a best_before from its own clock
+  // would be in the past. The tablet's is seven hours fast.
+  auto kiosk = Agent("kiosk-1", "kiosk", provider_, json::object(), {"--clock-skew", "-5h"});
+  auto tablet = Agent("tablet-1", "tablet", ngo, json::object(), {"--clock-skew", "7h"});
+  for (auto* a : {kiosk.get(), tablet.get()})
+    ASSERT_TRUE(test::Eventually([&] { return !a->State()["last_sync"].is_null(); }, seconds(20)));
+
+  auto posted = kiosk->Call("POST", "/api/posts", Post("soto ayam", 120));
+  ASSERT_EQ(posted.status, 202) << posted.body.dump();
+  json outcome = WaitOutcome(*kiosk, posted.body["op"]);
+  ASSERT_EQ(outcome["status"], "accepted") << outcome.dump();
+  auto best_before = *ParseRfc3339(outcome["data"]["best_before"].get<std::string>());
+  auto expected = SystemClock::Instance().Now() + std::chrono::minutes(120);
+  EXPECT_LT(std::chrono::abs(best_before - expected), std::chrono::minutes(2))
+      << "best_before " << FormatRfc3339(best_before) << " expected about " << FormatRfc3339(expected);
+
+  int64_t id = outcome["data"]["id"].get<int64_t>();
+  ASSERT_TRUE(test::Eventually([&] {
+    json p = PostIn(tablet->State(), id);
+    return !p.is_null() && p["status"] == "offered";
+  }, seconds(20)));
+  auto accepted = tablet->Call("POST", "/api/surplus/" + std::to_string(id) + "/accept", json::object());
+  EXPECT_EQ(WaitOutcome(*tablet, accepted.body["op"])["status"], "accepted");
+}
+
+TEST_F(AgentTest, AFullQueueIsRefusedOutLoudAndNothingAcceptedIsLost) {
+  auto kiosk = Agent("kiosk-1", "kiosk", provider_, {{"queue_limit", 10}});
+  broker_.Stop();
+  ASSERT_TRUE(test::Eventually([&] { return kiosk->State()["online"] == false; }, seconds(20)));
+  for (int i = 0; i < 10; ++i)
+    ASSERT_EQ(kiosk->Call("POST", "/api/posts", Post("full-" + std::to_string(i))).status, 202);
+  auto refused = kiosk->Call("POST", "/api/posts", Post("one too many"));
+  EXPECT_EQ(refused.status, 503);
+  EXPECT_NE(refused.body["detail"].get<std::string>().find("queue is full"), std::string::npos);
+  EXPECT_EQ(kiosk->State()["queue_full"], true);
+  broker_.Start();
+  ASSERT_TRUE(test::Eventually([&] { return kiosk->State()["queued"] == 0; }, seconds(60)));
+  EXPECT_EQ(HubPosts().size(), 10u);
+}
+
+TEST_F(AgentTest, BadInputIsNamedAndTheAgentKeepsServing) {
+  auto kiosk = Agent("kiosk-1", "kiosk", provider_);
+  auto wrong_role = kiosk->Call("POST", "/api/surplus/1/claim", {{"version", 1}});
+  EXPECT_EQ(wrong_role.status, 403);
+  auto missing = kiosk->Call("POST", "/api/posts", {{"category", "prepared_meals"}, {"best_before_in_min", 60}});
+  EXPECT_EQ(missing.status, 422);
+  std::set<std::string> fields;
+  for (const auto& e : missing.body["errors"]) fields.insert(e["field"].get<std::string>());
+  EXPECT_TRUE(fields.count("description")) << missing.body.dump();
+  auto past = kiosk->Call("POST", "/api/posts", Post("x", 0));
+  EXPECT_EQ(past.status, 422);
+  EXPECT_EQ(past.body["errors"][0]["field"], "best_before_in_min");
+  auto unknown = kiosk->Call("POST", "/api/posts", [] { json p = Post("x"); p["price"] = 3; return p; }());
+  EXPECT_EQ(unknown.status, 422);
+
+  auto raw = [&](const std::string& request) {
+    return test::RawStatus(test::RawHttp(kiosk->port(), request));
+  };
+  EXPECT_EQ(raw("POST /api/posts HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                "Content-Length: 5\r\nConnection: close\r\n\r\n{oops"), 400);
+  EXPECT_EQ(raw("POST /api/posts HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n"
+                "Content-Length: 2\r\nConnection: close\r\n\r\n{}"), 415);
+  EXPECT_EQ(raw("GET /api/state HTTP/1.1\r\nHost: evil.example:80\r\nConnection: close\r\n\r\n"), 403);
+  EXPECT_EQ(raw("POST /api/posts HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                "Content-Length: 100000\r\nConnection: close\r\n\r\n" + std::string(100000, ' ')), 413);
+  json st = kiosk->State();
+  EXPECT_EQ(st["queued"], 0);
+  EXPECT_EQ(st["device"], "kiosk-1");
+}
+
+}  // namespace
+}  // namespace pp

@@ -17,7 +17,7 @@ const T = {
     handover_code: 'Handover code', code_for_driver: 'Give this code to the driver',
     actual_kg: 'Weight taken (kg)', answer_in: 'answer within', best_before_in: 'good for',
     km: 'km', claimed_by: 'Claimed by', eta: 'arriving about', none: 'Nothing here yet.',
-    saved: 'Saved on this device; it will be sent when the network is there.',
+    saved: 'Saved on this device and queued for the hub.',
     st: { queued: 'Waiting to send', available: 'Posted, looking for an NGO', offered: 'Offered to an NGO',
           claimed: 'Claimed', picked_up: 'Picked up', delivered: 'Delivered', expired: 'Expired',
           cancelled: 'Cancelled', dead_lettered: 'No NGO found yet: the hub keeps trying' },
@@ -39,7 +39,7 @@ const T = {
     handover_code: 'Kode serah terima', code_for_driver: 'Berikan kode ini kepada pengemudi',
     actual_kg: 'Berat yang diambil (kg)', answer_in: 'jawab dalam', best_before_in: 'layak selama',
     km: 'km', claimed_by: 'Diambil oleh', eta: 'tiba sekitar', none: 'Belum ada apa-apa.',
-    saved: 'Tersimpan di perangkat ini; akan dikirim saat jaringan tersedia.',
+    saved: 'Tersimpan di perangkat ini dan masuk antrean ke hub.',
     st: { queued: 'Menunggu dikirim', available: 'Terkirim, mencari LSM', offered: 'Ditawarkan ke LSM',
           claimed: 'Sudah diklaim', picked_up: 'Sudah diambil', delivered: 'Sudah diantar', expired: 'Kedaluwarsa',
           cancelled: 'Dibatalkan', dead_lettered: 'Belum ada LSM: hub terus mencoba' },
@@ -58,6 +58,8 @@ let lang = localStorage.getItem('pp-lang') || null;
 let state = null;
 let fetchedAt = 0;       // performance.now() when state arrived
 let localNotices = [];   // answers from the local API (queued / refused)
+let rendered = '';       // what the lists were last drawn from: redraw only on change
+const drafts = {};       // what the driver is typing, by field: kept across redraws
 const t = k => (T[lang] && T[lang][k]) || T.en[k] || k;
 
 function el(tag, attrs, ...children) {
@@ -127,19 +129,30 @@ function renderChrome() {
   const notices = document.getElementById('notices');
   notices.replaceChildren();
   for (const n of localNotices) notices.append(el('div', { class: 'notice' + (n.ok ? ' ok' : '') }, n.text));
-  for (const o of state.outcomes.slice(0, 5)) {
+  // The hub's refusals of the last quarter hour (times are this device's).
+  const recent = state.outcomes.filter(o => Date.now() - Date.parse(o.at) < 15 * 60000);
+  for (const o of recent.slice(0, 5)) {
     const text = outcomeText(o);
     if (text) notices.append(el('div', { class: 'notice', 'data-code': o.code }, text));
   }
 }
 
 function statusChip(status) { return el('span', { class: 'status ' + status }, (T[lang].st[status]) || status); }
+const OPEN = new Set(['queued', 'available', 'offered', 'claimed', 'dead_lettered']);
 function describe(p) {
   const bits = [];
   if (p.quantity_kg) bits.push(`${p.quantity_kg} kg`);
   if (p.portions) bits.push(`${p.portions} ×`);
-  if (p.best_before) bits.push(`${t('best_before_in')} ${Math.max(0, minutesLeft(p.best_before))} min`);
+  if (p.best_before && OPEN.has(p.status || 'available'))
+    bits.push(`${t('best_before_in')} ${Math.max(0, minutesLeft(p.best_before))} min`);
   return bits.join(' · ');
+}
+// An input whose value survives redraws.
+function draft(key, attrs) {
+  const input = el('input', attrs);
+  if (drafts[key] !== undefined) input.value = drafts[key];
+  input.addEventListener('input', () => { drafts[key] = input.value; });
+  return input;
 }
 function list(id, items, render) {
   const ul = document.getElementById(id);
@@ -165,7 +178,8 @@ function renderTablet() {
   list('offers', offers, p => el('li', { 'data-id': p.id },
     el('div', { class: 'title' }, p.description),
     el('div', { class: 'meta' }, dist(p) + describe(p)),
-    el('div', { class: 'meta' }, `${t('answer_in')} `, el('span', { class: 'countdown' }, `${secondsLeft(p.offer.expires_at)} s`)),
+    el('div', { class: 'meta' }, `${t('answer_in')} `,
+       el('span', { class: 'countdown', 'data-until': p.offer.expires_at }, `${secondsLeft(p.offer.expires_at)} s`)),
     el('div', { class: 'actions' },
       el('button', { class: 'accept', onclick: () => api('POST', `/api/surplus/${p.id}/accept`, {}) }, t('accept')),
       el('button', { class: 'secondary decline', onclick: () => api('POST', `/api/surplus/${p.id}/decline`, {}) }, t('decline')))));
@@ -176,8 +190,8 @@ function renderTablet() {
       el('div', { class: 'meta' }, dist(p) + describe(p)),
       p.instructions ? el('div', { class: 'meta' }, p.instructions) : null);
     if (p.status === 'claimed') {
-      const code = el('input', { class: 'handover', inputmode: 'numeric', maxlength: '6', placeholder: t('handover_code') });
-      const kg = el('input', { class: 'kg', type: 'number', step: '0.1', min: '0.1', value: p.quantity_kg || '' });
+      const code = draft(`${p.id}:code`, { class: 'handover', inputmode: 'numeric', maxlength: '6', placeholder: t('handover_code') });
+      const kg = draft(`${p.id}:kg`, { class: 'kg', type: 'number', step: '0.1', min: '0.1', value: p.quantity_kg || '' });
       li.append(el('label', {}, el('span', {}, t('handover_code')), code),
                 el('label', {}, el('span', {}, t('actual_kg')), kg),
                 el('div', { class: 'actions' }, el('button', { class: 'pickup', onclick: () =>
@@ -221,7 +235,15 @@ async function refresh() {
   document.getElementById(state.role).hidden = false;
   renderChrome();
   fillForms();
-  if (state.role === 'kiosk') renderKiosk(); else renderTablet();
+  // Redraw the lists only when what they show changed (or each minute, for
+  // "good for N min"), so that a driver typing a code is not interrupted.
+  const minute = Math.floor(hubNow() / 60000);
+  const signature = JSON.stringify([lang, minute, state.posts, state.queued_ops, state.nearby, state.vehicle]);
+  if (signature !== rendered) {
+    rendered = signature;
+    if (state.role === 'kiosk') renderKiosk(); else renderTablet();
+  }
+  document.querySelectorAll('.countdown[data-until]').forEach(c => { c.textContent = `${secondsLeft(c.dataset.until)} s`; });
   if (state.role === 'tablet' && state.vehicle && !document.getElementById('vehicle-form').dataset.touched) {
     document.getElementById('v-lat').value = state.vehicle.lat;
     document.getElementById('v-lon').value = state.vehicle.lon;
@@ -252,6 +274,7 @@ document.getElementById('vehicle-form').addEventListener('submit', async ev => {
 document.querySelectorAll('button.lang').forEach(b => b.addEventListener('click', () => {
   lang = b.dataset.lang;
   localStorage.setItem('pp-lang', lang);
+  rendered = '';
   if (state) refresh();
 }));
 

@@ -6,6 +6,7 @@
 #include <signal.h>
 
 #include <atomic>
+#include <filesystem>
 #include <map>
 #include <set>
 #include <thread>
@@ -296,6 +297,25 @@ TEST_F(AgentTest, BadInputIsNamedAndTheAgentKeepsServing) {
   json st = kiosk->State();
   EXPECT_EQ(st["queued"], 0);
   EXPECT_EQ(st["device"], "kiosk-1");
+}
+
+// The pages themselves, in Debian's chromium driven by playwright-core
+// (installed by packaging/test.sh: npm ci in tests/browser).
+TEST_F(AgentTest, KioskAndTabletPagesInHeadlessChromium) {
+  int64_t ngo = Org("ngo", "City Harvest", 51.5202, -0.1043);
+  auto kiosk = Agent("kiosk-1", "kiosk", provider_);
+  auto tablet = Agent("tablet-1", "tablet", ngo, {{"position", {{"lat", 51.52}, {"lon", -0.10}}}});
+  for (auto* a : {kiosk.get(), tablet.get()})
+    ASSERT_TRUE(test::Eventually([&] { return !a->State()["last_sync"].is_null(); }, seconds(20)));
+  std::string script = test::SourceDir() + "/tests/browser/agent_ui.mjs";
+  ASSERT_TRUE(std::filesystem::exists(test::SourceDir() + "/tests/browser/node_modules/playwright-core"))
+      << "run: npm ci --prefix tests/browser (packaging/test.sh does)";
+  test::Process node({"/usr/bin/env", "node", script, kiosk->url() + "/", tablet->url() + "/",
+                      dir_.path().string()});
+  std::string line = node.WaitForLine("", seconds(120));
+  int status = node.Wait();
+  EXPECT_EQ(status, 0) << line;
+  EXPECT_EQ(line.rfind("ok:", 0), 0u) << line;
 }
 
 }  // namespace

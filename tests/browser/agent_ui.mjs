@@ -1,0 +1,86 @@
+// The kiosk and tablet pages in headless Chromium (Debian's), as people use
+// them: post on the kiosk, see the offer on the tablet, accept it, see
+// "claimed" and the handover code on the kiosk; the language switch works.
+//
+//   node agent_ui.mjs KIOSK_URL TABLET_URL SCREENSHOT_DIR
+// Exits 0 when every step held, 1 with the failing step otherwise.
+import { chromium } from 'playwright-core';
+
+const [kioskUrl, tabletUrl, shots] = process.argv.slice(2);
+if (!kioskUrl || !tabletUrl || !shots) {
+  console.error('usage: node agent_ui.mjs KIOSK_URL TABLET_URL SCREENSHOT_DIR');
+  process.exit(2);
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--no-sandbox', '--headless=new'],
+});
+let step = 'start';
+// Unique, so that the script can run against a city that already has posts.
+const what = `Nasi goreng, 20 boxes #${Date.now() % 100000}`;
+try {
+  const context = await browser.newContext();
+  // Nothing may leave the device: fail on any request off loopback.
+  context.on('request', r => {
+    const host = new URL(r.url()).hostname;
+    if (host !== '127.0.0.1' && host !== 'localhost') throw new Error(`request off the device: ${r.url()}`);
+  });
+  const kiosk = await context.newPage();
+  const tablet = await context.newPage();
+  await kiosk.goto(kioskUrl);
+  await tablet.goto(tabletUrl);
+
+  step = 'kiosk page shows the post form and an online banner';
+  await kiosk.locator('#kiosk').waitFor({ state: 'visible' });
+  await kiosk.locator('#banner.online').waitFor();
+
+  step = 'post on the kiosk';
+  await kiosk.fill('#description', what);
+  await kiosk.fill('#quantity_kg', '6');
+  await kiosk.selectOption('#storage', 'hot');
+  await kiosk.check('input[value="eggs"]');
+  await kiosk.click('#post-button');
+  const card = kiosk.locator('#my-posts li', { hasText: what });
+  await card.waitFor();
+
+  step = 'the offer appears on the tablet, with a countdown';
+  const offer = tablet.locator('#offers li', { hasText: what });
+  await offer.waitFor({ timeout: 20000 });
+  await offer.locator('.countdown').waitFor();
+
+  step = 'accept on the tablet';
+  await offer.locator('button.accept').click();
+  await tablet.locator('#pickups li', { hasText: what }).waitFor({ timeout: 20000 });
+
+  step = 'the kiosk shows claimed, by whom, and the handover code';
+  await card.locator('.status.claimed').waitFor({ timeout: 20000 });
+  await card.getByText('City Harvest').waitFor();
+  const code = (await card.locator('.code').textContent()).trim();
+  if (!/^[0-9]{6}$/.test(code)) throw new Error(`handover code looks wrong: "${code}"`);
+  await kiosk.screenshot({ path: `${shots}/kiosk-claimed.png`, fullPage: true });
+
+  step = 'a wrong code on the tablet is refused in plain words';
+  const pickup = tablet.locator('#pickups li', { hasText: what });
+  await pickup.locator('input.handover').fill(code === '000000' ? '111111' : '000000');
+  await pickup.locator('button.pickup').click();
+  await tablet.locator('#notices .notice', { hasText: 'Wrong handover code' }).waitFor({ timeout: 20000 });
+
+  step = 'the right code collects it';
+  await pickup.locator('input.handover').fill(code);
+  await pickup.locator('button.pickup').click();
+  await card.locator('.status.picked_up').waitFor({ timeout: 20000 });
+  await tablet.screenshot({ path: `${shots}/tablet-picked-up.png`, fullPage: true });
+
+  step = 'Bahasa Indonesia';
+  await kiosk.click('button[data-lang="id"]');
+  await kiosk.getByText('Laporkan makanan berlebih').waitFor();
+  await kiosk.getByText('Sudah diambil').first().waitFor();
+  console.log('ok: post -> offer -> accept -> claimed with code -> wrong code refused -> picked up; EN/ID');
+  await browser.close();
+  process.exit(0);
+} catch (e) {
+  console.log(`FAILED at step "${step}": ${e.message}`);
+  await browser.close();
+  process.exit(1);
+}

@@ -14,10 +14,16 @@ BUILD_PKGS=(
   libgtest-dev libgmock-dev
 )
 RUN_PKGS=(mosquitto mosquitto-clients)
-TEST_PKGS=(postgresql-15 postgresql-client-15 curl)
+# chromium: the pages are tested in a real browser (playwright-core from npm
+# drives it; tests/browser). fonts-dejavu-core: readable screenshots.
+TEST_PKGS=(postgresql-15 postgresql-client-15 curl chromium fonts-dejavu-core)
 
 want=("${BUILD_PKGS[@]}" "${RUN_PKGS[@]}")
-if [[ "${1:-}" == "--test" ]]; then want+=("${TEST_PKGS[@]}"); fi
+if [[ "${1:-}" == "--test" ]]; then
+  want+=("${TEST_PKGS[@]}")
+  # Node.js and npm for the browser tests, from Debian unless already there.
+  command -v npm >/dev/null || want+=(nodejs npm)
+fi
 
 missing=()
 for p in "${want[@]}"; do

@@ -3,12 +3,14 @@
 # and mosquitto among them), builds, and runs ctest. ctest itself starts a
 # throw-away PostgreSQL on a free loopback port (tests/support/pg_fixture.sh)
 # and the tests start their own mosquitto brokers (packaging/broker.sh), all
-# stopped at the end. Then the self-contained suites run again under
-# AddressSanitizer and UBSan.
+# stopped at the end. Browser tests drive Debian's chromium, headless. Then
+# the self-contained suites run again under AddressSanitizer and UBSan.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 bash packaging/install-deps.sh --test
+# playwright-core (pinned by tests/browser/package-lock.json) drives Debian's chromium.
+npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$(nproc)"
 ctest --test-dir build --output-on-failure -j2 --timeout 600

@@ -96,8 +96,14 @@ Result<bool> OutboxRelay::RelayPage() {
     }
     return &it->second;
   };
+  // At most kWindow publishes awaiting PUBACK. The broker allows 200 in
+  // flight (its MQTT v5 Receive Maximum); beyond that Paho C 1.3 parks
+  // publishes and resumes them only on its 1-second timer, which showed as
+  // whole-second stalls per page.
+  size_t acked = 0;
   auto publish = [&](const std::string& device, const std::string& bytes,
                      const std::string& traceparent) -> Status {
+    while (acks.size() - acked >= kWindow) PP_RETURN_IF_ERROR(acks[acked++].Wait(std::chrono::seconds(10)));
     PP_ASSIGN_OR_RETURN(auto ack, mqtt_.Publish(sync::DownTopic(device), bytes, traceparent));
     acks.push_back(std::move(ack));
     return OkStatus();
@@ -139,7 +145,7 @@ Result<bool> OutboxRelay::RelayPage() {
     ids.push_back(e.id);
   }
   // Mark only what the broker has acknowledged, all of it or nothing.
-  for (const auto& ack : acks) PP_RETURN_IF_ERROR(ack.Wait(std::chrono::seconds(10)));
+  for (; acked < acks.size(); ++acked) PP_RETURN_IF_ERROR(acks[acked].Wait(std::chrono::seconds(10)));
   PP_RETURN_IF_ERROR(mark_(ids));
   return page->size() == 500;
 }

@@ -37,6 +37,8 @@ class OutboxRelay {
   // Something was written: look now rather than at the next poll.
   void Notify();
 
+  static constexpr size_t kWindow = 100;  // publishes awaiting PUBACK
+
  private:
   void Loop();
   // One pass: publish up to a page of unsent events; false if nothing to do.

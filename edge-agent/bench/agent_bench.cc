@@ -1,0 +1,206 @@
+// pp-agent-bench: how fast a kiosk's queue drains after the network comes
+// back, and what a post costs on the wire.
+//
+//   packaging/broker.sh start /tmp/ppb            # a broker as in production
+//   pp-agent-bench --broker-dir /tmp/ppb [--ops 10000]
+//
+// An agent (the same Agent and AgentStore as pp-agent, SQLite with
+// synchronous=FULL) queues N posts while it has no connection, then
+// connects; an in-process hub (SQLite, group commit, ingest pool, outbox
+// relay, as pp-hub runs them) applies them and answers each. Measured:
+//   enqueue   durable ops/s into the agent's queue (what a person waits for)
+//   drain     N / time from connect until the last outcome removed the last op
+//   wire      TCP payload bytes of the agent's connection (read with
+//             TCP_INFO), up and down, per post: MQTT headers, the signed
+//             envelope, the outcome, events, acknowledgements.
+
+#include <dirent.h>
+#include <netinet/in.h>
+#include <linux/tcp.h>  // tcp_info with byte counters (glibc's copy predates them)
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <thread>
+
+#include "cloud-hub/core/hub_service.h"
+#include "cloud-hub/mqtt/device_ingest.h"
+#include "cloud-hub/mqtt/ingest_pool.h"
+#include "cloud-hub/mqtt/outbox_relay.h"
+#include "edge-agent/agent.h"
+#include "sync/broker_admin.h"
+#include "sync/mqtt_client.h"
+
+namespace {
+
+using namespace pp;
+using Steady = std::chrono::steady_clock;
+
+[[noreturn]] void Die(const std::string& m) {
+  std::fprintf(stderr, "pp-agent-bench: %s\nusage: pp-agent-bench --broker-dir DIR [--ops N]\n", m.c_str());
+  std::exit(2);
+}
+
+std::string ReadLine(const std::string& p) {
+  std::ifstream in(p);
+  if (!in) Die("cannot read " + p);
+  std::string s;
+  std::getline(in, s);
+  return s;
+}
+
+// This process's TCP sockets to `port`, by local port: {bytes sent and
+// acknowledged, bytes received}.
+std::map<int, std::pair<uint64_t, uint64_t>> SocketsTo(int port) {
+  std::map<int, std::pair<uint64_t, uint64_t>> out;
+  DIR* dir = opendir("/proc/self/fd");
+  while (dir && (errno = 0, true)) {
+    dirent* ent = readdir(dir);
+    if (!ent) break;
+    int fd = std::atoi(ent->d_name);
+    struct stat st;
+    if (fd <= 2 || fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
+    sockaddr_in peer{}, self{};
+    socklen_t len = sizeof peer;
+    if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len) != 0 || peer.sin_family != AF_INET ||
+        ntohs(peer.sin_port) != port)
+      continue;
+    len = sizeof self;
+    getsockname(fd, reinterpret_cast<sockaddr*>(&self), &len);
+    tcp_info info{};
+    len = sizeof info;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) continue;
+    out[ntohs(self.sin_port)] = {info.tcpi_bytes_acked, info.tcpi_bytes_received};
+  }
+  if (dir) closedir(dir);
+  return out;
+}
+
+class Uplink final : public agent::Uplink {
+ public:
+  explicit Uplink(sync::MqttClient& c) : c_(c) {}
+  bool Connected() const override { return c_.connected(); }
+  Result<AckWait> Publish(const std::string& topic, const std::string& payload) override {
+    PP_ASSIGN_OR_RETURN(auto ack, c_.Publish(topic, payload));
+    return AckWait([ack](std::chrono::milliseconds t) { return ack.Wait(t); });
+  }
+
+ private:
+  sync::MqttClient& c_;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string dir;
+  int ops = 10000;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string f = argv[i];
+    if (f == "--broker-dir") dir = argv[i + 1];
+    else if (f == "--ops") ops = std::atoi(argv[i + 1]);
+    else Die("unknown option " + f);
+  }
+  if (dir.empty() || ops <= 0) Die("--broker-dir is required; --ops > 0");
+  const int port = std::atoi(ReadLine(dir + "/port").c_str());
+  const std::string uri = "tcp://127.0.0.1:" + std::to_string(port);
+  const std::string device = "bench-agent-" + std::to_string(Steady::now().time_since_epoch().count() % 1000000);
+  if (auto st = sync::AddBrokerUser(dir, device, "bench-pw"); !st.ok()) Die(st.error().message);
+
+  // The hub, in process, on a fresh SQLite file.
+  std::string db = dir + "/agent-bench-hub.db";
+  for (const char* suffix : {"", "-wal", "-shm"}) std::remove((db + suffix).c_str());
+  auto store = OpenStore("sqlite:" + db);
+  if (!store.ok()) Die(store.error().ToString());
+  auto committer = GroupCommitter::Start(**store, {});
+  HubService hub(**store, **committer, SystemClock::Instance());
+  auto org = hub.CreateOrganization({OrgKind::kProvider, "bench", {51.5, -0.1}}, "");
+  int64_t provider = nlohmann::json::parse(org->json)["id"].get<int64_t>();
+  auto keys = sync::GenerateKeyPair();
+  if (!hub.RegisterDevice({device, "kiosk", provider, sync::ToBase64(keys.public_key), false, 0, {}}).ok())
+    Die("cannot register the bench device");
+  DeviceIngest ingest(hub);
+  IngestPool pool(ingest, 2);
+  sync::MqttClient hub_mqtt(
+      sync::MqttClient::CleanSession(uri, "pp-hub-agent-bench", "pp-hub", ReadLine(dir + "/hub.password"),
+                                     {sync::kHubSubscription}, 200000),
+      [&](const std::string& t, const std::string& p, const std::string& tp) { pool.Post(t, p, tp); });
+  if (!hub_mqtt.Connect(std::chrono::seconds(10)).ok()) Die("hub cannot connect");
+  OutboxRelay relay(hub, hub_mqtt);
+  hub.SetCommitHook([&relay] { relay.Notify(); });
+  relay.Start();
+
+  // The agent, offline, queueing.
+  std::string agent_db = dir + "/agent-bench.db";
+  for (const char* suffix : {"", "-wal", "-shm"}) std::remove((agent_db + suffix).c_str());
+  auto agent_store = agent::AgentStore::Open(agent_db);
+  if (!agent_store.ok()) Die(agent_store.error().ToString());
+  DeviceConfig cfg;
+  cfg.device_id = device;
+  cfg.role = "kiosk";
+  cfg.org_id = provider;
+  cfg.queue_limit = size_t(ops) + 10;
+  agent::Agent* agent_ptr = nullptr;
+  sync::MqttClient::Options mo;
+  mo.uri = uri;
+  mo.client_id = device;
+  mo.username = device;
+  mo.password = "bench-pw";
+  mo.subscriptions = {sync::DownTopic(device)};
+  mo.max_buffered = 1000;
+  mo.on_connected = [&agent_ptr] { if (agent_ptr) agent_ptr->OnConnected(); };
+  sync::MqttClient agent_mqtt(mo, [&agent_ptr](const std::string&, const std::string& p, const std::string&) {
+    if (agent_ptr) agent_ptr->OnDown(p);
+  });
+  Uplink uplink(agent_mqtt);
+  agent::Agent agent(cfg, keys.secret_key, **agent_store, SystemClock::Instance(), uplink);
+  agent_ptr = &agent;
+  agent.Start();
+
+  nlohmann::json post{{"category", "prepared_meals"}, {"description", "nasi goreng, 20 boxes"},
+                      {"quantity_kg", 6}, {"storage", "hot"}, {"allergens", {"eggs", "soya"}},
+                      {"best_before_in_min", 240}, {"instructions", "back door, ask for Sri"}};
+  auto t0 = Steady::now();
+  for (int i = 0; i < ops; ++i)
+    if (auto q = agent.Submit(sync::kOpPostSurplus, post); !q.ok()) Die(q.error().ToString());
+  double enqueue_s = std::chrono::duration<double>(Steady::now() - t0).count();
+
+  auto queued = [&] {
+    size_t n = 0;
+    (void)(*agent_store)->Read([&](agent::AgentTxn& tx) -> Status {
+      PP_ASSIGN_OR_RETURN(n, tx.QueueSize());
+      return OkStatus();
+    });
+    return n;
+  };
+  auto before = SocketsTo(port);
+  auto t1 = Steady::now();
+  agent_mqtt.Start();
+  int agent_port = 0;
+  double hub_done_s = 0;  // when the hub had committed the last op (and its outcome)
+  while (queued() > 0) {
+    if (!hub_done_s && ingest.stats().accepted >= uint64_t(ops))
+      hub_done_s = std::chrono::duration<double>(Steady::now() - t1).count();
+    if (Steady::now() - t1 > std::chrono::seconds(600)) Die("drain stalled");
+    if (!agent_port)
+      for (const auto& [local, bytes] : SocketsTo(port))
+        if (!before.count(local)) agent_port = local;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  double drain_s = std::chrono::duration<double>(Steady::now() - t1).count();
+  auto bytes = SocketsTo(port)[agent_port];
+  std::printf("ops=%d enqueue=%.0f ops/s (durable) drain=%.0f ops/s (%.2f s; hub had applied all at "
+              "%.2f s) wire_up=%.0f B/post "
+              "wire_down=%.0f B/post accepted=%llu refused=%llu\n",
+              ops, ops / enqueue_s, ops / drain_s, drain_s, hub_done_s, double(bytes.first) / ops,
+              double(bytes.second) / ops, (unsigned long long)ingest.stats().accepted,
+              (unsigned long long)ingest.stats().refused);
+  agent_ptr = nullptr;
+  agent_mqtt.Disconnect();
+  agent.Stop();
+  relay.Stop();
+  hub_mqtt.Disconnect();
+  return ingest.stats().refused == 0 ? 0 : 1;
+}

@@ -20,6 +20,7 @@
 #include "cloud-hub/matching/cascade.h"
 #include "cloud-hub/matching/matcher.h"
 #include "cloud-hub/mqtt/device_ingest.h"
+#include "common/cli.h"
 #include "cloud-hub/mqtt/ingest_pool.h"
 #include "cloud-hub/mqtt/outbox_relay.h"
 #include "sync/mqtt_client.h"
@@ -158,12 +159,7 @@ int main(int argc, char** argv) {
   Args args = ParseArgs(argc, argv);
 
   // Block the stop signals in every thread; one thread waits for them.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGINT);
-  sigaddset(&stop_signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-  std::signal(SIGPIPE, SIG_IGN);
+  sigset_t stop_signals = pp::BlockStopSignals();
 
   if (args.db.rfind("sqlite:", 0) == 0) {
     std::filesystem::path p(args.db.substr(7));

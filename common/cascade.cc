@@ -42,6 +42,17 @@ Decision Claimed(const Surplus& cur, int64_t ngo, const char* outbox_type) {
   return d;
 }
 
+// A step the claiming NGO takes (pickup, delivery): it stays the claimer.
+Decision ByClaimer(const Surplus& cur, int64_t ngo, SurplusEvent event, const char* outbox_type) {
+  Decision d;
+  d.event = event;
+  d.claimed_by = ngo;
+  d.match.excluded = cur.match.excluded;
+  d.outbox_type = outbox_type;
+  d.actor = ngo;
+  return d;
+}
+
 std::string FormatKg(double kg) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.2f", kg);
@@ -144,12 +155,7 @@ Result<Decision> DecidePickUp(const Surplus& cur, int64_t ngo, const std::string
   else if (cur.draft.quantity_kg && kg > *cur.draft.quantity_kg + 1e-9)
     bad.push_back({"actual_kg", "is more than the " + FormatKg(*cur.draft.quantity_kg) + " kg posted"});
   if (!bad.empty()) return Error::Invalid("pickup refused", std::move(bad));
-  Decision d;
-  d.event = SurplusEvent::kPickUp;
-  d.claimed_by = ngo;
-  d.match.excluded = cur.match.excluded;
-  d.outbox_type = "surplus.picked_up";
-  d.actor = ngo;
+  Decision d = ByClaimer(cur, ngo, SurplusEvent::kPickUp, "surplus.picked_up");
   d.picked_up_kg = kg;
   return d;
 }
@@ -157,13 +163,7 @@ Result<Decision> DecidePickUp(const Surplus& cur, int64_t ngo, const std::string
 Result<Decision> DecideDeliver(const Surplus& cur, int64_t ngo) {
   if (cur.status != SurplusStatus::kPickedUp || cur.claimed_by != ngo)
     return Stale(cur, "not picked up by NGO " + std::to_string(ngo));
-  Decision d;
-  d.event = SurplusEvent::kDeliver;
-  d.claimed_by = ngo;
-  d.match.excluded = cur.match.excluded;
-  d.outbox_type = "surplus.delivered";
-  d.actor = ngo;
-  return d;
+  return ByClaimer(cur, ngo, SurplusEvent::kDeliver, "surplus.delivered");
 }
 
 Surplus Apply(const Surplus& cur, const Decision& d, Timestamp now) {

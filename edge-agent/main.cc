@@ -14,15 +14,14 @@
 // running agent's local API (the daemon owns the database), print its JSON
 // answer, and exit 0 on success, 1 when the agent refused, 2 on bad usage.
 #include <httplib.h>
-#include <pthread.h>
 
 #include <csignal>
 #include <cstdio>
-#include <fstream>
 #include <map>
 #include <set>
 #include <thread>
 
+#include "common/cli.h"
 #include "common/log.h"
 #include "common/time_format.h"
 #include "edge-agent/agent.h"
@@ -70,12 +69,7 @@ pp::DeviceConfig LoadOrDie(const std::string& path) {
   return *cfg;
 }
 
-std::string ReadLine(const std::string& path) {
-  std::ifstream in(path);
-  std::string line;
-  std::getline(in, line);
-  return line;
-}
+std::string ReadLine(const std::string& path) { return pp::ReadFirstLine(path).value_or(""); }
 
 // Paho behind the agent's Uplink.
 class MqttUplink final : public pp::agent::Uplink {
@@ -113,12 +107,7 @@ int Run(const std::map<std::string, std::string>& flags) {
     return 1;
   }
 
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGINT);
-  sigaddset(&stop_signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-  std::signal(SIGPIPE, SIG_IGN);
+  sigset_t stop_signals = pp::BlockStopSignals();
 
   pp::OffsetClock clock(pp::SystemClock::Instance(), skew);
   pp::agent::Agent* agent_ptr = nullptr;

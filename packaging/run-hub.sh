@@ -11,7 +11,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 bash packaging/install-deps.sh
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build --target pp-hub pp-device
+cmake --build build --target pp-hub pp-device pp-agent
 mkdir -p var
 port=$(bash packaging/broker.sh start "$root/var/broker")
 trap 'bash packaging/broker.sh stop "$root/var/broker"' EXIT

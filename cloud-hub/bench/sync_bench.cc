@@ -27,6 +27,7 @@
 #include "common/domain_json.h"
 #include "common/time_format.h"
 #include "sync/broker_admin.h"
+#include "common/cli.h"
 #include "sync/mqtt_client.h"
 
 
@@ -41,11 +42,9 @@ using Steady = std::chrono::steady_clock;
 }
 
 std::string ReadFile(const std::string& p) {
-  std::ifstream in(p);
-  if (!in) Die("cannot read " + p);
-  std::string s;
-  std::getline(in, s);
-  return s;
+  auto line = ReadFirstLine(p);
+  if (!line) Die("cannot read " + p);
+  return *line;
 }
 
 template <typename F>

@@ -270,25 +270,14 @@ void HttpApi::Routes() {
     Reply201or200(res, hub_.GetSurplus(*id), req.path, 200);
   });
 
-  s.Post(R"(/api/v1/surplus/([^/]+)/claim)", [this, read_body, idem_key](
-                                                  const Request& req, Response& res,
-                                                  const ContentReader& reader) {
-    std::string body;
-    if (!read_body(req, res, reader, body)) return;
-    auto id = PathId(req);
-    if (!id) return Problem(res, Error::NotFound("no surplus post " + std::string(req.matches[1])), req.path);
-    auto key = idem_key(req, res, true);
-    if (!key) return;
-    auto claim = ParseClaimRequest(body);
-    if (!claim.ok()) return Problem(res, claim.error(), req.path);
-    Reply201or200(res, hub_.Claim(*id, *claim, std::move(*key)), req.path, 200);
-  });
-
-  // accept, decline and assign: {"ngo_id": N} on one post.
-  using NgoCommand = Result<Reply> (HubService::*)(int64_t, int64_t, std::string);
-  auto ngo_command = [this, read_body, idem_key](NgoCommand command) {
-    return [this, read_body, idem_key, command](const Request& req, Response& res,
-                                                const ContentReader& reader) {
+  // Commands on one post (claim, accept, decline, assign, pickup, deliver):
+  // read the body, the post id and the Idempotency-Key, then `run` parses
+  // the body and calls the hub.
+  using PostCommand =
+      std::function<Result<Reply>(int64_t id, const std::string& body, std::string key)>;
+  auto post_command = [this, read_body, idem_key](PostCommand run) {
+    return [this, read_body, idem_key, run](const Request& req, Response& res,
+                                            const ContentReader& reader) {
       std::string body;
       if (!read_body(req, res, reader, body)) return;
       auto id = PathId(req);
@@ -297,29 +286,32 @@ void HttpApi::Routes() {
                        req.path);
       auto key = idem_key(req, res, true);
       if (!key) return;
-      auto ngo = ParseNgoRequest(body);
-      if (!ngo.ok()) return Problem(res, ngo.error(), req.path);
-      Reply201or200(res, (hub_.*command)(*id, *ngo, std::move(*key)), req.path, 200);
+      Reply201or200(res, run(*id, body, std::move(*key)), req.path, 200);
     };
+  };
+  s.Post(R"(/api/v1/surplus/([^/]+)/claim)",
+         post_command([this](int64_t id, const std::string& body, std::string key) -> Result<Reply> {
+           PP_ASSIGN_OR_RETURN(auto claim, ParseClaimRequest(body));
+           return hub_.Claim(id, claim, std::move(key));
+         }));
+  s.Post(R"(/api/v1/surplus/([^/]+)/pickup)",
+         post_command([this](int64_t id, const std::string& body, std::string key) -> Result<Reply> {
+           PP_ASSIGN_OR_RETURN(auto pickup, ParsePickUpRequest(body));
+           return hub_.PickUp(id, std::move(pickup), std::move(key));
+         }));
+  // The rest take {"ngo_id": N}.
+  using NgoCommand = Result<Reply> (HubService::*)(int64_t, int64_t, std::string);
+  auto ngo_command = [this, post_command](NgoCommand command) {
+    return post_command([this, command](int64_t id, const std::string& body,
+                                        std::string key) -> Result<Reply> {
+      PP_ASSIGN_OR_RETURN(int64_t ngo, ParseNgoRequest(body));
+      return (hub_.*command)(id, ngo, std::move(key));
+    });
   };
   s.Post(R"(/api/v1/surplus/([^/]+)/accept)", ngo_command(&HubService::Accept));
   s.Post(R"(/api/v1/surplus/([^/]+)/decline)", ngo_command(&HubService::Decline));
   s.Post(R"(/api/v1/surplus/([^/]+)/assign)", ngo_command(&HubService::Assign));
   s.Post(R"(/api/v1/surplus/([^/]+)/deliver)", ngo_command(&HubService::Deliver));
-
-  s.Post(R"(/api/v1/surplus/([^/]+)/pickup)", [this, read_body, idem_key](
-                                                   const Request& req, Response& res,
-                                                   const ContentReader& reader) {
-    std::string body;
-    if (!read_body(req, res, reader, body)) return;
-    auto id = PathId(req);
-    if (!id) return Problem(res, Error::NotFound("no surplus post " + std::string(req.matches[1])), req.path);
-    auto key = idem_key(req, res, true);
-    if (!key) return;
-    auto pickup = ParsePickUpRequest(body);
-    if (!pickup.ok()) return Problem(res, pickup.error(), req.path);
-    Reply201or200(res, hub_.PickUp(*id, *pickup, std::move(*key)), req.path, 200);
-  });
 
   s.Get("/api/v1/dlq", [this](const Request& req, Response& res) {
     nlohmann::json out = nlohmann::json::array();

@@ -1,7 +1,7 @@
 // pp-device: registers and revokes kiosks and tablets.
 //
 //   pp-device register --hub URL --id ID --role kiosk|tablet --org N --out DIR
-//                      [--broker tcp://HOST:PORT] [--broker-dir DIR]
+//                      [--broker tcp://HOST:PORT] [--broker-dir DIR] [--ui 127.0.0.1:PORT]
 //   pp-device revoke --hub URL --id ID
 //
 // register makes the device's Ed25519 key pair and broker password, registers
@@ -33,7 +33,7 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: pp-device register --hub URL --id ID --role kiosk|tablet --org N --out DIR\n"
-    "                          [--broker tcp://HOST:PORT] [--broker-dir DIR]\n"
+    "                          [--broker tcp://HOST:PORT] [--broker-dir DIR] [--ui 127.0.0.1:PORT]\n"
     "       pp-device revoke --hub URL --id ID\n";
 
 [[noreturn]] void Die(const std::string& msg, int code = 2) {
@@ -114,6 +114,8 @@ int main(int argc, char** argv) {
                         {"broker_url", opt.count("broker") ? opt["broker"] : "tcp://127.0.0.1:1883"},
                         {"broker_user", id},
                         {"broker_password_file", pw_file.string()}};
+  // Where pp-agent serves its UI (firmware-cfg validates it: loopback only).
+  if (opt.count("ui")) config["http_listen"] = opt["ui"];
   if (!WriteSecret(key_file, pp::sync::ToBase64(keys.secret_key) + "\n") ||
       !WriteSecret(pw_file, password + "\n") ||
       !WriteSecret(out / (id + ".json"), config.dump(2) + "\n"))

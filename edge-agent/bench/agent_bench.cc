@@ -32,6 +32,7 @@
 #include "cloud-hub/mqtt/outbox_relay.h"
 #include "edge-agent/agent.h"
 #include "sync/broker_admin.h"
+#include "common/cli.h"
 #include "sync/mqtt_client.h"
 
 namespace {
@@ -45,11 +46,9 @@ using Steady = std::chrono::steady_clock;
 }
 
 std::string ReadLine(const std::string& p) {
-  std::ifstream in(p);
-  if (!in) Die("cannot read " + p);
-  std::string s;
-  std::getline(in, s);
-  return s;
+  auto line = ReadFirstLine(p);
+  if (!line) Die("cannot read " + p);
+  return *line;
 }
 
 // This process's TCP sockets to `port`, by local port: {bytes sent and

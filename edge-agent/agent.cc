@@ -65,6 +65,32 @@ Agent::Agent(DeviceConfig config, sync::SecretKey key, AgentStore& store, const 
 Agent::~Agent() { Stop(); }
 
 void Agent::Start() {
+  // A tablet tells the hub what its vehicle can take (capacity, categories,
+  // hours, start position) whenever that differs from what it last queued,
+  // so an edited config reaches the matcher. Through the queue: durable.
+  if (config_.role == "tablet") {
+    json profile{{"free_kg", config_.vehicle.capacity_kg},
+                 {"open_from", config_.vehicle.open_from},
+                 {"open_to", config_.vehicle.open_to},
+                 {"online", true}};
+    if (!config_.vehicle.categories.empty()) profile["categories"] = config_.vehicle.categories;
+    if (config_.position) {
+      profile["lat"] = config_.position->lat;
+      profile["lon"] = config_.position->lon;
+    }
+    std::optional<std::string> last;
+    (void)store_.Read([&](AgentTxn& tx) -> Status {
+      PP_ASSIGN_OR_RETURN(last, tx.GetMeta("vehicle_profile"));
+      return OkStatus();
+    });
+    if (last != profile.dump()) {
+      auto q = Submit(sync::kOpVehicle, profile);
+      if (q.ok())
+        (void)store_.Write([&](AgentTxn& tx) { return tx.SetMeta("vehicle_profile", profile.dump()); });
+      else
+        Log(LogLevel::kError, "vehicle_profile_not_queued", {{"error", q.error().ToString()}});
+    }
+  }
   sender_ = std::thread([this] { SendLoop(); });
   applier_ = std::thread([this] { ApplyLoop(); });
 }
@@ -231,6 +257,25 @@ void Agent::SendQuery(const char* type, const json& body) {
   }
 }
 
+bool Agent::AwaitAcks(std::deque<Uplink::AckWait>& window, size_t keep) {
+  // One deadline for the lot: a connection that died with publishes in
+  // flight must not cost kAckTimeout per publish before we start over.
+  auto deadline = std::chrono::steady_clock::now() + kAckTimeout;
+  while (window.size() > keep) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    Status st = window.front()(std::max(left, std::chrono::milliseconds(0)));
+    window.pop_front();
+    if (!st.ok()) {
+      Log(LogLevel::kWarn, "publish_unacknowledged",
+          {{"device", config_.device_id}, {"error", st.error().message}});
+      window.clear();
+      return false;
+    }
+  }
+  return true;
+}
+
 void Agent::SendLoop() {
   uint64_t cursor = 0, seen_epoch = ~uint64_t{0}, pinged_epoch = ~uint64_t{0};
   std::deque<Uplink::AckWait> window;
@@ -291,17 +336,11 @@ void Agent::SendLoop() {
         }
         cursor = op.seq;
         window.push_back(std::move(*ack));
-        while (window.size() >= kWindow) {
-          if (!window.front()(std::chrono::seconds(10)).ok()) broken = true;
-          window.pop_front();
-        }
+        if (window.size() >= kWindow) broken = !AwaitAcks(window, kWindow - 1);
         if (broken) break;
       }
     }
-    while (!window.empty()) {
-      (void)window.front()(std::chrono::seconds(10));
-      window.pop_front();
-    }
+    if (!AwaitAcks(window, 0)) broken = true;
     if (broken) {
       // Not acknowledged: start again from the oldest unanswered op once
       // the connection is back (or after kResendAfter if it never dropped).

@@ -58,6 +58,7 @@ class Agent {
   static constexpr size_t kMaxUnanswered = 2000;    // ops sent, awaiting their outcome
   static constexpr Duration kResendAfter{std::chrono::seconds(20)};
   static constexpr Duration kNearbyEvery{std::chrono::seconds(15)};
+  static constexpr std::chrono::milliseconds kAckTimeout{5000};  // for a window of PUBACKs
 
   Agent(DeviceConfig config, sync::SecretKey key, AgentStore& store, const Clock& clock,
         Uplink& uplink);
@@ -85,6 +86,9 @@ class Agent {
 
  private:
   void SendLoop();
+  // Waits for PUBACKs until at most `keep` are outstanding; false (window
+  // dropped) if one failed or kAckTimeout passed.
+  bool AwaitAcks(std::deque<Uplink::AckWait>& window, size_t keep);
   void ApplyLoop();
   Status ApplyBatch(std::vector<std::string>& batch);
   Status MergePost(AgentTxn& tx, const nlohmann::json& post);

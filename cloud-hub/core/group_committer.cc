@@ -36,11 +36,15 @@ GroupCommitter::~GroupCommitter() {
 }
 
 void GroupCommitter::Submit(Op op, Done done) {
+  bool wake;
   {
     std::lock_guard lock(mu_);
     queue_.push_back({std::move(op), std::move(done)});
+    // A busy writer looks at the queue again when its batch is done; a
+    // futex wake-up per op would only cost CPU.
+    wake = idle_writers_ > 0;
   }
-  cv_.notify_one();
+  if (wake) cv_.notify_one();
 }
 
 Status GroupCommitter::Run(Op op) {
@@ -59,7 +63,9 @@ void GroupCommitter::WriterLoop(Writer& w) {
   while (true) {
     {
       std::unique_lock lock(mu_);
+      ++idle_writers_;
       cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      --idle_writers_;
       if (queue_.empty()) return;  // stopping, and everything is done
       size_t n = std::min(queue_.size(), size_t(options_.max_batch));
       for (size_t i = 0; i < n; ++i) {

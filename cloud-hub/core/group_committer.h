@@ -84,6 +84,7 @@ class GroupCommitter {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Item> queue_;
+  int idle_writers_ = 0;  // waiting on cv_: Submit() wakes one only if any
   bool stopping_ = false;
 
   std::atomic<uint64_t> ops_{0}, batches_{0}, batch_failures_{0};

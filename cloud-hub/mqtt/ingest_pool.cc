@@ -14,7 +14,7 @@ IngestPool::~IngestPool() {
   for (auto& w : workers_) {
     std::lock_guard lock(w->mu);
     w->stop = true;
-    w->cv.notify_all();
+    w->has_work.notify_all();
   }
   for (auto& w : workers_) w->thread.join();
 }
@@ -25,23 +25,29 @@ void IngestPool::Post(std::string topic, std::string payload, std::string tracep
   std::string_view device = start == std::string::npos ? topic : std::string_view(topic).substr(0, start);
   Worker& w = *workers_[std::hash<std::string_view>{}(device) % workers_.size()];
   std::unique_lock lock(w.mu);
-  w.cv.wait(lock, [&] { return w.queue.size() < limit_; });
+  if (w.queue.size() >= limit_) {  // backpressure: Paho stops reading, the broker holds on
+    ++w.blocked;
+    w.has_room.wait(lock, [&] { return w.queue.size() < limit_; });
+    --w.blocked;
+  }
   w.queue.push_back({std::move(topic), std::move(payload), std::move(traceparent)});
-  w.cv.notify_all();
+  if (w.asleep) w.has_work.notify_one();
 }
 
 void IngestPool::Run(Worker& w) {
+  std::deque<Item> batch;
   while (true) {
-    Item item;
     {
       std::unique_lock lock(w.mu);
-      w.cv.wait(lock, [&] { return w.stop || !w.queue.empty(); });
+      w.asleep = true;
+      w.has_work.wait(lock, [&] { return w.stop || !w.queue.empty(); });
+      w.asleep = false;
       if (w.queue.empty()) return;
-      item = std::move(w.queue.front());
-      w.queue.pop_front();
-      w.cv.notify_all();  // room for a blocked Post()
+      batch.swap(w.queue);
+      if (w.blocked > 0) w.has_room.notify_all();
     }
-    ingest_.OnMessage(item.topic, item.payload, item.traceparent);
+    for (auto& item : batch) ingest_.OnMessage(item.topic, item.payload, item.traceparent);
+    batch.clear();
   }
 }
 

@@ -28,10 +28,15 @@ class IngestPool {
   struct Item {
     std::string topic, payload, traceparent;
   };
+  // Wake-ups cost a futex call each, on the same 2 cores the broker and
+  // the ingest need: Post() wakes the worker only when it may be asleep,
+  // and the worker takes everything queued at once.
   struct Worker {
     std::mutex mu;
-    std::condition_variable cv;
+    std::condition_variable has_work, has_room;
     std::deque<Item> queue;  // guarded by mu
+    bool asleep = false;     // guarded by mu
+    int blocked = 0;         // Post() calls waiting for room; guarded by mu
     bool stop = false;       // guarded by mu
     std::thread thread;
   };

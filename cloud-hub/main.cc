@@ -178,6 +178,8 @@ int main(int argc, char** argv) {
   }
   const pp::Clock& clock = pp::SystemClock::Instance();
   pp::HubService hub(**store, **committer, clock);
+  pp::metrics::Registry metrics;
+  hub.SetMetrics(&metrics);
 
   std::unique_ptr<pp::TravelTimeSource> routing;
   if (!args.routing_url.empty())
@@ -201,6 +203,7 @@ int main(int argc, char** argv) {
   std::unique_ptr<pp::OutboxRelay> relay;
   if (!args.mqtt_uri.empty()) {
     ingest = std::make_unique<pp::DeviceIngest>(hub);
+    ingest->SetMetrics(&metrics);
     ingest->SetNearbyQuery(
         [&cascade](const pp::GeoPoint& at, double km) { return cascade.NearbyPosts(at, km, 50); });
     pool = std::make_unique<pp::IngestPool>(*ingest, args.ingest_workers);
@@ -226,6 +229,32 @@ int main(int argc, char** argv) {
   pp::HttpOptions http_options;
   http_options.max_body_bytes = args.max_body;
   pp::HttpApi api(hub, http_options, &cascade);
+  api.SetMetrics(&metrics);
+  // Read at scrape time: state the matcher, the relay and the store own.
+  metrics.AddGaugeCallback("matching_engine_saturation_ratio",
+                           "Share of the matching shards' time spent busy, with their backlog (1 = saturated).",
+                           {}, [&matcher] { return matcher.SaturationRatio(); });
+  metrics.AddGaugeCallback("routing_circuit_open", "1 while the routing circuit breaker is open.", {},
+                           [&travel] {
+                             return travel.breaker_state() == pp::CircuitBreaker::State::kOpen ? 1.0 : 0.0;
+                           });
+  metrics.AddGaugeCallback("outbox_lag_seconds",
+                           "Age of the oldest outbox event not yet published (0 when none).", {},
+                           [&hub, &clock] {
+                             auto page = hub.ListUnsentOutbox(1);
+                             if (!page.ok() || page->empty()) return 0.0;
+                             return std::chrono::duration<double>(clock.Now() - page->front().created_at).count();
+                           });
+  metrics.AddGaugeCallback("dlq_posts", "Posts waiting in the dead-letter queue (counted up to 100000).", {},
+                           [&hub] {
+                             auto page = hub.ListSurplus({pp::SurplusStatus::kDeadLettered}, 0, 100000);
+                             return page.ok() ? double(page->size()) : 0.0;
+                           });
+  api.SetReadiness([&hub, &mqtt]() -> pp::Status {
+    if (auto r = hub.ListUnsentOutbox(1); !r.ok()) return pp::Error::Unavailable("store: " + r.error().message);
+    if (mqtt && !mqtt->connected()) return pp::Error::Unavailable("broker not connected");
+    return pp::OkStatus();
+  });
   auto port = api.Bind(args.host, args.port);
   if (!port.ok()) {
     std::fprintf(stderr, "pp-hub: %s\n", port.error().ToString().c_str());

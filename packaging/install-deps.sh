@@ -16,7 +16,8 @@ BUILD_PKGS=(
 RUN_PKGS=(mosquitto mosquitto-clients)
 # chromium: the pages are tested in a real browser (playwright-core from npm
 # drives it; tests/browser). fonts-dejavu-core: readable screenshots.
-TEST_PKGS=(postgresql-15 postgresql-client-15 curl chromium fonts-dejavu-core)
+# prometheus: its promtool checks the /metrics scrape and the alert rules.
+TEST_PKGS=(postgresql-15 postgresql-client-15 curl chromium fonts-dejavu-core prometheus)
 
 want=("${BUILD_PKGS[@]}" "${RUN_PKGS[@]}")
 if [[ "${1:-}" == "--test" ]]; then

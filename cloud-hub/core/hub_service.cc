@@ -87,6 +87,7 @@ void HubService::Submit(std::string scope, std::string key, std::string fingerpr
   committer_.Submit(std::move(op), [this, reply, done = std::move(done)](Status st) {
     if (!st.ok()) return done(st.take_error());
     if (commit_hook_) commit_hook_();
+    if (metrics_ && reply->ok() && !(*reply)->replayed && (*reply)->surplus) CountChange(*(*reply)->surplus);
     if (listener_ && reply->ok() && !(*reply)->replayed) {
       if ((*reply)->surplus) listener_->OnSurplusChanged(*(*reply)->surplus, (*reply)->dlq_exhausted);
       if ((*reply)->also_posted) listener_->OnSurplusChanged(*(*reply)->also_posted, false);
@@ -94,6 +95,20 @@ void HubService::Submit(std::string scope, std::string key, std::string fingerpr
     }
     done(std::move(*reply));
   });
+}
+
+void HubService::SetMetrics(metrics::Registry* registry) {
+  metrics_ = registry;
+  tons_delivered_ = &registry->GetCounter("food_waste_prevented_tons_total",
+                                          "Food delivered to NGOs (weight picked up), in tonnes.");
+}
+
+void HubService::CountChange(const Surplus& after) {
+  metrics_->GetCounter("surplus_changes_total", "Committed changes to surplus posts, by the status they reached.",
+                       {{"status", std::string(ToString(after.status))}})
+      .Inc();
+  if (after.status == SurplusStatus::kDelivered)
+    tons_delivered_->Inc(after.picked_up_kg.value_or(after.draft.quantity_kg.value_or(0)) / 1000.0);
 }
 
 Result<std::optional<Organization>> HubService::FindOrganization(StoreSession& s, int64_t id) {

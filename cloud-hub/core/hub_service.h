@@ -24,9 +24,15 @@
 #include "cloud-hub/store/store.h"
 #include "common/cascade.h"
 #include "common/clock.h"
+#include "common/metrics.h"
 #include "common/validation.h"
 
 namespace pp {
+
+// The claim latency histogram both doors record (label door="http"|"mqtt").
+inline constexpr const char* kClaimLatencyMetric = "surplus_claim_latency_seconds";
+inline constexpr const char* kClaimLatencyHelp =
+    "Claims and offer acceptances, from receipt to the committed answer.";
 
 // The JSON result of a command, exactly as first produced.
 struct Reply {
@@ -131,6 +137,9 @@ class HubService {
   const Clock& clock() const { return clock_; }
   // Set once, before traffic.
   void SetListener(ChangeListener* listener) { listener_ = listener; }
+  // Counts committed changes by status and the food delivered
+  // (food_waste_prevented_tons_total). Set once, before traffic.
+  void SetMetrics(metrics::Registry* registry);
   // Called after every committed write (the outbox relay looks at once).
   void SetCommitHook(std::function<void()> hook) { commit_hook_ = std::move(hook); }
 
@@ -145,6 +154,7 @@ class HubService {
   // commit or a committed read.
   Result<std::optional<Organization>> FindOrganization(StoreSession& s, int64_t id);
   void CacheOrganization(const Organization& o);
+  void CountChange(const Surplus& after);
 
   template <typename T, typename F>
   Result<T> Read(F&& f);
@@ -154,6 +164,8 @@ class HubService {
   GroupCommitter& committer_;
   const Clock& clock_;
   ChangeListener* listener_ = nullptr;
+  metrics::Registry* metrics_ = nullptr;
+  metrics::Counter* tons_delivered_ = nullptr;
   std::function<void()> commit_hook_;
 
   // Protected by mu_.

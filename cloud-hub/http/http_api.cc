@@ -20,6 +20,10 @@ using httplib::Request;
 using httplib::Response;
 
 constexpr const char* kJson = "application/json";
+
+// When the request being handled on this thread arrived (cpp-httplib runs a
+// request's pre-routing handler, handler and logger on one pool thread).
+thread_local std::chrono::steady_clock::time_point request_started;
 constexpr const char* kProblemJson = "application/problem+json";
 
 void Problem(Response& res, int status, const Error& e, const std::string& instance) {
@@ -69,7 +73,9 @@ HttpApi::HttpApi(HubService& hub, HttpOptions options, const Cascade* cascade)
 
   // Runs after the headers are read and before the body is: refuse what we
   // will not read.
+  server_->set_logger([this](const Request& req, const Response& res) { Observe(req, res); });
   server_->set_pre_routing_handler([this](const Request& req, Response& res) {
+    request_started = std::chrono::steady_clock::now();
     auto fail = [&](int status, Code code, std::string msg) {
       Problem(res, status, Error{code, std::move(msg), {}, {}}, req.path);
       // The body (if any) stays unread; the connection cannot be reused.
@@ -149,6 +155,49 @@ HttpApi::HttpApi(HubService& hub, HttpOptions options, const Cascade* cascade)
 
 HttpApi::~HttpApi() = default;
 
+std::string HttpApi::RouteLabel(const std::string& path) {
+  static const char* const kKnown[] = {"/healthz", "/readyz", "/metrics", "/api/v1/"};
+  bool known = false;
+  for (const char* k : kKnown) known |= path.rfind(k, 0) == 0;
+  if (!known) return "other";  // scanners must not mint label sets
+  std::string out;
+  size_t i = 0;
+  while (i < path.size()) {
+    size_t j = path.find('/', i + 1);
+    std::string seg = path.substr(i, j == std::string::npos ? std::string::npos : j - i);
+    bool digits = seg.size() > 1 && seg.find_first_not_of("0123456789", 1) == std::string::npos;
+    bool device = out == "/api/v1/devices" && seg.size() > 1;
+    out += digits || device ? "/:id" : seg;
+    if (j == std::string::npos) break;
+    i = j;
+  }
+  return out;
+}
+
+void HttpApi::Observe(const Request& req, const Response& res) {
+  if (!metrics_) return;
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - request_started).count();
+  std::string route = RouteLabel(req.path);
+  metrics_->GetCounter("http_requests_total", "HTTP requests by route, method and status.",
+                       {{"route", route}, {"method", req.method}, {"code", std::to_string(res.status)}})
+      .Inc();
+  if (res.status >= 500)
+    metrics_->GetCounter("http_errors_total", "HTTP answers with a 5xx status, by route.", {{"route", route}})
+        .Inc();
+  metrics_->GetHistogram("http_request_duration_seconds", "HTTP request latency by route.",
+                         metrics::LatencyBuckets(), {{"route", route}})
+      .Observe(seconds);
+  bool claim = req.method == "POST" && (route == "/api/v1/surplus/:id/claim" ||
+                                        route == "/api/v1/surplus/:id/accept");
+  if (claim && res.status < 500) claim_latency_->Observe(seconds);
+}
+
+void HttpApi::SetMetrics(metrics::Registry* registry) {
+  metrics_ = registry;
+  claim_latency_ = &registry->GetHistogram(kClaimLatencyMetric, kClaimLatencyHelp,
+                                           metrics::LatencyBuckets(), {{"door", "http"}});
+}
+
 void HttpApi::Routes() {
   auto& s = *server_;
   const size_t max_body = options_.max_body_bytes;
@@ -204,6 +253,16 @@ void HttpApi::Routes() {
 
   s.Get("/healthz", [this](const Request&, Response& res) {
     res.set_content(nlohmann::json{{"status", "ok"}}.dump(), kJson);
+  });
+  // Ready: the store answers and, with a broker configured, it is connected.
+  s.Get("/readyz", [this](const Request& req, Response& res) {
+    Status st = ready_ ? ready_() : OkStatus();
+    if (!st.ok()) return Problem(res, 503, st.error(), req.path);
+    res.set_content(nlohmann::json{{"status", "ready"}}.dump(), kJson);
+  });
+  s.Get("/metrics", [this](const Request& req, Response& res) {
+    if (!metrics_) return Problem(res, 404, Error::NotFound("metrics are off"), req.path);
+    res.set_content(metrics_->Render(), "text/plain; version=0.0.4; charset=utf-8");
   });
 
   s.Post("/api/v1/organizations", [this, read_body, idem_key](const Request& req, Response& res,

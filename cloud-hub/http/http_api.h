@@ -16,9 +16,12 @@
 #include <string>
 
 #include "cloud-hub/core/hub_service.h"
+#include "common/metrics.h"
 
 namespace httplib {
 class Server;
+struct Request;
+struct Response;
 }
 
 namespace pp {
@@ -45,10 +48,24 @@ class HttpApi {
   void Serve();
   void Stop();
 
+  // Set before Serve(). With a registry: per-route request counts and
+  // latencies, the claim latency histogram, and GET /metrics. Readiness:
+  // what GET /readyz checks (store and broker reachable).
+  void SetMetrics(metrics::Registry* registry);
+  void SetReadiness(std::function<Status()> check) { ready_ = std::move(check); }
+
+  // "/api/v1/surplus/12/claim" -> "/api/v1/surplus/:id/claim": a bounded
+  // label set for metrics.
+  static std::string RouteLabel(const std::string& path);
+
  private:
   void Routes();
+  void Observe(const httplib::Request& req, const httplib::Response& res);
 
   HubService& hub_;
+  metrics::Registry* metrics_ = nullptr;
+  metrics::Histogram* claim_latency_ = nullptr;
+  std::function<Status()> ready_;
   const HttpOptions options_;
   const Cascade* cascade_;
   std::unique_ptr<httplib::Server> server_;

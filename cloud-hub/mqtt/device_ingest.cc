@@ -103,8 +103,23 @@ void DeviceIngest::AnswerNearby(const Device& device, const sync::Envelope& env,
   Answer(device.id, o, traceparent);
 }
 
+void DeviceIngest::SetMetrics(metrics::Registry* r) {
+  claim_latency_ = &r->GetHistogram(kClaimLatencyMetric, kClaimLatencyHelp, metrics::LatencyBuckets(),
+                                    {{"door", "mqtt"}});
+  const char* help = "Device messages through the MQTT door, by result.";
+  r->AddCounterCallback("mqtt_ingest_messages_total", help, {{"result", "received"}},
+                        [this] { return double(received_.load()); });
+  r->AddCounterCallback("mqtt_ingest_messages_total", help, {{"result", "accepted"}},
+                        [this] { return double(accepted_.load()); });
+  r->AddCounterCallback("mqtt_ingest_messages_total", help, {{"result", "refused"}},
+                        [this] { return double(refused_.load()); });
+  r->AddCounterCallback("mqtt_ingest_messages_total", help, {{"result", "dropped"}},
+                        [this] { return double(dropped_.load()); });
+}
+
 void DeviceIngest::OnMessage(const std::string& topic, const std::string& payload,
                              const std::string& traceparent) {
+  const auto received_at = std::chrono::steady_clock::now();
   received_++;
   auto where = sync::ParseUpTopic(topic);
   if (!where) {  // nobody to answer: the broker's ACL should not have let it through
@@ -230,8 +245,14 @@ void DeviceIngest::OnMessage(const std::string& topic, const std::string& payloa
                                                hub_.clock().Now()));
   };
   std::string fingerprint = Fingerprint(env.type + "\n" + env.body.dump());
+  const bool is_claim = env.type == sync::kOpClaim || env.type == sync::kOpAccept;
   hub_.Submit("device:" + device_id, op, fingerprint, std::move(effect), also,
-              [this, device_id, env = std::move(env), traceparent](Result<Reply> r) {
+              [this, device_id, env = std::move(env), traceparent, is_claim,
+               received_at](Result<Reply> r) {
+                if (is_claim && claim_latency_ && (r.ok() || r.error().code == Code::kAborted))
+                  claim_latency_->Observe(std::chrono::duration<double>(
+                                              std::chrono::steady_clock::now() - received_at)
+                                              .count());
                 if (r.ok()) {
                   accepted_++;
                   return;

@@ -19,6 +19,7 @@
 #include <string>
 
 #include "cloud-hub/core/hub_service.h"
+#include "common/metrics.h"
 #include "sync/protocol.h"
 
 namespace pp {
@@ -36,6 +37,9 @@ class DeviceIngest {
   // before traffic; without it the query is answered `unavailable`.
   using NearbyQuery = std::function<nlohmann::json(const GeoPoint& at, double km)>;
   void SetNearbyQuery(NearbyQuery q) { nearby_ = std::move(q); }
+  // Claims and acceptances feed surplus_claim_latency_seconds{door="mqtt"}
+  // (receipt to commit); the ingest counters are read from stats().
+  void SetMetrics(metrics::Registry* registry);
 
   void OnMessage(const std::string& topic, const std::string& payload,
                  const std::string& traceparent);
@@ -57,6 +61,7 @@ class DeviceIngest {
 
   HubService& hub_;
   NearbyQuery nearby_;
+  metrics::Histogram* claim_latency_ = nullptr;
   std::atomic<uint64_t> received_{0}, accepted_{0}, refused_{0}, dropped_{0};
 };
 

@@ -246,3 +246,19 @@ TEST_F(HttpApiTest, CascadeRoutes) {
 
 }  // namespace
 }  // namespace pp
+
+namespace pp {
+namespace {
+
+// Metrics labels: ids collapse, unknown paths do not mint new label sets.
+TEST(HttpApiRouteLabel, IdsCollapseAndStrangersAreOther) {
+  EXPECT_EQ(HttpApi::RouteLabel("/api/v1/surplus/123/claim"), "/api/v1/surplus/:id/claim");
+  EXPECT_EQ(HttpApi::RouteLabel("/api/v1/surplus/9"), "/api/v1/surplus/:id");
+  EXPECT_EQ(HttpApi::RouteLabel("/api/v1/surplus/nearby"), "/api/v1/surplus/nearby");
+  EXPECT_EQ(HttpApi::RouteLabel("/api/v1/devices/kiosk-7/revoke"), "/api/v1/devices/:id/revoke");
+  EXPECT_EQ(HttpApi::RouteLabel("/metrics"), "/metrics");
+  EXPECT_EQ(HttpApi::RouteLabel("/wp-admin/x.php"), "other");
+}
+
+}  // namespace
+}  // namespace pp

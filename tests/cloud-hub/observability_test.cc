@@ -1,0 +1,135 @@
+// What operators watch: /metrics (checked by promtool, Debian's prometheus
+// package) and /readyz, on a live pp-hub with a real broker.
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <fstream>
+#include <regex>
+
+#include <nlohmann/json.hpp>
+
+#include "tests/support/test_support.h"
+
+namespace pp {
+namespace {
+
+using nlohmann::json;
+using std::chrono::seconds;
+
+// The value of one sample line ("name{labels} value"), or -1 if absent.
+double Sample(const std::string& text, const std::string& series) {
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind(series + " ", 0) == 0) return std::stod(line.substr(series.size() + 1));
+  return -1;
+}
+
+class ObservabilityTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_GT(broker_.port(), 0);
+    hub_ = std::make_unique<test::Hub>(
+        "sqlite:" + dir_.file("hub.db"),
+        std::vector<std::string>{"--mqtt", broker_.uri(), "--mqtt-password-file",
+                                 broker_.hub_password_file()});
+    ASSERT_GT(hub_->port(), 0);
+  }
+  test::HttpAnswer Call(const std::string& method, const std::string& path, const json& body = nullptr) {
+    return test::HttpCall(hub_->port(), method, path, body);
+  }
+  std::string Scrape() {
+    httplib::Client cli("127.0.0.1", hub_->port());
+    auto r = cli.Get("/metrics");
+    EXPECT_TRUE(r && r->status == 200);
+    EXPECT_EQ(r->get_header_value("Content-Type"), "text/plain; version=0.0.4; charset=utf-8");
+    return r ? r->body : "";
+  }
+  // promtool's verdict on a scrape: "" when clean.
+  std::string Promtool(const std::string& scrape) {
+    std::ofstream(dir_.file("scrape.txt")) << scrape;
+    test::Process p({"/bin/sh", "-c", "promtool check metrics < " + dir_.file("scrape.txt") + " 2>&1; echo rc=$?"});
+    std::string out, line;
+    while (!(line = p.WaitForLine("", seconds(30))).empty()) {
+      out += line + "\n";
+      if (line.rfind("rc=", 0) == 0) break;
+    }
+    p.Wait();
+    return out == "rc=0\n" ? "" : out;
+  }
+
+  test::TempDir dir_;
+  test::Broker broker_;
+  std::unique_ptr<test::Hub> hub_;
+};
+
+TEST_F(ObservabilityTest, MetricsFollowAClaimAndADeliveryAndPassPromtool) {
+  std::string before = Scrape();
+  EXPECT_EQ(Promtool(before), "");
+  // Present from the start, before any traffic.
+  for (const char* family : {"surplus_claim_latency_seconds", "food_waste_prevented_tons_total",
+                             "matching_engine_saturation_ratio", "mqtt_ingest_messages_total",
+                             "outbox_lag_seconds", "routing_circuit_open", "dlq_posts"})
+    EXPECT_NE(before.find("# TYPE " + std::string(family) + " "), std::string::npos) << family;
+  EXPECT_EQ(Sample(before, "food_waste_prevented_tons_total"), 0);
+
+  int64_t provider = Call("POST", "/api/v1/organizations",
+                          {{"kind", "provider"}, {"name", "p"}, {"lat", 51.5}, {"lon", -0.1}}).body["id"];
+  int64_t ngo = Call("POST", "/api/v1/organizations",
+                     {{"kind", "ngo"}, {"name", "n"}, {"lat", 51.6}, {"lon", -0.1}}).body["id"];
+  // The provider's kiosk hears the handover code.
+  test::TestDevice kiosk(broker_, "kiosk-1");
+  ASSERT_EQ(Call("POST", "/api/v1/devices", {{"id", "kiosk-1"}, {"role", "kiosk"}, {"org_id", provider},
+                                            {"public_key", kiosk.public_key()}}).status, 201);
+  broker_.AddUser("kiosk-1", kiosk.password());
+  ASSERT_TRUE(kiosk.Connect().ok());
+
+  httplib::Client cli("127.0.0.1", hub_->port());
+  auto post = cli.Post("/api/v1/surplus", {{"Idempotency-Key", "p1"}},
+                       json{{"provider_id", provider}, {"category", "bakery"}, {"description", "roti"},
+                            {"quantity_kg", 250}, {"best_before", test::HoursFromNow(3)}}.dump(),
+                       "application/json");
+  ASSERT_TRUE(post && post->status == 201);
+  int64_t id = json::parse(post->body)["id"];
+  // The only NGO is offered the post at once; it accepts.
+  ASSERT_TRUE(test::Eventually([&] {
+    return Call("GET", "/api/v1/surplus/" + std::to_string(id)).body["status"] == "offered";
+  }, seconds(10)));
+  auto claim = cli.Post(("/api/v1/surplus/" + std::to_string(id) + "/accept").c_str(), {{"Idempotency-Key", "c1"}},
+                        json{{"ngo_id", ngo}}.dump(), "application/json");
+  ASSERT_TRUE(claim && claim->status == 200) << (claim ? claim->body : "");
+  json claimed = kiosk.WaitEvent("surplus.claimed", [&](const json& e) { return e["data"]["id"] == id; });
+  ASSERT_TRUE(claimed.is_object());
+  std::string code = claimed["data"]["handover_code"];
+  std::string base = "/api/v1/surplus/" + std::to_string(id);
+  ASSERT_EQ(cli.Post((base + "/pickup").c_str(), {{"Idempotency-Key", "k1"}},
+                     json{{"ngo_id", ngo}, {"handover_code", code}, {"actual_kg", 250}}.dump(),
+                     "application/json")->status, 200);
+  ASSERT_EQ(cli.Post((base + "/deliver").c_str(), {{"Idempotency-Key", "d1"}},
+                     json{{"ngo_id", ngo}}.dump(), "application/json")->status, 200);
+
+  std::string after = Scrape();
+  EXPECT_EQ(Promtool(after), "");
+  for (const char* family : {"http_requests_total", "http_request_duration_seconds"})
+    EXPECT_NE(after.find("# TYPE " + std::string(family) + " "), std::string::npos) << family;
+  EXPECT_EQ(Sample(after, "surplus_claim_latency_seconds_count{door=\"http\"}"), 1);
+  EXPECT_DOUBLE_EQ(Sample(after, "food_waste_prevented_tons_total"), 0.25);
+  EXPECT_EQ(Sample(after, "http_requests_total{route=\"/api/v1/surplus/:id/accept\",method=\"POST\",code=\"200\"}"), 1);
+  EXPECT_EQ(Sample(after, "surplus_changes_total{status=\"delivered\"}"), 1);
+  EXPECT_GE(Sample(after, "matching_engine_saturation_ratio"), 0);
+}
+
+TEST_F(ObservabilityTest, ReadyzFollowsTheBroker) {
+  EXPECT_EQ(Call("GET", "/healthz").status, 200);
+  EXPECT_EQ(Call("GET", "/readyz").status, 200);
+  broker_.Stop();
+  ASSERT_TRUE(test::Eventually([&] { return Call("GET", "/readyz").status == 503; }, seconds(20)));
+  auto down = Call("GET", "/readyz");
+  EXPECT_NE(down.body["detail"].get<std::string>().find("broker"), std::string::npos);
+  EXPECT_EQ(Call("GET", "/healthz").status, 200);  // alive, just not ready
+  broker_.Start();
+  EXPECT_TRUE(test::Eventually([&] { return Call("GET", "/readyz").status == 200; }, seconds(30)));
+}
+
+}  // namespace
+}  // namespace pp

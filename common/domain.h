@@ -85,6 +85,9 @@ struct Surplus {
   // Never shown to the NGO by the hub.
   std::string handover_code;
   std::optional<double> picked_up_kg;  // what the driver actually took
+  // The W3C trace the post was created in (common/trace.h): its events carry
+  // it, so one grep follows the food from kiosk to tablet. May be empty.
+  std::string traceparent;
   Timestamp created_at{};
   Timestamp updated_at{};
 };

@@ -71,6 +71,7 @@ nlohmann::json ToJson(const Surplus& s) {
   j["lat"] = s.position.lat;
   j["lon"] = s.position.lon;
   j["created_at"] = FormatRfc3339(s.created_at);
+  if (!s.traceparent.empty()) j["traceparent"] = s.traceparent;
   return j;
 }
 

@@ -7,6 +7,7 @@
 #include "common/domain_json.h"
 #include "common/log.h"
 #include "common/time_format.h"
+#include "common/trace.h"
 #include "common/validation.h"
 
 namespace pp::agent {
@@ -186,6 +187,16 @@ Result<json> Agent::CheckBody(const std::string& type, json body) {
 
 Result<QueuedOp> Agent::Submit(const std::string& type, json body) {
   PP_ASSIGN_OR_RETURN(json checked, CheckBody(type, std::move(body)));
+  // A post starts a trace; what is done to a post continues the post's.
+  std::string traceparent;
+  if (checked.contains("surplus_id") && checked["surplus_id"].is_number_integer()) {
+    (void)store_.Read([&](AgentTxn& tx) -> Status {
+      PP_ASSIGN_OR_RETURN(auto post, tx.GetPost(checked["surplus_id"].get<int64_t>()));
+      if (post && post->is_object()) traceparent = post->value("traceparent", "");
+      return OkStatus();
+    });
+  }
+  traceparent = traceparent.empty() ? NewTraceparent() : ChildTraceparent(traceparent);
   QueuedOp queued;
   size_t waiting = 0;
   Status st = store_.Write([&](AgentTxn& tx) -> Status {
@@ -198,7 +209,7 @@ Result<QueuedOp> Agent::Submit(const std::string& type, json body) {
                    {}, {}};
     uint64_t seq = uint64_t(MetaInt(tx, "last_seq")) + 1;
     sync::Envelope env = Seal(seq, type, checked);
-    queued = {seq, env.op, type, checked.dump(), sync::Encode(env), clock_.Now()};
+    queued = {seq, env.op, type, checked.dump(), sync::Encode(env), clock_.Now(), traceparent};
     PP_RETURN_IF_ERROR(tx.InsertOp(queued));
     return tx.SetMeta("last_seq", std::to_string(seq));
   });
@@ -211,7 +222,7 @@ Result<QueuedOp> Agent::Submit(const std::string& type, json body) {
   last_seq_ = queued.seq;
   Log(LogLevel::kInfo, "op_queued",
       {{"device", config_.device_id}, {"op", queued.op}, {"seq", std::to_string(queued.seq)},
-       {"type", type}});
+       {"type", type}, {"trace", TraceId(traceparent)}});
   {
     std::lock_guard lock(mu_);
     send_work_ = true;
@@ -250,7 +261,7 @@ void Agent::SendQuery(const char* type, const json& body) {
     std::lock_guard lock(mu_);
     queries_.insert(env.op);
   }
-  auto ack = uplink_.Publish(sync::UpTopic(config_.device_id, type), sync::Encode(env));
+  auto ack = uplink_.Publish(sync::UpTopic(config_.device_id, type), sync::Encode(env), "");
   if (!ack.ok()) {
     std::lock_guard lock(mu_);
     queries_.erase(env.op);
@@ -329,7 +340,8 @@ void Agent::SendLoop() {
           std::lock_guard lock(mu_);
           unanswered_.emplace(op.seq, clock_.Now());
         }
-        auto ack = uplink_.Publish(sync::UpTopic(config_.device_id, op.type), op.envelope);
+        auto ack = uplink_.Publish(sync::UpTopic(config_.device_id, op.type), op.envelope,
+                                   op.traceparent);
         if (!ack.ok()) {
           broken = true;
           break;
@@ -410,6 +422,11 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
       if (!fresh) continue;  // a repeat: applied before
       const json& data = m.contains("data") ? m["data"] : json();
       if (m["kind"] == "event") {
+        if (data.is_object() && data.contains("traceparent") && data["traceparent"].is_string())
+          Log(LogLevel::kInfo, "event_received",
+              {{"device", config_.device_id}, {"type", m.value("type", "")},
+               {"surplus_id", data.contains("id") ? data["id"].dump() : ""},
+               {"trace", TraceId(data["traceparent"].get<std::string>())}});
         PP_RETURN_IF_ERROR(MergePost(tx, data));
         continue;
       }
@@ -428,7 +445,12 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
       OutcomeRecord rec{op, m.value("seq", uint64_t{0}), taken ? taken->type : "",
                         m.value("status", ""), m.value("code", ""), m.value("message", ""),
                         data, now};
-      if (taken) answered.push_back(taken->seq);
+      if (taken) {
+        answered.push_back(taken->seq);
+        Log(LogLevel::kInfo, "outcome_received",
+            {{"device", config_.device_id}, {"op", op}, {"type", taken->type},
+             {"status", rec.status}, {"code", rec.code}, {"trace", TraceId(taken->traceparent)}});
+      }
       PP_RETURN_IF_ERROR(tx.PutOutcome(rec));
       if (rec.status == "accepted" || rec.status == "conflict") PP_RETURN_IF_ERROR(MergePost(tx, data));
       if (rec.status == "accepted" && rec.type == sync::kOpVehicle)

@@ -49,7 +49,8 @@ class Uplink {
   virtual bool Connected() const = 0;
   // Returns a wait for the broker's PUBACK.
   using AckWait = std::function<Status(std::chrono::milliseconds)>;
-  virtual Result<AckWait> Publish(const std::string& topic, const std::string& payload) = 0;
+  virtual Result<AckWait> Publish(const std::string& topic, const std::string& payload,
+                                  const std::string& traceparent) = 0;
 };
 
 class Agent {

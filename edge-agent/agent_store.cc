@@ -10,7 +10,8 @@ CREATE TABLE IF NOT EXISTS queue (
   type       TEXT    NOT NULL,
   body       TEXT    NOT NULL,
   envelope   TEXT    NOT NULL,
-  created_at INTEGER NOT NULL
+  created_at INTEGER NOT NULL,
+  traceparent TEXT   NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS outcomes (
   op      TEXT PRIMARY KEY,
@@ -36,7 +37,8 @@ constexpr int kKeepOutcomes = 500;
 constexpr int64_t kKeepApplied = 100000;
 
 QueuedOp ReadOp(const Stmt& s) {
-  return {uint64_t(s.Int(0)), s.Text(1), s.Text(2), s.Text(3), s.Text(4), FromUnixMillis(s.Int(5))};
+  return {uint64_t(s.Int(0)), s.Text(1), s.Text(2), s.Text(3), s.Text(4), FromUnixMillis(s.Int(5)),
+          s.Text(6)};
 }
 
 }  // namespace
@@ -44,6 +46,10 @@ QueuedOp ReadOp(const Stmt& s) {
 Result<std::unique_ptr<AgentStore>> AgentStore::Open(const std::string& path) {
   PP_ASSIGN_OR_RETURN(auto db, SqliteDb::Open(path));
   PP_RETURN_IF_ERROR(db->Exec(kSchema));
+  // Files from before the queue kept traces: add the column (once).
+  if (auto st = db->Exec("ALTER TABLE queue ADD COLUMN traceparent TEXT NOT NULL DEFAULT ''");
+      !st.ok() && st.error().message.find("duplicate column") == std::string::npos)
+    return st.take_error();
   return std::unique_ptr<AgentStore>(new AgentStore(std::move(db)));
 }
 
@@ -79,7 +85,8 @@ Result<size_t> AgentTxn::QueueSize() {
 
 Result<std::vector<QueuedOp>> AgentTxn::OpsAfter(uint64_t seq, int limit) {
   auto& s = db_.Prepare(
-      "SELECT seq, op, type, body, envelope, created_at FROM queue WHERE seq > ? ORDER BY seq LIMIT ?");
+      "SELECT seq, op, type, body, envelope, created_at, traceparent FROM queue WHERE seq > ? "
+      "ORDER BY seq LIMIT ?");
   s.Reset().Bind(int64_t(seq)).Bind(int64_t(limit));
   std::vector<QueuedOp> out;
   while (true) {
@@ -92,14 +99,15 @@ Result<std::vector<QueuedOp>> AgentTxn::OpsAfter(uint64_t seq, int limit) {
 
 Status AgentTxn::InsertOp(const QueuedOp& op) {
   auto& s = db_.Prepare(
-      "INSERT INTO queue (seq, op, type, body, envelope, created_at) VALUES (?,?,?,?,?,?)");
+      "INSERT INTO queue (seq, op, type, body, envelope, created_at, traceparent) "
+      "VALUES (?,?,?,?,?,?,?)");
   s.Reset().Bind(int64_t(op.seq)).Bind(op.op).Bind(op.type).Bind(op.body).Bind(op.envelope)
-      .Bind(op.created_at);
+      .Bind(op.created_at).Bind(op.traceparent);
   return s.Run("queue op");
 }
 
 Result<std::optional<QueuedOp>> AgentTxn::TakeOp(const std::string& op) {
-  auto& q = db_.Prepare("SELECT seq, op, type, body, envelope, created_at FROM queue WHERE op=?");
+  auto& q = db_.Prepare("SELECT seq, op, type, body, envelope, created_at, traceparent FROM queue WHERE op=?");
   q.Reset().Bind(op);
   PP_ASSIGN_OR_RETURN(bool row, q.Step("find op"));
   if (!row) return std::optional<QueuedOp>();

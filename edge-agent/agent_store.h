@@ -38,6 +38,7 @@ struct QueuedOp {
   std::string body;      // JSON, as sent
   std::string envelope;  // the signed bytes published
   Timestamp created_at{};
+  std::string traceparent;  // W3C; sent as the MQTT v5 user property, every time
 };
 
 struct OutcomeRecord {

@@ -76,8 +76,9 @@ class MqttUplink final : public pp::agent::Uplink {
  public:
   explicit MqttUplink(pp::sync::MqttClient& c) : c_(c) {}
   bool Connected() const override { return c_.connected(); }
-  pp::Result<AckWait> Publish(const std::string& topic, const std::string& payload) override {
-    PP_ASSIGN_OR_RETURN(auto ack, c_.Publish(topic, payload));
+  pp::Result<AckWait> Publish(const std::string& topic, const std::string& payload,
+                                    const std::string& traceparent) override {
+    PP_ASSIGN_OR_RETURN(auto ack, c_.Publish(topic, payload, traceparent));
     return AckWait([ack](std::chrono::milliseconds t) { return ack.Wait(t); });
   }
 

@@ -150,8 +150,8 @@ void HubService::CreateOrganization(NewOrganization org, std::string key, Callba
                    });
 }
 
-HubService::Effect HubService::PostEffect(SurplusDraft draft) {
-  return [this, draft = std::move(draft)](StoreSession& s) -> Result<Reply> {
+HubService::Effect HubService::PostEffect(SurplusDraft draft, std::string traceparent) {
+  return [this, draft = std::move(draft), traceparent = std::move(traceparent)](StoreSession& s) -> Result<Reply> {
     PP_ASSIGN_OR_RETURN(auto provider, FindOrganization(s, draft.provider_id));
     if (!provider || provider->kind != OrgKind::kProvider)
       return Error::Invalid("request has invalid fields",
@@ -163,6 +163,7 @@ HubService::Effect HubService::PostEffect(SurplusDraft draft) {
     x->status = SurplusStatus::kAvailable;
     x->version = 1;
     x->created_at = x->updated_at = now;
+    x->traceparent = traceparent;
     PP_ASSIGN_OR_RETURN(x->id, s.InsertSurplus(*x));
     PP_RETURN_IF_ERROR(
         s.AppendHistory({x->id, 1, now, std::nullopt, x->status, "post", draft.provider_id}));
@@ -172,10 +173,12 @@ HubService::Effect HubService::PostEffect(SurplusDraft draft) {
   };
 }
 
-void HubService::PostSurplus(SurplusDraft draft, std::string key, Callback done) {
+void HubService::PostSurplus(SurplusDraft draft, std::string key, Callback done,
+                             std::string traceparent) {
   std::string scope = "surplus.post/provider:" + std::to_string(draft.provider_id);
   std::string fingerprint = Fingerprint(ToJson(draft).dump());
-  Submit(std::move(scope), std::move(key), std::move(fingerprint), PostEffect(std::move(draft)),
+  Submit(std::move(scope), std::move(key), std::move(fingerprint),
+         PostEffect(std::move(draft), std::move(traceparent)),
          nullptr, std::move(done));
 }
 
@@ -246,7 +249,7 @@ HubService::Effect HubService::PickUpEffect(int64_t surplus_id, int64_t ngo, std
       rest.portions.reset();
       rest.position = after.position;
       rest.description = "Remainder of post " + std::to_string(after.id) + ": " + after.draft.description;
-      PP_ASSIGN_OR_RETURN(Reply posted, PostEffect(std::move(rest))(s));
+      PP_ASSIGN_OR_RETURN(Reply posted, PostEffect(std::move(rest), after.traceparent)(s));
       auto j = nlohmann::json::parse(r.json);
       j["remainder_id"] = posted.surplus->id;
       r.json = j.dump();
@@ -426,8 +429,8 @@ Result<std::vector<Device>> HubService::ListDevicesOfOrg(int64_t org_id) {
 Result<Reply> HubService::CreateOrganization(NewOrganization org, std::string key) {
   return Await([&](Callback cb) { CreateOrganization(std::move(org), std::move(key), cb); });
 }
-Result<Reply> HubService::PostSurplus(SurplusDraft draft, std::string key) {
-  return Await([&](Callback cb) { PostSurplus(std::move(draft), std::move(key), cb); });
+Result<Reply> HubService::PostSurplus(SurplusDraft draft, std::string key, std::string traceparent) {
+  return Await([&](Callback cb) { PostSurplus(std::move(draft), std::move(key), cb, std::move(traceparent)); });
 }
 Result<Reply> HubService::Claim(int64_t id, ClaimRequest req, std::string key) {
   return Await([&](Callback cb) { Claim(id, req, std::move(key), cb); });

@@ -65,7 +65,9 @@ class HubService {
 
   // Asynchronous: `done` runs after the commit (on a writer thread).
   void CreateOrganization(NewOrganization org, std::string idempotency_key, Callback done);
-  void PostSurplus(SurplusDraft draft, std::string idempotency_key, Callback done);
+  // `traceparent` (W3C, may be empty) stays with the post: its events carry it.
+  void PostSurplus(SurplusDraft draft, std::string idempotency_key, Callback done,
+                   std::string traceparent = "");
   void Claim(int64_t surplus_id, ClaimRequest req, std::string idempotency_key, Callback done);
   // The offer cascade: an NGO answers its offer; an operator assigns.
   void Accept(int64_t surplus_id, int64_t ngo, std::string idempotency_key, Callback done);
@@ -88,7 +90,8 @@ class HubService {
 
   // Blocking forms of the above.
   Result<Reply> CreateOrganization(NewOrganization org, std::string idempotency_key);
-  Result<Reply> PostSurplus(SurplusDraft draft, std::string idempotency_key);
+  Result<Reply> PostSurplus(SurplusDraft draft, std::string idempotency_key,
+                            std::string traceparent = "");
   Result<Reply> Claim(int64_t surplus_id, ClaimRequest req, std::string idempotency_key);
   Result<Reply> Accept(int64_t surplus_id, int64_t ngo, std::string idempotency_key);
   Result<Reply> Decline(int64_t surplus_id, int64_t ngo, std::string idempotency_key);
@@ -122,7 +125,7 @@ class HubService {
   // outcome there.
   using Effect = std::function<Result<Reply>(StoreSession&)>;
   using Also = std::function<Status(StoreSession&, const Reply&)>;
-  Effect PostEffect(SurplusDraft draft);
+  Effect PostEffect(SurplusDraft draft, std::string traceparent = "");
   Effect DecisionEffect(int64_t surplus_id, std::optional<int64_t> ngo, Decide decide);
   Effect VehicleEffect(int64_t ngo_id, std::string body);
   Effect PickUpEffect(int64_t surplus_id, int64_t ngo, std::string code, double kg);

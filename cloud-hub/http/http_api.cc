@@ -11,6 +11,7 @@
 #include "sync/protocol.h"
 #include "common/log.h"
 #include "common/problem.h"
+#include "common/trace.h"
 
 namespace pp {
 namespace {
@@ -24,6 +25,9 @@ constexpr const char* kJson = "application/json";
 // When the request being handled on this thread arrived (cpp-httplib runs a
 // request's pre-routing handler, handler and logger on one pool thread).
 thread_local std::chrono::steady_clock::time_point request_started;
+// Its W3C traceparent: the caller's if valid, else a new trace. Answered in
+// the `traceparent` response header, logged, and kept with a new post.
+thread_local std::string request_trace;
 constexpr const char* kProblemJson = "application/problem+json";
 
 void Problem(Response& res, int status, const Error& e, const std::string& instance) {
@@ -76,6 +80,9 @@ HttpApi::HttpApi(HubService& hub, HttpOptions options, const Cascade* cascade)
   server_->set_logger([this](const Request& req, const Response& res) { Observe(req, res); });
   server_->set_pre_routing_handler([this](const Request& req, Response& res) {
     request_started = std::chrono::steady_clock::now();
+    std::string incoming = req.get_header_value("traceparent");
+    request_trace = ValidTraceparent(incoming) ? incoming : NewTraceparent();
+    res.set_header("traceparent", request_trace);
     auto fail = [&](int status, Code code, std::string msg) {
       Problem(res, status, Error{code, std::move(msg), {}, {}}, req.path);
       // The body (if any) stays unread; the connection cannot be reused.
@@ -175,9 +182,14 @@ std::string HttpApi::RouteLabel(const std::string& path) {
 }
 
 void HttpApi::Observe(const Request& req, const Response& res) {
-  if (!metrics_) return;
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - request_started).count();
   std::string route = RouteLabel(req.path);
+  if (req.method != "GET")  // changes, one line each, with their trace
+    Log(res.status >= 500 ? LogLevel::kError : LogLevel::kInfo, "http_request",
+        {{"method", req.method}, {"route", route}, {"path", req.path.substr(0, 200)},
+         {"status", std::to_string(res.status)}, {"ms", std::to_string(int(seconds * 1000))},
+         {"trace", TraceId(request_trace)}});
+  if (!metrics_) return;
   metrics_->GetCounter("http_requests_total", "HTTP requests by route, method and status.",
                        {{"route", route}, {"method", req.method}, {"code", std::to_string(res.status)}})
       .Inc();
@@ -290,7 +302,7 @@ void HttpApi::Routes() {
     if (!key) return;
     auto draft = ParseSurplusDraft(body, hub_.clock().Now());
     if (!draft.ok()) return Problem(res, draft.error(), req.path);
-    auto r = hub_.PostSurplus(std::move(*draft), std::move(*key));
+    auto r = hub_.PostSurplus(std::move(*draft), std::move(*key), request_trace);
     if (r.ok() && !r->replayed) {
       auto id = nlohmann::json::parse(r->json)["id"].get<int64_t>();
       res.set_header("Location", "/api/v1/surplus/" + std::to_string(id));

@@ -4,6 +4,7 @@
 
 #include "common/log.h"
 #include "common/time_format.h"
+#include "common/trace.h"
 
 namespace pp {
 namespace {
@@ -198,7 +199,7 @@ void DeviceIngest::OnMessage(const std::string& topic, const std::string& payloa
     body["provider_id"] = org;
     auto draft = ParseSurplusDraftJson(body, hub_.clock().Now());
     if (!draft.ok()) return Refuse(topic_device, env, draft.take_error(), traceparent);
-    effect = hub_.PostEffect(std::move(*draft));
+    effect = hub_.PostEffect(std::move(*draft), ValidTraceparent(traceparent) ? traceparent : "");
   } else if (env.type == sync::kOpVehicle) {
     effect = hub_.VehicleEffect(org, env.body.dump());
   } else {
@@ -255,6 +256,10 @@ void DeviceIngest::OnMessage(const std::string& topic, const std::string& payloa
                                               .count());
                 if (r.ok()) {
                   accepted_++;
+                  if (!traceparent.empty())  // devices that trace: one line per op, greppable
+                    Log(LogLevel::kInfo, "op_applied",
+                        {{"device", device_id}, {"op", env.op}, {"type", env.type},
+                         {"trace", TraceId(traceparent)}, {"replayed", r->replayed ? "true" : "false"}});
                   return;
                 }
                 Refuse(device_id, env, r.take_error(), traceparent);

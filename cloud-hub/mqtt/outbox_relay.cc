@@ -136,10 +136,12 @@ Result<bool> OutboxRelay::RelayPage() {
         message["data"]["handover_code"] = code;
         provider_bytes = message.dump();
       }
+      // The post's trace travels on as the MQTT v5 user property too.
+      std::string trace = payload.value("traceparent", "");
       for (int64_t org : OrgsOf(e.type, payload)) {
         PP_ASSIGN_OR_RETURN(auto devices, devices_of_org(org));
         for (const auto& device : *devices)
-          PP_RETURN_IF_ERROR(publish(device, org == provider ? provider_bytes : bytes, ""));
+          PP_RETURN_IF_ERROR(publish(device, org == provider ? provider_bytes : bytes, trace));
       }
     }
     ids.push_back(e.id);

@@ -23,7 +23,7 @@ constexpr const char* kSurplusColumns =
     "id, provider_id, category, description, quantity_kg, portions, allergens, storage, "
     "prepared_at, best_before, pickup_start, pickup_end, instructions, lat, lon, status, version, "
     "claimed_by, created_at, updated_at, offered_to, offer_expires_at, excluded, dlq_attempts, "
-    "next_retry_at, handover_code, picked_up_kg";
+    "next_retry_at, handover_code, picked_up_kg, traceparent";
 
 // SELECT id of due work (see DueQuery); `p` is the placeholder style:
 // "?" for SQLite ("?1" style), "$" for PostgreSQL.

@@ -82,8 +82,9 @@ class Uplink final : public agent::Uplink {
  public:
   explicit Uplink(sync::MqttClient& c) : c_(c) {}
   bool Connected() const override { return c_.connected(); }
-  Result<AckWait> Publish(const std::string& topic, const std::string& payload) override {
-    PP_ASSIGN_OR_RETURN(auto ack, c_.Publish(topic, payload));
+  Result<AckWait> Publish(const std::string& topic, const std::string& payload,
+                                    const std::string& traceparent) override {
+    PP_ASSIGN_OR_RETURN(auto ack, c_.Publish(topic, payload, traceparent));
     return AckWait([ack](std::chrono::milliseconds t) { return ack.Wait(t); });
   }
 

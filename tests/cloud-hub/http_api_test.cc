@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "common/trace.h"
 #include "tests/support/test_support.h"
 
 namespace pp {
@@ -258,6 +259,23 @@ TEST(HttpApiRouteLabel, IdsCollapseAndStrangersAreOther) {
   EXPECT_EQ(HttpApi::RouteLabel("/api/v1/devices/kiosk-7/revoke"), "/api/v1/devices/:id/revoke");
   EXPECT_EQ(HttpApi::RouteLabel("/metrics"), "/metrics");
   EXPECT_EQ(HttpApi::RouteLabel("/wp-admin/x.php"), "other");
+}
+
+}  // namespace
+}  // namespace pp
+
+namespace pp {
+namespace {
+
+TEST_F(HttpApiTest, TraceparentIsEchoedOrStarted) {
+  const std::string tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+  auto r = client_->Get("/healthz", {{"traceparent", tp}});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->get_header_value("traceparent"), tp);
+  auto fresh = client_->Get("/healthz", {{"traceparent", "not-a-trace"}});
+  ASSERT_TRUE(fresh);
+  EXPECT_TRUE(ValidTraceparent(fresh->get_header_value("traceparent")));
+  EXPECT_NE(fresh->get_header_value("traceparent"), tp);
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <set>
 #include <thread>
@@ -29,7 +30,8 @@ class AgentTest : public ::testing::Test {
     hub_ = std::make_unique<test::Hub>(
         "sqlite:" + dir_.file("hub.db"),
         std::vector<std::string>{"--mqtt", broker_.uri(), "--mqtt-password-file",
-                                 broker_.hub_password_file()});
+                                 broker_.hub_password_file()},
+        HubLog());
     ASSERT_GT(hub_->port(), 0);
     provider_ = Org("provider", "Warung Bu Sri", 51.5138, -0.0984);
   }
@@ -41,11 +43,16 @@ class AgentTest : public ::testing::Test {
     return r.body["id"].get<int64_t>();
   }
 
+  // Where the hub's logs go: the test output unless a test reads them.
+  virtual std::string HubLog() { return ""; }
+
   std::unique_ptr<test::AgentProcess> Agent(const std::string& id, const std::string& role,
                                             int64_t org, json extra = json::object(),
-                                            std::vector<std::string> args = {}) {
+                                            std::vector<std::string> args = {},
+                                            std::string log = "") {
     return std::make_unique<test::AgentProcess>(hub_->url(), broker_, dir_.path().string(), id,
-                                                role, org, std::move(extra), std::move(args));
+                                                role, org, std::move(extra), std::move(args),
+                                                std::move(log));
   }
 
   static json Post(const std::string& description, int minutes = 240) {
@@ -330,6 +337,63 @@ TEST_F(AgentTest, KioskAndTabletPagesInHeadlessChromium) {
   int status = node.Wait();
   EXPECT_EQ(status, 0) << line;
   EXPECT_EQ(line.rfind("ok:", 0), 0u) << line;
+}
+
+// One post, one trace: the kiosk starts it, the hub keeps it with the post,
+// the tablet's answer continues it; one grep of the trace id finds every
+// step in the kiosk's, the hub's and the tablet's logs.
+class AgentTraceTest : public AgentTest {
+ protected:
+  std::string HubLog() override { return dir_.file("hub.log"); }
+};
+
+std::vector<json> LogLines(const std::string& path, const std::string& needle) {
+  std::ifstream in(path);
+  std::vector<json> out;
+  std::string line;
+  while (std::getline(in, line))
+    if (line.find(needle) != std::string::npos) {
+      json j = json::parse(line, nullptr, false);
+      if (j.is_object()) out.push_back(std::move(j));
+    }
+  return out;
+}
+
+TEST_F(AgentTraceTest, OnePostIsFollowedFromKioskToTabletWithOneGrep) {
+  int64_t ngo = Org("ngo", "City Harvest", 51.5202, -0.1043);
+  auto kiosk = Agent("kiosk-1", "kiosk", provider_, json::object(), {}, dir_.file("kiosk.log"));
+  auto tablet = Agent("tablet-1", "tablet", ngo, json::object(), {}, dir_.file("tablet.log"));
+  for (auto* a : {kiosk.get(), tablet.get()})
+    ASSERT_TRUE(test::Eventually([&] { return !a->State()["last_sync"].is_null(); }, seconds(20)));
+  auto posted = kiosk->Call("POST", "/api/posts", Post("gado-gado"));
+  int64_t id = WaitOutcome(*kiosk, posted.body["op"])["data"]["id"].get<int64_t>();
+  ASSERT_TRUE(test::Eventually([&] {
+    json p = PostIn(tablet->State(), id);
+    return !p.is_null() && p["status"] == "offered";
+  }, seconds(20)));
+  auto accepted = tablet->Call("POST", "/api/surplus/" + std::to_string(id) + "/accept", json::object());
+  ASSERT_EQ(WaitOutcome(*tablet, accepted.body["op"])["status"], "accepted");
+  ASSERT_TRUE(test::Eventually([&] {
+    json p = PostIn(kiosk->State(), id);
+    return !p.is_null() && p["status"] == "claimed";
+  }, seconds(20)));
+
+  auto queued = LogLines(dir_.file("kiosk.log"), posted.body["op"].get<std::string>());
+  ASSERT_FALSE(queued.empty());
+  std::string trace = queued.front()["trace"];
+  ASSERT_EQ(trace.size(), 32u);
+  std::multiset<std::string> kiosk_steps, hub_steps, tablet_steps;
+  for (const auto& j : LogLines(dir_.file("kiosk.log"), trace)) kiosk_steps.insert(j["event"].get<std::string>() + ":" + j.value("type", ""));
+  for (const auto& j : LogLines(dir_.file("hub.log"), trace)) hub_steps.insert(j["event"].get<std::string>() + ":" + j.value("type", ""));
+  for (const auto& j : LogLines(dir_.file("tablet.log"), trace)) tablet_steps.insert(j["event"].get<std::string>() + ":" + j.value("type", ""));
+  EXPECT_TRUE(kiosk_steps.count("op_queued:post_surplus")) << testing::PrintToString(kiosk_steps);
+  EXPECT_TRUE(kiosk_steps.count("outcome_received:post_surplus"));
+  EXPECT_TRUE(kiosk_steps.count("event_received:surplus.claimed"));
+  EXPECT_TRUE(hub_steps.count("op_applied:post_surplus")) << testing::PrintToString(hub_steps);
+  EXPECT_TRUE(hub_steps.count("op_applied:accept"));
+  EXPECT_TRUE(tablet_steps.count("event_received:surplus.offered")) << testing::PrintToString(tablet_steps);
+  EXPECT_TRUE(tablet_steps.count("op_queued:accept"));
+  EXPECT_TRUE(tablet_steps.count("outcome_received:accept"));
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -69,12 +70,14 @@ std::string StoreUrl(const std::string& backend, const TempDir& dir, const std::
 
 std::string BinPath(const std::string& name) { return Env("PP_BIN_DIR", ".") + "/" + name; }
 
-Process::Process(std::vector<std::string> argv) {
+Process::Process(std::vector<std::string> argv, const std::string& stderr_path) {
   int fds[2];
   if (pipe(fds) != 0) throw std::runtime_error("pipe failed");
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
+  if (!stderr_path.empty())
+    posix_spawn_file_actions_addopen(&fa, 2, stderr_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
   posix_spawn_file_actions_addclose(&fa, fds[0]);
   std::vector<char*> args;
   for (auto& a : argv) args.push_back(a.data());
@@ -130,12 +133,12 @@ int Process::Wait() {
   return status;
 }
 
-Hub::Hub(const std::string& db, std::vector<std::string> extra_args)
+Hub::Hub(const std::string& db, std::vector<std::string> extra_args, const std::string& stderr_path)
     : process_([&] {
         std::vector<std::string> argv{BinPath("pp-hub"), "--http", "127.0.0.1:0", "--db", db};
         argv.insert(argv.end(), extra_args.begin(), extra_args.end());
         return argv;
-      }()) {
+      }(), stderr_path) {
   std::string line = process_.WaitForLine("listening on");
   // "pp-hub listening on http://127.0.0.1:PORT (store: ...)"
   if (std::sscanf(line.c_str(), "pp-hub listening on http://%*[^:]:%d", &port_) != 1) {
@@ -431,8 +434,12 @@ HttpAnswer HttpCall(int port, const std::string& method, const std::string& path
 
 AgentProcess::AgentProcess(const std::string& hub_url, const Broker& broker, const std::string& dir,
                            std::string id, const std::string& role, int64_t org,
-                           nlohmann::json extra_config, std::vector<std::string> extra_args)
-    : id_(std::move(id)), config_(dir + "/" + id_ + ".json"), extra_args_(std::move(extra_args)) {
+                           nlohmann::json extra_config, std::vector<std::string> extra_args,
+                           std::string stderr_path)
+    : id_(std::move(id)),
+      config_(dir + "/" + id_ + ".json"),
+      extra_args_(std::move(extra_args)),
+      stderr_path_(std::move(stderr_path)) {
   RunOrFail({BinPath("pp-device"), "register", "--hub", hub_url, "--id", id_, "--role", role,
              "--org", std::to_string(org), "--out", dir, "--broker", broker.uri(), "--broker-dir",
              broker.dir()});
@@ -452,7 +459,7 @@ AgentProcess::AgentProcess(const std::string& hub_url, const Broker& broker, con
 void AgentProcess::Start() {
   std::vector<std::string> argv{BinPath("pp-agent"), "run", "--config", config_};
   argv.insert(argv.end(), extra_args_.begin(), extra_args_.end());
-  process_ = std::make_unique<Process>(argv);
+  process_ = std::make_unique<Process>(argv, stderr_path_);
   if (process_->WaitForLine("UI on http://").empty()) ADD_FAILURE() << "pp-agent " << id_ << " did not start";
 }
 

@@ -42,7 +42,9 @@ std::string BinPath(const std::string& name);
 // still running.
 class Process {
  public:
-  explicit Process(std::vector<std::string> argv);
+  // `stderr_path`: append the child's stderr (its logs) to this file
+  // instead of the test's output.
+  explicit Process(std::vector<std::string> argv, const std::string& stderr_path = "");
   ~Process();
   Process(const Process&) = delete;
   Process& operator=(const Process&) = delete;
@@ -64,7 +66,8 @@ class Process {
 // Starts pp-hub on a free loopback port with `db`, and waits until it serves.
 class Hub {
  public:
-  explicit Hub(const std::string& db, std::vector<std::string> extra_args = {});
+  explicit Hub(const std::string& db, std::vector<std::string> extra_args = {},
+               const std::string& stderr_path = "");
   int port() const { return port_; }
   std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
   Process& process() { return process_; }
@@ -228,7 +231,7 @@ class AgentProcess {
   AgentProcess(const std::string& hub_url, const Broker& broker, const std::string& dir,
                std::string id, const std::string& role, int64_t org,
                nlohmann::json extra_config = nlohmann::json::object(),
-               std::vector<std::string> extra_args = {});
+               std::vector<std::string> extra_args = {}, std::string stderr_path = "");
   void Start();
   void Kill(int sig);
   int port() const { return port_; }
@@ -244,6 +247,7 @@ class AgentProcess {
  private:
   std::string id_, config_;
   std::vector<std::string> extra_args_;
+  std::string stderr_path_;
   int port_ = 0;
   std::unique_ptr<Process> process_;
 };

@@ -108,6 +108,9 @@ CREATE INDEX devices_by_org ON devices (org_id);
 ALTER TABLE surplus ADD COLUMN handover_code TEXT NOT NULL DEFAULT '';
 ALTER TABLE surplus ADD COLUMN picked_up_kg DOUBLE PRECISION;
 )sql"},
+    {5, "the trace a post was created in", R"sql(
+ALTER TABLE surplus ADD COLUMN traceparent TEXT NOT NULL DEFAULT '';
+)sql"},
 };
 
 // Any stable number: the advisory lock that serialises migrations of hubs
@@ -189,8 +192,8 @@ std::vector<Statement> Statements() {
        "INSERT INTO surplus (provider_id, category, description, quantity_kg, portions, "
        "allergens, storage, prepared_at, best_before, pickup_start, pickup_end, instructions, "
        "lat, lon, status, version, claimed_by, created_at, updated_at, offered_to, "
-       "offer_expires_at, excluded, dlq_attempts, next_retry_at) VALUES "
-       "($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24) "
+       "offer_expires_at, excluded, dlq_attempts, next_retry_at, traceparent) VALUES "
+       "($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23,$24,$25) "
        "RETURNING id"},
       {"surplus_get",
        std::string("SELECT ") + store_sql::kSurplusColumns + " FROM surplus WHERE id=$1"},
@@ -356,7 +359,7 @@ class PgSession final : public StoreSession {
                            x.claimed_by, ToUnixMillis(x.created_at), ToUnixMillis(x.updated_at),
                            x.match.offered_to, OptMillis(x.match.offer_expires_at),
                            store_sql::JoinIds(x.match.excluded), x.match.dlq_attempts,
-                           OptMillis(x.match.next_retry_at))[0]
+                           OptMillis(x.match.next_retry_at), x.traceparent)[0]
           .as<int64_t>();
     });
   }
@@ -635,6 +638,7 @@ class PgSession final : public StoreSession {
     x.match.next_retry_at = OptTime(row[24]);
     x.handover_code = row[25].as<std::string>();
     x.picked_up_kg = Opt<double>(row[26]);
+    x.traceparent = row[27].as<std::string>();
     return x;
   }
 

@@ -111,6 +111,9 @@ CREATE INDEX devices_by_org ON devices (org_id);
 ALTER TABLE surplus ADD COLUMN handover_code TEXT NOT NULL DEFAULT '';
 ALTER TABLE surplus ADD COLUMN picked_up_kg REAL;
 )sql"},
+    {5, "the trace a post was created in", R"sql(
+ALTER TABLE surplus ADD COLUMN traceparent TEXT NOT NULL DEFAULT '';
+)sql"},
 };
 
 class SqliteSession final : public StoreSession {
@@ -151,8 +154,8 @@ class SqliteSession final : public StoreSession {
         "INSERT INTO surplus (provider_id, category, description, quantity_kg, portions, "
         "allergens, storage, prepared_at, best_before, pickup_start, pickup_end, instructions, "
         "lat, lon, status, version, claimed_by, created_at, updated_at, offered_to, "
-        "offer_expires_at, excluded, dlq_attempts, next_retry_at) "
-        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+        "offer_expires_at, excluded, dlq_attempts, next_retry_at, traceparent) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
     const auto& d = x.draft;
     s.Reset()
         .Bind(d.provider_id).Bind(d.category).Bind(d.description).Bind(d.quantity_kg)
@@ -162,7 +165,7 @@ class SqliteSession final : public StoreSession {
         .Bind(ToString(x.status)).Bind(x.version).Bind(x.claimed_by).Bind(x.created_at)
         .Bind(x.updated_at).Bind(x.match.offered_to).Bind(x.match.offer_expires_at)
         .Bind(store_sql::JoinIds(x.match.excluded)).Bind(int64_t(x.match.dlq_attempts))
-        .Bind(x.match.next_retry_at);
+        .Bind(x.match.next_retry_at).Bind(x.traceparent);
     PP_RETURN_IF_ERROR(s.Step("insert surplus"));
     return int64_t(sqlite3_last_insert_rowid(db_));
   }
@@ -500,6 +503,7 @@ class SqliteSession final : public StoreSession {
     x.match.next_retry_at = s.OptTime(24);
     x.handover_code = s.Text(25);
     if (!s.Null(26)) x.picked_up_kg = s.Real(26);
+    x.traceparent = s.Text(27);
     return x;
   }
 

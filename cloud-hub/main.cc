@@ -43,6 +43,8 @@ constexpr const char* kUsage =
     "  --routing-deadline DUR     routing answer deadline (default 300ms)\n"
     "  --shards N                 matching shard threads (default 2)\n"
     "  --max-radius-km KM         never offer to a vehicle further than this (default 25)\n"
+    "  --grams-per-meal G         impact: grams of food per meal (default 420, WRAP)\n"
+    "  --co2e-per-kg KG           impact: kg CO2e avoided per kg of food rescued (default 2.5)\n"
     "  --mqtt URI                 broker for the device protocol, e.g. tcp://127.0.0.1:1883\n"
     "                             (default: none, HTTP only)\n"
     "  --mqtt-user NAME           broker user (default pp-hub)\n"
@@ -67,6 +69,7 @@ struct Args {
   pp::MatchOptions match;
   std::string mqtt_uri, mqtt_user = "pp-hub", mqtt_password, mqtt_client_id = "pp-hub";
   int ingest_workers = 2;
+  pp::ImpactOptions impact;
 };
 
 long long Number(const std::string& flag, const std::string& v, long long lo, long long hi) {
@@ -123,6 +126,14 @@ Args ParseArgs(int argc, char** argv) {
       a.routing_deadline = Dur(flag, v);
     } else if (flag == "--shards") {
       a.match.shards = int(Number(flag, v, 1, 64));
+    } else if (flag == "--grams-per-meal") {
+      a.impact.grams_per_meal = double(Number(flag, v, 50, 5000));
+    } else if (flag == "--co2e-per-kg") {
+      char* end = nullptr;
+      double x = std::strtod(v.c_str(), &end);
+      if (v.empty() || *end != '\0' || !(x >= 0 && x <= 100))
+        Die(flag + " must be a number in 0..100, got \"" + v + "\"");
+      a.impact.co2e_kg_per_kg = x;
     } else if (flag == "--max-radius-km") {
       a.match.max_radius_km = double(Number(flag, v, 1, 500));
     } else if (flag == "--mqtt") {
@@ -228,6 +239,7 @@ int main(int argc, char** argv) {
 
   pp::HttpOptions http_options;
   http_options.max_body_bytes = args.max_body;
+  http_options.impact = args.impact;
   pp::HttpApi api(hub, http_options, &cascade);
   api.SetMetrics(&metrics);
   // Read at scrape time: state the matcher, the relay and the store own.

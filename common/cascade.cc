@@ -166,6 +166,17 @@ Result<Decision> DecideDeliver(const Surplus& cur, int64_t ngo) {
   return ByClaimer(cur, ngo, SurplusEvent::kDeliver, "surplus.delivered");
 }
 
+Result<Decision> DecideCancel(const Surplus& cur, int64_t operator_actor) {
+  if (!Allowed(cur, SurplusEvent::kCancel)) return Stale(cur, "cannot cancel");
+  Decision d;
+  d.event = SurplusEvent::kCancel;
+  d.claimed_by = cur.claimed_by;  // kept: the NGO that held it hears of the cancellation
+  d.match.excluded = cur.match.excluded;
+  d.outbox_type = "surplus.cancelled";
+  if (operator_actor) d.actor = operator_actor;
+  return d;
+}
+
 Surplus Apply(const Surplus& cur, const Decision& d, Timestamp now) {
   Surplus after = cur;
   if (d.handover_code) after.handover_code = *d.handover_code;

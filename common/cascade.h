@@ -61,6 +61,9 @@ Result<Decision> DecideAssign(const Surplus& cur, int64_t ngo, int64_t operator_
 Result<Decision> DecidePickUp(const Surplus& cur, int64_t ngo, const std::string& code, double kg);
 // The driver delivered what was picked up.
 Result<Decision> DecideDeliver(const Surplus& cur, int64_t ngo);
+// An operator withdraws the post (from any open state, or claimed): offers
+// and timers end; the NGO holding it, if any, is told by the event.
+Result<Decision> DecideCancel(const Surplus& cur, int64_t operator_actor = 0);
 // best_before has passed: everything ends, offers and timers included.
 Result<Decision> DecideExpire(const Surplus& cur, Timestamp now);
 

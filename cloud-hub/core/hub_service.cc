@@ -505,6 +505,24 @@ Result<std::vector<Surplus>> HubService::ListSurplus(const std::vector<SurplusSt
       [&](StoreSession& s) { return s.ListSurplus(statuses, after_id, limit); });
 }
 
+Result<std::vector<Surplus>> HubService::FindSurplus(const SurplusFilter& filter) {
+  return Read<std::vector<Surplus>>([&](StoreSession& s) { return s.FindSurplus(filter); });
+}
+
+Result<std::vector<Organization>> HubService::ListOrganizations(std::optional<OrgKind> kind,
+                                                                int64_t after_id, int limit) {
+  return Read<std::vector<Organization>>(
+      [&](StoreSession& s) { return s.ListOrganizations(kind, after_id, limit); });
+}
+
+Result<Reply> HubService::Cancel(int64_t surplus_id, std::string key) {
+  return Await([&](Callback cb) {
+    SubmitDecision(surplus_id, std::nullopt, "surplus.cancel", std::move(key),
+                   NgoCommandFingerprint("cancel", surplus_id, 0),
+                   [](const Surplus& cur, Timestamp) { return DecideCancel(cur); }, cb);
+  });
+}
+
 Result<std::vector<int64_t>> HubService::ListDue(Timestamp now, int limit) {
   return Read<std::vector<int64_t>>([&](StoreSession& s) { return s.ListDue({now, limit}); });
 }

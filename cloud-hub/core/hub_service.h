@@ -78,6 +78,8 @@ class HubService {
   void PickUp(int64_t surplus_id, PickUpRequest req, std::string idempotency_key, Callback done);
   void Deliver(int64_t surplus_id, int64_t ngo, std::string idempotency_key, Callback done);
   static constexpr double kMinRemainderKg = 0.1;
+  // An operator withdraws a post.
+  Result<Reply> Cancel(int64_t surplus_id, std::string idempotency_key);
   // Decisions taken by the hub itself (matching, timers), applied to the
   // post's state at commit time.
   using Decide = std::function<Result<Decision>(const Surplus& current, Timestamp now)>;
@@ -106,6 +108,9 @@ class HubService {
   Result<Reply> GetSurplus(int64_t id);
   Result<std::vector<Surplus>> ListSurplus(const std::vector<SurplusStatus>& statuses,
                                            int64_t after_id, int limit);
+  Result<std::vector<Surplus>> FindSurplus(const SurplusFilter& filter);
+  Result<std::vector<Organization>> ListOrganizations(std::optional<OrgKind> kind, int64_t after_id,
+                                                      int limit);
   Result<std::vector<int64_t>> ListDue(Timestamp now, int limit);
   Result<std::vector<Vehicle>> ListVehicles();
 

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cmath>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "cloud-hub/matching/cascade.h"
@@ -11,6 +13,7 @@
 #include "sync/protocol.h"
 #include "common/log.h"
 #include "common/problem.h"
+#include "common/time_format.h"
 #include "common/trace.h"
 
 namespace pp {
@@ -55,12 +58,62 @@ bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
          });
 }
 
+std::vector<std::string> Split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  if (s.empty()) return out;
+  size_t start = 0;
+  while (true) {
+    size_t i = s.find(sep, start);
+    out.push_back(s.substr(start, i == std::string::npos ? std::string::npos : i - start));
+    if (i == std::string::npos) return out;
+    start = i + 1;
+  }
+}
+
 std::optional<int64_t> PathId(const Request& req, size_t group = 1) {
   const std::string s = req.matches[group];
   int64_t v = 0;
   auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
   if (ec != std::errc() || p != s.data() + s.size() || v <= 0) return std::nullopt;
   return v;
+}
+
+// Query parameters, strictly: a bad one is named, never ignored.
+class Query {
+ public:
+  explicit Query(const Request& req) : req_(req) {}
+  std::optional<int64_t> Int(const char* name, int64_t lo, int64_t hi) {
+    if (!req_.has_param(name)) return std::nullopt;
+    const std::string v = req_.get_param_value(name);
+    int64_t out = 0;
+    auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
+    if (ec != std::errc() || p != v.data() + v.size() || out < lo || out > hi) {
+      bad_.push_back({name, "must be an integer from " + std::to_string(lo) + " to " + std::to_string(hi)});
+      return std::nullopt;
+    }
+    return out;
+  }
+  std::optional<Timestamp> Time(const char* name) {
+    if (!req_.has_param(name)) return std::nullopt;
+    auto t = ParseRfc3339(req_.get_param_value(name));
+    if (!t) bad_.push_back({name, "must be an RFC 3339 time, e.g. 2026-11-24T22:00:00Z"});
+    return t;
+  }
+  std::string Text(const char* name) { return req_.has_param(name) ? req_.get_param_value(name) : ""; }
+  void Fail(std::string name, std::string reason) { bad_.push_back({std::move(name), std::move(reason)}); }
+  std::vector<FieldError>& errors() { return bad_; }
+
+ private:
+  const Request& req_;
+  std::vector<FieldError> bad_;
+};
+
+// RFC 4180: quote fields that need it, double the quotes inside.
+std::string CsvField(const std::string& v) {
+  if (v.find_first_of(",\"\r\n") == std::string::npos) return v;
+  std::string out = "\"";
+  for (char c : v) out += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return out + "\"";
 }
 
 }  // namespace
@@ -210,6 +263,21 @@ void HttpApi::SetMetrics(metrics::Registry* registry) {
                                            metrics::LatencyBuckets(), {{"door", "http"}});
 }
 
+std::string HttpApi::Served(const std::string& method, const std::string& path) {
+  served_.emplace_back(method, path);
+  // "{name}" is one path segment.
+  std::string pattern;
+  for (size_t i = 0; i < path.size(); ++i) {
+    if (path[i] == '{') {
+      i = path.find('}', i);
+      pattern += "([^/]+)";
+    } else {
+      pattern += path[i];
+    }
+  }
+  return pattern;
+}
+
 void HttpApi::Routes() {
   auto& s = *server_;
   const size_t max_body = options_.max_body_bytes;
@@ -263,21 +331,21 @@ void HttpApi::Routes() {
     return key;
   };
 
-  s.Get("/healthz", [this](const Request&, Response& res) {
+  s.Get(Served("GET", "/healthz"), [this](const Request&, Response& res) {
     res.set_content(nlohmann::json{{"status", "ok"}}.dump(), kJson);
   });
   // Ready: the store answers and, with a broker configured, it is connected.
-  s.Get("/readyz", [this](const Request& req, Response& res) {
+  s.Get(Served("GET", "/readyz"), [this](const Request& req, Response& res) {
     Status st = ready_ ? ready_() : OkStatus();
     if (!st.ok()) return Problem(res, 503, st.error(), req.path);
     res.set_content(nlohmann::json{{"status", "ready"}}.dump(), kJson);
   });
-  s.Get("/metrics", [this](const Request& req, Response& res) {
+  s.Get(Served("GET", "/metrics"), [this](const Request& req, Response& res) {
     if (!metrics_) return Problem(res, 404, Error::NotFound("metrics are off"), req.path);
     res.set_content(metrics_->Render(), "text/plain; version=0.0.4; charset=utf-8");
   });
 
-  s.Post("/api/v1/organizations", [this, read_body, idem_key](const Request& req, Response& res,
+  s.Post(Served("POST", "/api/v1/organizations"), [this, read_body, idem_key](const Request& req, Response& res,
                                                               const ContentReader& reader) {
     std::string body;
     if (!read_body(req, res, reader, body)) return;
@@ -288,13 +356,13 @@ void HttpApi::Routes() {
     Reply201or200(res, hub_.CreateOrganization(std::move(*org), std::move(*key)), req.path, 201);
   });
 
-  s.Get(R"(/api/v1/organizations/([^/]+))", [this](const Request& req, Response& res) {
+  s.Get(Served("GET", "/api/v1/organizations/{id}"), [this](const Request& req, Response& res) {
     auto id = PathId(req);
     if (!id) return Problem(res, Error::NotFound("no organisation " + std::string(req.matches[1])), req.path);
     Reply201or200(res, hub_.GetOrganization(*id), req.path, 200);
   });
 
-  s.Post("/api/v1/surplus", [this, read_body, idem_key](const Request& req, Response& res,
+  s.Post(Served("POST", "/api/v1/surplus"), [this, read_body, idem_key](const Request& req, Response& res,
                                                         const ContentReader& reader) {
     std::string body;
     if (!read_body(req, res, reader, body)) return;
@@ -311,7 +379,7 @@ void HttpApi::Routes() {
   });
 
   // Before /surplus/{id}: routes match in the order they are added.
-  s.Get("/api/v1/surplus/nearby", [this](const Request& req, Response& res) {
+  s.Get(Served("GET", "/api/v1/surplus/nearby"), [this](const Request& req, Response& res) {
     std::vector<FieldError> bad;
     auto number = [&](const char* name, double lo, double hi, std::optional<double> fallback) {
       if (!req.has_param(name)) {
@@ -335,7 +403,7 @@ void HttpApi::Routes() {
     res.set_content(nlohmann::json{{"items", items}, {"count", items.size()}}.dump(), kJson);
   });
 
-  s.Get(R"(/api/v1/surplus/([^/]+))", [this](const Request& req, Response& res) {
+  s.Get(Served("GET", "/api/v1/surplus/{id}"), [this](const Request& req, Response& res) {
     auto id = PathId(req);
     if (!id) return Problem(res, Error::NotFound("no surplus post " + std::string(req.matches[1])), req.path);
     Reply201or200(res, hub_.GetSurplus(*id), req.path, 200);
@@ -360,12 +428,12 @@ void HttpApi::Routes() {
       Reply201or200(res, run(*id, body, std::move(*key)), req.path, 200);
     };
   };
-  s.Post(R"(/api/v1/surplus/([^/]+)/claim)",
+  s.Post(Served("POST", "/api/v1/surplus/{id}/claim"),
          post_command([this](int64_t id, const std::string& body, std::string key) -> Result<Reply> {
            PP_ASSIGN_OR_RETURN(auto claim, ParseClaimRequest(body));
            return hub_.Claim(id, claim, std::move(key));
          }));
-  s.Post(R"(/api/v1/surplus/([^/]+)/pickup)",
+  s.Post(Served("POST", "/api/v1/surplus/{id}/pickup"),
          post_command([this](int64_t id, const std::string& body, std::string key) -> Result<Reply> {
            PP_ASSIGN_OR_RETURN(auto pickup, ParsePickUpRequest(body));
            return hub_.PickUp(id, std::move(pickup), std::move(key));
@@ -379,12 +447,158 @@ void HttpApi::Routes() {
       return (hub_.*command)(id, ngo, std::move(key));
     });
   };
-  s.Post(R"(/api/v1/surplus/([^/]+)/accept)", ngo_command(&HubService::Accept));
-  s.Post(R"(/api/v1/surplus/([^/]+)/decline)", ngo_command(&HubService::Decline));
-  s.Post(R"(/api/v1/surplus/([^/]+)/assign)", ngo_command(&HubService::Assign));
-  s.Post(R"(/api/v1/surplus/([^/]+)/deliver)", ngo_command(&HubService::Deliver));
+  s.Post(Served("POST", "/api/v1/surplus/{id}/accept"), ngo_command(&HubService::Accept));
+  s.Post(Served("POST", "/api/v1/surplus/{id}/decline"), ngo_command(&HubService::Decline));
+  s.Post(Served("POST", "/api/v1/surplus/{id}/assign"), ngo_command(&HubService::Assign));
+  s.Post(Served("POST", "/api/v1/surplus/{id}/deliver"), ngo_command(&HubService::Deliver));
 
-  s.Get("/api/v1/dlq", [this](const Request& req, Response& res) {
+  s.Post(Served("POST", "/api/v1/surplus/{id}/cancel"),
+         post_command([this](int64_t id, const std::string& body, std::string key) -> Result<Reply> {
+           if (!body.empty() && body != "{}")
+             return Error::Invalid("cancel takes an empty body or {}");
+           return hub_.Cancel(id, std::move(key));
+         }));
+
+  // The operator's list: filters, keyset pages (`after` = the last id seen),
+  // JSON or CSV.
+  s.Get(Served("GET", "/api/v1/surplus"), [this](const Request& req, Response& res) {
+    Query q(req);
+    SurplusFilter f;
+    for (const auto& name : Split(q.Text("status"), ',')) {
+      auto st = ParseSurplusStatus(name);
+      if (!st) q.Fail("status", "unknown status \"" + name + "\"");
+      else f.statuses.push_back(*st);
+    }
+    f.provider_id = q.Int("provider_id", 1, INT64_MAX);
+    f.ngo_id = q.Int("ngo_id", 1, INT64_MAX);
+    f.from = q.Time("from");
+    f.to = q.Time("to");
+    if (std::string area = q.Text("bbox"); !area.empty()) {
+      auto parts = Split(area, ',');
+      double v[4];
+      bool ok = parts.size() == 4;
+      for (size_t i = 0; ok && i < 4; ++i) {
+        char* end = nullptr;
+        v[i] = std::strtod(parts[i].c_str(), &end);
+        ok = *end == '\0' && std::isfinite(v[i]);
+      }
+      if (!ok || v[0] > v[2] || v[1] > v[3] || v[0] < -90 || v[2] > 90 || v[1] < -180 || v[3] > 180)
+        q.Fail("bbox", "must be min_lat,min_lon,max_lat,max_lon");
+      else
+        f.area = SurplusFilter::Box{v[0], v[1], v[2], v[3]};
+    }
+    f.after_id = q.Int("after", 0, INT64_MAX).value_or(0);
+    f.limit = int(q.Int("limit", 1, 1000).value_or(100));
+    std::string format = q.Text("format");
+    if (!format.empty() && format != "json" && format != "csv") q.Fail("format", "must be json or csv");
+    if (!q.errors().empty())
+      return Problem(res, Error::Invalid("invalid query parameters", q.errors()), req.path);
+    auto page = hub_.FindSurplus(f);
+    if (!page.ok()) return Problem(res, page.error(), req.path);
+    nlohmann::json next = page->size() == size_t(f.limit) ? nlohmann::json(page->back().id) : nlohmann::json(nullptr);
+    if (format == "csv") {
+      std::string csv = "id,status,provider_id,claimed_by,category,description,quantity_kg,picked_up_kg,"
+                        "best_before,created_at,updated_at,lat,lon\r\n";
+      for (const auto& x : *page) {
+        auto opt = [](const auto& v) { return v ? nlohmann::json(*v).dump() : std::string(); };
+        csv += std::to_string(x.id) + "," + std::string(ToString(x.status)) + "," +
+               std::to_string(x.draft.provider_id) + "," + opt(x.claimed_by) + "," +
+               CsvField(x.draft.category) + "," + CsvField(x.draft.description) + "," +
+               opt(x.draft.quantity_kg) + "," + opt(x.picked_up_kg) + "," +
+               FormatRfc3339(x.draft.best_before) + "," + FormatRfc3339(x.created_at) + "," +
+               FormatRfc3339(x.updated_at) + "," + nlohmann::json(x.position.lat).dump() + "," +
+               nlohmann::json(x.position.lon).dump() + "\r\n";
+      }
+      if (!next.is_null()) res.set_header("Link", "<" + req.path + "?after=" + next.dump() + ">; rel=\"next\"");
+      return res.set_content(csv, "text/csv; charset=utf-8");
+    }
+    nlohmann::json items = nlohmann::json::array();
+    for (const auto& x : *page) items.push_back(ToJson(x));
+    res.set_content(nlohmann::json{{"items", items}, {"count", items.size()}, {"next_after", next}}.dump(),
+                    kJson);
+  });
+
+  // Food rescued: delivered posts by day, month, provider or NGO.
+  s.Get(Served("GET", "/api/v1/impact"), [this](const Request& req, Response& res) {
+    Query q(req);
+    std::string by = q.Text("by").empty() ? "day" : q.Text("by");
+    static const std::map<std::string, ImpactBy> kBy{{"day", ImpactBy::kDay}, {"month", ImpactBy::kMonth},
+                                                     {"provider", ImpactBy::kProvider}, {"ngo", ImpactBy::kNgo}};
+    if (!kBy.count(by)) q.Fail("by", "must be day, month, provider or ngo");
+    SurplusFilter f;
+    f.statuses = {SurplusStatus::kDelivered};
+    f.by_updated_at = true;  // when it was delivered
+    f.from = q.Time("from");
+    f.to = q.Time("to");
+    std::string format = q.Text("format");
+    if (!format.empty() && format != "json" && format != "csv") q.Fail("format", "must be json or csv");
+    if (!q.errors().empty())
+      return Problem(res, Error::Invalid("invalid query parameters", q.errors()), req.path);
+    std::vector<Surplus> delivered;
+    f.limit = 1000;
+    while (true) {
+      auto page = hub_.FindSurplus(f);
+      if (!page.ok()) return Problem(res, page.error(), req.path);
+      delivered.insert(delivered.end(), page->begin(), page->end());
+      if (page->size() < size_t(f.limit)) break;
+      f.after_id = page->back().id;
+    }
+    auto rows = Impact(delivered, kBy.at(by), options_.impact);
+    if (format == "csv") {
+      std::string csv = by + ",posts,kg,meals,co2e_kg\r\n";
+      for (const auto& r : rows)
+        csv += CsvField(r.key) + "," + std::to_string(r.posts) + "," + nlohmann::json(r.kg).dump() + "," +
+               nlohmann::json(r.meals).dump() + "," + nlohmann::json(r.co2e_kg).dump() + "\r\n";
+      return res.set_content(csv, "text/csv; charset=utf-8");
+    }
+    nlohmann::json out = nlohmann::json::array();
+    double kg = 0;
+    for (const auto& r : rows) {
+      out.push_back({{by, r.key}, {"posts", r.posts}, {"kg", r.kg}, {"meals", r.meals}, {"co2e_kg", r.co2e_kg}});
+      kg += r.kg;
+    }
+    res.set_content(nlohmann::json{{"by", by},
+                                   {"rows", out},
+                                   {"total_kg", kg},
+                                   {"grams_per_meal", options_.impact.grams_per_meal},
+                                   {"co2e_kg_per_kg", options_.impact.co2e_kg_per_kg}}
+                        .dump(),
+                    kJson);
+  });
+
+  s.Get(Served("GET", "/api/v1/organizations"), [this](const Request& req, Response& res) {
+    Query q(req);
+    std::optional<OrgKind> kind;
+    if (std::string k = q.Text("kind"); !k.empty()) {
+      kind = ParseOrgKind(k);
+      if (!kind) q.Fail("kind", "must be provider or ngo");
+    }
+    int64_t after = q.Int("after", 0, INT64_MAX).value_or(0);
+    int limit = int(q.Int("limit", 1, 1000).value_or(100));
+    if (!q.errors().empty())
+      return Problem(res, Error::Invalid("invalid query parameters", q.errors()), req.path);
+    auto page = hub_.ListOrganizations(kind, after, limit);
+    if (!page.ok()) return Problem(res, page.error(), req.path);
+    nlohmann::json items = nlohmann::json::array();
+    for (const auto& o : *page) items.push_back(ToJson(o));
+    nlohmann::json next = page->size() == size_t(limit) ? nlohmann::json(page->back().id) : nlohmann::json(nullptr);
+    res.set_content(nlohmann::json{{"items", items}, {"count", items.size()}, {"next_after", next}}.dump(), kJson);
+  });
+
+  s.Get(Served("GET", "/api/v1/devices"), [this](const Request& req, Response& res) {
+    Query q(req);
+    auto org = q.Int("org_id", 1, INT64_MAX);
+    if (!org && q.errors().empty()) q.Fail("org_id", "is required");
+    if (!q.errors().empty())
+      return Problem(res, Error::Invalid("invalid query parameters", q.errors()), req.path);
+    auto devices = hub_.ListDevicesOfOrg(*org);
+    if (!devices.ok()) return Problem(res, devices.error(), req.path);
+    nlohmann::json items = nlohmann::json::array();
+    for (const auto& d : *devices) items.push_back(ToJson(d));
+    res.set_content(nlohmann::json{{"items", items}, {"count", items.size()}}.dump(), kJson);
+  });
+
+  s.Get(Served("GET", "/api/v1/dlq"), [this](const Request& req, Response& res) {
     nlohmann::json out = nlohmann::json::array();
     int64_t after = 0;
     while (true) {
@@ -397,7 +611,7 @@ void HttpApi::Routes() {
     res.set_content(nlohmann::json{{"items", out}, {"count", out.size()}}.dump(), kJson);
   });
 
-  s.Post("/api/v1/devices", [this, read_body](const Request& req, Response& res,
+  s.Post(Served("POST", "/api/v1/devices"), [this, read_body](const Request& req, Response& res,
                                              const ContentReader& reader) {
     std::string body;
     if (!read_body(req, res, reader, body)) return;
@@ -429,7 +643,7 @@ void HttpApi::Routes() {
     Reply201or200(res, hub_.RegisterDevice(std::move(d)), req.path, 201);
   });
 
-  s.Post(R"(/api/v1/devices/([^/]+)/revoke)", [this](const Request& req, Response& res,
+  s.Post(Served("POST", "/api/v1/devices/{id}/revoke"), [this](const Request& req, Response& res,
                                                      const ContentReader& reader) {
     reader([](const char*, size_t) { return true; });  // no body expected; drain any
     std::string id = req.matches[1];
@@ -440,7 +654,7 @@ void HttpApi::Routes() {
     res.set_content(ToJson(**d).dump(), kJson);
   });
 
-  s.Get(R"(/api/v1/devices/([^/]+))", [this](const Request& req, Response& res) {
+  s.Get(Served("GET", "/api/v1/devices/{id}"), [this](const Request& req, Response& res) {
     std::string id = req.matches[1];
     auto d = hub_.FindDevice(id);
     if (!d.ok()) return Problem(res, d.error(), req.path);
@@ -448,7 +662,7 @@ void HttpApi::Routes() {
     res.set_content(ToJson(**d).dump(), kJson);
   });
 
-  s.Put(R"(/api/v1/vehicles/([^/]+))", [this, read_body](const Request& req, Response& res,
+  s.Put(Served("PUT", "/api/v1/vehicles/{ngo_id}"), [this, read_body](const Request& req, Response& res,
                                                          const ContentReader& reader) {
     std::string body;
     if (!read_body(req, res, reader, body)) return;

@@ -16,6 +16,7 @@
 #include <string>
 
 #include "cloud-hub/core/hub_service.h"
+#include "common/impact.h"
 #include "common/metrics.h"
 
 namespace httplib {
@@ -34,6 +35,7 @@ struct HttpOptions {
   size_t max_headers = 64;
   // Concurrent requests; many in flight let group commit batch them.
   int threads = 64;
+  ImpactOptions impact;  // GET /api/v1/impact
 };
 
 class HttpApi {
@@ -58,14 +60,20 @@ class HttpApi {
   // label set for metrics.
   static std::string RouteLabel(const std::string& path);
 
+  // What this API serves: (method, path template as in docs/openapi.yaml).
+  const std::vector<std::pair<std::string, std::string>>& served() const { return served_; }
+
  private:
   void Routes();
+  // Records a route and returns its cpp-httplib pattern.
+  std::string Served(const std::string& method, const std::string& path);
   void Observe(const httplib::Request& req, const httplib::Response& res);
 
   HubService& hub_;
   metrics::Registry* metrics_ = nullptr;
   metrics::Histogram* claim_latency_ = nullptr;
   std::function<Status()> ready_;
+  std::vector<std::pair<std::string, std::string>> served_;
   const HttpOptions options_;
   const Cascade* cascade_;
   std::unique_ptr<httplib::Server> server_;

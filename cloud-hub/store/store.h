@@ -54,6 +54,21 @@ struct DueQuery {
   int limit = 100;
 };
 
+// What an operator lists posts by. Unset fields do not filter.
+struct SurplusFilter {
+  std::vector<SurplusStatus> statuses;   // any of these (all when empty)
+  std::optional<int64_t> provider_id;
+  std::optional<int64_t> ngo_id;         // claimed_by
+  std::optional<Timestamp> from, to;     // [from, to) on created_at, or updated_at (below)
+  bool by_updated_at = false;
+  struct Box {
+    double min_lat, min_lon, max_lat, max_lon;
+  };
+  std::optional<Box> area;
+  int64_t after_id = 0;
+  int limit = 100;
+};
+
 enum class TxnMode { kRead, kWrite };
 
 class StoreSession {
@@ -67,6 +82,9 @@ class StoreSession {
 
   virtual Result<int64_t> InsertOrganization(const NewOrganization& org, Timestamp now) = 0;
   virtual Result<std::optional<Organization>> GetOrganization(int64_t id) = 0;
+  // By id after `after_id`; `kind` filters when set.
+  virtual Result<std::vector<Organization>> ListOrganizations(std::optional<OrgKind> kind,
+                                                              int64_t after_id, int limit) = 0;
 
   // Inserts `s` (its id is ignored) and returns the new id.
   virtual Result<int64_t> InsertSurplus(const Surplus& s) = 0;
@@ -79,9 +97,17 @@ class StoreSession {
   // transaction commits rather than at the call: a backend may batch them
   // (PostgreSQL does, to save round trips). Their errors (a duplicate key)
   // then surface from Commit(); reads in the same transaction still see them.
+  // Posts matching `f`, by id, after `f.after_id` (keyset pagination).
+  virtual Result<std::vector<Surplus>> FindSurplus(const SurplusFilter& f) = 0;
   // Posts in `statuses` (all when empty), oldest first, after `after_id`.
-  virtual Result<std::vector<Surplus>> ListSurplus(const std::vector<SurplusStatus>& statuses,
-                                                   int64_t after_id, int limit) = 0;
+  Result<std::vector<Surplus>> ListSurplus(const std::vector<SurplusStatus>& statuses,
+                                           int64_t after_id, int limit) {
+    SurplusFilter f;
+    f.statuses = statuses;
+    f.after_id = after_id;
+    f.limit = limit;
+    return FindSurplus(f);
+  }
   // Ids of posts with work due (see DueQuery), oldest deadline first.
   virtual Result<std::vector<int64_t>> ListDue(const DueQuery& q) = 0;
 

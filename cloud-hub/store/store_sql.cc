@@ -43,6 +43,23 @@ std::string DueSql(char p) {
          ") due_work GROUP BY id ORDER BY min(due), id LIMIT " + limit;
 }
 
+std::string FindSurplusSql(char p) {
+  auto arg = [p](int n) { return std::string(1, p) + std::to_string(n); };
+  auto big = [&](int n) { return "CAST(" + arg(n) + " AS BIGINT)"; };
+  auto dbl = [&](int n) { return "CAST(" + arg(n) + " AS DOUBLE PRECISION)"; };
+  std::string at = "(CASE WHEN " + big(7) + " = 1 THEN updated_at ELSE created_at END)";
+  // Portable to both: no arrays, casts that SQLite and PostgreSQL read alike.
+  return std::string("SELECT ") + kSurplusColumns + " FROM surplus WHERE id > " + big(1) +
+         " AND (" + arg(2) + " = '' OR (',' || " + arg(2) + " || ',') LIKE ('%,' || status || ',%'))" +
+         " AND (" + big(3) + " IS NULL OR provider_id = " + big(3) + ")" +
+         " AND (" + big(4) + " IS NULL OR claimed_by = " + big(4) + ")" +
+         " AND (" + big(5) + " IS NULL OR " + at + " >= " + big(5) + ")" +
+         " AND (" + big(6) + " IS NULL OR " + at + " < " + big(6) + ")" +
+         " AND (" + dbl(8) + " IS NULL OR (lat BETWEEN " + dbl(8) + " AND " + dbl(9) +
+         " AND lon BETWEEN " + dbl(10) + " AND " + dbl(11) + "))" +
+         " ORDER BY id LIMIT " + big(12);
+}
+
 std::string JoinIds(const std::vector<int64_t>& ids) {
   std::string out;
   for (auto id : ids) (out += out.empty() ? "" : ",") += std::to_string(id);

@@ -25,6 +25,13 @@ constexpr const char* kSurplusColumns =
     "claimed_by, created_at, updated_at, offered_to, offer_expires_at, excluded, dlq_attempts, "
     "next_retry_at, handover_code, picked_up_kg, traceparent";
 
+// The operator's list (SurplusFilter) as one statement with every filter
+// optional (NULL = no filter), so both backends prepare it once. Parameters
+// in order: after_id, statuses (comma-joined, '' = all), provider_id,
+// ngo_id, from, to, by_updated_at (0/1), min_lat, max_lat, min_lon,
+// max_lon, limit. `p` is the placeholder style.
+std::string FindSurplusSql(char p);
+
 // SELECT id of due work (see DueQuery); `p` is the placeholder style:
 // "?" for SQLite ("?1" style), "$" for PostgreSQL.
 std::string DueSql(char p);

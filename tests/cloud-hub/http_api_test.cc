@@ -4,6 +4,10 @@
 #include "cloud-hub/http/http_api.h"
 
 #include <gtest/gtest.h>
+
+#include <fstream>
+#include <iterator>
+#include <set>
 #include <httplib.h>
 
 #include <nlohmann/json.hpp>
@@ -276,6 +280,133 @@ TEST_F(HttpApiTest, TraceparentIsEchoedOrStarted) {
   ASSERT_TRUE(fresh);
   EXPECT_TRUE(ValidTraceparent(fresh->get_header_value("traceparent")));
   EXPECT_NE(fresh->get_header_value("traceparent"), tp);
+}
+
+}  // namespace
+}  // namespace pp
+
+namespace pp {
+namespace {
+
+// The operator's API: filtered keyset pages in JSON and CSV, cancel, impact.
+TEST_F(HttpApiTest, OperatorListsFiltersPagesAndExports) {
+  std::vector<int64_t> ids;
+  for (int i = 0; i < 5; ++i) {
+    json p = ValidPost();
+    p["description"] = "roti \"tawar\", batch " + std::to_string(i);  // CSV must quote this
+    auto r = PostJson("/api/v1/surplus", p, "op-" + std::to_string(i));
+    ASSERT_EQ(r->status, 201);
+    ids.push_back(json::parse(r->body)["id"].get<int64_t>());
+  }
+  ASSERT_EQ(PostJson("/api/v1/surplus/" + std::to_string(ids[1]) + "/claim", {{"ngo_id", ngo_}, {"version", 1}}, "c1")->status, 200);
+
+  auto page1 = json::parse(client_->Get("/api/v1/surplus?limit=2")->body);
+  ASSERT_EQ(page1["count"], 2);
+  EXPECT_EQ(page1["items"][0]["id"], ids[0]);
+  EXPECT_EQ(page1["next_after"], ids[1]);
+  auto page3 = json::parse(client_->Get("/api/v1/surplus?limit=2&after=" + std::to_string(ids[3]))->body);
+  EXPECT_EQ(page3["count"], 1);
+  EXPECT_TRUE(page3["next_after"].is_null());
+
+  auto claimed = json::parse(client_->Get("/api/v1/surplus?status=claimed&ngo_id=" + std::to_string(ngo_))->body);
+  ASSERT_EQ(claimed["count"], 1);
+  EXPECT_EQ(claimed["items"][0]["id"], ids[1]);
+  EXPECT_EQ(json::parse(client_->Get("/api/v1/surplus?bbox=50,-1,50.5,0")->body)["count"], 0);
+  EXPECT_EQ(json::parse(client_->Get("/api/v1/surplus?bbox=51,-1,52,0&provider_id=" + std::to_string(provider_))->body)["count"], 5);
+
+  auto csv = client_->Get("/api/v1/surplus?format=csv&status=claimed");
+  ASSERT_EQ(csv->status, 200);
+  EXPECT_EQ(csv->get_header_value("Content-Type"), "text/csv; charset=utf-8");
+  EXPECT_NE(csv->body.find("\"roti \"\"tawar\"\", batch 1\""), std::string::npos) << csv->body;
+  EXPECT_EQ(std::count(csv->body.begin(), csv->body.end(), '\n'), 2);  // header + one row
+
+  auto bad = client_->Get("/api/v1/surplus?status=eaten&limit=0&bbox=1,2&from=yesterday");
+  ASSERT_EQ(bad->status, 422);
+  std::set<std::string> fields;
+  json problem = json::parse(bad->body);
+  for (const auto& e : problem["errors"]) fields.insert(e["field"].get<std::string>());
+  EXPECT_EQ(fields, (std::set<std::string>{"status", "limit", "bbox", "from"})) << bad->body;
+  EXPECT_EQ(client_->Get("/api/v1/organizations?kind=ngo")->status, 200);
+  EXPECT_EQ(json::parse(client_->Get("/api/v1/organizations?kind=ngo")->body)["count"], 1);
+  EXPECT_EQ(client_->Get("/api/v1/devices")->status, 422);  // org_id is required
+}
+
+TEST_F(HttpApiTest, CancelAndImpact) {
+  auto a = json::parse(PostJson("/api/v1/surplus", ValidPost(), "a")->body)["id"].get<int64_t>();
+  auto b = json::parse(PostJson("/api/v1/surplus", ValidPost(), "b")->body)["id"].get<int64_t>();
+  auto cancelled = PostJson("/api/v1/surplus/" + std::to_string(a) + "/cancel", json::object(), "x1");
+  ASSERT_EQ(cancelled->status, 200) << cancelled->body;
+  EXPECT_EQ(json::parse(cancelled->body)["status"], "cancelled");
+  EXPECT_EQ(PostJson("/api/v1/surplus/" + std::to_string(a) + "/cancel", json::object(), "x2")->status, 409);
+
+  // b: claimed, picked up (2.1 of 3 kg) and delivered.
+  auto claim = hub_->Claim(b, {ngo_, 1}, "c");
+  ASSERT_TRUE(claim.ok());
+  ASSERT_TRUE(hub_->PickUp(b, {ngo_, claim->surplus->handover_code, 2.1}, "p").ok());
+  ASSERT_TRUE(hub_->Deliver(b, ngo_, "d").ok());
+
+  auto by_ngo = json::parse(client_->Get("/api/v1/impact?by=ngo")->body);
+  ASSERT_EQ(by_ngo["rows"].size(), 1u);
+  EXPECT_EQ(by_ngo["rows"][0]["ngo"], std::to_string(ngo_));
+  EXPECT_DOUBLE_EQ(by_ngo["rows"][0]["kg"].get<double>(), 2.1);
+  EXPECT_DOUBLE_EQ(by_ngo["rows"][0]["meals"].get<double>(), 2.1 * 1000 / 420);
+  EXPECT_DOUBLE_EQ(by_ngo["rows"][0]["co2e_kg"].get<double>(), 2.1 * 2.5);
+  auto day = json::parse(client_->Get("/api/v1/impact?by=day")->body);
+  ASSERT_EQ(day["rows"].size(), 1u);
+  EXPECT_EQ(day["rows"][0]["day"].get<std::string>().size(), 10u);
+  auto csv = client_->Get("/api/v1/impact?by=month&format=csv");
+  EXPECT_EQ(csv->body.substr(0, 28), "month,posts,kg,meals,co2e_kg");
+  auto future = json::parse(client_->Get("/api/v1/impact?from=2099-01-01T00:00:00Z")->body);
+  EXPECT_TRUE(future["rows"].empty());
+  EXPECT_EQ(client_->Get("/api/v1/impact?by=week")->status, 422);
+}
+
+}  // namespace
+}  // namespace pp
+
+namespace pp {
+namespace {
+
+// docs/openapi.yaml and the routes the hub serves agree, both ways. The
+// file is read by indentation (paths at 2 spaces, methods at 4), which is
+// how it is written.
+TEST_F(HttpApiTest, OpenApiFileAndServedRoutesAgree) {
+  std::ifstream in(test::SourceDir() + "/docs/openapi.yaml");
+  ASSERT_TRUE(in) << "docs/openapi.yaml not found";
+  auto normal = [](std::string path) {  // parameter names do not matter
+    std::string out;
+    for (size_t i = 0; i < path.size(); ++i) {
+      if (path[i] == '{') {
+        i = path.find('}', i);
+        out += "{}";
+      } else {
+        out += path[i];
+      }
+    }
+    return out;
+  };
+  std::set<std::string> documented, served;
+  std::string line, path;
+  bool in_paths = false;
+  while (std::getline(in, line)) {
+    if (line == "paths:") { in_paths = true; continue; }
+    if (!line.empty() && line[0] != ' ') in_paths = false;
+    if (!in_paths) continue;
+    if (line.rfind("  /", 0) == 0 && line.back() == ':') path = normal(line.substr(2, line.size() - 3));
+    for (const char* m : {"get", "post", "put", "delete", "patch"})
+      if (line == std::string("    ") + m + ":") {
+        std::string upper = m;
+        for (auto& c : upper) c = char(std::toupper(c));
+        documented.insert(upper + " " + path);
+      }
+  }
+  for (const auto& [method, p] : api_->served()) served.insert(method + " " + normal(p));
+  ASSERT_GT(documented.size(), 10u);
+  std::vector<std::string> undocumented, missing;
+  std::set_difference(served.begin(), served.end(), documented.begin(), documented.end(), std::back_inserter(undocumented));
+  std::set_difference(documented.begin(), documented.end(), served.begin(), served.end(), std::back_inserter(missing));
+  EXPECT_TRUE(undocumented.empty()) << "served but not in docs/openapi.yaml: " << testing::PrintToString(undocumented);
+  EXPECT_TRUE(missing.empty()) << "in docs/openapi.yaml but not served: " << testing::PrintToString(missing);
 }
 
 }  // namespace

@@ -289,6 +289,60 @@ TEST_P(StoreContract, HandoverCodeAndPickedUpWeightRoundTrip) {
   s_->Rollback();
 }
 
+TEST_P(StoreContract, OperatorFiltersAndKeysetPages) {
+  int64_t p1 = Org(OrgKind::kProvider), p2 = Org(OrgKind::kProvider), ngo = Org(OrgKind::kNgo);
+  int64_t a = Post(p1), b = Post(p2), c = Post(p1);
+  Surplus far = Sample(p1);
+  far.position = {50.82, -0.14};  // Brighton
+  far.created_at = far.updated_at = kT0 + std::chrono::hours(2);
+  int64_t d = 0;
+  Write([&](StoreSession& s) {
+    d = *s.InsertSurplus(far);
+    EXPECT_TRUE(*s.ApplyChange({b, 1, SurplusEvent::kClaim, ngo, {}, "123456", std::nullopt, kT0}));
+  });
+  auto ids = [&](SurplusFilter f) {
+    std::vector<int64_t> out;
+    EXPECT_TRUE(s_->Begin(TxnMode::kRead).ok());
+    auto r = s_->FindSurplus(f);
+    EXPECT_TRUE(r.ok()) << r.error().ToString();
+    for (const auto& x : *r) out.push_back(x.id);
+    s_->Rollback();
+    return out;
+  };
+  SurplusFilter all;
+  EXPECT_EQ(ids(all), (std::vector<int64_t>{a, b, c, d}));
+  SurplusFilter by_provider;
+  by_provider.provider_id = p1;
+  EXPECT_EQ(ids(by_provider), (std::vector<int64_t>{a, c, d}));
+  SurplusFilter by_ngo;
+  by_ngo.ngo_id = ngo;
+  EXPECT_EQ(ids(by_ngo), std::vector<int64_t>{b});
+  SurplusFilter claimed;
+  claimed.statuses = {SurplusStatus::kClaimed, SurplusStatus::kDelivered};
+  EXPECT_EQ(ids(claimed), std::vector<int64_t>{b});
+  SurplusFilter later;
+  later.from = kT0 + std::chrono::hours(1);
+  EXPECT_EQ(ids(later), std::vector<int64_t>{d});
+  SurplusFilter earlier;
+  earlier.to = kT0 + std::chrono::hours(1);
+  EXPECT_EQ(ids(earlier), (std::vector<int64_t>{a, b, c}));
+  SurplusFilter brighton;
+  brighton.area = SurplusFilter::Box{50.7, -0.3, 50.9, 0.0};
+  EXPECT_EQ(ids(brighton), std::vector<int64_t>{d});
+  SurplusFilter page;
+  page.limit = 2;
+  EXPECT_EQ(ids(page), (std::vector<int64_t>{a, b}));
+  page.after_id = b;
+  EXPECT_EQ(ids(page), (std::vector<int64_t>{c, d}));
+
+  ASSERT_TRUE(s_->Begin(TxnMode::kRead).ok());
+  auto ngos = *s_->ListOrganizations(OrgKind::kNgo, 0, 10);
+  ASSERT_EQ(ngos.size(), 1u);
+  EXPECT_EQ(ngos[0].id, ngo);
+  EXPECT_EQ(s_->ListOrganizations(std::nullopt, p1, 10)->size(), 2u);
+  s_->Rollback();
+}
+
 TEST_P(StoreContract, DueWorkAndListsByStatus) {
   int64_t p = Org(OrgKind::kProvider), ngo = Org(OrgKind::kNgo);
   int64_t offered = Post(p), dlq = Post(p), fresh = Post(p), claimed = Post(p);

@@ -188,6 +188,9 @@ std::vector<Statement> Statements() {
        "INSERT INTO organizations (kind, name, lat, lon, created_at) VALUES ($1,$2,$3,$4,$5) "
        "RETURNING id"},
       {"org_get", "SELECT id, kind, name, lat, lon, created_at FROM organizations WHERE id=$1"},
+      {"org_list",
+       "SELECT id, kind, name, lat, lon, created_at FROM organizations "
+       "WHERE id > $1 AND ($2 = '' OR kind = $2) ORDER BY id LIMIT $3"},
       {"surplus_insert",
        "INSERT INTO surplus (provider_id, category, description, quantity_kg, portions, "
        "allergens, storage, prepared_at, best_before, pickup_start, pickup_end, instructions, "
@@ -197,10 +200,7 @@ std::vector<Statement> Statements() {
        "RETURNING id"},
       {"surplus_get",
        std::string("SELECT ") + store_sql::kSurplusColumns + " FROM surplus WHERE id=$1"},
-      {"surplus_list",
-       std::string("SELECT ") + store_sql::kSurplusColumns +
-           " FROM surplus WHERE id > $1 AND ($2 = '' OR status = ANY(string_to_array($2, ',')))"
-           " ORDER BY id LIMIT $3"},
+      {"surplus_find", store_sql::FindSurplusSql('$')},
       {"due_list", store_sql::DueSql('$')},
       {"vehicle_upsert",
        "INSERT INTO vehicles (ngo_id, lat, lon, free_kg, accepts, open_from_min, open_to_min, "
@@ -331,18 +331,32 @@ class PgSession final : public StoreSession {
     });
   }
 
+  static Organization ReadOrganization(const pqxx::row& row) {
+    Organization o;
+    o.id = row[0].as<int64_t>();
+    o.kind = ParseOrgKind(row[1].c_str()).value_or(OrgKind::kProvider);
+    o.name = row[2].as<std::string>();
+    o.position = {row[3].as<double>(), row[4].as<double>()};
+    o.created_at = FromUnixMillis(row[5].as<int64_t>());
+    return o;
+  }
+
   Result<std::optional<Organization>> GetOrganization(int64_t id) override {
     return Exec("get organization", [&] {
       auto r = txn_->exec_prepared("org_get", id);
       if (r.empty()) return std::optional<Organization>();
-      const auto& row = r[0];
-      Organization o;
-      o.id = row[0].as<int64_t>();
-      o.kind = ParseOrgKind(row[1].c_str()).value_or(OrgKind::kProvider);
-      o.name = row[2].as<std::string>();
-      o.position = {row[3].as<double>(), row[4].as<double>()};
-      o.created_at = FromUnixMillis(row[5].as<int64_t>());
-      return std::optional<Organization>(std::move(o));
+      return std::optional<Organization>(ReadOrganization(r[0]));
+    });
+  }
+
+  Result<std::vector<Organization>> ListOrganizations(std::optional<OrgKind> kind, int64_t after_id,
+                                                      int limit) override {
+    std::string k = kind ? std::string(ToString(*kind)) : "";
+    return Exec("list organizations", [&] {
+      std::vector<Organization> out;
+      for (const auto& row : txn_->exec_prepared("org_list", after_id, k, limit))
+        out.push_back(ReadOrganization(row));
+      return out;
     });
   }
 
@@ -372,13 +386,20 @@ class PgSession final : public StoreSession {
     });
   }
 
-  Result<std::vector<Surplus>> ListSurplus(const std::vector<SurplusStatus>& statuses,
-                                           int64_t after_id, int limit) override {
+  Result<std::vector<Surplus>> FindSurplus(const SurplusFilter& f) override {
     std::string wanted;
-    for (auto st : statuses) (wanted += wanted.empty() ? "" : ",") += ToString(st);
-    return Exec("list surplus", [&] {
+    for (auto st : f.statuses) (wanted += wanted.empty() ? "" : ",") += ToString(st);
+    std::optional<double> min_lat, max_lat, min_lon, max_lon;
+    if (f.area) {
+      min_lat = f.area->min_lat, max_lat = f.area->max_lat;
+      min_lon = f.area->min_lon, max_lon = f.area->max_lon;
+    }
+    return Exec("find surplus", [&] {
       std::vector<Surplus> out;
-      for (const auto& row : txn_->exec_prepared("surplus_list", after_id, wanted, limit))
+      for (const auto& row : txn_->exec_prepared("surplus_find", f.after_id, wanted, f.provider_id,
+                                                 f.ngo_id, OptMillis(f.from), OptMillis(f.to),
+                                                 int64_t(f.by_updated_at), min_lat, max_lat,
+                                                 min_lon, max_lon, f.limit))
         out.push_back(ReadSurplus(row));
       return out;
     });

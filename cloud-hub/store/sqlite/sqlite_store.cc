@@ -135,18 +135,38 @@ class SqliteSession final : public StoreSession {
     return int64_t(sqlite3_last_insert_rowid(db_));
   }
 
-  Result<std::optional<Organization>> GetOrganization(int64_t id) override {
-    auto& s = Prepare("SELECT id, kind, name, lat, lon, created_at FROM organizations WHERE id=?");
-    s.Reset().Bind(id);
-    PP_ASSIGN_OR_RETURN(bool row, s.Step("get organization"));
-    if (!row) return std::optional<Organization>();
+  static Organization ReadOrganization(const Stmt& s) {
     Organization o;
     o.id = s.Int(0);
     o.kind = ParseOrgKind(s.Text(1)).value_or(OrgKind::kProvider);
     o.name = s.Text(2);
     o.position = {s.Real(3), s.Real(4)};
     o.created_at = FromUnixMillis(s.Int(5));
-    return std::optional<Organization>(std::move(o));
+    return o;
+  }
+
+  Result<std::optional<Organization>> GetOrganization(int64_t id) override {
+    auto& s = Prepare("SELECT id, kind, name, lat, lon, created_at FROM organizations WHERE id=?");
+    s.Reset().Bind(id);
+    PP_ASSIGN_OR_RETURN(bool row, s.Step("get organization"));
+    if (!row) return std::optional<Organization>();
+    return std::optional<Organization>(ReadOrganization(s));
+  }
+
+  Result<std::vector<Organization>> ListOrganizations(std::optional<OrgKind> kind, int64_t after_id,
+                                                      int limit) override {
+    auto& s = Prepare(
+        "SELECT id, kind, name, lat, lon, created_at FROM organizations "
+        "WHERE id > ? AND (? = '' OR kind = ?) ORDER BY id LIMIT ?");
+    std::string k = kind ? std::string(ToString(*kind)) : "";
+    s.Reset().Bind(after_id).Bind(k).Bind(k).Bind(int64_t(limit));
+    std::vector<Organization> out;
+    while (true) {
+      PP_ASSIGN_OR_RETURN(bool row, s.Step("list organizations"));
+      if (!row) break;
+      out.push_back(ReadOrganization(s));
+    }
+    return out;
   }
 
   Result<int64_t> InsertSurplus(const Surplus& x) override {
@@ -178,22 +198,21 @@ class SqliteSession final : public StoreSession {
     return std::optional<Surplus>(ReadSurplus(s));
   }
 
-  Result<std::vector<Surplus>> ListSurplus(const std::vector<SurplusStatus>& statuses,
-                                           int64_t after_id, int limit) override {
-    std::string sql = std::string("SELECT ") + store_sql::kSurplusColumns +
-                      " FROM surplus WHERE id > ?";
-    if (!statuses.empty()) {
-      sql += " AND status IN (";
-      for (size_t i = 0; i < statuses.size(); ++i)
-        sql += (i ? ",'" : "'") + std::string(ToString(statuses[i])) + "'";
-      sql += ")";
+  Result<std::vector<Surplus>> FindSurplus(const SurplusFilter& f) override {
+    auto& s = Prepare(find_sql_.c_str());
+    std::string wanted;
+    for (auto st : f.statuses) (wanted += wanted.empty() ? "" : ",") += ToString(st);
+    std::optional<double> min_lat, max_lat, min_lon, max_lon;
+    if (f.area) {
+      min_lat = f.area->min_lat, max_lat = f.area->max_lat;
+      min_lon = f.area->min_lon, max_lon = f.area->max_lon;
     }
-    sql += " ORDER BY id LIMIT ?";
-    auto& s = Prepare(dynamic_sql_.emplace(sql).first->c_str());
-    s.Reset().Bind(after_id).Bind(int64_t(limit));
+    s.Reset().Bind(f.after_id).Bind(wanted).Bind(f.provider_id).Bind(f.ngo_id).Bind(f.from)
+        .Bind(f.to).Bind(int64_t(f.by_updated_at)).Bind(min_lat).Bind(max_lat).Bind(min_lon)
+        .Bind(max_lon).Bind(int64_t(f.limit));
     std::vector<Surplus> out;
     while (true) {
-      PP_ASSIGN_OR_RETURN(bool row, s.Step("list surplus"));
+      PP_ASSIGN_OR_RETURN(bool row, s.Step("find surplus"));
       if (!row) break;
       out.push_back(ReadSurplus(s));
     }
@@ -510,6 +529,7 @@ class SqliteSession final : public StoreSession {
   const std::string surplus_by_id_sql_ =
       std::string("SELECT ") + store_sql::kSurplusColumns + " FROM surplus WHERE id=?";
   const std::string due_sql_ = store_sql::DueSql('?');
+  const std::string find_sql_ = store_sql::FindSurplusSql('?');
   std::set<std::string> dynamic_sql_;  // node-stable storage for built statements
 
   std::unique_ptr<SqliteDb> sql_;

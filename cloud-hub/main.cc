@@ -7,6 +7,8 @@
 // flight finish, every accepted write is committed.
 #include <cerrno>
 #include <csignal>
+#include <fstream>
+#include <sstream>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -43,6 +45,11 @@ constexpr const char* kUsage =
     "  --routing-deadline DUR     routing answer deadline (default 300ms)\n"
     "  --shards N                 matching shard threads (default 2)\n"
     "  --max-radius-km KM         never offer to a vehicle further than this (default 25)\n"
+    "  --jwt-public-key PATH      verify operator and partner tokens (RS256, pp-token); without it\n"
+    "                             the HTTP API is open: development only\n"
+    "  --jwt-issuer ISS           expected iss (default pahlawan-pangan)\n"
+    "  --jwt-audience AUD         expected aud (default pp-hub)\n"
+    "  --provider-rate N          requests a minute per provider token (default 100)\n"
     "  --grams-per-meal G         impact: grams of food per meal (default 420, WRAP)\n"
     "  --co2e-per-kg KG           impact: kg CO2e avoided per kg of food rescued (default 2.5)\n"
     "  --mqtt URI                 broker for the device protocol, e.g. tcp://127.0.0.1:1883\n"
@@ -70,6 +77,9 @@ struct Args {
   std::string mqtt_uri, mqtt_user = "pp-hub", mqtt_password, mqtt_client_id = "pp-hub";
   int ingest_workers = 2;
   pp::ImpactOptions impact;
+  std::string jwt_public_key;
+  pp::JwtOptions jwt;
+  int provider_rate = 100;
 };
 
 long long Number(const std::string& flag, const std::string& v, long long lo, long long hi) {
@@ -126,6 +136,14 @@ Args ParseArgs(int argc, char** argv) {
       a.routing_deadline = Dur(flag, v);
     } else if (flag == "--shards") {
       a.match.shards = int(Number(flag, v, 1, 64));
+    } else if (flag == "--jwt-public-key") {
+      a.jwt_public_key = v;
+    } else if (flag == "--jwt-issuer") {
+      a.jwt.issuer = v;
+    } else if (flag == "--jwt-audience") {
+      a.jwt.audience = v;
+    } else if (flag == "--provider-rate") {
+      a.provider_rate = int(Number(flag, v, 1, 100000));
     } else if (flag == "--grams-per-meal") {
       a.impact.grams_per_meal = double(Number(flag, v, 50, 5000));
     } else if (flag == "--co2e-per-kg") {
@@ -242,6 +260,22 @@ int main(int argc, char** argv) {
   http_options.impact = args.impact;
   pp::HttpApi api(hub, http_options, &cascade);
   api.SetMetrics(&metrics);
+  std::unique_ptr<pp::JwtVerifier> verifier;
+  if (!args.jwt_public_key.empty()) {
+    auto pem = pp::ReadFirstLine(args.jwt_public_key);  // presence check; the whole file below
+    std::ifstream in(args.jwt_public_key);
+    std::stringstream text;
+    text << in.rdbuf();
+    if (!pem || text.str().find("PUBLIC KEY") == std::string::npos) {
+      std::fprintf(stderr, "pp-hub: --jwt-public-key %s is not a PEM public key\n", args.jwt_public_key.c_str());
+      return 2;
+    }
+    verifier = std::make_unique<pp::JwtVerifier>(text.str(), args.jwt);
+    api.SetAuth(verifier.get(), args.provider_rate);
+  } else {
+    pp::Log(pp::LogLevel::kWarn, "auth_disabled",
+            {{"why", "no --jwt-public-key: the HTTP API trusts every caller (development only)"}});
+  }
   // Read at scrape time: state the matcher, the relay and the store own.
   metrics.AddGaugeCallback("matching_engine_saturation_ratio",
                            "Share of the matching shards' time spent busy, with their backlog (1 = saturated).",

@@ -10,7 +10,7 @@ BUILD_PKGS=(
   libcpp-httplib-dev libssl-dev zlib1g-dev libbrotli-dev
   libpaho-mqttpp-dev libpaho-mqtt-dev
   libs2-dev libabsl-dev
-  libsodium-dev nlohmann-json3-dev
+  libsodium-dev nlohmann-json3-dev libjwt-dev openssl
   libgtest-dev libgmock-dev
 )
 RUN_PKGS=(mosquitto mosquitto-clients)

@@ -31,6 +31,29 @@ thread_local std::chrono::steady_clock::time_point request_started;
 // Its W3C traceparent: the caller's if valid, else a new trace. Answered in
 // the `traceparent` response header, logged, and kept with a new post.
 thread_local std::string request_trace;
+// Who sent it (auth on), for the object-level checks in the handlers.
+thread_local std::optional<Principal> request_principal;
+
+// Object-level: may the caller act for organisation `org` in role `as`?
+// Staff with write roles may; partners only for their own organisation.
+Status MayActFor(int64_t org, Role as) {
+  if (!request_principal) return OkStatus();  // auth off
+  const Principal& p = *request_principal;
+  if (p.role == Role::kAdmin || (p.role == Role::kOperator && as == Role::kProvider)) return OkStatus();
+  if (p.role == as && p.org_id == org) return OkStatus();
+  return Error{Code::kPermissionDenied,
+               "this token may not act for organisation " + std::to_string(org), {}, {}};
+}
+
+// May the caller see this post? Staff: all. A provider: its own. An NGO:
+// open posts, its offers and its claims. Others get 404 (no existence leak).
+bool MaySee(const Surplus& x) {
+  if (!request_principal || request_principal->staff()) return true;
+  const Principal& p = *request_principal;
+  if (p.role == Role::kProvider) return x.draft.provider_id == p.org_id;
+  return x.claimed_by == p.org_id || x.match.offered_to == p.org_id ||
+         x.status == SurplusStatus::kAvailable || x.status == SurplusStatus::kDeadLettered;
+}
 constexpr const char* kProblemJson = "application/problem+json";
 
 void Problem(Response& res, int status, const Error& e, const std::string& instance) {
@@ -136,6 +159,40 @@ HttpApi::HttpApi(HubService& hub, HttpOptions options, const Cascade* cascade)
     std::string incoming = req.get_header_value("traceparent");
     request_trace = ValidTraceparent(incoming) ? incoming : NewTraceparent();
     res.set_header("traceparent", request_trace);
+    request_principal.reset();
+    if (verifier_ && req.path.rfind("/api/v1/", 0) == 0) {
+      std::string auth = req.get_header_value("Authorization");
+      if (auth.rfind("Bearer ", 0) != 0) {
+        res.set_header("WWW-Authenticate", "Bearer realm=\"pp-hub\"");
+        Problem(res, 401, Error{Code::kUnauthenticated, "Authorization: Bearer <token> is required", {}, {}},
+                req.path);
+        return httplib::Server::HandlerResponse::Handled;
+      }
+      auto who = verifier_->Verify(std::string_view(auth).substr(7), hub_.clock().Now());
+      if (!who.ok()) {
+        res.set_header("WWW-Authenticate", "Bearer realm=\"pp-hub\", error=\"invalid_token\"");
+        Problem(res, 401, who.error(), req.path);
+        return httplib::Server::HandlerResponse::Handled;
+      }
+      request_principal = *who;
+      Error why = Error::Internal("");
+      if (int status = Authorize(req.method, RouteLabel(req.path), req.path, why)) {
+        Problem(res, status, why, req.path);
+        return httplib::Server::HandlerResponse::Handled;
+      }
+      if (who->role == Role::kProvider) {
+        if (int wait = TakeProviderToken(who->org_id)) {
+          res.set_header("Retry-After", std::to_string(wait));
+          Problem(res, 429,
+                  Error{Code::kResourceExhausted,
+                        "more than " + std::to_string(provider_rate_) + " requests a minute from provider " +
+                            std::to_string(who->org_id),
+                        {}, {}},
+                  req.path);
+          return httplib::Server::HandlerResponse::Handled;
+        }
+      }
+    }
     auto fail = [&](int status, Code code, std::string msg) {
       Problem(res, status, Error{code, std::move(msg), {}, {}}, req.path);
       // The body (if any) stays unread; the connection cannot be reused.
@@ -257,6 +314,65 @@ void HttpApi::Observe(const Request& req, const Response& res) {
   if (claim && res.status < 500) claim_latency_->Observe(seconds);
 }
 
+void HttpApi::SetAuth(const JwtVerifier* verifier, int provider_rate_per_min) {
+  verifier_ = verifier;
+  provider_rate_ = provider_rate_per_min;
+}
+
+int HttpApi::TakeProviderToken(int64_t org) {
+  // A token bucket per provider: provider_rate_ a minute, bursts up to that.
+  auto now = std::chrono::steady_clock::now();
+  std::lock_guard lock(rate_mu_);
+  auto [it, fresh] = buckets_.try_emplace(org, double(provider_rate_), now);
+  auto& [tokens, last] = it->second;
+  double per_second = provider_rate_ / 60.0;
+  tokens = std::min(double(provider_rate_), tokens + std::chrono::duration<double>(now - last).count() * per_second);
+  last = now;
+  if (tokens >= 1) {
+    tokens -= 1;
+    return 0;
+  }
+  return std::max(1, int(std::ceil((1 - tokens) / per_second)));
+}
+
+int HttpApi::Authorize(const std::string& method, const std::string& route, const std::string& path,
+                       Error& why) {
+  const Principal& p = *request_principal;
+  auto deny = [&](std::string msg) {
+    why = Error{Code::kPermissionDenied, std::move(msg), {}, {}};
+    return 403;
+  };
+  const std::string role(ToString(p.role));
+  auto is = [&](std::initializer_list<Role> roles) {
+    return std::find(roles.begin(), roles.end(), p.role) != roles.end();
+  };
+  auto ends = [&](const char* suffix) {
+    std::string_view r(route), s(suffix);
+    return r.size() >= s.size() && r.substr(r.size() - s.size()) == s;
+  };
+  if (method == "GET") {
+    if (p.staff()) return 0;
+    // Partners read single posts (checked per post), nearby, and organisations.
+    if (route == "/api/v1/surplus/:id" || route == "/api/v1/organizations/:id") return 0;
+    if (route == "/api/v1/surplus/nearby" && p.role == Role::kNgo) return 0;
+    return deny("a " + role + " token may not read " + route);
+  }
+  if (route == "/api/v1/organizations" || route.rfind("/api/v1/devices", 0) == 0)
+    return is({Role::kAdmin}) ? 0 : deny("only an admin registers organisations and devices");
+  if (route == "/api/v1/surplus")
+    return is({Role::kProvider, Role::kOperator, Role::kAdmin}) ? 0 : deny("a " + role + " may not post surplus");
+  if (ends("/assign") || ends("/cancel"))
+    return is({Role::kOperator, Role::kAdmin}) ? 0 : deny("only an operator assigns or cancels");
+  if (ends("/claim") || ends("/accept") || ends("/decline") || ends("/pickup") || ends("/deliver"))
+    return is({Role::kNgo, Role::kAdmin}) ? 0 : deny("only an NGO claims, answers offers and collects");
+  if (route.rfind("/api/v1/vehicles/", 0) == 0) {
+    if (is({Role::kOperator, Role::kAdmin})) return 0;
+    if (p.role == Role::kNgo && path == "/api/v1/vehicles/" + std::to_string(p.org_id)) return 0;
+    return deny("a token may move only its own NGO's vehicle");
+  }
+  return deny("a " + role + " may not " + method + " " + route);
+}
+
 void HttpApi::SetMetrics(metrics::Registry* registry) {
   metrics_ = registry;
   claim_latency_ = &registry->GetHistogram(kClaimLatencyMetric, kClaimLatencyHelp,
@@ -370,6 +486,8 @@ void HttpApi::Routes() {
     if (!key) return;
     auto draft = ParseSurplusDraft(body, hub_.clock().Now());
     if (!draft.ok()) return Problem(res, draft.error(), req.path);
+    if (auto st = MayActFor(draft->provider_id, Role::kProvider); !st.ok())
+      return Problem(res, st.error(), req.path);
     auto r = hub_.PostSurplus(std::move(*draft), std::move(*key), request_trace);
     if (r.ok() && !r->replayed) {
       auto id = nlohmann::json::parse(r->json)["id"].get<int64_t>();
@@ -406,7 +524,10 @@ void HttpApi::Routes() {
   s.Get(Served("GET", "/api/v1/surplus/{id}"), [this](const Request& req, Response& res) {
     auto id = PathId(req);
     if (!id) return Problem(res, Error::NotFound("no surplus post " + std::string(req.matches[1])), req.path);
-    Reply201or200(res, hub_.GetSurplus(*id), req.path, 200);
+    auto r = hub_.GetSurplus(*id);
+    if (r.ok() && r->surplus && !MaySee(*r->surplus))
+      return Problem(res, Error::NotFound("no surplus post " + std::to_string(*id)), req.path);
+    Reply201or200(res, r, req.path, 200);
   });
 
   // Commands on one post (claim, accept, decline, assign, pickup, deliver):
@@ -431,11 +552,13 @@ void HttpApi::Routes() {
   s.Post(Served("POST", "/api/v1/surplus/{id}/claim"),
          post_command([this](int64_t id, const std::string& body, std::string key) -> Result<Reply> {
            PP_ASSIGN_OR_RETURN(auto claim, ParseClaimRequest(body));
+           PP_RETURN_IF_ERROR(MayActFor(claim.ngo_id, Role::kNgo));
            return hub_.Claim(id, claim, std::move(key));
          }));
   s.Post(Served("POST", "/api/v1/surplus/{id}/pickup"),
          post_command([this](int64_t id, const std::string& body, std::string key) -> Result<Reply> {
            PP_ASSIGN_OR_RETURN(auto pickup, ParsePickUpRequest(body));
+           PP_RETURN_IF_ERROR(MayActFor(pickup.ngo_id, Role::kNgo));
            return hub_.PickUp(id, std::move(pickup), std::move(key));
          }));
   // The rest take {"ngo_id": N}.
@@ -444,6 +567,9 @@ void HttpApi::Routes() {
     return post_command([this, command](int64_t id, const std::string& body,
                                         std::string key) -> Result<Reply> {
       PP_ASSIGN_OR_RETURN(int64_t ngo, ParseNgoRequest(body));
+      // assign is an operator's (Authorize); the rest are the NGO's own.
+      if (command != static_cast<NgoCommand>(&HubService::Assign))
+        PP_RETURN_IF_ERROR(MayActFor(ngo, Role::kNgo));
       return (hub_.*command)(id, ngo, std::move(key));
     });
   };

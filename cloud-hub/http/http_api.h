@@ -13,9 +13,12 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
+#include <unordered_map>
 #include <string>
 
 #include "cloud-hub/core/hub_service.h"
+#include "cloud-hub/http/auth.h"
 #include "common/impact.h"
 #include "common/metrics.h"
 
@@ -55,6 +58,11 @@ class HttpApi {
   // what GET /readyz checks (store and broker reachable).
   void SetMetrics(metrics::Registry* registry);
   void SetReadiness(std::function<Status()> check) { ready_ = std::move(check); }
+  // With a verifier, every /api/v1 request needs `Authorization: Bearer JWT`
+  // and is held to its role and organisation (see Authorize); providers get
+  // `provider_rate_per_min` requests a minute (429 beyond). Without, the API
+  // is open (development only; pp-hub logs a warning).
+  void SetAuth(const JwtVerifier* verifier, int provider_rate_per_min = 100);
 
   // "/api/v1/surplus/12/claim" -> "/api/v1/surplus/:id/claim": a bounded
   // label set for metrics.
@@ -74,6 +82,16 @@ class HttpApi {
   metrics::Histogram* claim_latency_ = nullptr;
   std::function<Status()> ready_;
   std::vector<std::pair<std::string, std::string>> served_;
+  const JwtVerifier* verifier_ = nullptr;
+  int provider_rate_ = 100;
+  // Per provider organisation: tokens left and when last refilled.
+  std::mutex rate_mu_;
+  std::unordered_map<int64_t, std::pair<double, std::chrono::steady_clock::time_point>> buckets_;
+  // The coarse check before routing: role against method and route; 0 if allowed.
+  int Authorize(const std::string& method, const std::string& route, const std::string& path,
+                Error& why);
+  // Seconds to wait, or 0 if the provider may go ahead now.
+  int TakeProviderToken(int64_t org);
   const HttpOptions options_;
   const Cascade* cascade_;
   std::unique_ptr<httplib::Server> server_;

@@ -3,6 +3,8 @@
 //   pp-device register --hub URL --id ID --role kiosk|tablet --org N --out DIR
 //                      [--broker tcp://HOST:PORT] [--broker-dir DIR] [--ui 127.0.0.1:PORT]
 //   pp-device revoke --hub URL --id ID
+// Both take --token TOKEN (or env PP_TOKEN): an admin token when the hub
+// checks tokens (pp-token mint --role admin).
 //
 // register makes the device's Ed25519 key pair and broker password, registers
 // the public key with the hub, and writes into DIR (mode 0600):
@@ -34,7 +36,8 @@ namespace {
 constexpr const char* kUsage =
     "usage: pp-device register --hub URL --id ID --role kiosk|tablet --org N --out DIR\n"
     "                          [--broker tcp://HOST:PORT] [--broker-dir DIR] [--ui 127.0.0.1:PORT]\n"
-    "       pp-device revoke --hub URL --id ID\n";
+    "       pp-device revoke --hub URL --id ID\n"
+    "  (both: --token TOKEN or env PP_TOKEN, an admin token when the hub checks them)\n";
 
 [[noreturn]] void Die(const std::string& msg, int code = 2) {
   std::fprintf(stderr, "pp-device: %s\n%s", msg.c_str(), code == 2 ? kUsage : "");
@@ -73,6 +76,9 @@ int main(int argc, char** argv) {
   if (!pp::sync::ValidDeviceId(id)) Die("--id must be 1-64 of A-Z a-z 0-9 _ . -");
   auto [host, base] = SplitUrl(need("hub"));
   httplib::Client hub(host);
+  // An admin token (pp-token mint --role admin) when the hub checks tokens.
+  std::string token = opt.count("token") ? opt["token"] : (getenv("PP_TOKEN") ? getenv("PP_TOKEN") : "");
+  if (!token.empty()) hub.set_bearer_token_auth(token.c_str());
   hub.set_connection_timeout(5, 0);
   hub.set_read_timeout(10, 0);
 
@@ -110,10 +116,12 @@ int main(int argc, char** argv) {
   nlohmann::json config{{"device_id", id},
                         {"role", role},
                         {"org_id", reg["org_id"]},
-                        {"key_file", key_file.string()},
+                        // Next to the config, which resolves them (firmware-cfg): the
+                        // folder can be copied to the device as it is.
+                        {"key_file", key_file.filename().string()},
                         {"broker_url", opt.count("broker") ? opt["broker"] : "tcp://127.0.0.1:1883"},
                         {"broker_user", id},
-                        {"broker_password_file", pw_file.string()}};
+                        {"broker_password_file", pw_file.filename().string()}};
   // Where pp-agent serves its UI (firmware-cfg validates it: loopback only).
   if (opt.count("ui")) config["http_listen"] = opt["ui"];
   if (!WriteSecret(key_file, pp::sync::ToBase64(keys.secret_key) + "\n") ||

@@ -296,6 +296,22 @@ int main(int argc, char** argv) {
                              auto page = hub.ListSurplus({pp::SurplusStatus::kDeadLettered}, 0, 100000);
                              return page.ok() ? double(page->size()) : 0.0;
                            });
+  api.SetStatusProbe([&matcher, &travel, &hub, &clock, &ingest, &mqtt] {
+    nlohmann::json j{{"saturation", matcher.SaturationRatio()},
+                     {"routing_breaker", travel.breaker_state() == pp::CircuitBreaker::State::kOpen       ? "open"
+                                         : travel.breaker_state() == pp::CircuitBreaker::State::kHalfOpen ? "half_open"
+                                                                                                            : "closed"},
+                     {"broker", mqtt ? (mqtt->connected() ? "connected" : "disconnected") : "not configured"}};
+    auto page = hub.ListUnsentOutbox(1);
+    j["outbox_lag_seconds"] = page.ok() && !page->empty()
+                                  ? std::chrono::duration<double>(clock.Now() - page->front().created_at).count()
+                                  : 0.0;
+    if (ingest) {
+      auto st = ingest->stats();
+      j["mqtt"] = {{"received", st.received}, {"accepted", st.accepted}, {"refused", st.refused}};
+    }
+    return j;
+  });
   api.SetReadiness([&hub, &mqtt]() -> pp::Status {
     if (auto r = hub.ListUnsentOutbox(1); !r.ok()) return pp::Error::Unavailable("store: " + r.error().message);
     if (mqtt && !mqtt->connected()) return pp::Error::Unavailable("broker not connected");

@@ -1,17 +1,9 @@
-// The local UI's files (edge-agent/ui/), compiled in by cmake/embed_assets.cmake
-// so that the agent serves them with no network and no install step.
+// The agent's local UI (edge-agent/ui/), compiled in.
 #pragma once
 
-#include <string_view>
-#include <vector>
+#include "common/ui_asset.h"
 
 namespace pp::agent {
-
-struct UiAsset {
-  std::string_view name;  // "index.html", "app.js", ...
-  std::string_view content_type;
-  std::string_view body;
-};
 
 const std::vector<UiAsset>& UiAssets();
 

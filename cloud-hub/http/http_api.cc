@@ -8,6 +8,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
+#include "cloud-hub/dashboard/assets.h"
 #include "cloud-hub/matching/cascade.h"
 #include "common/domain_json.h"
 #include "sync/protocol.h"
@@ -723,6 +724,51 @@ void HttpApi::Routes() {
     for (const auto& d : *devices) items.push_back(ToJson(d));
     res.set_content(nlohmann::json{{"items", items}, {"count", items.size()}}.dump(), kJson);
   });
+
+  // The dashboard's view of the city: counts by status, open posts and
+  // vehicles for the map, and the hub's own state.
+  s.Get(Served("GET", "/api/v1/summary"), [this](const Request& req, Response& res) {
+    nlohmann::json counts = nlohmann::json::object(), posts = nlohmann::json::array();
+    SurplusFilter f;
+    f.statuses = {SurplusStatus::kAvailable, SurplusStatus::kOffered, SurplusStatus::kDeadLettered,
+                  SurplusStatus::kClaimed, SurplusStatus::kPickedUp};
+    f.limit = 1000;
+    size_t shown = 0;
+    while (true) {
+      auto page = hub_.FindSurplus(f);
+      if (!page.ok()) return Problem(res, page.error(), req.path);
+      for (const auto& x : *page) {
+        std::string st(ToString(x.status));
+        counts[st] = counts.value(st, 0) + 1;
+        if (shown++ < 2000)  // the map shows at most this many
+          posts.push_back({{"id", x.id}, {"status", st}, {"lat", x.position.lat}, {"lon", x.position.lon},
+                           {"description", x.draft.description},
+                           {"quantity_kg", x.draft.quantity_kg ? nlohmann::json(*x.draft.quantity_kg) : nlohmann::json(nullptr)},
+                           {"provider_id", x.draft.provider_id},
+                           {"claimed_by", x.claimed_by ? nlohmann::json(*x.claimed_by) : nlohmann::json(nullptr)}});
+      }
+      if (page->size() < size_t(f.limit)) break;
+      f.after_id = page->back().id;
+    }
+    auto vehicles = hub_.ListVehicles();
+    if (!vehicles.ok()) return Problem(res, vehicles.error(), req.path);
+    nlohmann::json vs = nlohmann::json::array();
+    for (const auto& v : *vehicles) vs.push_back(ToJson(v));
+    nlohmann::json out{{"counts", counts}, {"posts", posts}, {"vehicles", vs},
+                       {"now", FormatRfc3339(hub_.clock().Now())}};
+    out["status"] = status_probe_ ? status_probe_() : nlohmann::json::object();
+    res.set_content(out.dump(), kJson);
+  });
+
+  // The dashboard's files; its API calls carry the operator's token.
+  for (const auto& asset : dashboard::Assets()) {
+    std::string path = "/dashboard/" + std::string(asset.name == "index.html" ? "" : asset.name);
+    std::string_view body = asset.body, type = asset.content_type;
+    s.Get(path, [body, type](const Request&, Response& res) {
+      res.set_content(body.data(), body.size(), std::string(type).c_str());
+      res.set_header("Content-Security-Policy", "default-src 'self'");
+    });
+  }
 
   s.Get(Served("GET", "/api/v1/dlq"), [this](const Request& req, Response& res) {
     nlohmann::json out = nlohmann::json::array();

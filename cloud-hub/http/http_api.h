@@ -13,6 +13,8 @@
 #pragma once
 
 #include <memory>
+
+#include <nlohmann/json.hpp>
 #include <mutex>
 #include <unordered_map>
 #include <string>
@@ -63,6 +65,9 @@ class HttpApi {
   // `provider_rate_per_min` requests a minute (429 beyond). Without, the API
   // is open (development only; pp-hub logs a warning).
   void SetAuth(const JwtVerifier* verifier, int provider_rate_per_min = 100);
+  // Extra state for GET /api/v1/summary (breaker, outbox, ingest...), as
+  // JSON; optional.
+  void SetStatusProbe(std::function<nlohmann::json()> probe) { status_probe_ = std::move(probe); }
 
   // "/api/v1/surplus/12/claim" -> "/api/v1/surplus/:id/claim": a bounded
   // label set for metrics.
@@ -81,6 +86,7 @@ class HttpApi {
   metrics::Registry* metrics_ = nullptr;
   metrics::Histogram* claim_latency_ = nullptr;
   std::function<Status()> ready_;
+  std::function<nlohmann::json()> status_probe_;
   std::vector<std::pair<std::string, std::string>> served_;
   const JwtVerifier* verifier_ = nullptr;
   int provider_rate_ = 100;

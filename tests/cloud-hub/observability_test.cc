@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 
+#include <filesystem>
 #include <fstream>
 #include <regex>
 
@@ -129,6 +130,49 @@ TEST_F(ObservabilityTest, ReadyzFollowsTheBroker) {
   EXPECT_EQ(Call("GET", "/healthz").status, 200);  // alive, just not ready
   broker_.Start();
   EXPECT_TRUE(test::Eventually([&] { return Call("GET", "/readyz").status == 200; }, seconds(30)));
+}
+
+// The dashboard, with tokens on, in Debian's chromium (playwright-core).
+TEST(DashboardTest, SignInSeeTheCityAndAssignFromTheDlq) {
+  test::TempDir dir;
+  test::Process keygen({test::BinPath("pp-token"), "keygen", "--out", dir.path().string()});
+  ASSERT_EQ(keygen.Wait(), 0);
+  test::Hub hub("sqlite:" + dir.file("hub.db"), {"--jwt-public-key", dir.file("jwt.pub")});
+  ASSERT_GT(hub.port(), 0);
+  test::Process mint({test::BinPath("pp-token"), "mint", "--key", dir.file("jwt.key"), "--role", "admin"});
+  std::string token = mint.WaitForLine("");
+  mint.Wait();
+  ASSERT_GT(token.size(), 100u);
+  httplib::Client cli("127.0.0.1", hub.port());
+  cli.set_bearer_token_auth(token.c_str());
+  auto org = [&](const std::string& kind, double lat, double lon) {
+    auto r = cli.Post("/api/v1/organizations", json{{"kind", kind}, {"name", kind}, {"lat", lat}, {"lon", lon}}.dump(),
+                      "application/json");
+    EXPECT_TRUE(r && r->status == 201);
+    return json::parse(r->body)["id"].get<int64_t>();
+  };
+  int64_t provider = org("provider", 51.5138, -0.0984);
+  int64_t ngo = org("ngo", 50.8225, -0.1372);  // Brighton: too far for an offer, so the post is dead-lettered
+  auto post = cli.Post("/api/v1/surplus", {{"Idempotency-Key", "p1"}},
+                       json{{"provider_id", provider}, {"category", "bakery"}, {"description", "roti"},
+                            {"quantity_kg", 4}, {"best_before", test::HoursFromNow(3)}}.dump(),
+                       "application/json");
+  ASSERT_TRUE(post && post->status == 201);
+  int64_t id = json::parse(post->body)["id"];
+  ASSERT_TRUE(test::Eventually([&] {
+    auto r = cli.Get(("/api/v1/surplus/" + std::to_string(id)).c_str());
+    return r && json::parse(r->body)["status"] == "dead_lettered";
+  }, seconds(10)));
+  ASSERT_TRUE(std::filesystem::exists(test::SourceDir() + "/tests/browser/node_modules/playwright-core"))
+      << "run: npm ci --prefix tests/browser (packaging/test.sh does)";
+  test::Process node({"/usr/bin/env", "node", test::SourceDir() + "/tests/browser/dashboard.mjs", hub.url(), token,
+                      std::to_string(ngo), dir.path().string()});
+  std::string line = node.WaitForLine("", seconds(120));
+  EXPECT_EQ(node.Wait(), 0) << line;
+  EXPECT_EQ(line.rfind("ok:", 0), 0u) << line;
+  auto after = cli.Get(("/api/v1/surplus/" + std::to_string(id)).c_str());
+  EXPECT_EQ(json::parse(after->body)["status"], "claimed");
+  EXPECT_EQ(json::parse(after->body)["claimed_by"], ngo);
 }
 
 }  // namespace

@@ -2,6 +2,8 @@
 
 #include <pthread.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <fstream>
 
 namespace pp {
@@ -11,6 +13,17 @@ std::optional<std::string> ReadFirstLine(const std::string& path) {
   std::string line;
   if (!in || !std::getline(in, line)) return std::nullopt;
   return line;
+}
+
+void DieWithUsage(const char* program, const char* usage, const std::string& message, int code) {
+  std::fprintf(stderr, "%s: %s\nusage: %s\n", program, message.c_str(), usage);
+  std::exit(code);
+}
+
+std::string FirstLineOrDie(const char* program, const char* usage, const std::string& path) {
+  auto line = ReadFirstLine(path);
+  if (!line) DieWithUsage(program, usage, "cannot read " + path, 1);
+  return *line;
 }
 
 sigset_t BlockStopSignals() {

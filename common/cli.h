@@ -7,6 +7,14 @@
 
 namespace pp {
 
+// Prints "PROGRAM: MESSAGE" and the usage to stderr and exits with `code`
+// (2: the command line was wrong; 1: the world was).
+[[noreturn]] void DieWithUsage(const char* program, const char* usage, const std::string& message,
+                               int code = 2);
+
+// The first line of a file, or DieWithUsage naming the file.
+std::string FirstLineOrDie(const char* program, const char* usage, const std::string& path);
+
 // The first line of a file (a password, a key, a port); nullopt if unreadable.
 std::optional<std::string> ReadFirstLine(const std::string& path);
 

@@ -36,16 +36,9 @@ namespace {
 using namespace pp;
 using Steady = std::chrono::steady_clock;
 
-[[noreturn]] void Die(const std::string& m) {
-  std::fprintf(stderr, "pp-sync-bench: %s\nusage: pp-sync-bench --broker-dir DIR [--ops N] [--workers N]\n", m.c_str());
-  std::exit(2);
-}
-
-std::string ReadFile(const std::string& p) {
-  auto line = ReadFirstLine(p);
-  if (!line) Die("cannot read " + p);
-  return *line;
-}
+constexpr const char* kUsage = "pp-sync-bench --broker-dir DIR [--ops N] [--workers N]";
+[[noreturn]] void Die(const std::string& m) { DieWithUsage("pp-sync-bench", kUsage, m); }
+std::string ReadFile(const std::string& p) { return FirstLineOrDie("pp-sync-bench", kUsage, p); }
 
 template <typename F>
 bool WaitFor(F done, std::chrono::seconds limit) {

@@ -60,6 +60,16 @@ std::string FindSurplusSql(char p) {
          " ORDER BY id LIMIT " + big(12);
 }
 
+FindArgs FindSurplusArgs(const SurplusFilter& f) {
+  FindArgs a;
+  for (auto st : f.statuses) (a.statuses += a.statuses.empty() ? "" : ",") += ToString(st);
+  if (f.area) {
+    a.min_lat = f.area->min_lat, a.max_lat = f.area->max_lat;
+    a.min_lon = f.area->min_lon, a.max_lon = f.area->max_lon;
+  }
+  return a;
+}
+
 std::string JoinIds(const std::vector<int64_t>& ids) {
   std::string out;
   for (auto id : ids) (out += out.empty() ? "" : ",") += std::to_string(id);

@@ -2,9 +2,11 @@
 // two dialects differ only where the databases do.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "cloud-hub/store/store.h"
 #include "common/domain.h"
 #include "common/lifecycle.h"
 
@@ -31,6 +33,12 @@ constexpr const char* kSurplusColumns =
 // ngo_id, from, to, by_updated_at (0/1), min_lat, max_lat, min_lon,
 // max_lon, limit. `p` is the placeholder style.
 std::string FindSurplusSql(char p);
+// The filter's values that are not plain fields, in the statement's terms.
+struct FindArgs {
+  std::string statuses;  // comma-joined
+  std::optional<double> min_lat, max_lat, min_lon, max_lon;
+};
+FindArgs FindSurplusArgs(const SurplusFilter& f);
 
 // SELECT id of due work (see DueQuery); `p` is the placeholder style:
 // "?" for SQLite ("?1" style), "$" for PostgreSQL.

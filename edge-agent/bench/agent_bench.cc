@@ -40,16 +40,9 @@ namespace {
 using namespace pp;
 using Steady = std::chrono::steady_clock;
 
-[[noreturn]] void Die(const std::string& m) {
-  std::fprintf(stderr, "pp-agent-bench: %s\nusage: pp-agent-bench --broker-dir DIR [--ops N]\n", m.c_str());
-  std::exit(2);
-}
-
-std::string ReadLine(const std::string& p) {
-  auto line = ReadFirstLine(p);
-  if (!line) Die("cannot read " + p);
-  return *line;
-}
+constexpr const char* kUsage = "pp-agent-bench --broker-dir DIR [--ops N]";
+[[noreturn]] void Die(const std::string& m) { DieWithUsage("pp-agent-bench", kUsage, m); }
+std::string ReadLine(const std::string& p) { return FirstLineOrDie("pp-agent-bench", kUsage, p); }
 
 // This process's TCP sockets to `port`, by local port: {bytes sent and
 // acknowledged, bytes received}.

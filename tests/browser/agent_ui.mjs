@@ -4,7 +4,7 @@
 //
 //   node agent_ui.mjs KIOSK_URL TABLET_URL SCREENSHOT_DIR
 // Exits 0 when every step held, 1 with the failing step otherwise.
-import { chromium } from 'playwright-core';
+import { launch, loopbackContext } from './lib.mjs';
 
 const [kioskUrl, tabletUrl, shots] = process.argv.slice(2);
 if (!kioskUrl || !tabletUrl || !shots) {
@@ -12,20 +12,12 @@ if (!kioskUrl || !tabletUrl || !shots) {
   process.exit(2);
 }
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--no-sandbox', '--headless=new'],
-});
+const browser = await launch();
 let step = 'start';
 // Unique, so that the script can run against a city that already has posts.
 const what = `Nasi goreng, 20 boxes #${Date.now() % 100000}`;
 try {
-  const context = await browser.newContext();
-  // Nothing may leave the device: fail on any request off loopback.
-  context.on('request', r => {
-    const host = new URL(r.url()).hostname;
-    if (host !== '127.0.0.1' && host !== 'localhost') throw new Error(`request off the device: ${r.url()}`);
-  });
+  const context = await loopbackContext(browser);  // nothing may leave the device
   const kiosk = await context.newPage();
   const tablet = await context.newPage();
   await kiosk.goto(kioskUrl);

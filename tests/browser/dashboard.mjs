@@ -3,24 +3,17 @@
 // the DLQ panel, see it leave the queue.
 //
 //   node dashboard.mjs HUB_URL TOKEN NGO_ID SCREENSHOT_DIR
-import { chromium } from 'playwright-core';
+import { launch, loopbackContext } from './lib.mjs';
 
 const [hub, token, ngo, shots] = process.argv.slice(2);
 if (!hub || !token || !ngo || !shots) {
   console.log('usage: node dashboard.mjs HUB_URL TOKEN NGO_ID SCREENSHOT_DIR');
   process.exit(2);
 }
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--no-sandbox', '--headless=new'],
-});
+const browser = await launch();
 let step = 'start';
 try {
-  const context = await browser.newContext();
-  context.on('request', r => {
-    const host = new URL(r.url()).hostname;
-    if (host !== '127.0.0.1' && host !== 'localhost') throw new Error(`request off the machine: ${r.url()}`);
-  });
+  const context = await loopbackContext(browser);
   const page = await context.newPage();
   await page.goto(`${hub}/dashboard/`);
 

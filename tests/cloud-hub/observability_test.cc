@@ -30,10 +30,7 @@ class ObservabilityTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_GT(broker_.port(), 0);
-    hub_ = std::make_unique<test::Hub>(
-        "sqlite:" + dir_.file("hub.db"),
-        std::vector<std::string>{"--mqtt", broker_.uri(), "--mqtt-password-file",
-                                 broker_.hub_password_file()});
+    hub_ = test::HubWithBroker(dir_.file("hub.db"), broker_);
     ASSERT_GT(hub_->port(), 0);
   }
   test::HttpAnswer Call(const std::string& method, const std::string& path, const json& body = nullptr) {

@@ -27,11 +27,7 @@ class AgentTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_GT(broker_.port(), 0);
-    hub_ = std::make_unique<test::Hub>(
-        "sqlite:" + dir_.file("hub.db"),
-        std::vector<std::string>{"--mqtt", broker_.uri(), "--mqtt-password-file",
-                                 broker_.hub_password_file()},
-        HubLog());
+    hub_ = test::HubWithBroker(dir_.file("hub.db"), broker_, HubLog());
     ASSERT_GT(hub_->port(), 0);
     provider_ = Org("provider", "Warung Bu Sri", 51.5138, -0.0984);
   }

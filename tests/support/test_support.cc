@@ -471,3 +471,15 @@ void AgentProcess::Kill(int sig) {
 nlohmann::json AgentProcess::State() { return Call("GET", "/api/state").body; }
 
 }  // namespace pp::test
+
+namespace pp::test {
+
+std::unique_ptr<Hub> HubWithBroker(const std::string& db_path, const Broker& broker,
+                                   const std::string& stderr_path) {
+  return std::make_unique<Hub>("sqlite:" + db_path,
+                               std::vector<std::string>{"--mqtt", broker.uri(), "--mqtt-password-file",
+                                                        broker.hub_password_file()},
+                               stderr_path);
+}
+
+}  // namespace pp::test

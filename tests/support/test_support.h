@@ -77,6 +77,11 @@ class Hub {
   int port_ = 0;
 };
 
+class Broker;
+// pp-hub on SQLite in `db_path` with its MQTT door on `broker`.
+std::unique_ptr<Hub> HubWithBroker(const std::string& db_path, const Broker& broker,
+                                   const std::string& stderr_path = "");
+
 // Repeats `cond` until it holds or `deadline` passes.
 bool Eventually(const std::function<bool()>& cond,
                 std::chrono::milliseconds deadline = std::chrono::seconds(10));

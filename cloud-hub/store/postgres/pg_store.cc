@@ -387,19 +387,13 @@ class PgSession final : public StoreSession {
   }
 
   Result<std::vector<Surplus>> FindSurplus(const SurplusFilter& f) override {
-    std::string wanted;
-    for (auto st : f.statuses) (wanted += wanted.empty() ? "" : ",") += ToString(st);
-    std::optional<double> min_lat, max_lat, min_lon, max_lon;
-    if (f.area) {
-      min_lat = f.area->min_lat, max_lat = f.area->max_lat;
-      min_lon = f.area->min_lon, max_lon = f.area->max_lon;
-    }
+    auto a = store_sql::FindSurplusArgs(f);
     return Exec("find surplus", [&] {
       std::vector<Surplus> out;
-      for (const auto& row : txn_->exec_prepared("surplus_find", f.after_id, wanted, f.provider_id,
+      for (const auto& row : txn_->exec_prepared("surplus_find", f.after_id, a.statuses, f.provider_id,
                                                  f.ngo_id, OptMillis(f.from), OptMillis(f.to),
-                                                 int64_t(f.by_updated_at), min_lat, max_lat,
-                                                 min_lon, max_lon, f.limit))
+                                                 int64_t(f.by_updated_at), a.min_lat, a.max_lat,
+                                                 a.min_lon, a.max_lon, f.limit))
         out.push_back(ReadSurplus(row));
       return out;
     });

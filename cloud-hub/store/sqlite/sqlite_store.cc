@@ -200,16 +200,10 @@ class SqliteSession final : public StoreSession {
 
   Result<std::vector<Surplus>> FindSurplus(const SurplusFilter& f) override {
     auto& s = Prepare(find_sql_.c_str());
-    std::string wanted;
-    for (auto st : f.statuses) (wanted += wanted.empty() ? "" : ",") += ToString(st);
-    std::optional<double> min_lat, max_lat, min_lon, max_lon;
-    if (f.area) {
-      min_lat = f.area->min_lat, max_lat = f.area->max_lat;
-      min_lon = f.area->min_lon, max_lon = f.area->max_lon;
-    }
-    s.Reset().Bind(f.after_id).Bind(wanted).Bind(f.provider_id).Bind(f.ngo_id).Bind(f.from)
-        .Bind(f.to).Bind(int64_t(f.by_updated_at)).Bind(min_lat).Bind(max_lat).Bind(min_lon)
-        .Bind(max_lon).Bind(int64_t(f.limit));
+    auto a = store_sql::FindSurplusArgs(f);
+    s.Reset().Bind(f.after_id).Bind(a.statuses).Bind(f.provider_id).Bind(f.ngo_id).Bind(f.from)
+        .Bind(f.to).Bind(int64_t(f.by_updated_at)).Bind(a.min_lat).Bind(a.max_lat).Bind(a.min_lon)
+        .Bind(a.max_lon).Bind(int64_t(f.limit));
     std::vector<Surplus> out;
     while (true) {
       PP_ASSIGN_OR_RETURN(bool row, s.Step("find surplus"));

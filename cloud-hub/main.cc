@@ -286,7 +286,8 @@ int main(int argc, char** argv) {
                            });
   metrics.AddGaugeCallback("outbox_lag_seconds",
                            "Age of the oldest outbox event not yet published (0 when none).", {},
-                           [&hub, &clock] {
+                           [&hub, &clock, &mqtt] {
+                             if (!mqtt) return 0.0;  // no devices, nothing to relay
                              auto page = hub.ListUnsentOutbox(1);
                              if (!page.ok() || page->empty()) return 0.0;
                              return std::chrono::duration<double>(clock.Now() - page->front().created_at).count();
@@ -303,7 +304,7 @@ int main(int argc, char** argv) {
                                                                                                             : "closed"},
                      {"broker", mqtt ? (mqtt->connected() ? "connected" : "disconnected") : "not configured"}};
     auto page = hub.ListUnsentOutbox(1);
-    j["outbox_lag_seconds"] = page.ok() && !page->empty()
+    j["outbox_lag_seconds"] = mqtt && page.ok() && !page->empty()
                                   ? std::chrono::duration<double>(clock.Now() - page->front().created_at).count()
                                   : 0.0;
     if (ingest) {

@@ -66,8 +66,9 @@ function drawMap(posts, vehicles) {
     svg.append(el('circle', { cx: x(p.lon), cy: y(p.lat), r: 5, class: `post ${p.status}`, 'data-id': p.id,
                               fill: COLORS[p.status] || '#999' },
                   el('title', {}, `#${p.id} ${p.description} (${p.status})`)));
+  // Colours by class (app.css): the page's CSP forbids inline styles.
   document.getElementById('legend').replaceChildren(
-    ...Object.entries(COLORS).map(([s, c]) => el('span', {}, el('i', { style: `background:${c}` }), s.replace('_', ' '))));
+    ...Object.keys(COLORS).map(s => el('span', {}, el('i', { class: `dot ${s}` }), s.replace('_', ' '))));
 }
 
 async function drawDlq() {

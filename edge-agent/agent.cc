@@ -3,6 +3,7 @@
 #include <sodium.h>
 
 #include <algorithm>
+#include <tuple>
 
 #include "common/domain_json.h"
 #include "common/log.h"
@@ -407,8 +408,10 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
   const Timestamp now = clock_.Now();
   std::vector<uint64_t> answered;
   std::optional<int64_t> offset;
+  std::vector<std::tuple<std::string, std::string, json>> told;  // for the observer, after commit
   Status st = store_.Write([&](AgentTxn& tx) -> Status {
     answered.clear();
+    told.clear();
     for (const auto& payload : batch) {
       json m = json::parse(payload, nullptr, false);
       if (!m.is_object() || !m.contains("id") || !m["id"].is_number_integer() ||
@@ -428,6 +431,7 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
                {"surplus_id", data.contains("id") ? data["id"].dump() : ""},
                {"trace", TraceId(data["traceparent"].get<std::string>())}});
         PP_RETURN_IF_ERROR(MergePost(tx, data));
+        if (observer_) told.emplace_back("event", m.value("type", ""), m);
         continue;
       }
       if (m["kind"] != "outcome" || !m["op"].is_string()) continue;
@@ -452,6 +456,7 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
              {"status", rec.status}, {"code", rec.code}, {"trace", TraceId(taken->traceparent)}});
       }
       PP_RETURN_IF_ERROR(tx.PutOutcome(rec));
+      if (observer_ && taken) told.emplace_back("outcome", rec.type, m);
       if (rec.status == "accepted" || rec.status == "conflict") PP_RETURN_IF_ERROR(MergePost(tx, data));
       if (rec.status == "accepted" && rec.type == sync::kOpVehicle)
         PP_RETURN_IF_ERROR(tx.SetMeta("vehicle", data.dump()));
@@ -462,6 +467,7 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
   });
   if (!st.ok()) return st;
   if (offset) hub_offset_ms_ = *offset;
+  for (const auto& [kind, type, message] : told) observer_(kind, type, message);
   {
     std::lock_guard lock(mu_);
     for (uint64_t seq : answered) unanswered_.erase(seq);

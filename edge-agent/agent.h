@@ -81,6 +81,14 @@ class Agent {
   // What the UI shows (see docs/protocol.md, "The agent's local API").
   Result<nlohmann::json> State();
 
+  // Told, after each batch from the hub is committed, about every message
+  // applied from it: kind "outcome" (type: the op's type; data: the outcome
+  // message) or "event" (type: the event type; data: the post). For
+  // simulators and tests; set before Start(); runs on the applier thread.
+  using Observer = std::function<void(const std::string& kind, const std::string& type,
+                                      const nlohmann::json& message)>;
+  void SetObserver(Observer o) { observer_ = std::move(o); }
+
   // The hub's clock as best known here.
   Timestamp HubNow() const;
   const DeviceConfig& config() const { return config_; }
@@ -99,6 +107,7 @@ class Agent {
   Result<nlohmann::json> CheckBody(const std::string& type, nlohmann::json body);
   sync::Envelope Seal(uint64_t seq, const std::string& type, const nlohmann::json& body);
 
+  Observer observer_;
   const DeviceConfig config_;
   const sync::SecretKey key_;
   AgentStore& store_;

@@ -9,7 +9,8 @@
 //
 // Kiosks post once each at a random moment within the window; a tablet
 // offered a post accepts it with probability --accept after --delay, else
-// declines (and the hub offers it to the next). Vehicles do not move and do
+// declines (and the hub offers it to the next); a claimed post is picked up
+// with the code the kiosk shows and delivered. Vehicles do not move and do
 // not yet race to claim from their nearby lists. Measured: post -> first offer, claim round trip (accept or claim
 // op to its outcome), posts/s, conflicts, rematches, DLQ, errors, with
 // p50/p95/p99; a progress line each second; DIR/results.json and
@@ -195,6 +196,9 @@ int main(int argc, char** argv) {
   for (int i = 0; i < kiosks; ++i) make(true, i, providers[i]);
   for (int i = 0; i < vehicles; ++i) make(false, i, receivers[i]);
 
+  std::map<int64_t, SimDevice*> van_of_org;
+  for (auto& d : devices)
+    if (!d->kiosk) van_of_org[d->org] = d.get();
   Tally tally;
   const auto t0 = Steady::now();
   auto second = [&] { return int64_t(std::chrono::duration<double>(Steady::now() - t0).count()); };
@@ -229,6 +233,24 @@ int main(int argc, char** argv) {
       if (d->kiosk) {
         if (type == "surplus.offer_declined" || type == "surplus.offer_timed_out") tally.counts["rematches"]++;
         if (type == "surplus.dead_lettered") tally.counts["dead_lettered"]++;
+        if (type == "surplus.delivered") tally.counts["delivered"]++;
+        // Claimed: the van drives over, the kitchen reads out the code, the
+        // driver takes it all, and delivers it.
+        if (type == "surplus.claimed" && data.contains("handover_code") && data["claimed_by"].is_number_integer() &&
+            van_of_org.count(data["claimed_by"].get<int64_t>())) {
+          SimDevice* van = van_of_org[data["claimed_by"].get<int64_t>()];
+          std::string code = data["handover_code"];
+          double kg = data.value("quantity_kg", 1.0);
+          pending_answers++;
+          std::lock_guard alock(answer_mu);
+          answerers.emplace_back([&, van, id, code, kg] {
+            std::this_thread::sleep_for(delay);  // the drive, compressed (simulated)
+            (void)van->agent->Submit(sync::kOpPickUp, {{"surplus_id", id}, {"handover_code", code}, {"actual_kg", kg}});
+            std::this_thread::sleep_for(delay);
+            (void)van->agent->Submit(sync::kOpDeliver, {{"surplus_id", id}});
+            pending_answers--;
+          });
+        }
         return;
       }
       // A tablet: its own offer, to answer; someone else's, to race for.
@@ -267,13 +289,15 @@ int main(int argc, char** argv) {
     while (Steady::now() - start < window + std::chrono::seconds(30)) {
       std::this_thread::sleep_for(std::chrono::seconds(1));  // the progress line's period
       std::lock_guard lock(tally.mu);
-      std::fprintf(stderr, "\r[%3llds] posts %d/%d  offers %zu  claims %d  conflicts %d  rematches %d  dlq %d  claim p95 %.0f ms   ",
+      std::fprintf(stderr, "\r[%3llds] posts %d/%d  offers %zu  claims %d  delivered %d  conflicts %d  rematches %d  dlq %d  claim p95 %.0f ms   ",
                    (long long)std::chrono::duration_cast<std::chrono::seconds>(Steady::now() - start).count(),
                    tally.counts["posts_accepted"], kiosks, tally.first_offer.size(), tally.counts["claims"],
-                   tally.counts["conflicts"], tally.counts["rematches"], tally.counts["dead_lettered"],
+                   tally.counts["delivered"], tally.counts["conflicts"], tally.counts["rematches"], tally.counts["dead_lettered"],
                    Percentile(tally.claim_ms, 0.95));
+      // Done when every post is in and nothing is still being answered or
+      // collected (posts waiting in the DLQ stay there).
       if (tally.counts["posts_accepted"] == kiosks && pending_answers == 0 &&
-          Steady::now() - start > window)
+          Steady::now() - start > window + 2 * delay + std::chrono::seconds(2))
         break;
     }
     std::fprintf(stderr, "\n");
@@ -315,6 +339,7 @@ int main(int argc, char** argv) {
   json results{
       {"kiosks", kiosks}, {"vehicles", vehicles}, {"window_s", window.count() / 1000.0}, {"accept_probability", accept_p},
       {"posts_accepted", tally.counts["posts_accepted"]}, {"claims", tally.counts["claims"]},
+      {"delivered", tally.counts["delivered"]},
       {"conflicts", tally.counts["conflicts"]}, {"rematches", tally.counts["rematches"]},
       {"dead_lettered", tally.counts["dead_lettered"]}, {"errors", tally.counts["errors"]},
       {"posts_per_second_over_window", tally.counts["posts_accepted"] / (window.count() / 1000.0)},

@@ -4,14 +4,15 @@
 // signed MQTT ops as pp-agent, in one process — through mosquitto.
 //
 //   pp-sim --hub http://127.0.0.1:8080 --token ADMIN_JWT --broker-dir var/broker
-//          [--kiosks 50] [--vehicles 10] [--window 10s] [--accept 0.8] [--delay 200ms]
+//          [--kiosks 50] [--vehicles 10] [--window 10s] [--accept 0.8] [--race 0.2] [--delay 200ms]
 //          [--data tests/data/london_food_premises.csv] [--out DIR] [--seed N]
 //
 // Kiosks post once each at a random moment within the window; a tablet
 // offered a post accepts it with probability --accept after --delay, else
-// declines (and the hub offers it to the next); a claimed post is picked up
-// with the code the kiosk shows and delivered. Vehicles do not move and do
-// not yet race to claim from their nearby lists. Measured: post -> first offer, claim round trip (accept or claim
+// declines (and the hub offers it to the next); each second a van claims,
+// with probability --race, a post from its nearby list (vans race: one wins,
+// the others hear "conflict"); a claimed post is picked up with the code the
+// kiosk shows and delivered. Vehicles do not move. Measured: post -> first offer, claim round trip (accept or claim
 // op to its outcome), posts/s, conflicts, rematches, DLQ, errors, with
 // p50/p95/p99; a progress line each second; DIR/results.json and
 // DIR/timeline.svg. At the end the hub's store is checked: every post the
@@ -46,7 +47,7 @@ using Steady = std::chrono::steady_clock;
 
 constexpr const char* kUsage =
     "pp-sim --hub URL --token JWT --broker-dir DIR [--kiosks N] [--vehicles N] [--window 10s]\n"
-    "              [--accept P] [--delay 200ms] [--data CSV] [--out DIR] [--seed N]";
+    "              [--accept P] [--race P] [--delay 200ms] [--data CSV] [--out DIR] [--seed N]";
 [[noreturn]] void Die(const std::string& m, int code = 2) { DieWithUsage("pp-sim", kUsage, m, code); }
 
 class Uplink final : public agent::Uplink {
@@ -118,6 +119,7 @@ int main(int argc, char** argv) {
   };
   const int kiosks = int(number("kiosks", 50, 1, 5000)), vehicles = int(number("vehicles", 10, 1, 1000));
   const double accept_p = number("accept", 0.8, 0, 1);
+  const double race_p = number("race", 0.2, 0, 1);  // per van and second: claim from its nearby list
   const Duration window = duration("window", std::chrono::seconds(10)), delay = duration("delay", Duration(200));
   const std::string data = opt.count("data") ? opt["data"] : "tests/data/london_food_premises.csv";
   const std::string out_dir = opt.count("out") ? opt["out"] : "var/sim";
@@ -280,9 +282,13 @@ int main(int argc, char** argv) {
 
   // The rush: each kiosk posts once at a random moment of the window.
   std::vector<std::pair<Duration, SimDevice*>> schedule;
-  std::uniform_int_distribution<int64_t> when(0, window.count());
-  for (auto& d : devices)
-    if (d->kiosk) schedule.push_back({Duration(when(rng)), d.get()});
+  std::vector<int> kg;  // drawn now: rng is the observers' from here on
+  {
+    std::lock_guard lock(tally.mu);
+    std::uniform_int_distribution<int64_t> when(0, window.count());
+    for (auto& d : devices)
+      if (d->kiosk) schedule.push_back({Duration(when(rng)), d.get()}), kg.push_back(2 + int(rng() % 20));
+  }
   std::sort(schedule.begin(), schedule.end(), [](auto& a, auto& b) { return a.first < b.first; });
   const auto start = Steady::now();
   std::thread progress([&] {
@@ -302,17 +308,43 @@ int main(int argc, char** argv) {
     }
     std::fprintf(stderr, "\n");
   });
+  // Racing: now and then a van claims something from its nearby list at the
+  // version it saw, as a driver tapping "claim" would; two vans may pick the
+  // same post, and one of them hears "already claimed".
+  std::atomic<bool> racing{true};
+  std::mt19937_64 race_rng(rng());  // its own: rng belongs to the observers (under tally.mu)
+  std::thread racer([&] {
+    std::uniform_real_distribution<double> coin(0, 1);
+    std::set<int64_t> tried;
+    while (racing) {
+      std::this_thread::sleep_for(std::chrono::seconds(1));  // the drivers' pace (simulated)
+      for (auto& d : devices) {
+        if (d->kiosk || coin(race_rng) >= race_p) continue;
+        auto st = d->agent->State();
+        if (!st.ok() || !(*st)["nearby"].is_array() || (*st)["nearby"].empty()) continue;
+        const json& pick = (*st)["nearby"][size_t(race_rng() % (*st)["nearby"].size())];
+        int64_t id = pick.value("id", int64_t{0});
+        if (!id || tried.count(id) > 1) continue;
+        tried.insert(id);
+        auto q = d->agent->Submit(sync::kOpClaim, {{"surplus_id", id}, {"version", pick.value("version", int64_t{1})}});
+        std::lock_guard lock(tally.mu);
+        if (q.ok()) tally.sent[q->op] = Steady::now(), tally.counts["race_claims"]++;
+      }
+    }
+  });
   int n = 0;
   for (auto& [at, d] : schedule) {
     std::this_thread::sleep_until(start + at);  // the schedule of the rush, in real time
     json post{{"category", "prepared_meals"}, {"description", d->id + " surplus " + std::to_string(n++)},
-              {"quantity_kg", 2 + int(rng() % 20)}, {"storage", "hot"}, {"best_before_in_min", 180}};
+              {"quantity_kg", kg[size_t(n - 1)]}, {"storage", "hot"}, {"best_before_in_min", 180}};
     auto q = d->agent->Submit(sync::kOpPostSurplus, post);
     std::lock_guard lock(tally.mu);
     if (q.ok()) tally.sent[q->op] = Steady::now();
     else tally.counts["errors"]++;
   }
   progress.join();
+  racing = false;
+  racer.join();
   {
     std::lock_guard alock(answer_mu);
     for (auto& t : answerers) t.join();
@@ -339,7 +371,7 @@ int main(int argc, char** argv) {
   json results{
       {"kiosks", kiosks}, {"vehicles", vehicles}, {"window_s", window.count() / 1000.0}, {"accept_probability", accept_p},
       {"posts_accepted", tally.counts["posts_accepted"]}, {"claims", tally.counts["claims"]},
-      {"delivered", tally.counts["delivered"]},
+      {"delivered", tally.counts["delivered"]}, {"race_claims", tally.counts["race_claims"]},
       {"conflicts", tally.counts["conflicts"]}, {"rematches", tally.counts["rematches"]},
       {"dead_lettered", tally.counts["dead_lettered"]}, {"errors", tally.counts["errors"]},
       {"posts_per_second_over_window", tally.counts["posts_accepted"] / (window.count() / 1000.0)},

@@ -25,6 +25,7 @@
 #include "common/log.h"
 #include "common/time_format.h"
 #include "edge-agent/agent.h"
+#include "edge-agent/mqtt_uplink.h"
 #include "edge-agent/local_api.h"
 #include "firmware-cfg/device_config.h"
 #include "sync/mqtt_client.h"
@@ -71,21 +72,6 @@ pp::DeviceConfig LoadOrDie(const std::string& path) {
 
 std::string ReadLine(const std::string& path) { return pp::ReadFirstLine(path).value_or(""); }
 
-// Paho behind the agent's Uplink.
-class MqttUplink final : public pp::agent::Uplink {
- public:
-  explicit MqttUplink(pp::sync::MqttClient& c) : c_(c) {}
-  bool Connected() const override { return c_.connected(); }
-  pp::Result<AckWait> Publish(const std::string& topic, const std::string& payload,
-                                    const std::string& traceparent) override {
-    PP_ASSIGN_OR_RETURN(auto ack, c_.Publish(topic, payload, traceparent));
-    return AckWait([ack](std::chrono::milliseconds t) { return ack.Wait(t); });
-  }
-
- private:
-  pp::sync::MqttClient& c_;
-};
-
 int Run(const std::map<std::string, std::string>& flags) {
   if (!flags.count("config")) Usage("run needs --config FILE");
   pp::DeviceConfig cfg = LoadOrDie(flags.at("config"));
@@ -127,7 +113,7 @@ int Run(const std::map<std::string, std::string>& flags) {
                                              const std::string&) {
     if (agent_ptr) agent_ptr->OnDown(payload);
   });
-  MqttUplink uplink(mqtt);
+  pp::agent::MqttUplink uplink(mqtt);
   pp::agent::Agent agent(cfg, *key, **store, clock, uplink);
   agent_ptr = &agent;
   agent.Start();

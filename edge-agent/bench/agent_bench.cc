@@ -31,6 +31,7 @@
 #include "cloud-hub/mqtt/ingest_pool.h"
 #include "cloud-hub/mqtt/outbox_relay.h"
 #include "edge-agent/agent.h"
+#include "edge-agent/mqtt_uplink.h"
 #include "sync/broker_admin.h"
 #include "common/cli.h"
 #include "sync/mqtt_client.h"
@@ -70,20 +71,6 @@ std::map<int, std::pair<uint64_t, uint64_t>> SocketsTo(int port) {
   if (dir) closedir(dir);
   return out;
 }
-
-class Uplink final : public agent::Uplink {
- public:
-  explicit Uplink(sync::MqttClient& c) : c_(c) {}
-  bool Connected() const override { return c_.connected(); }
-  Result<AckWait> Publish(const std::string& topic, const std::string& payload,
-                                    const std::string& traceparent) override {
-    PP_ASSIGN_OR_RETURN(auto ack, c_.Publish(topic, payload, traceparent));
-    return AckWait([ack](std::chrono::milliseconds t) { return ack.Wait(t); });
-  }
-
- private:
-  sync::MqttClient& c_;
-};
 
 }  // namespace
 
@@ -147,7 +134,7 @@ int main(int argc, char** argv) {
   sync::MqttClient agent_mqtt(mo, [&agent_ptr](const std::string&, const std::string& p, const std::string&) {
     if (agent_ptr) agent_ptr->OnDown(p);
   });
-  Uplink uplink(agent_mqtt);
+  agent::MqttUplink uplink(agent_mqtt);
   agent::Agent agent(cfg, keys.secret_key, **agent_store, SystemClock::Instance(), uplink);
   agent_ptr = &agent;
   agent.Start();

@@ -36,6 +36,7 @@
 #include "common/log.h"
 #include "common/time_format.h"
 #include "edge-agent/agent.h"
+#include "edge-agent/mqtt_uplink.h"
 #include "sync/broker_admin.h"
 #include "sync/mqtt_client.h"
 
@@ -50,27 +51,13 @@ constexpr const char* kUsage =
     "              [--accept P] [--race P] [--delay 200ms] [--data CSV] [--out DIR] [--seed N]";
 [[noreturn]] void Die(const std::string& m, int code = 2) { DieWithUsage("pp-sim", kUsage, m, code); }
 
-class Uplink final : public agent::Uplink {
- public:
-  explicit Uplink(sync::MqttClient& c) : c_(c) {}
-  bool Connected() const override { return c_.connected(); }
-  Result<AckWait> Publish(const std::string& topic, const std::string& payload,
-                          const std::string& traceparent) override {
-    PP_ASSIGN_OR_RETURN(auto ack, c_.Publish(topic, payload, traceparent));
-    return AckWait([ack](std::chrono::milliseconds t) { return ack.Wait(t); });
-  }
-
- private:
-  sync::MqttClient& c_;
-};
-
 struct SimDevice {
   std::string id;
   int64_t org = 0;
   bool kiosk = true;
   std::unique_ptr<agent::AgentStore> store;
   std::unique_ptr<sync::MqttClient> mqtt;
-  std::unique_ptr<Uplink> uplink;
+  std::unique_ptr<agent::MqttUplink> uplink;
   std::unique_ptr<agent::Agent> agent;
 };
 
@@ -191,7 +178,7 @@ int main(int argc, char** argv) {
     d->mqtt = std::make_unique<sync::MqttClient>(mo, [raw](const std::string&, const std::string& p, const std::string&) {
       if (raw->agent) raw->agent->OnDown(p);
     });
-    d->uplink = std::make_unique<Uplink>(*d->mqtt);
+    d->uplink = std::make_unique<agent::MqttUplink>(*d->mqtt);
     d->agent = std::make_unique<agent::Agent>(cfg, keys.secret_key, *d->store, SystemClock::Instance(), *d->uplink);
     devices.push_back(std::move(d));
   };

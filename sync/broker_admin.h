@@ -3,6 +3,8 @@
 #pragma once
 
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "common/error.h"
 
@@ -12,5 +14,13 @@ namespace pp::sync {
 // makes the running broker reload it (SIGHUP to the pid in mosquitto.pid).
 Status AddBrokerUser(const std::string& broker_dir, const std::string& user,
                      const std::string& password);
+
+// Adds many new users at once (a simulated city's devices): one
+// mosquitto_passwd run hashes them all, one SIGHUP reloads the broker.
+// A name already in the file is refused (use AddBrokerUser to change a
+// password). Returns once the file is written; the broker reloads it
+// asynchronously, so a client's first connect may still be refused.
+Status AddNewBrokerUsers(const std::string& broker_dir,
+                         const std::vector<std::pair<std::string, std::string>>& users);
 
 }  // namespace pp::sync

@@ -1,5 +1,7 @@
 #include "sync/mqtt_client.h"
 
+#include <deque>
+
 #include <dirent.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -210,6 +212,21 @@ void MqttClient::Disconnect() {
   } catch (const mqtt::exception&) {
     // Already gone.
   }
+}
+
+Status PublishWindowed(MqttClient& client, const std::string& topic,
+                       const std::vector<std::string>& payloads, size_t window) {
+  std::deque<MqttClient::Ack> acks;
+  for (const auto& p : payloads) {
+    if (acks.size() >= window) {
+      PP_RETURN_IF_ERROR(acks.front().Wait(std::chrono::seconds(60)));
+      acks.pop_front();
+    }
+    PP_ASSIGN_OR_RETURN(auto ack, client.Publish(topic, p));
+    acks.push_back(std::move(ack));
+  }
+  for (auto& a : acks) PP_RETURN_IF_ERROR(a.Wait(std::chrono::seconds(60)));
+  return OkStatus();
 }
 
 }  // namespace pp::sync

@@ -100,4 +100,11 @@ class MqttClient {
   std::thread supervisor_;
 };
 
+// Publishes every payload on `topic` with at most `window` awaiting their
+// PUBACK, as a draining device queue does (Paho C++ keeps each pending
+// token in a list it scans per acknowledgement: thousands at once make it
+// erratic). Returns after the last PUBACK, or the first failure.
+Status PublishWindowed(MqttClient& client, const std::string& topic,
+                       const std::vector<std::string>& payloads, size_t window);
+
 }  // namespace pp::sync

@@ -13,12 +13,15 @@
 //   outcome. Rate = N / time until the last committed.
 
 #include <atomic>
-#include <deque>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <fstream>
+#include <sstream>
 #include <thread>
+
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "cloud-hub/core/hub_service.h"
 #include "cloud-hub/mqtt/device_ingest.h"
@@ -49,6 +52,34 @@ bool WaitFor(F done, std::chrono::seconds limit) {
   }
   return true;
 }
+
+// CPU seconds used so far by this process (publisher, subscriber or hub)
+// and by the broker: where each phase's CPU goes, per message.
+double SelfCpu() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + double(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
+}
+double BrokerCpu(const std::string& dir) {
+  std::ifstream pidf(dir + "/mosquitto.pid");
+  long pid = 0;
+  if (!(pidf >> pid)) return 0;
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  std::getline(stat, line);
+  auto close = line.rfind(')');  // the command name may hold spaces
+  if (close == std::string::npos) return 0;
+  std::istringstream rest(line.substr(close + 2));
+  std::string field;
+  double ticks = 0;
+  for (int i = 3; rest >> field; ++i)  // fields 14 and 15: utime, stime
+    if (i == 14 || i == 15) ticks += std::stod(field);
+  return ticks / double(sysconf(_SC_CLK_TCK));
+}
+struct CpuMark {
+  double self, broker;
+};
+CpuMark MarkCpu(const std::string& dir) { return {SelfCpu(), BrokerCpu(dir)}; }
 
 }  // namespace
 
@@ -103,23 +134,15 @@ int main(int argc, char** argv) {
   // device's first attempts may be refused.
   if (!WaitFor([&] { return dev.Connect(std::chrono::seconds(2)).ok(); }, std::chrono::seconds(10)))
     Die("device cannot connect to " + uri);
-  // At most `window` publishes awaiting their PUBACK, as a device's queue
-  // drains them (Paho keeps every pending token in a list it scans per ack).
-  const size_t window = 100;
+  // At most 100 publishes awaiting their PUBACK, as a device's queue drains them.
   auto publish_all = [&] {
-    std::deque<sync::MqttClient::Ack> acks;
-    for (const auto& m : messages) {
-      if (acks.size() >= window) {
-        (void)acks.front().Wait(std::chrono::seconds(60));
-        acks.pop_front();
-      }
-      acks.push_back(*dev.Publish(topic, m));
-    }
-    for (auto& a : acks) (void)a.Wait(std::chrono::seconds(60));
+    if (auto st = sync::PublishWindowed(dev, topic, messages, 100); !st.ok()) Die(st.error().ToString());
   };
 
   // 1. The broker alone: same bytes, a plain subscriber on the hub's subscription.
   double broker_rate = 0;
+  // CPU µs per message: this process (device + subscriber or hub), the broker.
+  CpuMark broker_cpu{}, hub_cpu{};
   {
     std::atomic<int> got{0};
     sync::MqttClient sub(sync::MqttClient::CleanSession(uri, "bench-sub", "pp-hub", hub_pw, {sync::kHubSubscription}, 1000),
@@ -127,9 +150,12 @@ int main(int argc, char** argv) {
     if (!sub.Connect(std::chrono::seconds(10)).ok()) Die("subscriber cannot connect");
     std::this_thread::sleep_for(std::chrono::milliseconds(300));  // subscription in place
     auto t0 = Steady::now();
+    auto c0 = MarkCpu(dir);
     publish_all();
     if (!WaitFor([&] { return got >= ops; }, std::chrono::seconds(120))) Die("broker-only run stalled");
     broker_rate = ops / std::chrono::duration<double>(Steady::now() - t0).count();
+    auto c1 = MarkCpu(dir);
+    broker_cpu = {(c1.self - c0.self) * 1e6 / ops, (c1.broker - c0.broker) * 1e6 / ops};
     sub.Disconnect();
   }
 
@@ -149,16 +175,19 @@ int main(int argc, char** argv) {
     if (!hub_mqtt.Connect(std::chrono::seconds(10)).ok()) Die("hub cannot connect");
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
     auto t0 = Steady::now();
+    auto c0 = MarkCpu(dir);
     publish_all();
     if (!WaitFor([&] { return ingest.stats().accepted + ingest.stats().refused >= uint64_t(ops); },
                  std::chrono::seconds(300)))
       Die("hub run stalled");
     hub_rate = ops / std::chrono::duration<double>(Steady::now() - t0).count();
+    auto c1 = MarkCpu(dir);
+    hub_cpu = {(c1.self - c0.self) * 1e6 / ops, (c1.broker - c0.broker) * 1e6 / ops};
     hub_mqtt.Disconnect();
   }
   // 3. The hub's ingest alone, the same ops handed straight to it (no
   // broker): where the time goes when the ratio is low.
-  double direct_rate = 0;
+  double direct_rate = 0, direct_cpu = 0;
   {
     DeviceIngest direct(hub);
     // Fresh op ids and higher sequence numbers: new ops, not replays.
@@ -171,20 +200,25 @@ int main(int argc, char** argv) {
       fresh.push_back(sync::Encode(e));
     }
     auto t0 = Steady::now();
+    auto c0 = MarkCpu(dir);
     for (const auto& m : fresh) direct.OnMessage(topic, m, "");
     if (!WaitFor([&] { return direct.stats().accepted + direct.stats().refused >= uint64_t(ops); },
                  std::chrono::seconds(300)))
       Die("direct run stalled");
     direct_rate = ops / std::chrono::duration<double>(Steady::now() - t0).count();
+    direct_cpu = (MarkCpu(dir).self - c0.self) * 1e6 / ops;
   }
   auto st = ingest.stats();
   std::printf(
       "ops=%d bytes_per_op=%zu broker_only=%.0f msg/s hub_ingest=%.0f ops/s ratio=%.0f%% "
       "ingest_without_broker=%.0f ops/s time_in_ingest_callback=%.2fs accepted=%llu refused=%llu "
-      "avg_batch=%.1f\n",
+      "avg_batch=%.1f\n"
+      "cpu_us_per_msg: broker_only process=%.1f mosquitto=%.1f | through_hub process=%.1f "
+      "mosquitto=%.1f | ingest_without_broker process=%.1f\n",
       ops, messages[0].size(), broker_rate, hub_rate, 100 * hub_rate / broker_rate, direct_rate,
       double(callback_ns) / 1e9,
       (unsigned long long)st.accepted, (unsigned long long)st.refused,
-      double((*committer)->stats().ops) / double(std::max<uint64_t>(1, (*committer)->stats().batches)));
+      double((*committer)->stats().ops) / double(std::max<uint64_t>(1, (*committer)->stats().batches)),
+      broker_cpu.self, broker_cpu.broker, hub_cpu.self, hub_cpu.broker, direct_cpu);
   return st.refused == 0 ? 0 : 1;
 }

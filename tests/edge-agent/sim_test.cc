@@ -1,0 +1,130 @@
+// pp-sim end to end: a small London through a real mosquitto and pp-hub.
+#include <httplib.h>
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "tests/support/test_support.h"
+
+namespace pp {
+namespace {
+
+using nlohmann::json;
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+class SimTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    test::Process keygen({test::BinPath("pp-token"), "keygen", "--out", dir_.path().string()});
+    ASSERT_EQ(keygen.Wait(), 0);
+    hub_ = std::make_unique<test::Hub>(
+        "sqlite:" + dir_.file("hub.db"),
+        std::vector<std::string>{"--mqtt", broker_.uri(), "--mqtt-password-file", broker_.hub_password_file(),
+                                 "--jwt-public-key", dir_.file("jwt.pub")},
+        dir_.file("hub.log"));
+    ASSERT_GT(hub_->port(), 0);
+    test::Process mint({test::BinPath("pp-token"), "mint", "--key", dir_.file("jwt.key"), "--role", "admin"});
+    token_ = mint.WaitForLine("");
+    mint.Wait();
+    while (!token_.empty() && token_.back() == '\n') token_.pop_back();
+    ASSERT_GT(token_.size(), 100u);
+  }
+
+  std::vector<std::string> SimArgs(std::vector<std::string> extra) {
+    std::vector<std::string> argv{test::BinPath("pp-sim"), "--hub", hub_->url(), "--token", token_,
+                                  "--broker-dir", broker_.dir(), "--out", dir_.file("sim"),
+                                  "--data", test::SourceDir() + "/tests/data/london_food_premises.csv"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return argv;
+  }
+
+  test::TempDir dir_;
+  test::Broker broker_;
+  std::unique_ptr<test::Hub> hub_;
+  std::string token_;
+};
+
+TEST_F(SimTest, ASmallRushIsPostedClaimedDrivenAndDeliveredWithNothingLost) {
+  test::Process sim(SimArgs({"--kiosks", "12", "--posts-per-kiosk", "2", "--vehicles", "4", "--window", "3s",
+                             "--delay", "50ms", "--accept", "0.7", "--race", "0.5", "--speed-up", "3000",
+                             "--baseline", "500"}),
+                    dir_.file("sim.err"));
+  ASSERT_EQ(sim.Wait(), 0) << Slurp(dir_.file("sim.err"));
+  json r = json::parse(Slurp(dir_.file("sim/results.json")));
+  EXPECT_EQ(r["posts_sent"], 24);
+  EXPECT_EQ(r["posts_accepted"], 24);
+  EXPECT_EQ(r["lost"], 0);
+  EXPECT_EQ(r["duplicated"], 0);
+  EXPECT_EQ(r["errors"], 0);
+  EXPECT_FALSE(r["interrupted"].get<bool>());
+  // Every post won by a van was driven to, picked up with the kitchen's
+  // code and delivered at the van's depot.
+  EXPECT_GT(r["claims"].get<int>(), 0);
+  EXPECT_EQ(r["picked_up"], r["claims"]);
+  EXPECT_EQ(r["delivered"], r["claims"]);
+  EXPECT_EQ(r["claims"].get<int>() + r["dead_lettered"].get<int>(), 24) << r.dump();
+  // Declines were offered to the next van; vans reported as they drove.
+  EXPECT_GT(r["rematches"].get<int>(), 0);
+  EXPECT_GT(r["vehicle_updates"].get<int>(), 0);
+  EXPECT_GT(r["broker_only_msgs_per_second"].get<double>(), 0);
+  EXPECT_GT(r["posts_per_second"].get<double>(), 0);
+  // Every accept and race claim was answered: won, or lost to another van.
+  EXPECT_EQ(r["claim_round_trip_ms"]["n"].get<int>(), r["claims"].get<int>() + r["conflicts"].get<int>()) << r.dump();
+  EXPECT_GT(r["post_to_first_offer_ms"]["p99"].get<double>(), 0);
+  EXPECT_NE(Slurp(dir_.file("sim/timeline.svg")).find("<svg"), std::string::npos);
+
+  // The hub's own view agrees: 24 posts, all delivered or dead-lettered, and
+  // the vans are no longer where they started.
+  httplib::Client cli("127.0.0.1", hub_->port());
+  cli.set_bearer_token_auth(token_.c_str());
+  auto posts = cli.Get("/api/v1/surplus?limit=1000");
+  ASSERT_TRUE(posts && posts->status == 200);
+  json page = json::parse(posts->body);
+  ASSERT_EQ(page["items"].size(), 24u);
+  int delivered = 0;
+  for (const auto& p : page["items"]) delivered += p["status"] == "delivered";
+  EXPECT_EQ(delivered, r["delivered"].get<int>());
+}
+
+TEST_F(SimTest, InterruptedItStillCountsAndWritesItsResults) {
+  test::Process sim(SimArgs({"--kiosks", "6", "--vehicles", "2", "--window", "60s", "--baseline", "0"}),
+                    dir_.file("sim.err"));
+  ASSERT_TRUE(test::Eventually([&] { return Slurp(dir_.file("sim.err")).find("posts ") != std::string::npos; },
+                               std::chrono::seconds(30)));
+  sim.Kill(SIGTERM);
+  int status = sim.Wait();
+  ASSERT_TRUE(WIFEXITED(status)) << "pp-sim should finish its summary, not die of the signal";
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  json r = json::parse(Slurp(dir_.file("sim/results.json")));
+  EXPECT_TRUE(r["interrupted"].get<bool>());
+  EXPECT_EQ(r["lost"], 0);
+  EXPECT_EQ(r["duplicated"], 0);
+  EXPECT_LT(r["posts_sent"].get<int>(), 6 + 1);
+}
+
+TEST_F(SimTest, BadOptionsAreNamed) {
+  for (auto [args, needle] : std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{"--kiosks", "many"}, "--kiosks must be a number"},
+           {{"--window", "soon"}, "--window must be a duration"},
+           {{"--accept", "1.5"}, "--accept must be a number in"},
+           {{"--speed", "9"}, "unknown option --speed"},
+           {{"--data", "/nonexistent.csv"}, "cannot read /nonexistent.csv"}}) {
+    std::string err = dir_.file("bad.err");
+    std::remove(err.c_str());
+    test::Process sim(SimArgs(args), err);
+    int status = sim.Wait();
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0) << needle;
+    EXPECT_NE(Slurp(err).find(needle), std::string::npos) << Slurp(err);
+  }
+}
+
+}  // namespace
+}  // namespace pp

@@ -53,7 +53,7 @@ if [[ "${PP_DEMO:-1}" != "0" ]]; then
   rm -f var/sim/results.json
   build/bin/pp-sim --hub "http://$http" --broker-dir var/broker \
     --token "$(build/bin/pp-token mint --key var/jwt/jwt.key --role admin)" \
-    --kiosks 20 --vehicles 5 --window 30s --delay 2s --out var/sim &
+    --kiosks 20 --vehicles 5 --window 20s --delay 2s --speed-up 300 --out var/sim &
   sim_pid=$!
 fi
 wait "$hub_pid"

@@ -595,7 +595,7 @@ int main(int argc, char** argv) {
                   : "";
     } while (!after.empty());
   }
-  std::lock_guard lock(tally.mu);
+  std::unique_lock lock(tally.mu);
   int lost = 0, doubled = 0;
   for (const auto& desc : tally.accepted_posts) lost += in_store[desc] == 0;
   for (const auto& [desc, c] : in_store) doubled += c > 1;
@@ -650,9 +650,22 @@ int main(int argc, char** argv) {
   for (auto& [s, v] : tally.claim_ms_per_second) svg << 20 + s * w + w / 2 << "," << 280 - 240.0 * Percentile(v, .95) / worst << " ";
   svg << "'/></svg>\n";
   std::ofstream(o.out_dir + "/timeline.svg") << svg.str();
+  lock.unlock();  // the agents' observers take it while their queues drain
 
   std::printf("%s\n", results.dump().c_str());
   std::fflush(stdout);
+  // Off shift: the vans tell the hub they are offline, so that a later run
+  // against the same hub does not offer posts to tablets nobody holds.
+  for (auto& d : devices)
+    if (!d->kiosk) (void)d->agent->Submit(sync::kOpVehicle, {{"online", false}});
+  const auto drained_by = Steady::now() + std::chrono::seconds(10);
+  for (auto& d : devices) {
+    while (Steady::now() < drained_by) {
+      auto st = d->agent->State();
+      if (!st.ok() || (*st)["queued"] == 0) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));  // polling the agent's queue
+    }
+  }
   for (auto& d : devices) {
     d->mqtt->Disconnect();
     d->agent->Stop();

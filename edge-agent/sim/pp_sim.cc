@@ -245,6 +245,7 @@ struct Tally {
   std::vector<double> claim_ms;
   std::map<std::string, int> counts;                   // posts_accepted, conflicts, ...
   std::set<std::string> accepted_posts;                // descriptions the kiosks were told were accepted
+  std::set<int64_t> settled;                           // posts claimed or dead-lettered
   std::map<int64_t, int> posts_per_second, claims_per_second;
   std::map<int64_t, std::vector<double>> claim_ms_per_second;
   Steady::time_point first_post_sent{}, last_post_accepted{};
@@ -438,7 +439,8 @@ int main(int argc, char** argv) {
       int64_t id = data["id"].get<int64_t>();
       if (d->kiosk) {
         if (type == "surplus.offer_declined" || type == "surplus.offer_timed_out") tally.counts["rematches"]++;
-        if (type == "surplus.dead_lettered") tally.counts["dead_lettered"]++;
+        if (type == "surplus.dead_lettered") tally.counts["dead_lettered"]++, tally.settled.insert(id);
+        if (type == "surplus.claimed") tally.settled.insert(id);
         if (type == "surplus.delivered") tally.counts["delivered"]++;
         if (type == "surplus.picked_up") tally.counts["picked_up"]++;
         // Claimed: the winning van puts this kitchen on its route; the
@@ -501,9 +503,11 @@ int main(int argc, char** argv) {
                      tally.counts["posts_accepted"], total_posts, tally.first_offer.size(), tally.counts["claims"],
                      tally.counts["picked_up"], tally.counts["delivered"], tally.counts["conflicts"],
                      tally.counts["rematches"], tally.counts["dead_lettered"], Percentile(tally.claim_ms, 0.95));
-        // Done when every post is in and nothing is still being answered or
-        // driven (posts waiting in the DLQ stay there).
-        done = tally.counts["posts_accepted"] == total_posts && Steady::now() - start > o.window + 2 * o.delay;
+        // Done when every post is in and claimed or dead-lettered (posts
+        // waiting in the DLQ stay there), and nothing is still being
+        // answered or driven.
+        done = tally.counts["posts_accepted"] == total_posts && int(tally.settled.size()) == total_posts &&
+               Steady::now() - start > o.window + 2 * o.delay;
       }
       if (done && later.pending() == 0 && routes_idle()) break;
     }

@@ -20,6 +20,7 @@
 
 #include "cloud-hub/matching/matcher.h"
 #include "common/geo.h"
+#include "common/premises.h"
 
 namespace {
 
@@ -36,22 +37,13 @@ const Timestamp kNow = FromUnixMillis(1795554000000);  // 2026-11-24T21:00Z
 }
 
 std::vector<GeoPoint> LoadProviders(const std::string& path) {
-  std::vector<GeoPoint> out;
   std::ifstream in(path);
   if (!in) Usage("cannot read " + path);
-  std::string line;
-  std::getline(in, line);
-  while (std::getline(in, line)) {
-    // role is the 2nd field; lat/lon the 7th and 8th (quoted names may hold commas).
-    std::vector<std::string> f(1);
-    bool q = false;
-    for (char c : line) {
-      if (c == '"') q = !q;
-      else if (c == ',' && !q) f.emplace_back();
-      else f.back() += c;
-    }
-    if (f.size() == 10 && f[1] == "provider") out.push_back({std::stod(f[6]), std::stod(f[7])});
-  }
+  auto premises = pp::ParsePremisesCsv(in);
+  if (!premises.ok()) Usage(path + ": " + premises.error().message);
+  std::vector<GeoPoint> out;
+  for (const auto& p : *premises)
+    if (p.role == "provider") out.push_back(p.at);
   return out;
 }
 

@@ -46,6 +46,7 @@
 
 #include "common/cli.h"
 #include "common/log.h"
+#include "common/premises.h"
 #include "common/time_format.h"
 #include "edge-agent/agent.h"
 #include "edge-agent/mqtt_uplink.h"
@@ -138,16 +139,9 @@ void LoadPlaces(const Options& o, std::mt19937_64& rng, std::vector<Place>& prov
                 std::vector<Place>& receivers) {
   std::ifstream in(o.data);
   if (!in) Die("cannot read " + o.data + " (give --data)", 1);
-  std::string line;
-  std::getline(in, line);
-  while (std::getline(in, line)) {
-    std::vector<std::string> f;
-    std::stringstream ss(line);
-    std::string cell;
-    while (std::getline(ss, cell, ',')) f.push_back(cell);
-    if (f.size() < 8) continue;
-    (f[1] == "receiver" ? receivers : providers).push_back({f[2], {std::atof(f[6].c_str()), std::atof(f[7].c_str())}});
-  }
+  auto premises = ParsePremisesCsv(in);
+  if (!premises.ok()) Die(o.data + ": " + premises.error().message, 1);
+  for (const auto& p : *premises) (p.role == "receiver" ? receivers : providers).push_back({p.name, p.at});
   std::shuffle(providers.begin(), providers.end(), rng);
   std::shuffle(receivers.begin(), receivers.end(), rng);
   if (int(providers.size()) < o.kiosks || int(receivers.size()) < o.vehicles)

@@ -9,6 +9,7 @@
 
 #include "cloud-hub/matching/matcher.h"
 #include "common/geo.h"
+#include "common/premises.h"
 #include "common/time_format.h"
 
 namespace pp {
@@ -95,45 +96,20 @@ TEST(VehicleIndex, RandomWorldMatchesBruteForce) {
   CheckAgainstBruteForce(w, 11);
 }
 
-// One CSV line (RFC 4180 quoting: "a, b" and "" for a quote).
-std::vector<std::string> SplitCsv(const std::string& line) {
-  std::vector<std::string> out(1);
-  bool quoted = false;
-  for (size_t i = 0; i < line.size(); ++i) {
-    char c = line[i];
-    if (quoted) {
-      if (c == '"' && i + 1 < line.size() && line[i + 1] == '"') out.back() += '"', ++i;
-      else if (c == '"') quoted = false;
-      else out.back() += c;
-    } else if (c == '"') {
-      quoted = true;
-    } else if (c == ',') {
-      out.emplace_back();
-    } else if (c != '\r') {
-      out.back() += c;
-    }
-  }
-  return out;
-}
-
 TEST(VehicleIndex, LondonPremisesMatchBruteForce) {
   std::ifstream in(std::string(std::getenv("PP_SOURCE_DIR")) + "/tests/data/london_food_premises.csv");
   ASSERT_TRUE(in) << "tests/data/london_food_premises.csv missing";
-  std::string line;
-  std::getline(in, line);  // header
+  auto premises = ParsePremisesCsv(in);
+  ASSERT_TRUE(premises.ok()) << premises.error().ToString();
   World w;
   std::mt19937 rng(3);
   std::vector<GeoPoint> providers;
   int64_t id = 1;
-  while (std::getline(in, line)) {
-    // fhrsid,role,name,business_type,borough,postcode,lat,lon,rating,rating_date
-    auto f = SplitCsv(line);
-    ASSERT_EQ(f.size(), 10u) << line;
-    GeoPoint p{std::stod(f[6]), std::stod(f[7])};
-    if (f[1] == "receiver")
-      w.vehicles.push_back(RandomVehicle(id++, p, rng));
+  for (const auto& p : *premises) {
+    if (p.role == "receiver")
+      w.vehicles.push_back(RandomVehicle(id++, p.at, rng));
     else
-      providers.push_back(p);
+      providers.push_back(p.at);
   }
   EXPECT_EQ(w.vehicles.size(), 127u);
   EXPECT_EQ(providers.size(), 27764u);

@@ -111,7 +111,10 @@ TEST_F(SimTest, InterruptedItStillCountsAndWritesItsResults) {
 }
 
 TEST_F(SimTest, BadOptionsAreNamed) {
+  std::ofstream(dir_.file("broken.csv")) << "fhrsid,role,name,business_type,borough,postcode,lat,lon,rating,rating_date\n"
+                                         << "1,provider,A,Restaurant,Hackney,E8,north,-0.1,5,2020-01-01\n";
   for (auto [args, needle] : std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{"--data", dir_.file("broken.csv")}, "premises line 2: lat/lon \"north\""},
            {{"--kiosks", "many"}, "--kiosks must be a number"},
            {{"--window", "soon"}, "--window must be a duration"},
            {{"--accept", "1.5"}, "--accept must be a number in"},

@@ -282,7 +282,8 @@ TEST_F(AgentTest, AFullQueueIsRefusedOutLoudAndNothingAcceptedIsLost) {
   EXPECT_NE(refused.body["detail"].get<std::string>().find("queue is full"), std::string::npos);
   EXPECT_EQ(kiosk->State()["queue_full"], true);
   broker_.Start();
-  ASSERT_TRUE(test::Eventually([&] { return kiosk->State()["queued"] == 0; }, seconds(60)));
+  ASSERT_TRUE(test::Eventually([&] { return kiosk->State()["queued"] == 0; }, seconds(60)))
+      << "mosquitto's log:\n" << broker_.Log();
   EXPECT_EQ(HubPosts().size(), 10u);
 }
 

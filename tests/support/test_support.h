@@ -164,6 +164,7 @@ class Broker {
   void AddUser(const std::string& name, const std::string& password);
   void Stop();
   void Start();  // again, on the same port, with the same data
+  std::string Log() const;  // mosquitto's log: for a failing test's message
 
  private:
   TempDir dir_;

@@ -567,7 +567,8 @@ int main(int argc, char** argv) {
     std::lock_guard lock(tally.mu);
     tally.first_post_sent = Steady::now();
   }
-  for (size_t n = 0; n < schedule.size() && !g_stop; ++n) {
+  int posts_sent = 0;  // fewer than scheduled if a signal ends the rush early
+  for (size_t n = 0; n < schedule.size() && !g_stop; ++n, ++posts_sent) {
     auto [at, d] = schedule[n];
     if (!WaitUntil(start + at)) break;  // the schedule of the rush, in real time
     press(d, sync::kOpPostSurplus,
@@ -608,7 +609,7 @@ int main(int argc, char** argv) {
   json results{
       {"kiosks", o.kiosks}, {"posts_per_kiosk", o.posts_per_kiosk}, {"vehicles", o.vehicles},
       {"window_s", o.window.count() / 1000.0}, {"accept_probability", o.accept_p}, {"interrupted", g_stop.load()},
-      {"posts_sent", total_posts}, {"posts_accepted", tally.counts["posts_accepted"]}, {"claims", tally.counts["claims"]},
+      {"posts_scheduled", total_posts}, {"posts_sent", posts_sent}, {"posts_accepted", tally.counts["posts_accepted"]}, {"claims", tally.counts["claims"]},
       {"picked_up", tally.counts["picked_up"]}, {"delivered", tally.counts["delivered"]},
       {"race_claims", tally.counts["race_claims"]}, {"conflicts", tally.counts["conflicts"]},
       {"rematches", tally.counts["rematches"]}, {"dead_lettered", tally.counts["dead_lettered"]},

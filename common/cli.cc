@@ -26,6 +26,17 @@ std::string FirstLineOrDie(const char* program, const char* usage, const std::st
   return *line;
 }
 
+Result<std::map<std::string, std::string>> ParseFlags(int argc, char** argv, int from) {
+  std::map<std::string, std::string> out;
+  for (int i = from; i < argc; ++i) {
+    std::string f = argv[i];
+    if (f.rfind("--", 0) != 0 || f.size() == 2 || i + 1 >= argc)
+      return Error::Invalid("expected --flag VALUE, got " + f);
+    out[f.substr(2)] = argv[++i];
+  }
+  return out;
+}
+
 sigset_t BlockStopSignals() {
   sigset_t stop;
   sigemptyset(&stop);

@@ -2,8 +2,11 @@
 #pragma once
 
 #include <csignal>
+#include <map>
 #include <optional>
 #include <string>
+
+#include "common/error.h"
 
 namespace pp {
 
@@ -11,6 +14,11 @@ namespace pp {
 // (2: the command line was wrong; 1: the world was).
 [[noreturn]] void DieWithUsage(const char* program, const char* usage, const std::string& message,
                                int code = 2);
+
+// The "--name VALUE" pairs of argv[from..] as name -> VALUE (a later
+// repeat wins). Anything else — a bare word, a flag without its value — is
+// an error naming it.
+Result<std::map<std::string, std::string>> ParseFlags(int argc, char** argv, int from);
 
 // The first line of a file, or DieWithUsage naming the file.
 std::string FirstLineOrDie(const char* program, const char* usage, const std::string& path);

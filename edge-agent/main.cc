@@ -50,13 +50,9 @@ using nlohmann::json;
 }
 
 std::map<std::string, std::string> Flags(int argc, char** argv, int from) {
-  std::map<std::string, std::string> out;
-  for (int i = from; i < argc; ++i) {
-    std::string f = argv[i];
-    if (f.rfind("--", 0) != 0 || i + 1 >= argc) Usage("expected --flag VALUE, got " + f);
-    out[f.substr(2)] = argv[++i];
-  }
-  return out;
+  auto flags = pp::ParseFlags(argc, argv, from);
+  if (!flags.ok()) Usage(flags.error().message);
+  return std::move(*flags);
 }
 
 pp::DeviceConfig LoadOrDie(const std::string& path) {

@@ -27,6 +27,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "common/cli.h"
 #include "sync/broker_admin.h"
 #include "sync/protocol.h"
 
@@ -62,12 +63,9 @@ std::pair<std::string, std::string> SplitUrl(const std::string& url) {
 int main(int argc, char** argv) {
   if (argc < 2) Die("missing command");
   std::string cmd = argv[1];
-  std::map<std::string, std::string> opt;
-  for (int i = 2; i < argc; ++i) {
-    std::string f = argv[i];
-    if (f.rfind("--", 0) != 0 || i + 1 >= argc) Die("bad argument " + f);
-    opt[f.substr(2)] = argv[++i];
-  }
+  auto flags = pp::ParseFlags(argc, argv, 2);
+  if (!flags.ok()) Die(flags.error().message);
+  std::map<std::string, std::string> opt = std::move(*flags);
   auto need = [&](const char* k) {
     if (!opt.count(k)) Die(std::string("--") + k + " is required");
     return opt[k];

@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "cloud-hub/http/auth.h"
+#include "common/cli.h"
 #include "common/time_format.h"
 
 namespace {
@@ -41,12 +42,9 @@ std::string ReadAll(const std::string& path) {
 int main(int argc, char** argv) {
   if (argc < 2) Die("no command");
   std::string cmd = argv[1];
-  std::map<std::string, std::string> opt;
-  for (int i = 2; i < argc; ++i) {
-    std::string f = argv[i];
-    if (f.rfind("--", 0) != 0 || i + 1 >= argc) Die("expected --flag VALUE, got " + f);
-    opt[f.substr(2)] = argv[++i];
-  }
+  auto flags = pp::ParseFlags(argc, argv, 2);
+  if (!flags.ok()) Die(flags.error().message);
+  std::map<std::string, std::string> opt = std::move(*flags);
   if (cmd == "keygen") {
     if (!opt.count("out")) Die("keygen needs --out DIR");
     std::filesystem::create_directories(opt["out"]);

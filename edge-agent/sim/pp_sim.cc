@@ -82,12 +82,9 @@ struct Options {
 };
 
 Options ParseOptions(int argc, char** argv) {
-  std::map<std::string, std::string> opt;
-  for (int i = 1; i < argc; ++i) {
-    std::string f = argv[i];
-    if (f.rfind("--", 0) != 0 || i + 1 >= argc) Die("expected --flag VALUE, got " + f);
-    opt[f.substr(2)] = argv[++i];
-  }
+  auto flags = ParseFlags(argc, argv, 1);
+  if (!flags.ok()) Die(flags.error().message);
+  std::map<std::string, std::string> opt = std::move(*flags);
   const std::set<std::string> known{"hub", "token", "broker-dir", "kiosks", "posts-per-kiosk", "vehicles",
                                     "window", "accept", "race", "delay", "speed-kmh", "speed-up",
                                     "baseline", "data", "out", "seed"};
@@ -291,11 +288,7 @@ int main(int argc, char** argv) {
   const Options o = ParseOptions(argc, argv);
   // Signals go to one thread that only raises the flag; every other thread
   // (Paho's included, started below) inherits the blocked mask.
-  sigset_t sigs;
-  sigemptyset(&sigs);
-  sigaddset(&sigs, SIGINT);
-  sigaddset(&sigs, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  const sigset_t sigs = BlockStopSignals();
   std::thread([sigs] {
     int sig = 0;
     sigwait(&sigs, &sig);

@@ -13,6 +13,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <vector>
 
 #include "common/clock.h"
 #include "common/error.h"
@@ -47,6 +48,16 @@ class Stmt {
   }
   // SQLITE_ROW -> true, SQLITE_DONE -> false.
   Result<bool> Step(const char* what);
+  // Every row, each turned into a T by `read(*this)`: the loop of a list query.
+  template <typename T, typename Read>
+  Result<std::vector<T>> Rows(const char* what, Read read) {
+    std::vector<T> out;
+    while (true) {
+      PP_ASSIGN_OR_RETURN(bool row, Step(what));
+      if (!row) return out;
+      out.push_back(read(*this));
+    }
+  }
   // Step for statements that return no rows.
   Status Run(const char* what) {
     auto r = Step(what);

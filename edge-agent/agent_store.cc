@@ -88,13 +88,7 @@ Result<std::vector<QueuedOp>> AgentTxn::OpsAfter(uint64_t seq, int limit) {
       "SELECT seq, op, type, body, envelope, created_at, traceparent FROM queue WHERE seq > ? "
       "ORDER BY seq LIMIT ?");
   s.Reset().Bind(int64_t(seq)).Bind(int64_t(limit));
-  std::vector<QueuedOp> out;
-  while (true) {
-    PP_ASSIGN_OR_RETURN(bool row, s.Step("list queue"));
-    if (!row) break;
-    out.push_back(ReadOp(s));
-  }
-  return out;
+  return s.Rows<QueuedOp>("list queue", [](Stmt& r) { return ReadOp(r); });
 }
 
 Status AgentTxn::InsertOp(const QueuedOp& op) {
@@ -137,14 +131,10 @@ Result<std::vector<OutcomeRecord>> AgentTxn::RecentOutcomes(int limit) {
       "SELECT op, seq, type, status, code, message, data, at FROM outcomes "
       "ORDER BY at DESC, seq DESC LIMIT ?");
   s.Reset().Bind(int64_t(limit));
-  std::vector<OutcomeRecord> out;
-  while (true) {
-    PP_ASSIGN_OR_RETURN(bool row, s.Step("list outcomes"));
-    if (!row) break;
-    out.push_back({s.Text(0), uint64_t(s.Int(1)), s.Text(2), s.Text(3), s.Text(4), s.Text(5),
-                   nlohmann::json::parse(s.Text(6), nullptr, false), FromUnixMillis(s.Int(7))});
-  }
-  return out;
+  return s.Rows<OutcomeRecord>("list outcomes", [](Stmt& r) {
+    return OutcomeRecord{r.Text(0), uint64_t(r.Int(1)), r.Text(2), r.Text(3), r.Text(4), r.Text(5),
+                         nlohmann::json::parse(r.Text(6), nullptr, false), FromUnixMillis(r.Int(7))};
+  });
 }
 
 Result<bool> AgentTxn::MarkApplied(int64_t id) {
@@ -177,13 +167,8 @@ Status AgentTxn::PutPost(int64_t id, const nlohmann::json& post) {
 Result<std::vector<nlohmann::json>> AgentTxn::Posts(int limit) {
   auto& s = db_.Prepare("SELECT json FROM posts ORDER BY id DESC LIMIT ?");
   s.Reset().Bind(int64_t(limit));
-  std::vector<nlohmann::json> out;
-  while (true) {
-    PP_ASSIGN_OR_RETURN(bool row, s.Step("list posts"));
-    if (!row) break;
-    out.push_back(nlohmann::json::parse(s.Text(0), nullptr, false));
-  }
-  return out;
+  return s.Rows<nlohmann::json>("list posts",
+                                 [](Stmt& r) { return nlohmann::json::parse(r.Text(0), nullptr, false); });
 }
 
 Status AgentTxn::ReplaceNearby(const nlohmann::json& posts) {
@@ -200,13 +185,10 @@ Status AgentTxn::ReplaceNearby(const nlohmann::json& posts) {
 Result<nlohmann::json> AgentTxn::Nearby() {
   auto& s = db_.Prepare("SELECT json FROM nearby");
   s.Reset();
-  nlohmann::json out = nlohmann::json::array();
-  while (true) {
-    PP_ASSIGN_OR_RETURN(bool row, s.Step("list nearby"));
-    if (!row) break;
-    out.push_back(nlohmann::json::parse(s.Text(0), nullptr, false));
-  }
-  return out;
+  PP_ASSIGN_OR_RETURN(auto rows, s.Rows<nlohmann::json>("list nearby", [](Stmt& r) {
+    return nlohmann::json::parse(r.Text(0), nullptr, false);
+  }));
+  return nlohmann::json(std::move(rows));
 }
 
 Result<std::optional<std::string>> AgentTxn::GetMeta(const char* key) {

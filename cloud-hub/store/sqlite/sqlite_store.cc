@@ -160,13 +160,7 @@ class SqliteSession final : public StoreSession {
         "WHERE id > ? AND (? = '' OR kind = ?) ORDER BY id LIMIT ?");
     std::string k = kind ? std::string(ToString(*kind)) : "";
     s.Reset().Bind(after_id).Bind(k).Bind(k).Bind(int64_t(limit));
-    std::vector<Organization> out;
-    while (true) {
-      PP_ASSIGN_OR_RETURN(bool row, s.Step("list organizations"));
-      if (!row) break;
-      out.push_back(ReadOrganization(s));
-    }
-    return out;
+    return s.Rows<Organization>("list organizations", [](Stmt& r) { return ReadOrganization(r); });
   }
 
   Result<int64_t> InsertSurplus(const Surplus& x) override {
@@ -204,25 +198,13 @@ class SqliteSession final : public StoreSession {
     s.Reset().Bind(f.after_id).Bind(a.statuses).Bind(f.provider_id).Bind(f.ngo_id).Bind(f.from)
         .Bind(f.to).Bind(int64_t(f.by_updated_at)).Bind(a.min_lat).Bind(a.max_lat).Bind(a.min_lon)
         .Bind(a.max_lon).Bind(int64_t(f.limit));
-    std::vector<Surplus> out;
-    while (true) {
-      PP_ASSIGN_OR_RETURN(bool row, s.Step("find surplus"));
-      if (!row) break;
-      out.push_back(ReadSurplus(s));
-    }
-    return out;
+    return s.Rows<Surplus>("find surplus", [](Stmt& r) { return ReadSurplus(r); });
   }
 
   Result<std::vector<int64_t>> ListDue(const DueQuery& q) override {
     auto& s = Prepare(due_sql_.c_str());
     s.Reset().Bind(q.now).Bind(int64_t(q.limit));
-    std::vector<int64_t> out;
-    while (true) {
-      PP_ASSIGN_OR_RETURN(bool row, s.Step("list due"));
-      if (!row) break;
-      out.push_back(s.Int(0));
-    }
-    return out;
+    return s.Rows<int64_t>("list due", [](Stmt& r) { return r.Int(0); });
   }
 
   Status UpsertVehicle(const Vehicle& v) override {
@@ -245,13 +227,7 @@ class SqliteSession final : public StoreSession {
         "SELECT ngo_id, lat, lon, free_kg, accepts, open_from_min, open_to_min, online, reported, "
         "updated_at FROM vehicles ORDER BY ngo_id");
     s.Reset();
-    std::vector<Vehicle> out;
-    while (true) {
-      PP_ASSIGN_OR_RETURN(bool row, s.Step("list vehicles"));
-      if (!row) break;
-      out.push_back(ReadVehicle(s));
-    }
-    return out;
+    return s.Rows<Vehicle>("list vehicles", [](Stmt& r) { return ReadVehicle(r); });
   }
 
   Result<std::optional<Vehicle>> GetVehicle(int64_t ngo_id) override {
@@ -302,13 +278,7 @@ class SqliteSession final : public StoreSession {
         "SELECT id, role, org_id, public_key, revoked, max_seq, created_at FROM devices "
         "WHERE org_id=? ORDER BY id");
     s.Reset().Bind(org_id);
-    std::vector<Device> out;
-    while (true) {
-      PP_ASSIGN_OR_RETURN(bool row, s.Step("list devices"));
-      if (!row) break;
-      out.push_back(ReadDevice(s));
-    }
-    return out;
+    return s.Rows<Device>("list devices", [](Stmt& r) { return ReadDevice(r); });
   }
 
   static Device ReadDevice(const Stmt& s) {
@@ -321,13 +291,7 @@ class SqliteSession final : public StoreSession {
         "SELECT id, type, aggregate_id, payload, created_at, sent_at FROM outbox "
         "WHERE id > ? AND sent_at IS NULL ORDER BY id LIMIT ?");
     s.Reset().Bind(after_id).Bind(int64_t(limit));
-    std::vector<OutboxEvent> out;
-    while (true) {
-      PP_ASSIGN_OR_RETURN(bool row, s.Step("list unsent outbox"));
-      if (!row) break;
-      out.push_back({s.Int(0), s.Text(1), s.Int(2), s.Text(3), FromUnixMillis(s.Int(4)), s.OptTime(5)});
-    }
-    return out;
+    return s.Rows<OutboxEvent>("list unsent outbox", [](Stmt& r) { return OutboxEvent{r.Int(0), r.Text(1), r.Int(2), r.Text(3), FromUnixMillis(r.Int(4)), r.OptTime(5)}; });
   }
 
   Status MarkOutboxSent(const std::vector<int64_t>& ids, Timestamp at) override {
@@ -391,21 +355,17 @@ class SqliteSession final : public StoreSession {
         "SELECT version, at, from_status, to_status, event, actor_org FROM surplus_history "
         "WHERE surplus_id=? ORDER BY version");
     s.Reset().Bind(id);
-    std::vector<HistoryEntry> out;
-    while (true) {
-      PP_ASSIGN_OR_RETURN(bool row, s.Step("get history"));
-      if (!row) break;
+    return s.Rows<HistoryEntry>("get history", [id](Stmt& r) {
       HistoryEntry h;
       h.surplus_id = id;
-      h.version = s.Int(0);
-      h.at = FromUnixMillis(s.Int(1));
-      if (!s.Null(2)) h.from = ParseSurplusStatus(s.Text(2));
-      h.to = ParseSurplusStatus(s.Text(3)).value_or(SurplusStatus::kAvailable);
-      h.event = s.Text(4);
-      h.actor_org = s.OptInt(5);
-      out.push_back(std::move(h));
-    }
-    return out;
+      h.version = r.Int(0);
+      h.at = FromUnixMillis(r.Int(1));
+      if (!r.Null(2)) h.from = ParseSurplusStatus(r.Text(2));
+      h.to = ParseSurplusStatus(r.Text(3)).value_or(SurplusStatus::kAvailable);
+      h.event = r.Text(4);
+      h.actor_org = r.OptInt(5);
+      return h;
+    });
   }
 
   Status AppendOutbox(const OutboxEvent& e) override {
@@ -421,14 +381,7 @@ class SqliteSession final : public StoreSession {
         "SELECT id, type, aggregate_id, payload, created_at, sent_at FROM outbox "
         "WHERE id > ? ORDER BY id LIMIT ?");
     s.Reset().Bind(after_id).Bind(int64_t(limit));
-    std::vector<OutboxEvent> out;
-    while (true) {
-      PP_ASSIGN_OR_RETURN(bool row, s.Step("list outbox"));
-      if (!row) break;
-      out.push_back({s.Int(0), s.Text(1), s.Int(2), s.Text(3), FromUnixMillis(s.Int(4)),
-                     s.OptTime(5)});
-    }
-    return out;
+    return s.Rows<OutboxEvent>("list outbox", [](Stmt& r) { return OutboxEvent{r.Int(0), r.Text(1), r.Int(2), r.Text(3), FromUnixMillis(r.Int(4)), r.OptTime(5)}; });
   }
 
   Result<std::optional<IdempotencyRecord>> GetIdempotency(std::string_view scope,

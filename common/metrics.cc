@@ -1,5 +1,6 @@
 #include "common/metrics.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -147,6 +148,15 @@ std::string Registry::Render() const {
     }
   }
   return out;
+}
+
+double Percentile(std::vector<double> samples, double p) {
+  if (samples.empty()) return 0;
+  // Rank ceil(p * n), 1-based: the smallest sample with at least p of them at or below it.
+  size_t rank = size_t(std::ceil(p * double(samples.size())));
+  size_t i = std::min(samples.size(), std::max<size_t>(rank, 1)) - 1;
+  std::nth_element(samples.begin(), samples.begin() + long(i), samples.end());
+  return samples[i];
 }
 
 }  // namespace pp::metrics

@@ -95,4 +95,8 @@ class Registry {
 // {k="v",...} with the text format's escaping; "" for no labels.
 std::string RenderLabels(const Labels& labels);
 
+// The nearest-rank p-quantile (0 < p <= 1) of `samples`; 0 when empty.
+// For benchmarks and the simulator, which keep every sample.
+double Percentile(std::vector<double> samples, double p);
+
 }  // namespace pp::metrics

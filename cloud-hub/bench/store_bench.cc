@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "cloud-hub/core/hub_service.h"
+#include "common/metrics.h"
 
 namespace {
 
@@ -105,10 +106,7 @@ Phase RunPhase(int n, int window, Start start) {
   return ph;
 }
 
-double Percentile(std::vector<double> v, double p) {
-  std::sort(v.begin(), v.end());
-  return v[std::min(v.size() - 1, size_t(p * v.size()))];
-}
+using pp::metrics::Percentile;
 
 void Report(const char* what, const std::string& backend, const Phase& ph,
             const pp::GroupCommitter::Stats& before, const pp::GroupCommitter::Stats& after) {

@@ -23,7 +23,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-#include "cloud-hub/core/hub_service.h"
+#include "cloud-hub/bench/bench_hub.h"
 #include "cloud-hub/mqtt/device_ingest.h"
 #include "cloud-hub/mqtt/ingest_pool.h"
 #include "cloud-hub/mqtt/outbox_relay.h"
@@ -100,18 +100,11 @@ int main(int argc, char** argv) {
   if (auto st = sync::AddBrokerUser(dir, device, device_pw); !st.ok()) Die(st.error().message);
 
   // The hub, in process, on a fresh SQLite file.
-  std::string db = dir + "/bench-hub.db";
-  std::remove(db.c_str());
-  std::remove((db + "-wal").c_str());
-  auto store = OpenStore("sqlite:" + db);
-  if (!store.ok()) Die(store.error().ToString());
-  auto committer = GroupCommitter::Start(**store, {});
-  HubService hub(**store, **committer, SystemClock::Instance());
-  auto org = hub.CreateOrganization({OrgKind::kProvider, "bench", {51.5, -0.1}}, "");
-  int64_t provider = nlohmann::json::parse(org->json)["id"].get<int64_t>();
   auto keys = sync::GenerateKeyPair();
-  if (!hub.RegisterDevice({device, "kiosk", provider, sync::ToBase64(keys.public_key), false, 0, {}}).ok())
-    Die("cannot register the bench device");
+  auto bench_hub = StartBenchHub(dir + "/bench-hub.db", device, keys.public_key);
+  if (!bench_hub.ok()) Die(bench_hub.error().ToString());
+  HubService& hub = *bench_hub->hub;
+  GroupCommitter& committer = *bench_hub->committer;
 
   std::vector<std::string> messages;
   std::string best_before = FormatRfc3339(SystemClock::Instance().Now() + std::chrono::hours(4));
@@ -218,7 +211,7 @@ int main(int argc, char** argv) {
       ops, messages[0].size(), broker_rate, hub_rate, 100 * hub_rate / broker_rate, direct_rate,
       double(callback_ns) / 1e9,
       (unsigned long long)st.accepted, (unsigned long long)st.refused,
-      double((*committer)->stats().ops) / double(std::max<uint64_t>(1, (*committer)->stats().batches)),
+      double(committer.stats().ops) / double(std::max<uint64_t>(1, committer.stats().batches)),
       broker_cpu.self, broker_cpu.broker, hub_cpu.self, hub_cpu.broker, direct_cpu);
   return st.refused == 0 ? 0 : 1;
 }

@@ -26,7 +26,7 @@
 #include <map>
 #include <thread>
 
-#include "cloud-hub/core/hub_service.h"
+#include "cloud-hub/bench/bench_hub.h"
 #include "cloud-hub/mqtt/device_ingest.h"
 #include "cloud-hub/mqtt/ingest_pool.h"
 #include "cloud-hub/mqtt/outbox_relay.h"
@@ -90,17 +90,11 @@ int main(int argc, char** argv) {
   if (auto st = sync::AddBrokerUser(dir, device, "bench-pw"); !st.ok()) Die(st.error().message);
 
   // The hub, in process, on a fresh SQLite file.
-  std::string db = dir + "/agent-bench-hub.db";
-  for (const char* suffix : {"", "-wal", "-shm"}) std::remove((db + suffix).c_str());
-  auto store = OpenStore("sqlite:" + db);
-  if (!store.ok()) Die(store.error().ToString());
-  auto committer = GroupCommitter::Start(**store, {});
-  HubService hub(**store, **committer, SystemClock::Instance());
-  auto org = hub.CreateOrganization({OrgKind::kProvider, "bench", {51.5, -0.1}}, "");
-  int64_t provider = nlohmann::json::parse(org->json)["id"].get<int64_t>();
   auto keys = sync::GenerateKeyPair();
-  if (!hub.RegisterDevice({device, "kiosk", provider, sync::ToBase64(keys.public_key), false, 0, {}}).ok())
-    Die("cannot register the bench device");
+  auto bench_hub = StartBenchHub(dir + "/agent-bench-hub.db", device, keys.public_key);
+  if (!bench_hub.ok()) Die(bench_hub.error().ToString());
+  HubService& hub = *bench_hub->hub;
+  const int64_t provider = bench_hub->provider;
   DeviceIngest ingest(hub);
   IngestPool pool(ingest, 2);
   sync::MqttClient hub_mqtt(

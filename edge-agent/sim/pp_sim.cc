@@ -46,6 +46,7 @@
 
 #include "common/cli.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/premises.h"
 #include "common/time_format.h"
 #include "edge-agent/agent.h"
@@ -217,11 +218,7 @@ struct SimDevice {
   std::unique_ptr<sim::VanRoute> route;  // vans: guarded by City::route_mu
 };
 
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[std::min(v.size() - 1, size_t(std::ceil(p * v.size())) - (p > 0 ? 1 : 0))];
-}
+using metrics::Percentile;
 
 json Percentiles(const std::vector<double>& v) {
   return {{"p50", Percentile(v, .5)}, {"p95", Percentile(v, .95)}, {"p99", Percentile(v, .99)}, {"n", v.size()}};

@@ -40,5 +40,17 @@ TEST(Metrics, OneNameOneType) {
   EXPECT_THROW(r.GetGauge("x_total", "x"), std::logic_error);
 }
 
+TEST(Metrics, PercentileIsTheNearestRank) {
+  std::vector<double> v;
+  for (int i = 100; i >= 1; --i) v.push_back(i);  // 1..100, unsorted
+  EXPECT_EQ(Percentile(v, 0.5), 50);
+  EXPECT_EQ(Percentile(v, 0.95), 95);
+  EXPECT_EQ(Percentile(v, 0.99), 99);
+  EXPECT_EQ(Percentile(v, 1.0), 100);
+  EXPECT_EQ(Percentile({7, 3}, 0.5), 3);
+  EXPECT_EQ(Percentile({7, 3}, 0.51), 7);
+  EXPECT_EQ(Percentile({}, 0.99), 0);
+}
+
 }  // namespace
 }  // namespace pp::metrics

@@ -4,7 +4,7 @@
 //
 //   node agent_ui.mjs KIOSK_URL TABLET_URL SCREENSHOT_DIR
 // Exits 0 when every step held, 1 with the failing step otherwise.
-import { launch, loopbackContext } from './lib.mjs';
+import { runSteps } from './lib.mjs';
 
 const [kioskUrl, tabletUrl, shots] = process.argv.slice(2);
 if (!kioskUrl || !tabletUrl || !shots) {
@@ -12,22 +12,20 @@ if (!kioskUrl || !tabletUrl || !shots) {
   process.exit(2);
 }
 
-const browser = await launch();
-let step = 'start';
 // Unique, so that the script can run against a city that already has posts.
 const what = `Nasi goreng, 20 boxes #${Date.now() % 100000}`;
-try {
-  const context = await loopbackContext(browser);  // nothing may leave the device
+// Nothing may leave the machine: runSteps' context fails any such request.
+await runSteps(async (context, step) => {
   const kiosk = await context.newPage();
   const tablet = await context.newPage();
   await kiosk.goto(kioskUrl);
   await tablet.goto(tabletUrl);
 
-  step = 'kiosk page shows the post form and an online banner';
+  step('kiosk page shows the post form and an online banner');
   await kiosk.locator('#kiosk').waitFor({ state: 'visible' });
   await kiosk.locator('#banner.online').waitFor();
 
-  step = 'post on the kiosk';
+  step('post on the kiosk');
   await kiosk.fill('#description', what);
   await kiosk.fill('#quantity_kg', '6');
   await kiosk.selectOption('#storage', 'hot');
@@ -36,43 +34,37 @@ try {
   const card = kiosk.locator('#my-posts li', { hasText: what });
   await card.waitFor();
 
-  step = 'the offer appears on the tablet, with a countdown';
+  step('the offer appears on the tablet, with a countdown');
   const offer = tablet.locator('#offers li', { hasText: what });
   await offer.waitFor({ timeout: 20000 });
   await offer.locator('.countdown').waitFor();
 
-  step = 'accept on the tablet';
+  step('accept on the tablet');
   await offer.locator('button.accept').click();
   await tablet.locator('#pickups li', { hasText: what }).waitFor({ timeout: 20000 });
 
-  step = 'the kiosk shows claimed, by whom, and the handover code';
+  step('the kiosk shows claimed, by whom, and the handover code');
   await card.locator('.status.claimed').waitFor({ timeout: 20000 });
   await card.getByText('City Harvest').waitFor();
   const code = (await card.locator('.code').textContent()).trim();
   if (!/^[0-9]{6}$/.test(code)) throw new Error(`handover code looks wrong: "${code}"`);
   await kiosk.screenshot({ path: `${shots}/kiosk-claimed.png`, fullPage: true });
 
-  step = 'a wrong code on the tablet is refused in plain words';
+  step('a wrong code on the tablet is refused in plain words');
   const pickup = tablet.locator('#pickups li', { hasText: what });
   await pickup.locator('input.handover').fill(code === '000000' ? '111111' : '000000');
   await pickup.locator('button.pickup').click();
   await tablet.locator('#notices .notice', { hasText: 'Wrong handover code' }).waitFor({ timeout: 20000 });
 
-  step = 'the right code collects it';
+  step('the right code collects it');
   await pickup.locator('input.handover').fill(code);
   await pickup.locator('button.pickup').click();
   await card.locator('.status.picked_up').waitFor({ timeout: 20000 });
   await tablet.screenshot({ path: `${shots}/tablet-picked-up.png`, fullPage: true });
 
-  step = 'Bahasa Indonesia';
+  step('Bahasa Indonesia');
   await kiosk.click('button[data-lang="id"]');
   await kiosk.getByText('Laporkan makanan berlebih').waitFor();
   await kiosk.getByText('Sudah diambil').first().waitFor();
-  console.log('ok: post -> offer -> accept -> claimed with code -> wrong code refused -> picked up; EN/ID');
-  await browser.close();
-  process.exit(0);
-} catch (e) {
-  console.log(`FAILED at step "${step}": ${e.message}`);
-  await browser.close();
-  process.exit(1);
-}
+  return 'post -> offer -> accept -> claimed with code -> wrong code refused -> picked up; EN/ID';
+});

@@ -18,3 +18,22 @@ export async function loopbackContext(browser) {
   });
   return context;
 }
+
+// Runs a browser test as named steps: `body(context, step)` calls
+// step('what happens next') before each and returns what held. Prints
+// "ok: <that>" and exits 0, or "FAILED at step ..." and exits 1; the
+// browser is closed either way.
+export async function runSteps(body) {
+  const browser = await launch();
+  let current = 'start';
+  let code = 0;
+  try {
+    const context = await loopbackContext(browser);
+    console.log(`ok: ${await body(context, name => { current = name; })}`);
+  } catch (e) {
+    console.log(`FAILED at step "${current}": ${e.message}`);
+    code = 1;
+  }
+  await browser.close();
+  process.exit(code);
+}

@@ -6,8 +6,6 @@
 #include <httplib.h>
 #include <jwt.h>
 
-#include <fstream>
-#include <sstream>
 #include <thread>
 
 #include "cloud-hub/http/http_api.h"
@@ -20,21 +18,14 @@ namespace {
 
 using nlohmann::json;
 
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 class AuthTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new test::TempDir();
     test::Process keygen({test::BinPath("pp-token"), "keygen", "--out", dir_->path().string()});
     keygen.Wait();
-    private_ = ReadAll(dir_->file("jwt.key"));
-    public_ = ReadAll(dir_->file("jwt.pub"));
+    private_ = test::ReadFile(dir_->file("jwt.key"));
+    public_ = test::ReadFile(dir_->file("jwt.pub"));
   }
   static void TearDownTestSuite() { delete dir_; }
 

@@ -4,7 +4,6 @@
 
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "tests/support/test_support.h"
 
@@ -12,13 +11,6 @@ namespace pp {
 namespace {
 
 using nlohmann::json;
-
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 class SimTest : public ::testing::Test {
  protected:
@@ -57,8 +49,8 @@ TEST_F(SimTest, ASmallRushIsPostedClaimedDrivenAndDeliveredWithNothingLost) {
                              "--delay", "50ms", "--accept", "0.7", "--race", "0.5", "--speed-up", "3000",
                              "--baseline", "500"}),
                     dir_.file("sim.err"));
-  ASSERT_EQ(sim.Wait(), 0) << Slurp(dir_.file("sim.err"));
-  json r = json::parse(Slurp(dir_.file("sim/results.json")));
+  ASSERT_EQ(sim.Wait(), 0) << test::ReadFile(dir_.file("sim.err"));
+  json r = json::parse(test::ReadFile(dir_.file("sim/results.json")));
   EXPECT_EQ(r["posts_sent"], 24);
   EXPECT_EQ(r["posts_accepted"], 24);
   EXPECT_EQ(r["lost"], 0);
@@ -79,7 +71,7 @@ TEST_F(SimTest, ASmallRushIsPostedClaimedDrivenAndDeliveredWithNothingLost) {
   // Every accept and race claim was answered: won, or lost to another van.
   EXPECT_EQ(r["claim_round_trip_ms"]["n"].get<int>(), r["claims"].get<int>() + r["conflicts"].get<int>()) << r.dump();
   EXPECT_GT(r["post_to_first_offer_ms"]["p99"].get<double>(), 0);
-  EXPECT_NE(Slurp(dir_.file("sim/timeline.svg")).find("<svg"), std::string::npos);
+  EXPECT_NE(test::ReadFile(dir_.file("sim/timeline.svg")).find("<svg"), std::string::npos);
 
   // The hub's own view agrees: 24 posts, all delivered or dead-lettered, and
   // the vans are no longer where they started.
@@ -97,13 +89,13 @@ TEST_F(SimTest, ASmallRushIsPostedClaimedDrivenAndDeliveredWithNothingLost) {
 TEST_F(SimTest, InterruptedItStillCountsAndWritesItsResults) {
   test::Process sim(SimArgs({"--kiosks", "6", "--vehicles", "2", "--window", "60s", "--baseline", "0"}),
                     dir_.file("sim.err"));
-  ASSERT_TRUE(test::Eventually([&] { return Slurp(dir_.file("sim.err")).find("posts ") != std::string::npos; },
+  ASSERT_TRUE(test::Eventually([&] { return test::ReadFile(dir_.file("sim.err")).find("posts ") != std::string::npos; },
                                std::chrono::seconds(30)));
   sim.Kill(SIGTERM);
   int status = sim.Wait();
   ASSERT_TRUE(WIFEXITED(status)) << "pp-sim should finish its summary, not die of the signal";
   EXPECT_EQ(WEXITSTATUS(status), 0);
-  json r = json::parse(Slurp(dir_.file("sim/results.json")));
+  json r = json::parse(test::ReadFile(dir_.file("sim/results.json")));
   EXPECT_TRUE(r["interrupted"].get<bool>());
   EXPECT_EQ(r["lost"], 0);
   EXPECT_EQ(r["duplicated"], 0);
@@ -128,7 +120,7 @@ TEST_F(SimTest, BadOptionsAreNamed) {
     test::Process sim(SimArgs(args), err);
     int status = sim.Wait();
     EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0) << needle;
-    EXPECT_NE(Slurp(err).find(needle), std::string::npos) << Slurp(err);
+    EXPECT_NE(test::ReadFile(err).find(needle), std::string::npos) << test::ReadFile(err);
   }
 }
 

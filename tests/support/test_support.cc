@@ -69,6 +69,13 @@ std::string StoreUrl(const std::string& backend, const TempDir& dir, const std::
   return backend == "sqlite" ? "sqlite:" + dir.file("hub.db") : NewPostgresDatabase(prefix);
 }
 
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
 std::string BinPath(const std::string& name) { return Env("PP_BIN_DIR", ".") + "/" + name; }
 
 Process::Process(std::vector<std::string> argv, const std::string& stderr_path) {
@@ -337,12 +344,7 @@ void Broker::Start() {
              std::to_string(port_)});
 }
 
-std::string Broker::Log() const {
-  std::ifstream in(dir_.file("mosquitto.log"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+std::string Broker::Log() const { return ReadFile(dir_.file("mosquitto.log")); }
 
 TestDevice::TestDevice(const Broker& broker, std::string id)
     : id_(std::move(id)), password_("pw-" + id_), keys_(sync::GenerateKeyPair()) {

@@ -35,6 +35,9 @@ std::string NewPostgresDatabase(const std::string& prefix);
 // `dir`) or "postgresql" (a new database on the fixture's server).
 std::string StoreUrl(const std::string& backend, const TempDir& dir, const std::string& prefix);
 
+// A whole file; "" if it cannot be read.
+std::string ReadFile(const std::string& path);
+
 // Where the built binaries are (PP_BIN_DIR, set by pp_test()).
 std::string BinPath(const std::string& name);
 

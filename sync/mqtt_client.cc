@@ -104,48 +104,92 @@ MqttClient::MqttClient(Options options, Handler handler)
   });
 }
 
-MqttClient::~MqttClient() {
+MqttClient::~MqttClient() { Disconnect(); }
+
+void MqttClient::Start() { StartSupervisor(false); }
+
+Status MqttClient::Connect(std::chrono::milliseconds timeout) {
   {
     std::lock_guard lock(mu_);
-    stop_ = true;
+    lost_ = false;
   }
-  cv_.notify_all();
-  if (supervisor_.joinable()) supervisor_.join();
-  Disconnect();
+  PP_RETURN_IF_ERROR(ConnectOnce(timeout, options_.clean_start));
+  StartSupervisor(true);
+  return OkStatus();
 }
 
-void MqttClient::Start() {
-  supervisor_ = std::thread([this] { Supervise(); });
+void MqttClient::StartSupervisor(bool connected) {
+  std::lock_guard lock(mu_);
+  if (supervisor_.joinable()) return;
+  stop_ = false;
+  supervisor_ = std::thread([this, connected] { Supervise(connected); });
 }
 
-void MqttClient::Supervise() {
+void MqttClient::Supervise(bool connected) {
   std::mt19937_64 rng(std::random_device{}());
   auto jittered = [&](std::chrono::milliseconds d) {
     return std::chrono::milliseconds(
         std::uniform_int_distribution<int64_t>(d.count() / 2, d.count())(rng));
   };
+  SessionHealth health;
   auto delay = options_.min_backoff;
   while (true) {
-    {
-      std::lock_guard lock(mu_);
-      if (stop_) return;
-      lost_ = false;
+    if (!connected) {
+      bool clean = options_.clean_start;
+      if (!clean && health.StartClean()) {
+        clean = true;
+        Log(LogLevel::kWarn, "mqtt_session_reset",
+            {{"client", options_.client_id},
+             {"why", "the last sessions all ended within seconds of connecting"}});
+      }
+      {
+        std::lock_guard lock(mu_);
+        if (stop_) return;
+        lost_ = false;
+      }
+      Status st = ConnectOnce(std::chrono::seconds(10), clean);
+      if (!st.ok()) {
+        Log(LogLevel::kWarn, "mqtt_connect_failed",
+            {{"client", options_.client_id}, {"error", st.error().message},
+             {"retry_ms", std::to_string(delay.count())}});
+        auto wait = jittered(delay);
+        delay = std::min(delay * 2, options_.max_backoff);
+        std::unique_lock lock(mu_);
+        if (cv_.wait_for(lock, wait, [&] { return stop_; })) return;
+        continue;
+      }
     }
-    Status st = ConnectOnce(std::chrono::seconds(10), false);
-    if (st.ok()) {
-      delay = options_.min_backoff;
-      std::unique_lock lock(mu_);
-      cv_.wait(lock, [&] { return stop_ || lost_; });
-      if (stop_) return;
-    } else {
-      Log(LogLevel::kWarn, "mqtt_connect_failed",
-          {{"client", options_.client_id}, {"error", st.error().message},
-           {"retry_ms", std::to_string(delay.count())}});
-    }
-    auto wait = jittered(delay);
-    if (!st.ok()) delay = std::min(delay * 2, options_.max_backoff);
+    connected = false;
+    delay = options_.min_backoff;
+    const auto began = std::chrono::steady_clock::now();
+    if (!WaitWhileConnected()) return;
+    health.Ended(std::chrono::steady_clock::now() - began);
     std::unique_lock lock(mu_);
-    if (cv_.wait_for(lock, wait, [&] { return stop_; })) return;
+    if (cv_.wait_for(lock, jittered(delay), [&] { return stop_; })) return;
+  }
+}
+
+bool MqttClient::WaitWhileConnected() {
+  std::unique_lock lock(mu_);
+  int silent = 0;
+  while (true) {
+    if (cv_.wait_for(lock, std::chrono::seconds(1), [&] { return stop_ || lost_; })) return !stop_;
+    // Paho was also seen (same test) to lose a connection the broker closed
+    // without ever calling its connection-lost handler: is_connected()
+    // false, and nobody told. Two looks a second apart, then reconnect.
+    if (client_->is_connected()) {
+      silent = 0;
+      continue;
+    }
+    if (++silent < 2) continue;
+    Log(LogLevel::kWarn, "mqtt_connection_lost_silently", {{"client", options_.client_id}});
+    lock.unlock();
+    try {
+      client_->disconnect()->wait_for(std::chrono::seconds(1));  // reset Paho's state
+    } catch (const mqtt::exception&) {
+      // Not connected: nothing to reset.
+    }
+    return true;
   }
 }
 
@@ -164,20 +208,16 @@ void MqttClient::OnConnected() {
   if (options_.on_connected) options_.on_connected();
 }
 
-Status MqttClient::Connect(std::chrono::milliseconds timeout) { return ConnectOnce(timeout, true); }
-
-Status MqttClient::ConnectOnce(std::chrono::milliseconds timeout, bool paho_reconnects) {
+Status MqttClient::ConnectOnce(std::chrono::milliseconds timeout, bool clean_start) {
   mqtt::properties props{{mqtt::property::SESSION_EXPIRY_INTERVAL, options_.session_expiry_s}};
-  auto builder = mqtt::connect_options_builder()
-                     .mqtt_version(MQTTVERSION_5)
-                     .clean_start(options_.clean_start)
-                     .properties(props)
-                     .user_name(options_.username)
-                     .password(options_.password)
-                     .keep_alive_interval(std::chrono::seconds(20));
-  if (paho_reconnects)
-    builder.automatic_reconnect(std::chrono::milliseconds(250), std::chrono::seconds(8));
-  auto opts = builder.finalize();
+  auto opts = mqtt::connect_options_builder()
+                  .mqtt_version(MQTTVERSION_5)
+                  .clean_start(clean_start)
+                  .properties(props)
+                  .user_name(options_.username)
+                  .password(options_.password)
+                  .keep_alive_interval(std::chrono::seconds(20))
+                  .finalize();
   try {
     auto tok = client_->connect(opts);
     if (!tok->wait_for(timeout)) return Error::Unavailable("MQTT connect timed out");
@@ -207,6 +247,12 @@ Result<MqttClient::Ack> MqttClient::Publish(const std::string& topic, const std:
 bool MqttClient::connected() const { return client_->is_connected(); }
 
 void MqttClient::Disconnect() {
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (supervisor_.joinable()) supervisor_.join();
   try {
     if (client_->is_connected()) client_->disconnect()->wait_for(std::chrono::seconds(2));
   } catch (const mqtt::exception&) {

@@ -1,0 +1,103 @@
+// sync::MqttClient against a real mosquitto that goes away at awkward
+// moments: the client must come back every time, however Paho's own session
+// state was left.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <atomic>
+#include <fstream>
+#include <thread>
+
+#include "sync/mqtt_client.h"
+#include "tests/support/test_support.h"
+
+namespace pp {
+namespace {
+
+using std::chrono::seconds;
+
+TEST(SessionHealth, ThreeQuickEndingsInARowStartTheNextSessionCleanOnce) {
+  sync::SessionHealth h;
+  EXPECT_FALSE(h.StartClean());
+  h.Ended(seconds(1));
+  h.Ended(seconds(1));
+  EXPECT_FALSE(h.StartClean()) << "two quick endings are a bad network, not a poisoned session";
+  h.Ended(seconds(600));  // a long session in between: the count starts again
+  h.Ended(seconds(1));
+  h.Ended(seconds(1));
+  EXPECT_FALSE(h.StartClean());
+  h.Ended(std::chrono::milliseconds(4999));
+  EXPECT_TRUE(h.StartClean());
+  EXPECT_FALSE(h.StartClean()) << "once, then persistent sessions again";
+  h.Ended(seconds(5));  // kQuick itself is not quick
+  h.Ended(seconds(5));
+  h.Ended(seconds(5));
+  EXPECT_FALSE(h.StartClean());
+}
+
+// The moment agent_test hit about once in ten runs under load: the broker
+// stopped within milliseconds of the client connecting, with its SUBSCRIBE
+// and first publishes in flight, then started again. There Paho sometimes
+// re-sent a packet mosquitto refused as a protocol error on every reconnect
+// of the persistent session, or lost the connection without telling (see
+// SessionHealth). This test has not reproduced that fault itself (it passed
+// before the guards too); it holds the client to coming back after six such
+// stops in a row, three of which end sessions quickly enough to make the
+// next connect start clean.
+TEST(MqttClient, ComesBackAfterTheBrokerStopsJustAsItConnects) {
+  test::Broker broker;
+  ASSERT_GT(broker.port(), 0);
+  broker.AddUser("dev-1", "pw-1");
+  std::atomic<int> connects{0};
+  std::atomic<pid_t> kill_on_connect{0};  // the broker to stop the moment we are connected
+  sync::MqttClient* self = nullptr;
+  sync::MqttClient::Options o;
+  o.uri = broker.uri();
+  o.client_id = "dev-1";
+  o.username = "dev-1";
+  o.password = "pw-1";
+  o.subscriptions = {"pp/v1/down/dev-1"};
+  o.clean_start = false;  // as devices and the hub run: the broker keeps the session
+  o.max_buffered = 1000;
+  o.min_backoff = std::chrono::milliseconds(100);
+  o.max_backoff = std::chrono::milliseconds(1000);
+  o.on_connected = [&] {
+    connects++;
+    // As the agent does on every connect: a ping, before anything came back.
+    pid_t pid = kill_on_connect.exchange(0);
+    if (pid) kill(pid, SIGTERM);
+    // Publishes that meet the socket as the broker closes it: Paho's first
+    // send of some of them fails half-way, and it re-sends them after the
+    // restart (paho.mqtt.c issue 1401 describes that path).
+    for (int i = 0; i < 20; ++i) {
+      (void)self->Publish("pp/v1/up/dev-1/ping", std::string(300, 'x'),
+                          "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+      std::this_thread::sleep_for(std::chrono::microseconds(100 * i));
+    }
+  };
+  sync::MqttClient client(o, [](auto&, auto&, auto&) {});
+  self = &client;
+  auto acknowledged = [&] {
+    if (!client.connected()) return false;
+    auto ack = client.Publish("pp/v1/up/dev-1/ping", "x", "");
+    return ack.ok() && ack->Wait(std::chrono::milliseconds(500)).ok();
+  };
+  for (int round = 0; round < 6; ++round) {
+    const int before = connects;
+    if (round > 0) broker.Start();
+    std::ifstream pidf(broker.dir() + "/mosquitto.pid");
+    pid_t pid = 0;
+    ASSERT_TRUE(pidf >> pid);
+    kill_on_connect = pid;  // stopped from the connected callback: within a millisecond of the CONNACK
+    if (round == 0) client.Start();
+    ASSERT_TRUE(test::Eventually([&] { return connects > before; }, seconds(30)))
+        << "round " << round << ": never reconnected\nmosquitto's log:\n" << broker.Log();
+    broker.Stop();  // waits until it is gone and its port is free
+  }
+  broker.Start();
+  ASSERT_TRUE(test::Eventually(acknowledged, seconds(40)))
+      << "no publish acknowledged after the last restart\nmosquitto's log:\n" << broker.Log();
+}
+
+}  // namespace
+}  // namespace pp

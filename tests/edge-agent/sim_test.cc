@@ -2,6 +2,7 @@
 #include <httplib.h>
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -47,7 +48,7 @@ class SimTest : public ::testing::Test {
 TEST_F(SimTest, ASmallRushIsPostedClaimedDrivenAndDeliveredWithNothingLost) {
   test::Process sim(SimArgs({"--kiosks", "12", "--posts-per-kiosk", "2", "--vehicles", "4", "--window", "3s",
                              "--delay", "50ms", "--accept", "0.7", "--race", "0.5", "--speed-up", "3000",
-                             "--baseline", "500"}),
+                             "--baseline", "500", "--device-dir", dir_.file("device-stores")}),
                     dir_.file("sim.err"));
   ASSERT_EQ(sim.Wait(), 0) << test::ReadFile(dir_.file("sim.err"));
   json r = json::parse(test::ReadFile(dir_.file("sim/results.json")));
@@ -68,6 +69,19 @@ TEST_F(SimTest, ASmallRushIsPostedClaimedDrivenAndDeliveredWithNothingLost) {
   EXPECT_GT(r["vehicle_updates"].get<int>(), 0);
   EXPECT_GT(r["broker_only_msgs_per_second"].get<double>(), 0);
   EXPECT_GT(r["posts_per_second"].get<double>(), 0);
+  // Each device's store where --device-dir said: 12 kiosks and 4 vans.
+  int stores = 0;
+  for (const auto& f : std::filesystem::directory_iterator(dir_.file("device-stores")))
+    stores += f.path().extension() == ".db";
+  EXPECT_EQ(stores, 16);
+  // A post costs the broker at least its op up and its outcome down; the
+  // offers, claims, pick-ups and van reports come on top.
+  const json& m = r["mqtt_messages"];
+  EXPECT_GE(m["up"].get<int>(), 24);
+  EXPECT_GE(m["down"].get<int>(), 24);
+  EXPECT_GT(m["per_post"].get<double>(), 2.0);
+  EXPECT_NEAR(m["broker_bound_posts_per_second"].get<double>(),
+              r["broker_only_msgs_per_second"].get<double>() / m["per_post"].get<double>(), 0.01);
   // Every accept and race claim was answered: won, or lost to another van.
   EXPECT_EQ(r["claim_round_trip_ms"]["n"].get<int>(), r["claims"].get<int>() + r["conflicts"].get<int>()) << r.dump();
   EXPECT_GT(r["post_to_first_offer_ms"]["p99"].get<double>(), 0);
@@ -114,6 +128,7 @@ TEST_F(SimTest, BadOptionsAreNamed) {
            {{"--window", "soon"}, "--window must be a duration"},
            {{"--accept", "1.5"}, "--accept must be a number in"},
            {{"--speed", "9"}, "unknown option --speed"},
+           {{"--device-dir", "/proc/no-such-place"}, "cannot create --device-dir /proc/no-such-place"},
            {{"--data", "/nonexistent.csv"}, "cannot read /nonexistent.csv"}}) {
     std::string err = dir_.file("bad.err");
     std::remove(err.c_str());

@@ -170,20 +170,23 @@ void MqttClient::Supervise(bool connected) {
 }
 
 bool MqttClient::WaitWhileConnected() {
-  std::unique_lock lock(mu_);
   int silent = 0;
   while (true) {
-    if (cv_.wait_for(lock, std::chrono::seconds(1), [&] { return stop_ || lost_; })) return !stop_;
+    {
+      std::unique_lock lock(mu_);
+      if (cv_.wait_for(lock, std::chrono::seconds(1), [&] { return stop_ || lost_; })) return !stop_;
+    }
     // Paho was also seen (same test) to lose a connection the broker closed
     // without ever calling its connection-lost handler: is_connected()
     // false, and nobody told. Two looks a second apart, then reconnect.
+    // Asked without holding mu_: Paho calls our handlers, which take mu_,
+    // while holding its own lock, and is_connected() takes that lock.
     if (client_->is_connected()) {
       silent = 0;
       continue;
     }
     if (++silent < 2) continue;
     Log(LogLevel::kWarn, "mqtt_connection_lost_silently", {{"client", options_.client_id}});
-    lock.unlock();
     try {
       client_->disconnect()->wait_for(std::chrono::seconds(1));  // reset Paho's state
     } catch (const mqtt::exception&) {

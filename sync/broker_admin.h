@@ -15,6 +15,9 @@ namespace pp::sync {
 Status AddBrokerUser(const std::string& broker_dir, const std::string& user,
                      const std::string& password);
 
+// Both hold an exclusive lock (BROKER_DIR/passwd.lock) while they change the
+// file, so that several tools may add users to one broker at once.
+//
 // Adds many new users at once (a simulated city's devices): one
 // mosquitto_passwd run hashes them all, one SIGHUP reloads the broker.
 // A name already in the file is refused (use AddBrokerUser to change a

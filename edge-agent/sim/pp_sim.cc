@@ -30,6 +30,7 @@
 // rush early; the results so far are still written.
 #include <httplib.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -330,7 +331,8 @@ int main(int argc, char** argv) {
   httplib::Client hub(o.hub.substr(0, o.hub.find('/', 8)));
   hub.set_bearer_token_auth(o.token.c_str());
   hub.set_read_timeout(30, 0);
-  const std::string run = std::to_string(std::time(nullptr) % 1000000);
+  // Unique per run and process: several simulators may share one hub and broker.
+  const std::string run = std::to_string(std::time(nullptr) % 1000000) + "-" + std::to_string(getpid());
   std::filesystem::create_directories(o.out_dir);
   std::error_code dir_error;
   std::filesystem::create_directories(o.device_dir, dir_error);

@@ -154,8 +154,7 @@ void MqttClient::Supervise(bool connected) {
              {"retry_ms", std::to_string(delay.count())}});
         auto wait = jittered(delay);
         delay = std::min(delay * 2, options_.max_backoff);
-        std::unique_lock lock(mu_);
-        if (cv_.wait_for(lock, wait, [&] { return stop_; })) return;
+        if (!Pause(wait)) return;
         continue;
       }
     }
@@ -164,9 +163,13 @@ void MqttClient::Supervise(bool connected) {
     const auto began = std::chrono::steady_clock::now();
     if (!WaitWhileConnected()) return;
     health.Ended(std::chrono::steady_clock::now() - began);
-    std::unique_lock lock(mu_);
-    if (cv_.wait_for(lock, jittered(delay), [&] { return stop_; })) return;
+    if (!Pause(jittered(delay))) return;
   }
+}
+
+bool MqttClient::Pause(std::chrono::milliseconds d) {
+  std::unique_lock lock(mu_);
+  return !cv_.wait_for(lock, d, [&] { return stop_; });
 }
 
 bool MqttClient::WaitWhileConnected() {

@@ -119,6 +119,8 @@ class MqttClient {
   void Supervise(bool connected);
   // Until the connection is lost (true) or Disconnect() (false).
   bool WaitWhileConnected();
+  // Waits `d`; false if Disconnect() came first.
+  bool Pause(std::chrono::milliseconds d);
 
   const Options options_;
   Handler handler_;

@@ -25,8 +25,9 @@
 // outcome on the tablet), posts/s, conflicts, rematches, DLQ, errors, p50,
 // p95, p99; the MQTT messages the devices sent and received per post (with
 // the broker-only rate, the most posts/s the broker could carry); a progress
-// line each second; DIR/results.json and DIR/timeline.svg. At the end the hub's store is checked: every post a
-// kiosk was told was accepted is there exactly once. SIGINT/SIGTERM end the
+// line each second; DIR/results.json and DIR/timeline.svg. At the end the
+// hub's store is checked: every post a kiosk was told was accepted is there
+// exactly once. SIGINT/SIGTERM end the
 // rush early; the results so far are still written.
 #include <httplib.h>
 #include <signal.h>

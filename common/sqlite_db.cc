@@ -28,7 +28,24 @@ std::string Stmt::Text(int c) const {
   return p ? std::string(p, sqlite3_column_bytes(s_, c)) : std::string();
 }
 
+namespace {
+
+// Once per process, before SQLite initialises itself on the first open.
+// SQLite's memory statistics (which we never read) put every allocation of
+// every connection behind one process-wide mutex: a thousand simulated
+// devices, or the hub's writer and readers, queued on it.
+void ConfigureSqliteOnce() {
+  static const bool configured = [] {
+    (void)sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);  // SQLITE_MISUSE if already initialised: harmless
+    return true;
+  }();
+  (void)configured;
+}
+
+}  // namespace
+
 Result<std::unique_ptr<SqliteDb>> SqliteDb::Open(const std::string& path) {
+  ConfigureSqliteOnce();
   sqlite3* db = nullptr;
   int rc = sqlite3_open_v2(path.c_str(), &db,
                            SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);

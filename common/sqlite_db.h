@@ -100,11 +100,13 @@ class SqliteDb {
   void ResetAll();
   // IMMEDIATE takes the write lock up front, so a write transaction never
   // fails half-way on a read-to-write upgrade.
-  Status BeginWrite() { return Exec("BEGIN IMMEDIATE"); }
-  Status BeginRead() { return Exec("BEGIN"); }
+  // Prepared once and kept, like every other statement: sqlite3_exec would
+  // parse the text again for every transaction.
+  Status BeginWrite() { return Prepare("BEGIN IMMEDIATE").Reset().Run("BEGIN IMMEDIATE"); }
+  Status BeginRead() { return Prepare("BEGIN").Reset().Run("BEGIN"); }
   Status Commit() {
     ResetAll();
-    return Exec("COMMIT");
+    return Prepare("COMMIT").Reset().Run("COMMIT");
   }
   void Rollback();
   int64_t LastInsertId() const { return sqlite3_last_insert_rowid(db_); }

@@ -251,6 +251,7 @@ int main(int argc, char** argv) {
       return 1;
     }
     relay = std::make_unique<pp::OutboxRelay>(hub, *mqtt);
+    relay->SetMetrics(&metrics);
     hub.SetCommitHook([r = relay.get()] { r->Notify(); });
     relay->Start();
   }

@@ -46,6 +46,12 @@ void OutboxRelay::Stop() {
   if (thread_.joinable()) thread_.join();
 }
 
+void OutboxRelay::SetMetrics(metrics::Registry* registry) {
+  delay_ = &registry->GetHistogram("outbox_relay_delay_seconds",
+                                   "From an outbox event's commit to the PUBACK of its last publish.",
+                                   metrics::LatencyBuckets());
+}
+
 void OutboxRelay::Notify() {
   {
     std::lock_guard lock(mu_);
@@ -148,6 +154,10 @@ Result<bool> OutboxRelay::RelayPage() {
   }
   // Mark only what the broker has acknowledged, all of it or nothing.
   for (; acked < acks.size(); ++acked) PP_RETURN_IF_ERROR(acks[acked].Wait(std::chrono::seconds(10)));
+  if (delay_) {
+    const Timestamp acked_at = hub_.clock().Now();
+    for (const auto& e : *page) delay_->Observe(std::chrono::duration<double>(acked_at - e.created_at).count());
+  }
   PP_RETURN_IF_ERROR(mark_(ids));
   return page->size() == 500;
 }

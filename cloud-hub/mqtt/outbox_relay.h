@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "cloud-hub/core/hub_service.h"
+#include "common/metrics.h"
 #include "sync/mqtt_client.h"
 
 namespace pp {
@@ -36,6 +37,9 @@ class OutboxRelay {
   void Stop();
   // Something was written: look now rather than at the next poll.
   void Notify();
+  // outbox_relay_delay_seconds: from an event's commit to the broker's
+  // PUBACK of its last publish, i.e. the relay's share of what devices wait.
+  void SetMetrics(metrics::Registry* registry);
 
   static constexpr size_t kWindow = 100;  // publishes awaiting PUBACK
 
@@ -47,6 +51,7 @@ class OutboxRelay {
   HubService& hub_;
   sync::MqttClient& mqtt_;
   Mark mark_;
+  metrics::Histogram* delay_ = nullptr;  // set before Start()
   std::thread thread_;
   std::mutex mu_;
   std::condition_variable cv_;

@@ -51,6 +51,8 @@ TEST(OutboxRelay, RepublishesWhatWasNotMarkedAndDevicesDropRepeats) {
   auto posted = hub.PostSurplus(d, "p1");
   ASSERT_TRUE(posted.ok());
   int64_t id = json::parse(posted->json)["id"].get<int64_t>();
+  metrics::Registry registry;
+  relay.SetMetrics(&registry);
   relay.Start();
 
   json event = kiosk.WaitEvent("surplus.posted", [&](const json& e) { return e["data"]["id"] == id; });
@@ -61,6 +63,10 @@ TEST(OutboxRelay, RepublishesWhatWasNotMarkedAndDevicesDropRepeats) {
       << "the second attempt did not mark the page sent";
   relay.Stop();
   EXPECT_GE(marks.load(), 2);
+  // Every publish acknowledged counts in the relay's delay, the failed page's too.
+  auto delay = registry.GetHistogram("outbox_relay_delay_seconds", "", metrics::LatencyBuckets()).Read();
+  EXPECT_GE(delay.count, 2u);
+  EXPECT_GT(delay.sum, 0.0);
 }
 
 }  // namespace

@@ -119,8 +119,8 @@ void DeviceIngest::SetMetrics(metrics::Registry* r) {
 }
 
 void DeviceIngest::OnMessage(const std::string& topic, const std::string& payload,
-                             const std::string& traceparent) {
-  const auto received_at = std::chrono::steady_clock::now();
+                             const std::string& traceparent,
+                             std::chrono::steady_clock::time_point received_at) {
   received_++;
   auto where = sync::ParseUpTopic(topic);
   if (!where) {  // nobody to answer: the broker's ACL should not have let it through

@@ -15,6 +15,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <string>
 
@@ -41,8 +42,10 @@ class DeviceIngest {
   // (receipt to commit); the ingest counters are read from stats().
   void SetMetrics(metrics::Registry* registry);
 
-  void OnMessage(const std::string& topic, const std::string& payload,
-                 const std::string& traceparent);
+  // `received_at`: when the broker's message reached the hub (IngestPool
+  // passes the time it was queued, so the claim latency includes the wait).
+  void OnMessage(const std::string& topic, const std::string& payload, const std::string& traceparent,
+                 std::chrono::steady_clock::time_point received_at = std::chrono::steady_clock::now());
 
   struct Stats {
     uint64_t received = 0, accepted = 0, refused = 0, dropped = 0;

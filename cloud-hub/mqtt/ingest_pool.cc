@@ -20,6 +20,7 @@ IngestPool::~IngestPool() {
 }
 
 void IngestPool::Post(std::string topic, std::string payload, std::string traceparent) {
+  const auto received_at = std::chrono::steady_clock::now();
   // pp/v1/up/{device}/{type}: the device level picks the worker.
   auto start = topic.find('/', 9);
   std::string_view device = start == std::string::npos ? topic : std::string_view(topic).substr(0, start);
@@ -30,7 +31,7 @@ void IngestPool::Post(std::string topic, std::string payload, std::string tracep
     w.has_room.wait(lock, [&] { return w.queue.size() < limit_; });
     --w.blocked;
   }
-  w.queue.push_back({std::move(topic), std::move(payload), std::move(traceparent)});
+  w.queue.push_back({std::move(topic), std::move(payload), std::move(traceparent), received_at});
   if (w.asleep) w.has_work.notify_one();
 }
 
@@ -46,7 +47,7 @@ void IngestPool::Run(Worker& w) {
       batch.swap(w.queue);
       if (w.blocked > 0) w.has_room.notify_all();
     }
-    for (auto& item : batch) ingest_.OnMessage(item.topic, item.payload, item.traceparent);
+    for (auto& item : batch) ingest_.OnMessage(item.topic, item.payload, item.traceparent, item.received_at);
     batch.clear();
   }
 }

@@ -27,6 +27,7 @@ class IngestPool {
  private:
   struct Item {
     std::string topic, payload, traceparent;
+    std::chrono::steady_clock::time_point received_at;
   };
   // Wake-ups cost a futex call each, on the same 2 cores the broker and
   // the ingest need: Post() wakes the worker only when it may be asleep,

@@ -107,9 +107,23 @@ Result<bool> OutboxRelay::RelayPage() {
   // publishes and resumes them only on its 1-second timer, which showed as
   // whole-second stalls per page.
   size_t acked = 0;
+  // For the delay metric: each event's commit time and how many publishes
+  // must be acknowledged before all of its own are, observed as they are.
+  std::vector<std::pair<size_t, Timestamp>> settles_at;
+  size_t settled = 0;
+  auto settle_through = [&](size_t acks_done) {
+    for (; settled < settles_at.size() && settles_at[settled].first <= acks_done; ++settled)
+      if (delay_)
+        delay_->Observe(std::chrono::duration<double>(hub_.clock().Now() - settles_at[settled].second).count());
+  };
+  auto await_next_ack = [&]() -> Status {
+    PP_RETURN_IF_ERROR(acks[acked++].Wait(std::chrono::seconds(10)));
+    settle_through(acked);
+    return OkStatus();
+  };
   auto publish = [&](const std::string& device, const std::string& bytes,
                      const std::string& traceparent) -> Status {
-    while (acks.size() - acked >= kWindow) PP_RETURN_IF_ERROR(acks[acked++].Wait(std::chrono::seconds(10)));
+    while (acks.size() - acked >= kWindow) PP_RETURN_IF_ERROR(await_next_ack());
     PP_ASSIGN_OR_RETURN(auto ack, mqtt_.Publish(sync::DownTopic(device), bytes, traceparent));
     acks.push_back(std::move(ack));
     return OkStatus();
@@ -151,13 +165,11 @@ Result<bool> OutboxRelay::RelayPage() {
       }
     }
     ids.push_back(e.id);
+    settles_at.emplace_back(acks.size(), e.created_at);
   }
   // Mark only what the broker has acknowledged, all of it or nothing.
-  for (; acked < acks.size(); ++acked) PP_RETURN_IF_ERROR(acks[acked].Wait(std::chrono::seconds(10)));
-  if (delay_) {
-    const Timestamp acked_at = hub_.clock().Now();
-    for (const auto& e : *page) delay_->Observe(std::chrono::duration<double>(acked_at - e.created_at).count());
-  }
+  while (acked < acks.size()) PP_RETURN_IF_ERROR(await_next_ack());
+  settle_through(acks.size());  // and events nobody was to receive
   PP_RETURN_IF_ERROR(mark_(ids));
   return page->size() == 500;
 }

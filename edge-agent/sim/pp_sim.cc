@@ -22,8 +22,9 @@
 //    report their position and free capacity every second. Simulated time
 //    runs --speed-up times faster than the wall clock while they drive.
 // Measured: post -> first offer, claim round trip (the driver's tap to the
-// outcome on the tablet), posts/s, conflicts, rematches, DLQ, errors, p50,
-// p95, p99; the MQTT messages the devices sent and received per post (with
+// outcome on the tablet) and its parts (the tablet's queue, broker and hub,
+// the tablet applying the answer), posts/s, conflicts, rematches, DLQ,
+// errors, p50, p95, p99; the MQTT messages the devices sent and received per post (with
 // the broker-only rate, the most posts/s the broker could carry); a progress
 // line each second; DIR/results.json and DIR/timeline.svg. At the end the
 // hub's store is checked: every post a kiosk was told was accepted is there
@@ -219,19 +220,49 @@ class Later {
 
 // Counts what a device publishes (every MQTT message through the broker
 // has a device at one end: its publishes up, its deliveries down).
+// Where a claim's round trip goes: when its op was first handed to the
+// broker and when its outcome came off the wire, by op id. With the press
+// and the applied outcome (Tally) that splits the trip into the device's
+// queue, the wire and the hub, and the device applying the answer.
+struct ClaimWire {
+  std::mutex mu;
+  std::map<std::string, Steady::time_point> published, received;
+
+  static bool IsClaim(const std::string& topic) {
+    return topic.ends_with(std::string("/") + sync::kOpClaim) || topic.ends_with(std::string("/") + sync::kOpAccept);
+  }
+  void Published(const std::string& envelope) {
+    auto j = json::parse(envelope, nullptr, false);
+    if (!j.is_object() || !j["op"].is_string()) return;
+    std::lock_guard lock(mu);
+    published.emplace(j["op"].get<std::string>(), Steady::now());  // a resend keeps the first
+  }
+  void Received(const std::string& down) {
+    if (down.find("\"kind\":\"outcome\"") == std::string::npos) return;
+    auto at = Steady::now();
+    auto j = json::parse(down, nullptr, false);
+    if (!j.is_object() || !j["op"].is_string()) return;
+    std::lock_guard lock(mu);
+    if (published.count(j["op"].get<std::string>())) received.emplace(j["op"].get<std::string>(), at);
+  }
+};
+
 class CountingUplink final : public agent::Uplink {
  public:
-  CountingUplink(sync::MqttClient& client, std::atomic<uint64_t>& count) : inner_(client), count_(count) {}
+  CountingUplink(sync::MqttClient& client, std::atomic<uint64_t>& count, ClaimWire& claims)
+      : inner_(client), count_(count), claims_(claims) {}
   bool Connected() const override { return inner_.Connected(); }
   Result<AckWait> Publish(const std::string& topic, const std::string& payload,
                           const std::string& traceparent) override {
     count_++;
+    if (ClaimWire::IsClaim(topic)) claims_.Published(payload);
     return inner_.Publish(topic, payload, traceparent);
   }
 
  private:
   agent::MqttUplink inner_;
   std::atomic<uint64_t>& count_;
+  ClaimWire& claims_;
 };
 
 struct SimDevice {
@@ -259,6 +290,7 @@ struct Tally {
   std::map<int64_t, Steady::time_point> posted_at;     // surplus id -> its post op's press
   std::map<int64_t, Steady::time_point> first_offer;   // surplus id -> first offer seen
   std::vector<double> claim_ms;
+  std::vector<double> claim_queue_ms, claim_wire_ms, claim_apply_ms;  // its parts (ClaimWire)
   std::map<std::string, int> counts;                   // posts_accepted, conflicts, ...
   std::set<std::string> accepted_posts;                // descriptions the kiosks were told were accepted
   std::set<int64_t> settled;                           // posts claimed or dead-lettered
@@ -385,6 +417,7 @@ int main(int argc, char** argv) {
 
   // 2. The city comes online: each device a real agent with its own store.
   std::atomic<uint64_t> up_msgs{0}, down_msgs{0};  // MQTT messages, all devices
+  ClaimWire claim_wire;
   for (size_t i = 0; i < devices.size(); ++i) {
     SimDevice* d = devices[i].get();
     DeviceConfig cfg;
@@ -403,12 +436,13 @@ int main(int argc, char** argv) {
     mo.subscriptions = {sync::DownTopic(d->id)};
     mo.max_buffered = 1000;
     mo.on_connected = [d] { if (d->agent) d->agent->OnConnected(); };
-    d->mqtt = std::make_unique<sync::MqttClient>(mo, [d, &down_msgs](const std::string&, const std::string& p,
-                                                                     const std::string&) {
+    d->mqtt = std::make_unique<sync::MqttClient>(mo, [d, &down_msgs, &claim_wire](const std::string&, const std::string& p,
+                                                                                  const std::string&) {
       down_msgs++;
+      if (!d->kiosk) claim_wire.Received(p);
       if (d->agent) d->agent->OnDown(p);
     });
-    d->uplink = std::make_unique<CountingUplink>(*d->mqtt, up_msgs);
+    d->uplink = std::make_unique<CountingUplink>(*d->mqtt, up_msgs, claim_wire);
     d->agent = std::make_unique<agent::Agent>(cfg, secrets[i], *d->store, SystemClock::Instance(), *d->uplink);
   }
 
@@ -446,8 +480,22 @@ int main(int argc, char** argv) {
           if (tally.sent.count(op)) tally.posted_at[data["id"].get<int64_t>()] = tally.sent[op];
         }
         if ((type == sync::kOpAccept || type == sync::kOpClaim) && tally.sent.count(op)) {
-          double ms = std::chrono::duration<double, std::milli>(Steady::now() - tally.sent[op]).count();
+          const auto applied = Steady::now();
+          auto ms_between = [](Steady::time_point a, Steady::time_point b) {
+            return std::chrono::duration<double, std::milli>(b - a).count();
+          };
+          double ms = ms_between(tally.sent[op], applied);
           tally.claim_ms.push_back(ms);
+          {
+            std::lock_guard wire_lock(claim_wire.mu);
+            auto pub = claim_wire.published.find(op);
+            auto got = claim_wire.received.find(op);
+            if (pub != claim_wire.published.end() && got != claim_wire.received.end()) {
+              tally.claim_queue_ms.push_back(ms_between(tally.sent[op], pub->second));
+              tally.claim_wire_ms.push_back(ms_between(pub->second, got->second));
+              tally.claim_apply_ms.push_back(ms_between(got->second, applied));
+            }
+          }
           tally.claim_ms_per_second[second()].push_back(ms);
           if (status == "accepted") tally.counts["claims"]++, tally.claims_per_second[second()]++;
         }
@@ -654,6 +702,12 @@ int main(int argc, char** argv) {
       {"seconds", seconds},
       {"post_to_first_offer_ms", Percentiles(offer_ms)},
       {"claim_round_trip_ms", Percentiles(tally.claim_ms)},
+      // The same trips in three parts: pressed to first handed to the broker
+      // (the device's queue and sender), to the outcome off the wire (broker,
+      // hub ingest and commit, outbox relay, broker), to applied on the device.
+      {"claim_round_trip_parts_ms", {{"device_queue", Percentiles(tally.claim_queue_ms)},
+                                     {"broker_and_hub", Percentiles(tally.claim_wire_ms)},
+                                     {"device_apply", Percentiles(tally.claim_apply_ms)}}},
       {"seed_sla", {{"claim_p95_ms", kSlaClaimP95Ms}, {"claim_p99_ms", kSlaClaimP99Ms},
                     {"met", !tally.claim_ms.empty() && claim_p95 < kSlaClaimP95Ms && claim_p99 < kSlaClaimP99Ms}}},
       {"lost", lost}, {"duplicated", doubled}};

@@ -84,6 +84,21 @@ TEST_F(SimTest, ASmallRushIsPostedClaimedDrivenAndDeliveredWithNothingLost) {
               r["broker_only_msgs_per_second"].get<double>() / m["per_post"].get<double>(), 0.01);
   // Every accept and race claim was answered: won, or lost to another van.
   EXPECT_EQ(r["claim_round_trip_ms"]["n"].get<int>(), r["claims"].get<int>() + r["conflicts"].get<int>()) << r.dump();
+  // Each trip in its three parts: every one was seen leaving and its answer
+  // arriving, and a part of a trip is never longer than the trip, so no
+  // percentile of a part exceeds the same percentile of the whole.
+  const json& whole = r["claim_round_trip_ms"];
+  double medians = 0;
+  for (const char* part : {"device_queue", "broker_and_hub", "device_apply"}) {
+    const json& p = r["claim_round_trip_parts_ms"][part];
+    EXPECT_EQ(p["n"], whole["n"]) << part;
+    for (const char* q : {"p50", "p95", "p99"}) {
+      EXPECT_GE(p[q].get<double>(), 0) << part << " " << q;
+      EXPECT_LE(p[q].get<double>(), whole[q].get<double>() + 1e-6) << part << " " << q;
+    }
+    medians += p["p50"].get<double>();
+  }
+  EXPECT_GT(medians, 0);
   EXPECT_GT(r["post_to_first_offer_ms"]["p99"].get<double>(), 0);
   EXPECT_NE(test::ReadFile(dir_.file("sim/timeline.svg")).find("<svg"), std::string::npos);
 

@@ -24,8 +24,11 @@ namespace pp {
 struct VehicleConfig {
   double capacity_kg = 200;               // free capacity when empty
   std::vector<std::string> categories;    // empty: accepts every category
-  std::string open_from = "00:00";        // HH:MM, local to the hub
-  std::string open_to = "23:59";
+  // Operating hours, HH:MM in UTC, [open_from, open_to); equal (the
+  // default) means always open, and 22:00-06:00 wraps past midnight.
+  // ("00:00"-"23:59" would close the vehicle for the day's last minute.)
+  std::string open_from = "00:00";
+  std::string open_to = "00:00";
 };
 
 struct DeviceConfig {

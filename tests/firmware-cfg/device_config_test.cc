@@ -10,6 +10,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/clock.h"
+#include "common/validation.h"
 #include "tests/support/test_support.h"
 
 namespace pp {
@@ -61,6 +63,22 @@ TEST_F(DeviceConfigTest, DefaultsAndRelativePaths) {
   EXPECT_EQ(cfg->http_port(), 8181);
   EXPECT_EQ(cfg->queue_limit, 20000u);
   EXPECT_EQ(cfg->language, "en");
+}
+
+// A tablet that says nothing of its hours is open at every minute of the
+// day: the defaults once read 00:00-23:59, which closed every vehicle from
+// 23:59 to midnight, and posts in that minute got no offer.
+TEST_F(DeviceConfigTest, ATabletWithoutHoursIsOpenAllDay) {
+  json j = Minimal();
+  j["role"] = "tablet";
+  auto cfg = ParseDeviceConfig(j.dump(), dir_.path().string());
+  ASSERT_TRUE(cfg.ok()) << cfg.error().ToString();
+  json hours{{"open_from", cfg->vehicle.open_from}, {"open_to", cfg->vehicle.open_to}};
+  auto v = ParseVehicleUpdate(hours.dump(), Vehicle{}, Timestamp{});
+  ASSERT_TRUE(v.ok()) << v.error().ToString();
+  const Timestamp day = std::chrono::floor<std::chrono::days>(SystemClock::Instance().Now());
+  for (auto at : {std::chrono::minutes(0), std::chrono::minutes(12 * 60), std::chrono::minutes(23 * 60 + 59)})
+    EXPECT_TRUE(v->OpenAt(day + at + std::chrono::seconds(30))) << "closed at minute " << at.count();
 }
 
 TEST_F(DeviceConfigTest, EveryMistakeIsNamedAtOnce) {

@@ -417,9 +417,10 @@ Result<std::vector<OutboxEvent>> HubService::ListUnsentOutbox(int limit) {
   return Read<std::vector<OutboxEvent>>([&](StoreSession& s) { return s.ListUnsentOutbox(0, limit); });
 }
 
-Status HubService::MarkOutboxSent(std::vector<int64_t> ids) {
+void HubService::MarkOutboxSent(std::vector<int64_t> ids, std::function<void(Status)> done) {
   Timestamp now = clock_.Now();
-  return committer_.Run([ids = std::move(ids), now](StoreSession& s) { return s.MarkOutboxSent(ids, now); });
+  committer_.Submit([ids = std::move(ids), now](StoreSession& s) { return s.MarkOutboxSent(ids, now); },
+                    std::move(done));
 }
 
 Result<std::vector<Device>> HubService::ListDevicesOfOrg(int64_t org_id) {

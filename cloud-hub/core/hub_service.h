@@ -140,7 +140,8 @@ class HubService {
   void Emit(OutboxEvent event, std::function<void(Status)> done);
   // The relay's side of the outbox.
   Result<std::vector<OutboxEvent>> ListUnsentOutbox(int limit);
-  Status MarkOutboxSent(std::vector<int64_t> ids);
+  // Marks events sent in the next group commit; `done` runs after it.
+  void MarkOutboxSent(std::vector<int64_t> ids, std::function<void(Status)> done);
 
   const Clock& clock() const { return clock_; }
   // Set once, before traffic.

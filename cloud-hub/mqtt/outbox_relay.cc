@@ -1,6 +1,7 @@
 #include "cloud-hub/mqtt/outbox_relay.h"
 
 #include <set>
+#include <utility>
 
 #include "common/log.h"
 #include "sync/protocol.h"
@@ -28,7 +29,10 @@ std::set<int64_t> OrgsOf(const std::string& type, const nlohmann::json& data) {
 
 OutboxRelay::OutboxRelay(HubService& hub, sync::MqttClient& mqtt, Mark mark)
     : hub_(hub), mqtt_(mqtt), mark_(std::move(mark)) {
-  if (!mark_) mark_ = [this](std::vector<int64_t> ids) { return hub_.MarkOutboxSent(std::move(ids)); };
+  if (!mark_)
+    mark_ = [this](std::vector<int64_t> ids, std::function<void(Status)> done) {
+      hub_.MarkOutboxSent(std::move(ids), std::move(done));
+    };
 }
 
 OutboxRelay::~OutboxRelay() { Stop(); }
@@ -44,6 +48,8 @@ void OutboxRelay::Stop() {
   }
   cv_.notify_all();
   if (thread_.joinable()) thread_.join();
+  std::unique_lock lock(mu_);  // their callbacks use this object
+  cv_.wait(lock, [&] { return marks_pending_ == 0; });
 }
 
 void OutboxRelay::SetMetrics(metrics::Registry* registry) {
@@ -82,9 +88,17 @@ void OutboxRelay::Loop() {
 }
 
 Result<bool> OutboxRelay::RelayPage() {
+  std::set<int64_t> unmarked;
+  {
+    std::lock_guard lock(mu_);
+    if (std::exchange(mark_failed_, false)) return Error::Unavailable("marking published events sent failed");
+    unmarked = unmarked_;
+  }
   if (!mqtt_.connected()) return Error::Unavailable("broker not connected");
-  auto page = hub_.ListUnsentOutbox(500);
+  auto page = hub_.ListUnsentOutbox(kPage + int(unmarked.size()));
   if (!page.ok()) return page.take_error();
+  const bool full = int(page->size()) == kPage + int(unmarked.size());  // more may wait: go on at once
+  std::erase_if(*page, [&](const OutboxEvent& e) { return unmarked.count(e.id) > 0; });
   if (page->empty()) return false;
 
   std::map<int64_t, std::vector<std::string>> devices_of;  // per org, this page
@@ -170,8 +184,23 @@ Result<bool> OutboxRelay::RelayPage() {
   // Mark only what the broker has acknowledged, all of it or nothing.
   while (acked < acks.size()) PP_RETURN_IF_ERROR(await_next_ack());
   settle_through(acks.size());  // and events nobody was to receive
-  PP_RETURN_IF_ERROR(mark_(ids));
-  return page->size() == 500;
+  {
+    std::lock_guard lock(mu_);
+    unmarked_.insert(ids.begin(), ids.end());
+    ++marks_pending_;
+  }
+  mark_(ids, [this, ids](Status st) {
+    if (!st.ok())
+      Log(LogLevel::kWarn, "outbox_mark_failed",
+          {{"events", std::to_string(ids.size())}, {"error", st.error().ToString()}});
+    std::lock_guard lock(mu_);
+    for (int64_t id : ids) unmarked_.erase(id);
+    --marks_pending_;
+    if (!st.ok()) mark_failed_ = true;
+    // Under the lock: once Stop() sees no mark pending it may destroy us.
+    cv_.notify_all();
+  });
+  return full;
 }
 
 }  // namespace pp

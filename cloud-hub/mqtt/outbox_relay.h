@@ -3,6 +3,12 @@
 // publish of it (PUBACK). A crash between publish and mark republishes the
 // event after restart: receivers drop repeats by the event id ("id").
 //
+// Marking does not hold up the next page: a page's marks go to the group
+// committer and the relay moves on, leaving the ids it published but has
+// not yet seen marked out of the pages it lists meanwhile. If marking
+// fails, those ids are listed again and republished (after the usual
+// backoff), which receivers drop as repeats.
+//
 // Who receives what (cloud-hub/mqtt/outbox_relay.cc, Recipients):
 //   device.outcome          -> the device that sent the op
 //   surplus.* events        -> the devices of the post's provider, of the NGO
@@ -18,6 +24,7 @@
 #include <condition_variable>
 #include <functional>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "cloud-hub/core/hub_service.h"
@@ -28,12 +35,14 @@ namespace pp {
 
 class OutboxRelay {
  public:
-  // How a page is marked sent; by default HubService::MarkOutboxSent. A test
-  // may make it fail to stand for a crash between publish and mark.
-  using Mark = std::function<Status(std::vector<int64_t> ids)>;
+  // How a page is marked sent: `done` runs once the marks are committed or
+  // have failed. By default HubService::MarkOutboxSent. A test may fail it
+  // to stand for a crash between publish and mark.
+  using Mark = std::function<void(std::vector<int64_t> ids, std::function<void(Status)> done)>;
   OutboxRelay(HubService& hub, sync::MqttClient& mqtt, Mark mark = nullptr);
   ~OutboxRelay();
   void Start();
+  // Returns once the loop has ended and every mark it started has finished.
   void Stop();
   // Something was written: look now rather than at the next poll.
   void Notify();
@@ -42,6 +51,7 @@ class OutboxRelay {
   void SetMetrics(metrics::Registry* registry);
 
   static constexpr size_t kWindow = 100;  // publishes awaiting PUBACK
+  static constexpr int kPage = 500;       // events a pass takes
 
  private:
   void Loop();
@@ -56,6 +66,9 @@ class OutboxRelay {
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false, poke_ = false;  // guarded by mu_
+  std::set<int64_t> unmarked_;        // published, mark not yet committed; guarded by mu_
+  int marks_pending_ = 0;             // guarded by mu_
+  bool mark_failed_ = false;          // since the last pass; guarded by mu_
 };
 
 }  // namespace pp

@@ -38,9 +38,9 @@ TEST(OutboxRelay, RepublishesWhatWasNotMarkedAndDevicesDropRepeats) {
                         [](auto&, auto&, auto&) {});
   ASSERT_TRUE(mqtt.Connect(std::chrono::seconds(10)).ok());
   std::atomic<int> marks{0};
-  OutboxRelay relay(hub, mqtt, [&](std::vector<int64_t> ids) -> Status {
-    if (marks++ == 0) return Error::Unavailable("crash between publish and mark");
-    return hub.MarkOutboxSent(std::move(ids));
+  OutboxRelay relay(hub, mqtt, [&](std::vector<int64_t> ids, std::function<void(Status)> done) {
+    if (marks++ == 0) return done(Error::Unavailable("crash between publish and mark"));
+    hub.MarkOutboxSent(std::move(ids), std::move(done));
   });
 
   SurplusDraft d;

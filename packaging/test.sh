@@ -4,7 +4,8 @@
 # throw-away PostgreSQL on a free loopback port (tests/support/pg_fixture.sh)
 # and the tests start their own mosquitto brokers (packaging/broker.sh), all
 # stopped at the end. Browser tests drive Debian's chromium, headless. Then
-# the self-contained suites run again under AddressSanitizer and UBSan.
+# the self-contained suites and the sync suite run again under
+# AddressSanitizer and UBSan.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -15,7 +16,8 @@ cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$(nproc)"
 ctest --test-dir build --output-on-failure -j2 --timeout 600
 
-# Sanitizers: the suites that need neither PostgreSQL nor a broker.
+# Sanitizers: the suites that need no PostgreSQL, and the sync suite (its
+# own mosquitto; the relay's and the MQTT client's threads and callbacks).
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Asan >/dev/null
-cmake --build build-asan -j"$(nproc)" --target common_test http_api_test matching_test
-ctest --test-dir build-asan --output-on-failure -R '^(common_test|http_api_test|matching_test)$' --timeout 600
+cmake --build build-asan -j"$(nproc)" --target common_test http_api_test matching_test sync_test
+ctest --test-dir build-asan --output-on-failure -R '^(common_test|http_api_test|matching_test|sync_test)$' --timeout 600

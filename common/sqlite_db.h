@@ -100,15 +100,16 @@ class SqliteDb {
   void ResetAll();
   // IMMEDIATE takes the write lock up front, so a write transaction never
   // fails half-way on a read-to-write upgrade.
-  // Prepared once and kept, like every other statement: sqlite3_exec would
-  // parse the text again for every transaction.
-  Status BeginWrite() { return Prepare("BEGIN IMMEDIATE").Reset().Run("BEGIN IMMEDIATE"); }
-  Status BeginRead() { return Prepare("BEGIN").Reset().Run("BEGIN"); }
+  Status BeginWrite() { return RunPrepared("BEGIN IMMEDIATE"); }
+  Status BeginRead() { return RunPrepared("BEGIN"); }
   Status Commit() {
     ResetAll();
-    return Prepare("COMMIT").Reset().Run("COMMIT");
+    return RunPrepared("COMMIT");
   }
   void Rollback();
+  // A statement without parameters or rows, prepared once and kept:
+  // sqlite3_exec (Exec) would parse its text again on every call.
+  Status RunPrepared(const char* sql) { return Prepare(sql).Reset().Run(sql); }
   int64_t LastInsertId() const { return sqlite3_last_insert_rowid(db_); }
   int Changes() const { return sqlite3_changes(db_); }
   sqlite3* raw() const { return db_; }

@@ -16,18 +16,14 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
-#include <fstream>
-#include <sstream>
 #include <thread>
-
-#include <sys/resource.h>
-#include <unistd.h>
 
 #include "cloud-hub/bench/bench_hub.h"
 #include "cloud-hub/mqtt/device_ingest.h"
 #include "cloud-hub/mqtt/ingest_pool.h"
 #include "cloud-hub/mqtt/outbox_relay.h"
 #include "common/domain_json.h"
+#include "common/process_cpu.h"
 #include "common/time_format.h"
 #include "sync/broker_admin.h"
 #include "common/cli.h"
@@ -55,31 +51,12 @@ bool WaitFor(F done, std::chrono::seconds limit) {
 
 // CPU seconds used so far by this process (publisher, subscriber or hub)
 // and by the broker: where each phase's CPU goes, per message.
-double SelfCpu() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + double(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
-}
-double BrokerCpu(const std::string& dir) {
-  std::ifstream pidf(dir + "/mosquitto.pid");
-  long pid = 0;
-  if (!(pidf >> pid)) return 0;
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  std::getline(stat, line);
-  auto close = line.rfind(')');  // the command name may hold spaces
-  if (close == std::string::npos) return 0;
-  std::istringstream rest(line.substr(close + 2));
-  std::string field;
-  double ticks = 0;
-  for (int i = 3; rest >> field; ++i)  // fields 14 and 15: utime, stime
-    if (i == 14 || i == 15) ticks += std::stod(field);
-  return ticks / double(sysconf(_SC_CLK_TCK));
-}
 struct CpuMark {
   double self, broker;
 };
-CpuMark MarkCpu(const std::string& dir) { return {SelfCpu(), BrokerCpu(dir)}; }
+CpuMark MarkCpu(const std::string& dir) {
+  return {SelfCpuSeconds(), ProcessCpuSecondsFromPidFile(dir + "/mosquitto.pid").value_or(0)};
+}
 
 }  // namespace
 

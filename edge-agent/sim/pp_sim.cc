@@ -25,7 +25,8 @@
 // outcome on the tablet) and its parts (the tablet's queue, broker and hub,
 // the tablet applying the answer), posts/s, conflicts, rematches, DLQ,
 // errors, p50, p95, p99; the MQTT messages the devices sent and received per post (with
-// the broker-only rate, the most posts/s the broker could carry); a progress
+// the broker-only rate, the most posts/s the broker could carry); the CPU
+// the simulator, the hub and the broker each used per post; a progress
 // line each second; DIR/results.json and DIR/timeline.svg. At the end the
 // hub's store is checked: every post a kiosk was told was accepted is there
 // exactly once. SIGINT/SIGTERM end the
@@ -36,12 +37,14 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cmath>
 #include <condition_variable>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <mutex>
 #include <queue>
 #include <random>
@@ -53,6 +56,7 @@
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/premises.h"
+#include "common/process_cpu.h"
 #include "common/time_format.h"
 #include "edge-agent/agent.h"
 #include "edge-agent/mqtt_uplink.h"
@@ -300,6 +304,22 @@ struct Tally {
   std::map<int64_t, std::vector<double>> claim_ms_per_second;
   Steady::time_point first_post_sent{}, last_post_accepted{};
 };
+
+// CPU seconds used so far by the three processes of a rush on this machine:
+// this simulator, the hub (its process_cpu_seconds_total on /metrics) and
+// the broker (/proc, by mosquitto.pid). Unknown ones stay empty.
+struct CpuMark {
+  double sim = 0;
+  std::optional<double> hub, broker;
+};
+CpuMark MarkCpu(httplib::Client& hub, const std::string& broker_dir) {
+  CpuMark m{SelfCpuSeconds(), std::nullopt, ProcessCpuSecondsFromPidFile(broker_dir + "/mosquitto.pid")};
+  if (auto r = hub.Get("/metrics"); r && r->status == 200) {
+    const std::string name = "\nprocess_cpu_seconds_total ";
+    if (auto at = r->body.find(name); at != std::string::npos) m.hub = std::strtod(r->body.c_str() + at + name.size(), nullptr);
+  }
+  return m;
+}
 
 // The broker alone moving `n` messages of `bytes`' size from one QoS 1
 // publisher (the hub's user, on a down topic) to one subscriber (a device),
@@ -550,6 +570,7 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < schedule.size(); ++i) kg.push_back(2 + int(rng() % 20));
   }
   const int total_posts = int(schedule.size());
+  const CpuMark cpu_before = MarkCpu(hub, o.broker_dir);
   const auto start = Steady::now();
   const uint64_t up_before = up_msgs, down_before = down_msgs;
   auto routes_idle = [&] {
@@ -654,6 +675,7 @@ int main(int argc, char** argv) {
   progress.join();
   driver.join();
   racer.join();
+  const CpuMark cpu_after = MarkCpu(hub, o.broker_dir);
 
   // 4. Lost or doubled? The hub's store against what the kiosks were told.
   std::map<std::string, int> in_store;
@@ -687,6 +709,10 @@ int main(int argc, char** argv) {
   // moved messages alone (measured above, same run).
   const uint64_t up = up_msgs - up_before, down = down_msgs - down_before;
   const double per_post = tally.counts["posts_accepted"] > 0 ? double(up + down) / tally.counts["posts_accepted"] : 0;
+  auto cpu_us_per_post = [&](std::optional<double> before, std::optional<double> after) -> json {
+    if (!before || !after || tally.counts["posts_accepted"] == 0) return nullptr;
+    return (*after - *before) * 1e6 / tally.counts["posts_accepted"];
+  };
   json results{
       {"kiosks", o.kiosks}, {"posts_per_kiosk", o.posts_per_kiosk}, {"vehicles", o.vehicles},
       {"window_s", o.window.count() / 1000.0}, {"accept_probability", o.accept_p}, {"interrupted", g_stop.load()},
@@ -707,6 +733,11 @@ int main(int argc, char** argv) {
       // The same trips in three parts: pressed to first handed to the broker
       // (the device's queue and sender), to the outcome off the wire (broker,
       // hub ingest and commit, outbox relay, broker), to applied on the device.
+      // CPU each process used over the rush (first post to every post settled
+      // and every van home), per post accepted: where two cores' time went.
+      {"cpu_us_per_post", {{"simulator", cpu_us_per_post(cpu_before.sim, cpu_after.sim)},
+                           {"hub", cpu_us_per_post(cpu_before.hub, cpu_after.hub)},
+                           {"broker", cpu_us_per_post(cpu_before.broker, cpu_after.broker)}}},
       {"claim_round_trip_parts_ms", {{"device_queue", Percentiles(tally.claim_queue_ms)},
                                      {"broker_and_hub", Percentiles(tally.claim_wire_ms)},
                                      {"device_apply", Percentiles(tally.claim_apply_ms)}}},

@@ -82,6 +82,11 @@ TEST_F(SimTest, ASmallRushIsPostedClaimedDrivenAndDeliveredWithNothingLost) {
   EXPECT_GT(m["per_post"].get<double>(), 2.0);
   EXPECT_NEAR(m["broker_bound_posts_per_second"].get<double>(),
               r["broker_only_msgs_per_second"].get<double>() / m["per_post"].get<double>(), 0.01);
+  // Each of the three processes cost some CPU per post (the hub's from its
+  // /metrics, the broker's from /proc).
+  for (const char* process : {"simulator", "hub", "broker"})
+    EXPECT_GT(r["cpu_us_per_post"][process].is_number() ? r["cpu_us_per_post"][process].get<double>() : 0.0, 0.0)
+        << process << " " << r["cpu_us_per_post"].dump();
   // Every accept and race claim was answered: won, or lost to another van.
   EXPECT_EQ(r["claim_round_trip_ms"]["n"].get<int>(), r["claims"].get<int>() + r["conflicts"].get<int>()) << r.dump();
   // Each trip in its three parts: every one was seen leaving and its answer

@@ -1,0 +1,41 @@
+#include "common/process_cpu.h"
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+
+namespace pp {
+
+double SelfCpuSeconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         double(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
+}
+
+std::optional<double> ProcessCpuSeconds(long pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line)) return std::nullopt;
+  auto close = line.rfind(')');  // the command name may hold spaces and ')'
+  if (close == std::string::npos || close + 2 > line.size()) return std::nullopt;
+  std::istringstream rest(line.substr(close + 2));
+  std::string field;
+  double ticks = 0;
+  int fields = 0;
+  for (int i = 3; rest >> field && i <= 15; ++i)  // fields 14 and 15: utime, stime
+    if (i == 14 || i == 15) ticks += std::stod(field), ++fields;
+  if (fields != 2) return std::nullopt;
+  return ticks / double(sysconf(_SC_CLK_TCK));
+}
+
+std::optional<double> ProcessCpuSecondsFromPidFile(const std::string& pid_file) {
+  std::ifstream in(pid_file);
+  long pid = 0;
+  if (!(in >> pid) || pid <= 0) return std::nullopt;
+  return ProcessCpuSeconds(pid);
+}
+
+}  // namespace pp

@@ -1,0 +1,17 @@
+// CPU time used by a process (user + system), for benchmarks and the hub's
+// process_cpu_seconds_total: what a run cost, not just how long it took.
+#pragma once
+
+#include <optional>
+#include <string>
+
+namespace pp {
+
+// This process, all threads.
+double SelfCpuSeconds();
+// Another process on this machine, from /proc/PID/stat; nullopt if gone.
+std::optional<double> ProcessCpuSeconds(long pid);
+// The process whose pid is the first line of `pid_file` (mosquitto.pid).
+std::optional<double> ProcessCpuSecondsFromPidFile(const std::string& pid_file);
+
+}  // namespace pp

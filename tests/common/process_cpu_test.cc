@@ -1,0 +1,40 @@
+#include "common/process_cpu.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+
+#include "tests/support/test_support.h"
+
+namespace pp {
+namespace {
+
+TEST(ProcessCpu, ThisProcessSeenBothWaysAgreesAndGrowsWithWork) {
+  const double before = SelfCpuSeconds();
+  volatile double x = 0;
+  // Burn CPU until 50 ms of it were counted (on a busy machine that takes
+  // longer than 50 ms of wall time; 10 s is the give-up).
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (SelfCpuSeconds() - before < 0.05 && std::chrono::steady_clock::now() < give_up)
+    for (int i = 0; i < 100000; ++i) x = x + 1;
+  EXPECT_GE(SelfCpuSeconds() - before, 0.05);
+  auto via_proc = ProcessCpuSeconds(getpid());
+  ASSERT_TRUE(via_proc.has_value());
+  // /proc counts in clock ticks (10 ms); getrusage in microseconds.
+  EXPECT_NEAR(*via_proc, SelfCpuSeconds(), 0.05);
+}
+
+TEST(ProcessCpu, AGoneProcessOrABadPidFileIsUnknown) {
+  EXPECT_FALSE(ProcessCpuSeconds(-1).has_value());
+  test::TempDir dir;
+  EXPECT_FALSE(ProcessCpuSecondsFromPidFile(dir.file("missing.pid")).has_value());
+  std::ofstream(dir.file("bad.pid")) << "not a pid\n";
+  EXPECT_FALSE(ProcessCpuSecondsFromPidFile(dir.file("bad.pid")).has_value());
+  std::ofstream(dir.file("me.pid")) << getpid() << "\n";
+  EXPECT_TRUE(ProcessCpuSecondsFromPidFile(dir.file("me.pid")).has_value());
+}
+
+}  // namespace
+}  // namespace pp

@@ -1,11 +1,17 @@
 // sync::MqttClient against a real mosquitto that goes away at awkward
 // moments: the client must come back every time, however Paho's own session
 // state was left.
+#include <dirent.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <fstream>
+#include <vector>
 
 #include "sync/mqtt_client.h"
 #include "tests/support/test_support.h"
@@ -89,6 +95,61 @@ TEST(MqttClient, ComesBackAfterTheBrokerStopsJustAsItConnects) {
   broker.Start();
   ASSERT_TRUE(test::Eventually(acknowledged, seconds(40)))
       << "no publish acknowledged after the last restart\nmosquitto's log:\n" << broker.Log();
+}
+
+// TCP_NODELAY of every socket of this process connected to 127.0.0.1:port,
+// found the slow way (a test may be slow; the client must not be).
+std::vector<int> NoDelayOfSocketsTo(int port) {
+  std::vector<int> out;
+  DIR* dir = opendir("/proc/self/fd");
+  while (dirent* ent = dir ? readdir(dir) : nullptr) {
+    int fd = std::atoi(ent->d_name);
+    sockaddr_in peer{};
+    socklen_t len = sizeof peer;
+    if (fd <= 2 || getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len) != 0 ||
+        peer.sin_family != AF_INET || ntohs(peer.sin_port) != port)
+      continue;
+    int on = -1;
+    len = sizeof on;
+    getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, &len);
+    out.push_back(on);
+  }
+  if (dir) closedir(dir);
+  return out;
+}
+
+// Paho never sets TCP_NODELAY; without it a QoS 1 PUBACK can wait ~40 ms on
+// Nagle and the peer's delayed ACK. The client finds its own socket among
+// the process's others (here a second client's and an unrelated connection
+// that must be left alone) and sets it.
+TEST(MqttClient, ItsConnectionToTheBrokerHasNagleOff) {
+  test::Broker broker;
+  ASSERT_GT(broker.port(), 0);
+  // An unrelated TCP connection of this process, to a listener of its own.
+  int listener = socket(AF_INET, SOCK_STREAM, 0), other = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  ASSERT_EQ(bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(listen(listener, 1), 0);
+  ASSERT_EQ(getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  ASSERT_EQ(connect(other, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+
+  std::vector<std::unique_ptr<sync::MqttClient>> clients;
+  std::atomic<int> connected{0};
+  for (std::string id : {"dev-a", "dev-b"}) {
+    broker.AddUser(id, id + "-pw");
+    auto o = sync::MqttClient::CleanSession(broker.uri(), id, id, id + "-pw", {}, 100);
+    o.on_connected = [&] { connected++; };
+    clients.push_back(std::make_unique<sync::MqttClient>(o, [](auto&, auto&, auto&) {}));
+    clients.back()->Start();
+  }
+  ASSERT_TRUE(test::Eventually([&] { return connected == 2; }, seconds(20))) << broker.Log();
+  EXPECT_EQ(NoDelayOfSocketsTo(broker.port()), (std::vector<int>{1, 1}));
+  EXPECT_EQ(NoDelayOfSocketsTo(ntohs(addr.sin_port)), std::vector<int>{0}) << "not ours to change";
+  close(other);
+  close(listener);
 }
 
 }  // namespace

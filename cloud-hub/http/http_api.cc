@@ -151,6 +151,10 @@ HttpApi::HttpApi(HubService& hub, HttpOptions options, const Cascade* cascade)
   server_->set_write_timeout(10, 0);
   server_->set_keep_alive_timeout(30);
   server_->set_keep_alive_max_count(10000);
+  // A response goes out in more than one write (headers, then body): with
+  // Nagle on, the second waits for the client's delayed ACK, ~40 ms on
+  // every request after the first of a kept-alive connection.
+  server_->set_tcp_nodelay(true);
 
   // Runs after the headers are read and before the body is: refuse what we
   // will not read.

@@ -37,9 +37,41 @@ std::optional<Role> ParseRole(std::string_view s) {
 
 Result<Principal> JwtVerifier::Verify(std::string_view token, Timestamp now) const {
   if (token.empty() || token.size() > 8192) return Unauthenticated("missing or oversized bearer token");
-  jwt_t* raw = nullptr;
   std::string t(token);
-  if (jwt_decode(&raw, t.c_str(), reinterpret_cast<const unsigned char*>(key_.data()), int(key_.size())) != 0)
+  {
+    std::lock_guard lock(mu_);
+    if (auto it = remembered_.find(t); it != remembered_.end()) {
+      Verified v = it->second;
+      if (Status st = CheckTimes(v, now); !st.ok()) {
+        remembered_.erase(it);
+        return st.error();
+      }
+      return v.who;
+    }
+  }
+  PP_ASSIGN_OR_RETURN(Verified v, Decode(t));
+  PP_RETURN_IF_ERROR(CheckTimes(v, now));
+  std::lock_guard lock(mu_);
+  if (remembered_.size() >= kRemembered) remembered_.clear();
+  remembered_.emplace(std::move(t), v);
+  return v.who;
+}
+
+size_t JwtVerifier::remembered() const {
+  std::lock_guard lock(mu_);
+  return remembered_.size();
+}
+
+Status JwtVerifier::CheckTimes(const Verified& v, Timestamp now) const {
+  const int64_t now_s = ToUnixMillis(now) / 1000, leeway = options_.leeway.count() / 1000;
+  if (now_s > v.exp + leeway) return Unauthenticated("token expired");
+  if (v.iat > now_s + leeway) return Unauthenticated("token issued in the future");
+  return OkStatus();
+}
+
+Result<JwtVerifier::Verified> JwtVerifier::Decode(const std::string& token) const {
+  jwt_t* raw = nullptr;
+  if (jwt_decode(&raw, token.c_str(), reinterpret_cast<const unsigned char*>(key_.data()), int(key_.size())) != 0)
     return Unauthenticated("token signature or format is invalid");
   JwtPtr jwt(raw);
   if (jwt_get_alg(jwt.get()) != JWT_ALG_RS256) return Unauthenticated("token algorithm must be RS256");
@@ -49,28 +81,25 @@ Result<Principal> JwtVerifier::Verify(std::string_view token, Timestamp now) con
   };
   if (claim("iss") != options_.issuer) return Unauthenticated("token issuer is not " + options_.issuer);
   if (claim("aud") != options_.audience) return Unauthenticated("token audience is not " + options_.audience);
-  const int64_t now_s = ToUnixMillis(now) / 1000, leeway = options_.leeway.count() / 1000;
+  Verified v;
   errno = 0;
-  int64_t exp = jwt_get_grant_int(jwt.get(), "exp");
+  v.exp = jwt_get_grant_int(jwt.get(), "exp");
   if (errno != 0) return Unauthenticated("token has no exp");
-  int64_t iat = jwt_get_grant_int(jwt.get(), "iat");
+  v.iat = jwt_get_grant_int(jwt.get(), "iat");
   if (errno != 0) return Unauthenticated("token has no iat");
-  if (now_s > exp + leeway) return Unauthenticated("token expired");
-  if (iat > now_s + leeway) return Unauthenticated("token issued in the future");
-  if (exp - iat > options_.max_lifetime.count() / 1000)
+  if (v.exp - v.iat > options_.max_lifetime.count() / 1000)
     return Unauthenticated("token lives longer than " + std::to_string(options_.max_lifetime.count() / 60000) +
                            " minutes");
-  Principal p;
   auto role = ParseRole(claim("role"));
   if (!role) return Unauthenticated("token role must be viewer, operator, admin, provider or ngo");
-  p.role = *role;
-  p.subject = claim("sub");
-  if (p.role == Role::kProvider || p.role == Role::kNgo) {
+  v.who.role = *role;
+  v.who.subject = claim("sub");
+  if (v.who.role == Role::kProvider || v.who.role == Role::kNgo) {
     errno = 0;
-    p.org_id = jwt_get_grant_int(jwt.get(), "org_id");
-    if (errno != 0 || p.org_id <= 0) return Unauthenticated("a provider or ngo token needs org_id");
+    v.who.org_id = jwt_get_grant_int(jwt.get(), "org_id");
+    if (errno != 0 || v.who.org_id <= 0) return Unauthenticated("a provider or ngo token needs org_id");
   }
-  return p;
+  return v;
 }
 
 Result<std::string> MintJwt(const std::string& private_key_pem, const Principal& who,

@@ -10,12 +10,22 @@
 // and devices), provider and ngo (their own organisation's posts only; the
 // `org_id` claim says which).
 //
-// Thread safety: a JwtVerifier is immutable after construction.
+// Verified tokens are remembered (up to kRemembered, exact bytes as the
+// key): libjwt 1.10 parses the PEM key again on every decode, and OpenSSL 3's
+// key decoder made that the hub's largest cost per authenticated request
+// (docs/benchmarks.md, "HTTP API: bearer tokens and kept-alive connections").
+// A remembered token still has its times checked on every request; only a
+// token that passed every other check is remembered, so a forged or altered
+// one is decoded (and refused) every time.
+//
+// Thread safety: Verify may be called from any thread.
 #pragma once
 
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 
 #include "common/clock.h"
 #include "common/error.h"
@@ -42,14 +52,29 @@ struct JwtOptions {
 
 class JwtVerifier {
  public:
+  static constexpr size_t kRemembered = 1024;  // all forgotten at once when full
+
   JwtVerifier(std::string public_key_pem, JwtOptions options)
       : key_(std::move(public_key_pem)), options_(std::move(options)) {}
   // kUnauthenticated naming what is wrong (never the token itself).
   Result<Principal> Verify(std::string_view token, Timestamp now) const;
+  // Tokens remembered as verified now (for tests).
+  size_t remembered() const;
 
  private:
+  // What a token says once its signature and every claim but the times
+  // have been checked.
+  struct Verified {
+    Principal who;
+    int64_t exp = 0, iat = 0;  // Unix seconds
+  };
+  Result<Verified> Decode(const std::string& token) const;
+  Status CheckTimes(const Verified& v, Timestamp now) const;
+
   const std::string key_;
   const JwtOptions options_;
+  mutable std::mutex mu_;
+  mutable std::unordered_map<std::string, Verified> remembered_;
 };
 
 // What pp-token and the tests use. `ttl` is capped at options.max_lifetime.

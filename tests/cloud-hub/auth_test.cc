@@ -128,6 +128,48 @@ TEST_F(AuthTest, NoTokenOrABadOneIsRefused) {
   EXPECT_EQ(Call(day, "GET", "/api/v1/surplus").status, 401);  // the hub allows 15 minutes
 }
 
+// Verified tokens are remembered (libjwt parses the key on every decode);
+// remembering must not let through a token that has since expired, one
+// "issued" later than the clock says, or an altered copy of a good one, and
+// must stay bounded.
+TEST_F(AuthTest, ARememberedTokenIsStillCheckedAndTheMemoryIsBounded) {
+  JwtVerifier v(public_, JwtOptions{});
+  const Timestamp now = SystemClock::Instance().Now();
+  const std::string token = Token(Role::kOperator, 0, std::chrono::minutes(15));
+  ASSERT_TRUE(v.Verify(token, now).ok());
+  EXPECT_EQ(v.remembered(), 1u);
+  auto again = v.Verify(token, now + std::chrono::minutes(1));
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->role, Role::kOperator);
+  EXPECT_EQ(again->subject, "test");
+
+  std::string altered = token;
+  altered[altered.size() - 5] = altered[altered.size() - 5] == 'A' ? 'B' : 'A';  // in the signature
+  auto forged = v.Verify(altered, now);
+  ASSERT_FALSE(forged.ok());
+  EXPECT_EQ(forged.error().message, "token signature or format is invalid");
+
+  auto early = v.Verify(token, now - std::chrono::hours(1));
+  ASSERT_FALSE(early.ok());
+  EXPECT_EQ(early.error().message, "token issued in the future");
+  ASSERT_TRUE(v.Verify(token, now).ok());
+  auto late = v.Verify(token, now + std::chrono::minutes(16));  // 15 min + 30 s leeway passed
+  ASSERT_FALSE(late.ok());
+  EXPECT_EQ(late.error().message, "token expired");
+  EXPECT_EQ(v.remembered(), 0u) << "an expired token is forgotten";
+
+  // A provider's organisation comes back from memory as it was verified.
+  const std::string partner = Token(Role::kProvider, 42);
+  ASSERT_TRUE(v.Verify(partner, now).ok());
+  EXPECT_EQ(v.Verify(partner, now)->org_id, 42);
+
+  for (size_t i = 0; i <= JwtVerifier::kRemembered; ++i) {
+    Principal p{Role::kViewer, 0, "viewer-" + std::to_string(i)};
+    ASSERT_TRUE(v.Verify(*MintJwt(private_, p, JwtOptions{}, now, std::chrono::minutes(5)), now).ok());
+  }
+  EXPECT_LE(v.remembered(), JwtVerifier::kRemembered);
+}
+
 TEST_F(AuthTest, RolesAndOrganisationsAreChecked) {
   std::string viewer = Token(Role::kViewer), op = Token(Role::kOperator);
   std::string prov1 = Token(Role::kProvider, p1_), ngo1 = Token(Role::kNgo, n1_), ngo2 = Token(Role::kNgo, n2_);

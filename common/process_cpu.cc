@@ -1,5 +1,7 @@
 #include "common/process_cpu.h"
 
+#include <cstdlib>
+
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -36,6 +38,19 @@ std::optional<double> ProcessCpuSecondsFromPidFile(const std::string& pid_file) 
   long pid = 0;
   if (!(in >> pid) || pid <= 0) return std::nullopt;
   return ProcessCpuSeconds(pid);
+}
+
+std::optional<double> CpuSecondsFromMetrics(const std::string& metrics_text) {
+  const std::string name = "process_cpu_seconds_total ";
+  for (size_t at = metrics_text.find(name); at != std::string::npos; at = metrics_text.find(name, at + 1)) {
+    if (at != 0 && metrics_text[at - 1] != '\n') continue;  // a sample line, not a word in # HELP
+    const char* begin = metrics_text.c_str() + at + name.size();
+    char* end = nullptr;
+    double v = std::strtod(begin, &end);
+    if (end == begin) return std::nullopt;
+    return v;
+  }
+  return std::nullopt;
 }
 
 }  // namespace pp

@@ -13,5 +13,8 @@ double SelfCpuSeconds();
 std::optional<double> ProcessCpuSeconds(long pid);
 // The process whose pid is the first line of `pid_file` (mosquitto.pid).
 std::optional<double> ProcessCpuSecondsFromPidFile(const std::string& pid_file);
+// A process's own report: process_cpu_seconds_total in the text of its
+// Prometheus /metrics page (pp-hub's); nullopt if absent or not a number.
+std::optional<double> CpuSecondsFromMetrics(const std::string& metrics_text);
 
 }  // namespace pp

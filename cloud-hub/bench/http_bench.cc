@@ -19,6 +19,7 @@
 
 #include "common/cli.h"
 #include "common/metrics.h"
+#include "common/process_cpu.h"
 
 namespace {
 
@@ -29,11 +30,10 @@ constexpr const char* kUsage =
 
 double HubCpuSeconds(httplib::Client& hub) {
   auto r = hub.Get("/metrics");
-  const std::string name = "\nprocess_cpu_seconds_total ";
   if (!r || r->status != 200) Die("cannot read the hub's /metrics");
-  auto at = r->body.find(name);
-  if (at == std::string::npos) Die("the hub's /metrics has no process_cpu_seconds_total");
-  return std::strtod(r->body.c_str() + at + name.size(), nullptr);
+  auto cpu = pp::CpuSecondsFromMetrics(r->body);
+  if (!cpu) Die("the hub's /metrics has no process_cpu_seconds_total");
+  return *cpu;
 }
 
 struct Run {

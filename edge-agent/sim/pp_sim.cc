@@ -317,10 +317,7 @@ struct CpuMark {
 };
 CpuMark MarkCpu(httplib::Client& hub, const std::string& broker_dir) {
   CpuMark m{SelfCpuSeconds(), std::nullopt, ProcessCpuSecondsFromPidFile(broker_dir + "/mosquitto.pid")};
-  if (auto r = hub.Get("/metrics"); r && r->status == 200) {
-    const std::string name = "\nprocess_cpu_seconds_total ";
-    if (auto at = r->body.find(name); at != std::string::npos) m.hub = std::strtod(r->body.c_str() + at + name.size(), nullptr);
-  }
+  if (auto r = hub.Get("/metrics"); r && r->status == 200) m.hub = CpuSecondsFromMetrics(r->body);
   return m;
 }
 

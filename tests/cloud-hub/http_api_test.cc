@@ -3,11 +3,7 @@
 // proof that the hub still serves.
 #include "cloud-hub/http/http_api.h"
 
-#include <dirent.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <sys/socket.h>
 
 #include <fstream>
 #include <iterator>
@@ -89,23 +85,7 @@ TEST_F(HttpApiTest, ConnectionsHaveNagleOff) {
   httplib::Client cli("127.0.0.1", port_);
   cli.set_keep_alive(true);
   ASSERT_EQ(cli.Get("/healthz")->status, 200);
-  std::vector<int> server_side;
-  DIR* dir = opendir("/proc/self/fd");
-  while (dirent* ent = dir ? readdir(dir) : nullptr) {
-    int fd = std::atoi(ent->d_name);
-    sockaddr_in local{}, peer{};
-    socklen_t len = sizeof local, plen = sizeof peer;
-    if (fd <= 2 || getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) != 0 ||
-        getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &plen) != 0 || local.sin_family != AF_INET ||
-        ntohs(local.sin_port) != port_)
-      continue;  // not an accepted connection of the API
-    int on = -1;
-    len = sizeof on;
-    getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, &len);
-    server_side.push_back(on);
-  }
-  if (dir) closedir(dir);
-  EXPECT_EQ(server_side, std::vector<int>{1});
+  EXPECT_EQ(test::NoDelayOfSockets(port_, 0), std::vector<int>{1});  // the accepted side
 }
 
 TEST_F(HttpApiTest, PostClaimConflictAndReplay) {

@@ -36,5 +36,15 @@ TEST(ProcessCpu, AGoneProcessOrABadPidFileIsUnknown) {
   EXPECT_TRUE(ProcessCpuSecondsFromPidFile(dir.file("me.pid")).has_value());
 }
 
+TEST(ProcessCpu, ReadFromAMetricsPage) {
+  const std::string page =
+      "# HELP process_cpu_seconds_total CPU seconds\n# TYPE process_cpu_seconds_total counter\n"
+      "other_process_cpu_seconds_total 9\nprocess_cpu_seconds_total 12.5\nup 1\n";
+  EXPECT_EQ(CpuSecondsFromMetrics(page), 12.5);
+  EXPECT_EQ(CpuSecondsFromMetrics("process_cpu_seconds_total 3\n"), 3.0) << "first line";
+  EXPECT_FALSE(CpuSecondsFromMetrics("up 1\n").has_value());
+  EXPECT_FALSE(CpuSecondsFromMetrics("process_cpu_seconds_total x\n").has_value());
+}
+
 }  // namespace
 }  // namespace pp

@@ -173,6 +173,8 @@ std::string HoursFromNow(int hours) {
 }  // namespace pp::test
 
 #include <arpa/inet.h>
+#include <dirent.h>
+#include <netinet/tcp.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 
@@ -224,6 +226,25 @@ std::string RawHttp(int port, const std::string& request, std::chrono::milliseco
 int RawStatus(const std::string& response) {
   if (response.rfind("HTTP/1.", 0) != 0 || response.size() < 12) return 0;
   return std::atoi(response.c_str() + 9);
+}
+
+std::vector<int> NoDelayOfSockets(int local_port, int peer_port) {
+  std::vector<int> out;
+  DIR* dir = opendir("/proc/self/fd");
+  while (dirent* ent = dir ? readdir(dir) : nullptr) {
+    int fd = std::atoi(ent->d_name);
+    sockaddr_in local{}, peer{};
+    socklen_t len = sizeof local, peer_len = sizeof peer;
+    if (fd <= 2 || getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) != 0 ||
+        getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0 || local.sin_family != AF_INET ||
+        (local_port && ntohs(local.sin_port) != local_port) || (peer_port && ntohs(peer.sin_port) != peer_port))
+      continue;
+    int on = -1;
+    len = sizeof on;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, &len) == 0) out.push_back(on);
+  }
+  if (dir) closedir(dir);
+  return out;
 }
 
 }  // namespace pp::test

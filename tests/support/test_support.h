@@ -102,6 +102,10 @@ std::string RawHttp(int port, const std::string& request,
                     std::chrono::milliseconds deadline = std::chrono::seconds(10));
 // The status code of a raw response ("HTTP/1.1 413 ..." -> 413), or 0.
 int RawStatus(const std::string& response);
+// TCP_NODELAY (0 or 1) of each IPv4 TCP socket of this process whose local
+// port is `local_port` and whose peer's port is `peer_port` (0: any), found
+// by listing /proc/self/fd: slow, for tests only.
+std::vector<int> NoDelayOfSockets(int local_port, int peer_port);
 }  // namespace pp::test
 
 #include <atomic>

@@ -1,10 +1,8 @@
 // sync::MqttClient against a real mosquitto that goes away at awkward
 // moments: the client must come back every time, however Paho's own session
 // state was left.
-#include <dirent.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -97,27 +95,6 @@ TEST(MqttClient, ComesBackAfterTheBrokerStopsJustAsItConnects) {
       << "no publish acknowledged after the last restart\nmosquitto's log:\n" << broker.Log();
 }
 
-// TCP_NODELAY of every socket of this process connected to 127.0.0.1:port,
-// found the slow way (a test may be slow; the client must not be).
-std::vector<int> NoDelayOfSocketsTo(int port) {
-  std::vector<int> out;
-  DIR* dir = opendir("/proc/self/fd");
-  while (dirent* ent = dir ? readdir(dir) : nullptr) {
-    int fd = std::atoi(ent->d_name);
-    sockaddr_in peer{};
-    socklen_t len = sizeof peer;
-    if (fd <= 2 || getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len) != 0 ||
-        peer.sin_family != AF_INET || ntohs(peer.sin_port) != port)
-      continue;
-    int on = -1;
-    len = sizeof on;
-    getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, &len);
-    out.push_back(on);
-  }
-  if (dir) closedir(dir);
-  return out;
-}
-
 // Paho never sets TCP_NODELAY; without it a QoS 1 PUBACK can wait ~40 ms on
 // Nagle and the peer's delayed ACK. The client finds its own socket among
 // the process's others (here a second client's and an unrelated connection
@@ -146,8 +123,8 @@ TEST(MqttClient, ItsConnectionToTheBrokerHasNagleOff) {
     clients.back()->Start();
   }
   ASSERT_TRUE(test::Eventually([&] { return connected == 2; }, seconds(20))) << broker.Log();
-  EXPECT_EQ(NoDelayOfSocketsTo(broker.port()), (std::vector<int>{1, 1}));
-  EXPECT_EQ(NoDelayOfSocketsTo(ntohs(addr.sin_port)), std::vector<int>{0}) << "not ours to change";
+  EXPECT_EQ(test::NoDelayOfSockets(0, broker.port()), (std::vector<int>{1, 1}));
+  EXPECT_EQ(test::NoDelayOfSockets(0, ntohs(addr.sin_port)), std::vector<int>{0}) << "not ours to change";
   close(other);
   close(listener);
 }

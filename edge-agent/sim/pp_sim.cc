@@ -1,13 +1,17 @@
 // pp-sim: a city of kiosks and NGO vans, placed from the London food
 // premises (tests/data), playing the 10 PM rush against a running hub.
 // Every device is a real agent — the same Agent, AgentStore (SQLite) and
-// signed MQTT ops as pp-agent, in one process — through mosquitto.
+// signed MQTT ops as pp-agent — through mosquitto. The devices run in
+// --processes simulator processes (city_shard.h), which this one, the
+// director, sets up, starts together, ends and merges (shard_link.h):
+// Paho serves all of one process's connections from a single receive
+// thread, so a thousand devices in one process measure mostly that thread.
 //
 //   pp-sim --hub http://127.0.0.1:8080 --token ADMIN_JWT --broker-dir var/broker
 //          [--kiosks 50] [--posts-per-kiosk 1] [--vehicles 10] [--window 10s]
 //          [--accept 0.8] [--race 0.2] [--delay 200ms] [--speed-kmh 25] [--speed-up 60]
 //          [--baseline 2000] [--data tests/data/london_food_premises.csv] [--out DIR] [--seed N]
-//          [--device-dir DIR]
+//          [--device-dir DIR] [--processes 1]
 //
 // The play:
 //  * before the rush, the broker alone moves --baseline messages of a post's
@@ -31,26 +35,28 @@
 // hub's store is checked: every post a kiosk was told was accepted is there
 // exactly once. SIGINT/SIGTERM end the
 // rush early; the results so far are still written.
+#include <errno.h>
+#include <fcntl.h>
 #include <httplib.h>
+#include <poll.h>
 #include <signal.h>
+#include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
-#include <cmath>
-#include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <optional>
-#include <mutex>
-#include <queue>
 #include <random>
 #include <set>
 #include <sstream>
 #include <thread>
+#include <tuple>
 
 #include "common/cli.h"
 #include "common/log.h"
@@ -58,9 +64,9 @@
 #include "common/premises.h"
 #include "common/process_cpu.h"
 #include "common/time_format.h"
-#include "edge-agent/agent.h"
-#include "edge-agent/mqtt_uplink.h"
-#include "edge-agent/sim/van_route.h"
+#include "edge-agent/sim/city_shard.h"
+#include "edge-agent/sim/shard_link.h"
+#include "edge-agent/sim/tally.h"
 #include "sync/broker_admin.h"
 #include "sync/mqtt_client.h"
 
@@ -73,15 +79,11 @@ using Steady = std::chrono::steady_clock;
 constexpr const char* kUsage =
     "pp-sim --hub URL --token JWT --broker-dir DIR [--kiosks N] [--posts-per-kiosk N] [--vehicles N]\n"
     "              [--window 10s] [--accept P] [--race P] [--delay 200ms] [--speed-kmh 25] [--speed-up 60]\n"
-    "              [--baseline N] [--data CSV] [--out DIR] [--seed N] [--device-dir DIR]";
+    "              [--baseline N] [--data CSV] [--out DIR] [--seed N] [--device-dir DIR] [--processes N]";
 [[noreturn]] void Die(const std::string& m, int code = 2) { DieWithUsage("pp-sim", kUsage, m, code); }
 
 // The seed's SLA for a claim (p95, p99), to compare with.
 constexpr double kSlaClaimP95Ms = 800, kSlaClaimP99Ms = 1500;
-// How often vans move and how often they report where they are.
-constexpr auto kMoveTick = std::chrono::milliseconds(250);
-constexpr int kTicksPerReport = 4;
-constexpr double kVanCapacityKg = 300;
 
 struct Options {
   std::string hub, token, broker_dir, data = "tests/data/london_food_premises.csv", out_dir = "var/sim";
@@ -91,7 +93,7 @@ struct Options {
   // hub runs on. A RAM disk (/dev/shm/...) models "each device its own
   // storage"; the stores still commit with synchronous=FULL.
   std::string device_dir;
-  int kiosks = 50, posts_per_kiosk = 1, vehicles = 10, baseline = 2000;
+  int kiosks = 50, posts_per_kiosk = 1, vehicles = 10, baseline = 2000, processes = 1;
   double accept_p = 0.8, race_p = 0.2, speed_kmh = 25, speed_up = 60;
   Duration window = std::chrono::seconds(10), delay = Duration(200);
   uint64_t seed = 7;
@@ -103,7 +105,7 @@ Options ParseOptions(int argc, char** argv) {
   std::map<std::string, std::string> opt = std::move(*flags);
   const std::set<std::string> known{"hub", "token", "broker-dir", "kiosks", "posts-per-kiosk", "vehicles",
                                     "window", "accept", "race", "delay", "speed-kmh", "speed-up",
-                                    "baseline", "data", "out", "seed", "device-dir"};
+                                    "baseline", "data", "out", "seed", "device-dir", "processes"};
   for (const auto& [k, v] : opt)
     if (!known.count(k)) Die("unknown option --" + k);
   for (const char* need : {"hub", "token", "broker-dir"})
@@ -133,6 +135,7 @@ Options ParseOptions(int argc, char** argv) {
   o.posts_per_kiosk = int(number("posts-per-kiosk", o.posts_per_kiosk, 1, 1000));
   o.vehicles = int(number("vehicles", o.vehicles, 0, 1000));  // 0: posts alone, every one dead-lettered
   o.baseline = int(number("baseline", o.baseline, 0, 1e6));
+  o.processes = int(number("processes", o.processes, 1, sim::kMaxShards));
   o.accept_p = number("accept", o.accept_p, 0, 1);
   o.race_p = number("race", o.race_p, 0, 1);  // per van and second: claim from its nearby list
   o.speed_kmh = number("speed-kmh", o.speed_kmh, 1, 200);
@@ -163,150 +166,11 @@ void LoadPlaces(const Options& o, std::mt19937_64& rng, std::vector<Place>& prov
         std::to_string(o.vehicles) + " vans", 1);
 }
 
-// One thread runs actions when they fall due: the drivers' reaction times.
-// (A thread per offer would mean thousands of threads in a big rush.)
-class Later {
- public:
-  Later() : thread_([this] { Run(); }) {}
-  ~Later() {
-    {
-      std::lock_guard lock(mu_);
-      stop_ = true;
-    }
-    cv_.notify_one();
-    thread_.join();
-  }
-  void At(Steady::time_point when, std::function<void()> action) {
-    {
-      std::lock_guard lock(mu_);
-      queue_.push({when, seq_++, std::move(action)});
-    }
-    cv_.notify_one();
-  }
-  size_t pending() {
-    std::lock_guard lock(mu_);
-    return queue_.size() + running_;
-  }
-
- private:
-  struct Item {
-    Steady::time_point when;
-    uint64_t seq;
-    std::function<void()> action;
-    bool operator>(const Item& o) const { return when != o.when ? when > o.when : seq > o.seq; }
-  };
-  void Run() {
-    std::unique_lock lock(mu_);
-    while (!stop_) {
-      if (queue_.empty()) {
-        cv_.wait(lock);
-        continue;
-      }
-      if (cv_.wait_until(lock, queue_.top().when) == std::cv_status::no_timeout && Steady::now() < queue_.top().when)
-        continue;  // woken early: something sooner may have arrived
-      auto action = queue_.top().action;
-      queue_.pop();
-      running_++;
-      lock.unlock();
-      action();
-      lock.lock();
-      running_--;
-    }
-  }
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::priority_queue<Item, std::vector<Item>, std::greater<>> queue_;
-  uint64_t seq_ = 0;
-  size_t running_ = 0;
-  bool stop_ = false;
-  std::thread thread_;
-};
-
-// Where a claim's round trip goes: when its op was first handed to the
-// broker and when its outcome came off the wire, by op id. With the press
-// and the applied outcome (Tally) that splits the trip into the device's
-// queue, the wire and the hub, and the device applying the answer.
-struct ClaimWire {
-  std::mutex mu;
-  std::map<std::string, Steady::time_point> published, received;
-
-  static bool IsClaim(const std::string& topic) {
-    return topic.ends_with(std::string("/") + sync::kOpClaim) || topic.ends_with(std::string("/") + sync::kOpAccept);
-  }
-  void Published(const std::string& envelope) {
-    auto j = json::parse(envelope, nullptr, false);
-    if (!j.is_object() || !j["op"].is_string()) return;
-    std::lock_guard lock(mu);
-    published.emplace(j["op"].get<std::string>(), Steady::now());  // a resend keeps the first
-  }
-  void Received(const std::string& down) {
-    if (down.find("\"kind\":\"outcome\"") == std::string::npos) return;
-    auto at = Steady::now();
-    auto j = json::parse(down, nullptr, false);
-    if (!j.is_object() || !j["op"].is_string()) return;
-    std::string op = j["op"].get<std::string>();
-    std::lock_guard lock(mu);
-    if (published.count(op)) received.emplace(std::move(op), at);
-  }
-};
-
-// Counts what a device publishes (every MQTT message through the broker
-// has a device at one end: its publishes up, its deliveries down), and
-// notes when claims leave (ClaimWire).
-class CountingUplink final : public agent::Uplink {
- public:
-  CountingUplink(sync::MqttClient& client, std::atomic<uint64_t>& count, ClaimWire& claims)
-      : inner_(client), count_(count), claims_(claims) {}
-  bool Connected() const override { return inner_.Connected(); }
-  Result<AckWait> Publish(const std::string& topic, const std::string& payload,
-                          const std::string& traceparent) override {
-    count_++;
-    if (ClaimWire::IsClaim(topic)) claims_.Published(payload);
-    return inner_.Publish(topic, payload, traceparent);
-  }
-
- private:
-  agent::MqttUplink inner_;
-  std::atomic<uint64_t>& count_;
-  ClaimWire& claims_;
-};
-
-struct SimDevice {
-  std::string id;
-  int64_t org = 0;
-  bool kiosk = true;
-  GeoPoint home;
-  std::unique_ptr<agent::AgentStore> store;
-  std::unique_ptr<sync::MqttClient> mqtt;
-  std::unique_ptr<CountingUplink> uplink;
-  std::unique_ptr<agent::Agent> agent;
-  std::unique_ptr<sim::VanRoute> route;  // vans: guarded by City::route_mu
-  // Its connect handled (subscribed, queue drain started): the broker is
-  // connected a little earlier than that, and the rush waits for this.
-  std::atomic<bool> online{false};
-};
-
 using metrics::Percentile;
 
 json Percentiles(const std::vector<double>& v) {
   return {{"p50", Percentile(v, .5)}, {"p95", Percentile(v, .95)}, {"p99", Percentile(v, .99)}, {"n", v.size()}};
 }
-
-// Everything measured, guarded by one mutex (the agents' applier threads report).
-struct Tally {
-  std::mutex mu;
-  std::map<std::string, Steady::time_point> sent;      // op -> when the person pressed
-  std::map<int64_t, Steady::time_point> posted_at;     // surplus id -> its post op's press
-  std::map<int64_t, Steady::time_point> first_offer;   // surplus id -> first offer seen
-  std::vector<double> claim_ms;
-  std::vector<double> claim_queue_ms, claim_wire_ms, claim_apply_ms;  // its parts (ClaimWire)
-  std::map<std::string, int> counts;                   // posts_accepted, conflicts, ...
-  std::set<std::string> accepted_posts;                // descriptions the kiosks were told were accepted
-  std::set<int64_t> settled;                           // posts claimed or dead-lettered
-  std::map<int64_t, int> posts_per_second, claims_per_second;
-  std::map<int64_t, std::vector<double>> claim_ms_per_second;
-  Steady::time_point first_post_sent{}, last_post_accepted{};
-};
 
 // CPU seconds used so far by the three processes of a rush on this machine:
 // this simulator, the hub (its process_cpu_seconds_total on /metrics) and
@@ -350,34 +214,148 @@ double BrokerOnlyRate(const std::string& uri, const std::string& broker_dir, con
   return rate;
 }
 
-// SIGINT/SIGTERM: end the rush early but still count and write the results.
-std::atomic<bool> g_stop{false};
-std::mutex g_stop_mu;
-std::condition_variable g_stop_cv;
 
-// Waits until `when` or a stop signal; false if stopped.
-bool WaitUntil(Steady::time_point when) {
-  std::unique_lock lock(g_stop_mu);
-  return !g_stop_cv.wait_until(lock, when, [] { return g_stop.load(); });
-}
+// The simulator processes, from the director's side: started with their
+// pipes in place (shard_link.h), then spoken to and listened to.
+class ShardProcesses {
+ public:
+  explicit ShardProcesses(int count) {
+    std::vector<int> inbox_read(static_cast<size_t>(count)), status_write(static_cast<size_t>(count));
+    for (int k = 0; k < count; ++k) {
+      int in[2], st[2];
+      if (pipe2(in, O_CLOEXEC) != 0 || pipe2(st, O_CLOEXEC) != 0) Die(std::string("pipe: ") + strerror(errno), 1);
+      // Above every fd number a shard is given (3 .. 4 + count), so that
+      // moving them into place in the child never overwrites one not yet moved.
+      inbox_read[size_t(k)] = High(in[0]);
+      inbox_write_.push_back(High(in[1]));
+      status_.emplace_back(High(st[0]));
+      status_write[size_t(k)] = High(st[1]);
+    }
+    char self[] = "/proc/self/exe", arg0[] = "pp-sim", flag[] = "--shard", value[] = "1";
+    char* argv[] = {arg0, flag, value, nullptr};
+    for (int k = 0; k < count; ++k) {
+      pid_t pid = fork();
+      if (pid < 0) Die(std::string("fork: ") + strerror(errno), 1);
+      if (pid == 0) {  // only async-signal-safe calls until exec
+        if (dup2(inbox_read[size_t(k)], sim::kInboxFd) < 0 || dup2(status_write[size_t(k)], sim::kStatusFd) < 0)
+          _exit(127);
+        for (int j = 0; j < count; ++j)
+          if (dup2(inbox_write_[size_t(j)], sim::kFirstPeerFd + j) < 0) _exit(127);
+        execv(self, argv);
+        _exit(127);
+      }
+      pids_.push_back(pid);
+    }
+    // Ours closed, so that a shard's end shows as end of file on its status.
+    for (int k = 0; k < count; ++k) close(inbox_read[size_t(k)]), close(status_write[size_t(k)]);
+  }
+  ~ShardProcesses() {
+    for (pid_t pid : pids_) kill(pid, SIGTERM);  // only those not yet waited for
+    Wait();
+  }
+
+  int count() const { return int(pids_.size()); }
+  void Send(int k, const json& m) {
+    if (auto st = sim::WriteLine(inbox_write_[size_t(k)], m.dump()); !st.ok())
+      std::fprintf(stderr, "pp-sim: to simulator process %d: %s\n", k, st.error().message.c_str());
+  }
+  void SendAll(const json& m) {
+    for (int k = 0; k < count(); ++k) Send(k, m);
+  }
+  // Messages that arrive within `timeout`, as (shard, message); a shard whose
+  // status pipe ended is reported once as (shard, null).
+  std::vector<std::pair<int, json>> Receive(std::chrono::milliseconds timeout) {
+    std::vector<pollfd> fds;
+    std::vector<int> which;
+    for (int k = 0; k < count(); ++k)
+      if (!ended_.count(k)) fds.push_back({status_[size_t(k)].fd(), POLLIN, 0}), which.push_back(k);
+    std::vector<std::pair<int, json>> got;
+    if (fds.empty() || poll(fds.data(), fds.size(), int(timeout.count())) <= 0) return got;
+    for (size_t i = 0; i < fds.size(); ++i) {
+      if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+      const int k = which[i];
+      std::vector<std::string> lines;
+      bool open = status_[size_t(k)].ReadSome(lines);
+      for (const auto& line : lines) {
+        json m = json::parse(line, nullptr, false);
+        if (m.is_object()) got.push_back({k, std::move(m)});
+        else std::fprintf(stderr, "pp-sim: simulator process %d sent a line that is not JSON: %.200s\n", k, line.c_str());
+      }
+      if (!open) ended_.insert(k), got.push_back({k, nullptr});
+    }
+    return got;
+  }
+  // Waits for every process; true if each exited 0.
+  bool Wait() {
+    bool ok = true;
+    for (pid_t pid : pids_) {
+      int status = 0;
+      while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+      }
+      ok = ok && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    }
+    pids_.clear();
+    return ok;
+  }
+
+ private:
+  static int High(int fd) {
+    int high = fcntl(fd, F_DUPFD_CLOEXEC, 64);
+    if (high < 0) Die(std::string("fcntl: ") + strerror(errno), 1);
+    close(fd);
+    return high;
+  }
+  std::vector<pid_t> pids_;
+  std::vector<int> inbox_write_;
+  std::vector<sim::LineReader> status_;
+  std::set<int> ended_;
+};
+
+// The whole city's progress: the shards' latest counts, every claim timed.
+struct CityProgress {
+  std::vector<std::map<std::string, int>> counts;
+  std::vector<bool> done;
+  std::vector<double> claim_ms;
+
+  explicit CityProgress(int shards) : counts(size_t(shards)), done(size_t(shards), false) {}
+  void Update(int k, const json& m) {
+    if (m["counts"].is_object()) counts[size_t(k)] = m["counts"].get<std::map<std::string, int>>();
+    if (m["claim_ms"].is_array())
+      for (const auto& v : m["claim_ms"]) claim_ms.push_back(v.get<double>());
+    done[size_t(k)] = m.value("done", false);
+  }
+  int Sum(const std::string& key) const {
+    int n = 0;
+    for (const auto& c : counts) n += c.count(key) ? c.at(key) : 0;
+    return n;
+  }
+  // Every process has nothing left to do, and every claim, pick-up and
+  // delivery a van was told was accepted has been heard by its kitchen (the
+  // two ends of a post may be in different processes).
+  bool Done() const {
+    return std::all_of(done.begin(), done.end(), [](bool d) { return d; }) &&
+           Sum("claims") == Sum("kitchens_told_claimed") && Sum("pickups_accepted") == Sum("picked_up") &&
+           Sum("deliveries_accepted") == Sum("delivered");
+  }
+  void Print(Steady::duration since, int total_posts) const {
+    std::fprintf(stderr,
+                 "\r[%3llds] posts %d/%d  offers %d  claims %d  picked up %d  delivered %d  conflicts %d  "
+                 "rematches %d  dlq %d  claim p95 %.0f ms   ",
+                 (long long)std::chrono::duration_cast<std::chrono::seconds>(since).count(), Sum("posts_accepted"),
+                 total_posts, Sum("offers"), Sum("claims"), Sum("picked_up"), Sum("delivered"), Sum("conflicts"),
+                 Sum("rematches"), Sum("dead_lettered"), Percentile(claim_ms, 0.95));
+  }
+};
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc == 3 && std::string(argv[1]) == "--shard") return sim::RunCityShard();
   const Options o = ParseOptions(argc, argv);
-  // Signals go to one thread that only raises the flag; every other thread
-  // (Paho's included, started below) inherits the blocked mask.
-  const sigset_t sigs = BlockStopSignals();
-  std::thread([sigs] {
-    int sig = 0;
-    sigwait(&sigs, &sig);
-    std::lock_guard lock(g_stop_mu);
-    g_stop = true;
-    g_stop_cv.notify_all();
-  }).detach();
+  sim::StopSignal::Install();
 
   std::mt19937_64 rng(o.seed);
-  SetMinLogLevel(LogLevel::kWarn);  // hundreds of agents: their info lines would drown the progress line
+  SetMinLogLevel(LogLevel::kWarn);
   const std::string broker = "tcp://127.0.0.1:" + FirstLineOrDie("pp-sim", kUsage, o.broker_dir + "/port");
   std::vector<Place> providers, receivers;
   LoadPlaces(o, rng, providers, receivers);
@@ -392,27 +370,31 @@ int main(int argc, char** argv) {
   std::error_code dir_error;
   std::filesystem::create_directories(o.device_dir, dir_error);
   if (dir_error) Die("cannot create --device-dir " + o.device_dir + ": " + dir_error.message(), 1);
-  std::vector<std::unique_ptr<SimDevice>> devices;
+  // Kiosks and vans are dealt to the processes in turn, so each has a share of both.
+  std::vector<sim::ShardPlan> plans(size_t(o.processes));
   std::vector<std::pair<std::string, std::string>> broker_users;
-  std::vector<sync::SecretKey> secrets;
+  std::vector<int64_t> kitchens;  // every kiosk's organisation, for the check at the end
   auto make = [&](bool kiosk, int i, const Place& place) {
-    auto d = std::make_unique<SimDevice>();
-    d->kiosk = kiosk;
-    d->home = place.at;
     auto r = hub.Post("/api/v1/organizations",
                       json{{"kind", kiosk ? "provider" : "ngo"}, {"name", place.name},
                            {"lat", place.at.lat}, {"lon", place.at.lon}}.dump(), "application/json");
     if (!r || r->status != 201) Die("hub refused an organisation: " + (r ? r->body : httplib::to_string(r.error())), 1);
-    d->org = json::parse(r->body)["id"].get<int64_t>();
-    d->id = std::string(kiosk ? "sim-kiosk-" : "sim-van-") + run + "-" + std::to_string(i);
+    sim::ShardPlan::Device d;
+    d.kiosk = kiosk;
+    d.home = place.at;
+    d.org = json::parse(r->body)["id"].get<int64_t>();
+    d.id = std::string(kiosk ? "sim-kiosk-" : "sim-van-") + run + "-" + std::to_string(i);
     auto keys = sync::GenerateKeyPair();
-    r = hub.Post("/api/v1/devices", json{{"id", d->id}, {"role", kiosk ? "kiosk" : "tablet"}, {"org_id", d->org},
+    r = hub.Post("/api/v1/devices", json{{"id", d.id}, {"role", kiosk ? "kiosk" : "tablet"}, {"org_id", d.org},
                                          {"public_key", sync::ToBase64(keys.public_key)}}.dump(), "application/json");
     if (!r || r->status != 201) Die("hub refused a device: " + (r ? r->body : httplib::to_string(r.error())), 1);
-    broker_users.push_back({d->id, d->id + "-pw"});
-    secrets.push_back(keys.secret_key);
-    if (!kiosk) d->route = std::make_unique<sim::VanRoute>(place.at, o.speed_kmh, kVanCapacityKg);
-    devices.push_back(std::move(d));
+    d.secret = keys.secret_key;
+    broker_users.push_back({d.id, d.id + "-pw"});
+    const int k = i % o.processes;
+    if (kiosk) kitchens.push_back(d.org);
+    else
+      for (auto& p : plans) p.van_shard.push_back({d.org, k});
+    plans[size_t(k)].devices.push_back(std::move(d));
   };
   for (int i = 0; i < o.kiosks; ++i) make(true, i, providers[size_t(i)]);
   for (int i = 0; i < o.vehicles; ++i) make(false, i, receivers[size_t(i)]);
@@ -422,276 +404,116 @@ int main(int argc, char** argv) {
 
   // 1. The broker alone, the same size of message, before anything else runs.
   double broker_only = 0;
-  {
+  if (o.baseline > 0) {
+    const auto& first = plans[0].devices[0];
     sync::Envelope sample;
-    sample.device = devices[0]->id;
+    sample.device = first.id;
     sample.seq = 1;
     sample.op = "00000000-0000-4000-8000-000000000000";
     sample.type = sync::kOpPostSurplus;
     sample.ts_ms = ToUnixMillis(SystemClock::Instance().Now());
-    sample.body = {{"category", "prepared_meals"}, {"description", devices[0]->id + " surplus 0"},
+    sample.body = {{"category", "prepared_meals"}, {"description", first.id + " surplus 0"},
                    {"quantity_kg", 12}, {"storage", "hot"}, {"best_before_in_min", 180}};
-    sync::Sign(sample, secrets[0]);
-    if (o.baseline > 0)
-      broker_only = BrokerOnlyRate(broker, o.broker_dir, baseline_user, baseline_user + "-pw", sync::Encode(sample),
-                                   o.baseline);
+    sync::Sign(sample, first.secret);
+    broker_only = BrokerOnlyRate(broker, o.broker_dir, baseline_user, baseline_user + "-pw", sync::Encode(sample),
+                                 o.baseline);
   }
 
-  // 2. The city comes online: each device a real agent with its own store.
-  std::atomic<uint64_t> up_msgs{0}, down_msgs{0};  // MQTT messages, all devices
-  ClaimWire claim_wire;
-  for (size_t i = 0; i < devices.size(); ++i) {
-    SimDevice* d = devices[i].get();
-    DeviceConfig cfg;
-    cfg.device_id = d->id;
-    cfg.role = d->kiosk ? "kiosk" : "tablet";
-    cfg.org_id = d->org;
-    cfg.position = d->home;
-    auto store = agent::AgentStore::Open(o.device_dir + "/" + d->id + ".db");
-    if (!store.ok()) Die(store.error().ToString(), 1);
-    d->store = std::move(*store);
-    sync::MqttClient::Options mo;
-    mo.uri = broker;
-    mo.client_id = d->id;
-    mo.username = d->id;
-    mo.password = d->id + "-pw";
-    mo.subscriptions = {sync::DownTopic(d->id)};
-    mo.max_buffered = 1000;
-    mo.on_connected = [d] {
-      if (d->agent) d->agent->OnConnected();
-      d->online = true;
-    };
-    d->mqtt = std::make_unique<sync::MqttClient>(mo, [d, &down_msgs, &claim_wire](const std::string&, const std::string& p,
-                                                                                  const std::string&) {
-      down_msgs++;
-      if (!d->kiosk) claim_wire.Received(p);
-      if (d->agent) d->agent->OnDown(p);
-    });
-    d->uplink = std::make_unique<CountingUplink>(*d->mqtt, up_msgs, claim_wire);
-    d->agent = std::make_unique<agent::Agent>(cfg, secrets[i], *d->store, SystemClock::Instance(), *d->uplink);
-  }
-
-  std::map<int64_t, SimDevice*> van_of_org;
-  std::map<int64_t, GeoPoint> kitchen_of_org;
-  for (auto& d : devices) (d->kiosk ? void(kitchen_of_org[d->org] = d->home) : void(van_of_org[d->org] = d.get()));
-  Tally tally;
-  Later later;
-  std::mutex route_mu;  // every van's route
-  const auto t0 = Steady::now();
-  auto second = [&] { return int64_t(std::chrono::duration<double>(Steady::now() - t0).count()); };
-  // Submits an op for a person who pressed now; its outcome is timed from here.
-  auto press = [&](SimDevice* d, const char* type, json body) {
-    auto pressed = Steady::now();
-    auto q = d->agent->Submit(type, std::move(body));
-    std::lock_guard lock(tally.mu);
-    if (!q.ok()) return void(tally.counts["errors"]++);
-    tally.sent[q->op] = pressed;
-    if (type == std::string(sync::kOpClaim)) tally.counts["race_claims"]++;
-  };
-  for (auto& dp : devices) {
-    SimDevice* d = dp.get();
-    d->agent->SetObserver([&, d](const std::string& kind, const std::string& type, const json& m) {
-      std::lock_guard lock(tally.mu);
-      const json& data = m.contains("data") ? m["data"] : json();
-      if (kind == "outcome") {
-        std::string status = m.value("status", ""), op = m.value("op", "");
-        if (status == "conflict") tally.counts["conflicts"]++;
-        if (status == "rejected") tally.counts["errors"]++;
-        if (type == sync::kOpPostSurplus && status == "accepted") {
-          tally.counts["posts_accepted"]++;
-          tally.posts_per_second[second()]++;
-          tally.last_post_accepted = Steady::now();
-          tally.accepted_posts.insert(data.value("description", ""));
-          if (tally.sent.count(op)) tally.posted_at[data["id"].get<int64_t>()] = tally.sent[op];
-        }
-        if ((type == sync::kOpAccept || type == sync::kOpClaim) && tally.sent.count(op)) {
-          const auto applied = Steady::now();
-          auto ms_between = [](Steady::time_point a, Steady::time_point b) {
-            return std::chrono::duration<double, std::milli>(b - a).count();
-          };
-          double ms = ms_between(tally.sent[op], applied);
-          tally.claim_ms.push_back(ms);
-          {
-            std::lock_guard wire_lock(claim_wire.mu);
-            auto pub = claim_wire.published.find(op);
-            auto got = claim_wire.received.find(op);
-            if (pub != claim_wire.published.end() && got != claim_wire.received.end()) {
-              tally.claim_queue_ms.push_back(ms_between(tally.sent[op], pub->second));
-              tally.claim_wire_ms.push_back(ms_between(pub->second, got->second));
-              tally.claim_apply_ms.push_back(ms_between(got->second, applied));
-            }
-          }
-          tally.claim_ms_per_second[second()].push_back(ms);
-          if (status == "accepted") tally.counts["claims"]++, tally.claims_per_second[second()]++;
-        }
-        if (type == sync::kOpVehicle && status == "accepted") tally.counts["vehicle_updates"]++;
-        return;
-      }
-      if (!data.is_object() || !data.contains("id")) return;
-      int64_t id = data["id"].get<int64_t>();
-      if (d->kiosk) {
-        if (type == "surplus.offer_declined" || type == "surplus.offer_timed_out") tally.counts["rematches"]++;
-        if (type == "surplus.dead_lettered") tally.counts["dead_lettered"]++, tally.settled.insert(id);
-        if (type == "surplus.claimed") tally.settled.insert(id);
-        if (type == "surplus.delivered") tally.counts["delivered"]++;
-        if (type == "surplus.picked_up") tally.counts["picked_up"]++;
-        // Claimed: the winning van puts this kitchen on its route; the
-        // kitchen will read out the code when it arrives.
-        if (type == "surplus.claimed" && data.contains("handover_code") && data["claimed_by"].is_number_integer() &&
-            van_of_org.count(data["claimed_by"].get<int64_t>())) {
-          SimDevice* van = van_of_org[data["claimed_by"].get<int64_t>()];
-          std::lock_guard rlock(route_mu);
-          van->route->Add({id, d->home, data["handover_code"].get<std::string>(), data.value("quantity_kg", 1.0)});
-        }
-        return;
-      }
-      // A tablet: its own offer, to answer after the driver has read it.
-      bool mine = type == "surplus.offered" && data["offer"].is_object() && data["offer"]["ngo_id"] == d->org;
-      if (!mine) return;
-      tally.first_offer.emplace(id, Steady::now());
-      bool take = std::uniform_real_distribution<double>(0, 1)(rng) < o.accept_p;
-      later.At(Steady::now() + o.delay,
-               [&, d, id, take] { press(d, take ? sync::kOpAccept : sync::kOpDecline, {{"surplus_id", id}}); });
-    });
-    d->agent->Start();
-    d->mqtt->Start();
-  }
-  // Everyone online before the rush: connected, and each connect handled
-  // (Paho reports "connected" before its connect handler has run; with a
-  // thousand devices the handlers were still queued seconds into the rush).
-  const auto online_from = Steady::now();
-  for (auto& d : devices)
-    while (!d->online && !g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  std::fprintf(stderr, "%zu devices online in %.1f s\n", devices.size(),
-               std::chrono::duration<double>(Steady::now() - online_from).count());
-
-  // 3. The rush: each kiosk posts --posts-per-kiosk times within the window.
-  std::vector<std::pair<Duration, SimDevice*>> schedule;
-  std::vector<int> kg;
+  // 2. The rush's schedule: each kiosk posts --posts-per-kiosk times within
+  // the window, each post in the process that holds its kiosk.
+  int total_posts = 0;
   {
-    std::lock_guard lock(tally.mu);  // rng belongs to the observers from here on
     std::uniform_int_distribution<int64_t> when(0, o.window.count());
-    for (int k = 0; k < o.posts_per_kiosk; ++k)
-      for (auto& d : devices)
-        if (d->kiosk) schedule.push_back({Duration(when(rng)), d.get()});
-    std::sort(schedule.begin(), schedule.end(), [](auto& a, auto& b) { return a.first < b.first; });
-    for (size_t i = 0; i < schedule.size(); ++i) kg.push_back(2 + int(rng() % 20));
+    std::vector<std::tuple<int64_t, int, size_t>> schedule;  // at, process, its device
+    for (int n = 0; n < o.posts_per_kiosk; ++n)
+      for (size_t k = 0; k < plans.size(); ++k)
+        for (size_t i = 0; i < plans[k].devices.size(); ++i)
+          if (plans[k].devices[i].kiosk) schedule.push_back({when(rng), int(k), i});
+    std::sort(schedule.begin(), schedule.end());
+    for (const auto& [at, k, i] : schedule)
+      plans[size_t(k)].posts.push_back({at, i, total_posts++, 2 + int(rng() % 20)});
   }
-  const int total_posts = int(schedule.size());
-  const CpuMark cpu_before = MarkCpu(hub, o.broker_dir);
-  const auto start = Steady::now();
-  const uint64_t up_before = up_msgs, down_before = down_msgs;
-  auto routes_idle = [&] {
-    std::lock_guard lock(route_mu);
-    for (auto& d : devices)
-      if (!d->kiosk && !d->route->idle()) return false;
-    return true;
-  };
-  std::atomic<bool> rush_over{false};
-  std::thread progress([&] {
-    const auto give_up = start + o.window + std::chrono::seconds(180);
-    while (!g_stop && Steady::now() < give_up) {
-      if (!WaitUntil(Steady::now() + std::chrono::seconds(1))) break;  // the progress line's period
-      bool done = false;
-      {
-        std::lock_guard lock(tally.mu);
-        std::fprintf(stderr,
-                     "\r[%3llds] posts %d/%d  offers %zu  claims %d  picked up %d  delivered %d  conflicts %d  "
-                     "rematches %d  dlq %d  claim p95 %.0f ms   ",
-                     (long long)std::chrono::duration_cast<std::chrono::seconds>(Steady::now() - start).count(),
-                     tally.counts["posts_accepted"], total_posts, tally.first_offer.size(), tally.counts["claims"],
-                     tally.counts["picked_up"], tally.counts["delivered"], tally.counts["conflicts"],
-                     tally.counts["rematches"], tally.counts["dead_lettered"], Percentile(tally.claim_ms, 0.95));
-        // Done when every post is in and claimed or dead-lettered (posts
-        // waiting in the DLQ stay there), and nothing is still being
-        // answered or driven.
-        done = tally.counts["posts_accepted"] == total_posts && int(tally.settled.size()) == total_posts &&
-               Steady::now() - start > o.window + 2 * o.delay;
-      }
-      if (done && later.pending() == 0 && routes_idle()) break;
-    }
-    rush_over = true;
-    std::fprintf(stderr, "\n");
-  });
-  // Vans drive: simulated time runs --speed-up times the wall clock.
-  std::thread driver([&] {
-    auto last = Steady::now();
-    std::map<SimDevice*, GeoPoint> reported;
-    for (int tick = 1; !rush_over; ++tick) {
-      std::this_thread::sleep_for(kMoveTick);  // the simulation's clock tick (wall time drives it)
-      auto now = Steady::now();
-      auto simulated = std::chrono::duration_cast<Duration>((now - last) * o.speed_up);
-      last = now;
-      for (auto& dp : devices) {
-        if (dp->kiosk) continue;
-        std::vector<sim::Arrival> reached;
-        GeoPoint at;
-        double free_kg;
-        {
-          std::lock_guard lock(route_mu);
-          reached = dp->route->Advance(simulated);
-          at = dp->route->position();
-          free_kg = dp->route->free_kg();
-        }
-        for (const auto& a : reached) {
-          if (a.kind == sim::Arrival::Kind::kPickUp)
-            press(dp.get(), sync::kOpPickUp, {{"surplus_id", a.stop.surplus_id}, {"handover_code", a.stop.handover_code},
-                                             {"actual_kg", a.stop.kg}});
-          else
-            press(dp.get(), sync::kOpDeliver, {{"surplus_id", a.stop.surplus_id}});
-        }
-        auto& was = reported.try_emplace(dp.get(), dp->home).first->second;
-        if (tick % kTicksPerReport == 0 && (was.lat != at.lat || was.lon != at.lon)) {
-          press(dp.get(), sync::kOpVehicle, {{"lat", at.lat}, {"lon", at.lon}, {"free_kg", free_kg}});
-          was = at;
-        }
-      }
-    }
-  });
-  // Racing: now and then a van claims something from its nearby list at the
-  // version it saw, as a driver tapping "claim" would; two vans may pick the
-  // same post, and one of them hears "already claimed".
-  std::mt19937_64 race_rng(rng());  // its own: rng belongs to the observers (under tally.mu)
-  std::thread racer([&] {
-    std::uniform_real_distribution<double> coin(0, 1);
-    std::map<int64_t, int> tried;
-    while (!rush_over) {
-      std::this_thread::sleep_for(std::chrono::seconds(1));  // the drivers' pace (simulated)
-      for (auto& d : devices) {
-        if (d->kiosk || coin(race_rng) >= o.race_p) continue;
-        auto st = d->agent->State();
-        if (!st.ok() || !(*st)["nearby"].is_array() || (*st)["nearby"].empty()) continue;
-        const json& pick = (*st)["nearby"][size_t(race_rng() % (*st)["nearby"].size())];
-        int64_t id = pick.value("id", int64_t{0});
-        if (!id || tried[id]++ > 1) continue;  // at most two vans race for one post
-        press(d.get(), sync::kOpClaim, {{"surplus_id", id}, {"version", pick.value("version", int64_t{1})}});
-      }
-    }
-  });
-  {
-    std::lock_guard lock(tally.mu);
-    tally.first_post_sent = Steady::now();
+  for (size_t k = 0; k < plans.size(); ++k) {
+    auto& p = plans[k];
+    p.shard = int(k);
+    p.shards = o.processes;
+    p.broker_uri = broker;
+    p.device_dir = o.device_dir;
+    p.accept_p = o.accept_p;
+    p.race_p = o.race_p;
+    p.speed_kmh = o.speed_kmh;
+    p.speed_up = o.speed_up;
+    p.delay_ms = o.delay.count();
+    p.window_ms = o.window.count();
+    p.seed = rng();
   }
-  int posts_sent = 0;  // fewer than scheduled if a signal ends the rush early
-  for (size_t n = 0; n < schedule.size() && !g_stop; ++n, ++posts_sent) {
-    auto [at, d] = schedule[n];
-    if (!WaitUntil(start + at)) break;  // the schedule of the rush, in real time
-    press(d, sync::kOpPostSurplus,
-          {{"category", "prepared_meals"}, {"description", d->id + " surplus " + std::to_string(n)},
-           {"quantity_kg", kg[n]}, {"storage", "hot"}, {"best_before_in_min", 180}});
-  }
-  progress.join();
-  driver.join();
-  racer.join();
-  const CpuMark cpu_after = MarkCpu(hub, o.broker_dir);
 
-  // 4. Lost or doubled? The hub's store against what the kiosks were told.
+  // 3. The city comes online, a share in each process.
+  ShardProcesses shards(o.processes);
+  for (int k = 0; k < shards.count(); ++k) shards.Send(k, plans[size_t(k)].ToJson());
+  // What the processes say, in whichever phase it arrives: a process that
+  // was signalled itself (Ctrl-C reaches the whole process group) sends its
+  // results early.
+  CityProgress progress(shards.count());
+  sim::Tally tally;
+  std::set<int> reported;
+  int online = 0;
+  auto receive = [&] {
+    for (auto& [k, m] : shards.Receive(std::chrono::milliseconds(200))) {
+      if (m.is_null()) {
+        if (!reported.count(k))
+          Die("simulator process " + std::to_string(k) + " ended before its results (its error is above)", 1);
+        continue;
+      }
+      const std::string t = m.value("t", "");
+      if (t == "online") online++;
+      if (t == "progress") progress.Update(k, m);
+      if (t == "results") {
+        auto shard_tally = sim::Tally::FromJson(m);
+        if (!shard_tally.ok()) Die(shard_tally.error().message, 1);
+        tally.Merge(*shard_tally);
+        reported.insert(k);
+      }
+    }
+  };
+  const auto online_from = Steady::now();
+  while (online < shards.count() && reported.empty() && !sim::StopSignal::raised()) receive();
+  std::fprintf(stderr, "%d devices online in %.1f s (%d simulator process%s)\n", o.kiosks + o.vehicles,
+               std::chrono::duration<double>(Steady::now() - online_from).count(), o.processes,
+               o.processes == 1 ? "" : "es");
+
+  // 4. The rush, started in every process at the same moment; ended when
+  // each has nothing left to do (or on a signal, or after 3 minutes more).
+  const CpuMark cpu_before = MarkCpu(hub, o.broker_dir);
+  const auto start = Steady::now() + std::chrono::milliseconds(50);  // every process has it before then
+  shards.SendAll({{"t", "start"}, {"at_ns", std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                                start.time_since_epoch()).count()}});
+  const auto give_up = start + o.window + std::chrono::seconds(180);
+  bool interrupted = false;
+  for (auto printed = start; !progress.Done() && Steady::now() < give_up;) {
+    if (sim::StopSignal::raised() || !reported.empty()) {
+      interrupted = true;
+      shards.SendAll({{"t", "interrupt"}});
+      break;
+    }
+    receive();
+    if (Steady::now() - printed >= std::chrono::seconds(1)) {
+      progress.Print(Steady::now() - start, total_posts);
+      printed = Steady::now();
+    }
+  }
+  progress.Print(Steady::now() - start, total_posts);
+  std::fprintf(stderr, "\n");
+  const CpuMark cpu_after = MarkCpu(hub, o.broker_dir);
+  if (!interrupted) shards.SendAll({{"t", "end"}});
+  while (int(reported.size()) < shards.count()) receive();
+
+  // 5. Lost or doubled? The hub's store against what the kiosks were told.
   std::map<std::string, int> in_store;
-  for (auto& d : devices) {
-    if (!d->kiosk) continue;
+  for (int64_t org : kitchens) {
     std::string after;
     do {
-      auto r = hub.Get(("/api/v1/surplus?limit=1000&provider_id=" + std::to_string(d->org) + after).c_str());
+      auto r = hub.Get(("/api/v1/surplus?limit=1000&provider_id=" + std::to_string(org) + after).c_str());
       if (!r || r->status != 200) Die("cannot read the hub's posts", 1);
       json page = json::parse(r->body);
       for (const auto& p : page["items"]) in_store[p["description"].get<std::string>()]++;
@@ -700,52 +522,55 @@ int main(int argc, char** argv) {
                   : "";
     } while (!after.empty());
   }
-  std::unique_lock lock(tally.mu);
   int lost = 0, doubled = 0;
   for (const auto& desc : tally.accepted_posts) lost += in_store[desc] == 0;
   for (const auto& [desc, c] : in_store) doubled += c > 1;
 
-  std::vector<double> offer_ms;
-  for (const auto& [id, at] : tally.first_offer)
-    if (tally.posted_at.count(id))
-      offer_ms.push_back(std::chrono::duration<double, std::milli>(at - tally.posted_at[id]).count());
+  auto count = [&](const char* key) { return tally.counts.count(key) ? tally.counts.at(key) : 0; };
+  const int accepted = count("posts_accepted");
   const double seconds = std::chrono::duration<double>(Steady::now() - start).count();
-  const double post_span = std::chrono::duration<double>(tally.last_post_accepted - tally.first_post_sent).count();
+  const double post_span = tally.PostSpanSeconds();
   const double claim_p95 = Percentile(tally.claim_ms, .95), claim_p99 = Percentile(tally.claim_ms, .99);
   // Every message of the rush crosses the broker once: what a post costs
   // the broker, and so the most posts/s it could carry at the rate it
   // moved messages alone (measured above, same run).
-  const uint64_t up = up_msgs - up_before, down = down_msgs - down_before;
-  const double per_post = tally.counts["posts_accepted"] > 0 ? double(up + down) / tally.counts["posts_accepted"] : 0;
-  auto cpu_us_per_post = [&](std::optional<double> before, std::optional<double> after) -> json {
-    if (!before || !after || tally.counts["posts_accepted"] == 0) return nullptr;
-    return (*after - *before) * 1e6 / tally.counts["posts_accepted"];
+  const uint64_t up = tally.mqtt_up, down = tally.mqtt_down;
+  const double per_post = accepted > 0 ? double(up + down) / accepted : 0;
+  auto cpu_us_per_post = [&](std::optional<double> used) -> json {
+    if (!used || accepted == 0) return nullptr;
+    return *used * 1e6 / accepted;
+  };
+  auto used = [](std::optional<double> before, std::optional<double> after) -> std::optional<double> {
+    if (!before || !after) return std::nullopt;
+    return *after - *before;
   };
   json results{
       {"kiosks", o.kiosks}, {"posts_per_kiosk", o.posts_per_kiosk}, {"vehicles", o.vehicles},
-      {"window_s", o.window.count() / 1000.0}, {"accept_probability", o.accept_p}, {"interrupted", g_stop.load()},
-      {"posts_scheduled", total_posts}, {"posts_sent", posts_sent}, {"posts_accepted", tally.counts["posts_accepted"]}, {"claims", tally.counts["claims"]},
-      {"picked_up", tally.counts["picked_up"]}, {"delivered", tally.counts["delivered"]},
-      {"race_claims", tally.counts["race_claims"]}, {"conflicts", tally.counts["conflicts"]},
-      {"rematches", tally.counts["rematches"]}, {"dead_lettered", tally.counts["dead_lettered"]},
-      {"errors", tally.counts["errors"]}, {"vehicle_updates", tally.counts["vehicle_updates"]},
+      {"processes", o.processes},
+      {"window_s", o.window.count() / 1000.0}, {"accept_probability", o.accept_p}, {"interrupted", interrupted},
+      {"posts_scheduled", total_posts}, {"posts_sent", tally.posts_sent}, {"posts_accepted", accepted},
+      {"claims", count("claims")}, {"picked_up", count("picked_up")}, {"delivered", count("delivered")},
+      {"race_claims", count("race_claims")}, {"conflicts", count("conflicts")},
+      {"rematches", count("rematches")}, {"dead_lettered", count("dead_lettered")},
+      {"errors", count("errors")}, {"vehicle_updates", count("vehicle_updates")},
       // Durable posts per second end to end: first post pressed to the last
       // post's outcome back on its kiosk.
-      {"posts_per_second", post_span > 0 ? tally.counts["posts_accepted"] / post_span : 0.0},
+      {"posts_per_second", post_span > 0 ? accepted / post_span : 0.0},
       {"broker_only_msgs_per_second", broker_only},
       {"mqtt_messages", {{"up", up}, {"down", down}, {"per_post", per_post},
                          {"broker_bound_posts_per_second", per_post > 0 ? broker_only / per_post : 0.0}}},
       {"seconds", seconds},
-      {"post_to_first_offer_ms", Percentiles(offer_ms)},
+      {"post_to_first_offer_ms", Percentiles(tally.OfferLatenciesMs())},
       {"claim_round_trip_ms", Percentiles(tally.claim_ms)},
+      // CPU each process used over the rush (first post to every post settled
+      // and every van home), per post accepted: where two cores' time went.
+      // The simulator's is every simulator process's and this one's.
+      {"cpu_us_per_post", {{"simulator", cpu_us_per_post(tally.cpu_seconds + (cpu_after.sim - cpu_before.sim))},
+                           {"hub", cpu_us_per_post(used(cpu_before.hub, cpu_after.hub))},
+                           {"broker", cpu_us_per_post(used(cpu_before.broker, cpu_after.broker))}}},
       // The same trips in three parts: pressed to first handed to the broker
       // (the device's queue and sender), to the outcome off the wire (broker,
       // hub ingest and commit, outbox relay, broker), to applied on the device.
-      // CPU each process used over the rush (first post to every post settled
-      // and every van home), per post accepted: where two cores' time went.
-      {"cpu_us_per_post", {{"simulator", cpu_us_per_post(cpu_before.sim, cpu_after.sim)},
-                           {"hub", cpu_us_per_post(cpu_before.hub, cpu_after.hub)},
-                           {"broker", cpu_us_per_post(cpu_before.broker, cpu_after.broker)}}},
       {"claim_round_trip_parts_ms", {{"device_queue", Percentiles(tally.claim_queue_ms)},
                                      {"broker_and_hub", Percentiles(tally.claim_wire_ms)},
                                      {"device_apply", Percentiles(tally.claim_apply_ms)}}},
@@ -777,31 +602,10 @@ int main(int argc, char** argv) {
   for (auto& [s, v] : tally.claim_ms_per_second) svg << 20 + s * w + w / 2 << "," << 280 - 240.0 * Percentile(v, .95) / worst << " ";
   svg << "'/></svg>\n";
   std::ofstream(o.out_dir + "/timeline.svg") << svg.str();
-  lock.unlock();  // the agents' observers take it while their queues drain
 
   std::printf("%s\n", results.dump().c_str());
   std::fflush(stdout);
-  // Off shift: the vans tell the hub they are offline, so that a later run
-  // against the same hub does not offer posts to tablets nobody holds.
-  for (auto& d : devices)
-    if (!d->kiosk) (void)d->agent->Submit(sync::kOpVehicle, {{"online", false}});
-  const auto drained_by = Steady::now() + std::chrono::seconds(10);
-  for (auto& d : devices) {
-    while (Steady::now() < drained_by) {
-      auto st = d->agent->State();
-      if (!st.ok() || (*st)["queued"] == 0) break;
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));  // polling the agent's queue
-    }
-  }
-  for (auto& d : devices) {
-    d->mqtt->Disconnect();
-    d->agent->Stop();
-  }
-  // The clients go first, here: their handlers use the counters, the tally
-  // and the agents, which would otherwise be destroyed before them: a
-  // message Paho still delivered after a disconnect that timed out would
-  // then touch freed memory.
-  for (auto& d : devices) d->mqtt.reset();
-  devices.clear();
+  // The processes go off shift (their vans tell the hub) and exit.
+  if (!shards.Wait()) std::fprintf(stderr, "pp-sim: a simulator process did not exit cleanly\n");
   return lost == 0 && doubled == 0 ? 0 : 1;
 }

@@ -10,6 +10,8 @@
 #include <set>
 #include <httplib.h>
 
+#include <algorithm>
+
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -85,7 +87,11 @@ TEST_F(HttpApiTest, ConnectionsHaveNagleOff) {
   httplib::Client cli("127.0.0.1", port_);
   cli.set_keep_alive(true);
   ASSERT_EQ(cli.Get("/healthz")->status, 200);
-  EXPECT_EQ(test::NoDelayOfSockets(port_, 0), std::vector<int>{1});  // the accepted side
+  // The accepted side: this connection, and any the fixture's requests left
+  // open that the server has not closed yet (seen in CI: two).
+  std::vector<int> accepted = test::NoDelayOfSockets(port_, 0);
+  EXPECT_FALSE(accepted.empty());
+  EXPECT_EQ(std::count(accepted.begin(), accepted.end(), 0), 0) << "an accepted connection with Nagle on";
 }
 
 TEST_F(HttpApiTest, PostClaimConflictAndReplay) {

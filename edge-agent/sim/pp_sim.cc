@@ -231,7 +231,12 @@ class ShardProcesses {
       status_.emplace_back(High(st[0]));
       status_write[size_t(k)] = High(st[1]);
     }
-    char self[] = "/proc/self/exe", arg0[] = "pp-sim", flag[] = "--shard", value[] = "1";
+    // This binary by its real path, so that the processes are called pp-sim
+    // in ps, top and perf (exec of /proc/self/exe would name them "exe").
+    std::error_code error;
+    const std::string self = std::filesystem::read_symlink("/proc/self/exe", error).string();
+    if (error) Die("cannot find this program's path: " + error.message(), 1);
+    char arg0[] = "pp-sim", flag[] = "--shard", value[] = "1";
     char* argv[] = {arg0, flag, value, nullptr};
     for (int k = 0; k < count; ++k) {
       pid_t pid = fork();
@@ -241,7 +246,7 @@ class ShardProcesses {
           _exit(127);
         for (int j = 0; j < count; ++j)
           if (dup2(inbox_write_[size_t(j)], sim::kFirstPeerFd + j) < 0) _exit(127);
-        execv(self, argv);
+        execv(self.c_str(), argv);
         _exit(127);
       }
       pids_.push_back(pid);

@@ -500,6 +500,18 @@ Result<Reply> HubService::GetSurplus(int64_t id) {
   });
 }
 
+Result<std::vector<Surplus>> HubService::GetSurplusMany(const std::vector<int64_t>& ids) {
+  return Read<std::vector<Surplus>>([&](StoreSession& s) -> Result<std::vector<Surplus>> {
+    std::vector<Surplus> out;
+    out.reserve(ids.size());
+    for (int64_t id : ids) {
+      PP_ASSIGN_OR_RETURN(auto x, s.GetSurplus(id));
+      if (x) out.push_back(std::move(*x));
+    }
+    return out;
+  });
+}
+
 Result<std::vector<Surplus>> HubService::ListSurplus(const std::vector<SurplusStatus>& statuses,
                                                      int64_t after_id, int limit) {
   return Read<std::vector<Surplus>>(

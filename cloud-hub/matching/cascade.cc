@@ -133,14 +133,13 @@ void Cascade::Rematch(const Surplus& post) {
 Status Cascade::Tick() {
   Timestamp now = clock_.Now();
   PP_ASSIGN_OR_RETURN(auto due, hub_.ListDue(now, 500));
-  for (int64_t id : due) {
-    {
-      std::lock_guard lock(mu_);
-      if (in_flight_.count(id)) continue;  // a step for it is already running
-    }
-    auto got = hub_.GetSurplus(id);
-    if (!got.ok() || !got->surplus) continue;
-    const Surplus& cur = *got->surplus;
+  {
+    std::lock_guard lock(mu_);
+    std::erase_if(due, [&](int64_t id) { return in_flight_.count(id) > 0; });  // a step for it is already running
+  }
+  PP_ASSIGN_OR_RETURN(auto posts, hub_.GetSurplusMany(due));
+  for (const Surplus& cur : posts) {
+    const int64_t id = cur.id;
     HubService::Decide decide;
     if (now >= cur.draft.best_before && NextStatus(cur.status, SurplusEvent::kExpire)) {
       decide = [](const Surplus& c, Timestamp t) { return DecideExpire(c, t); };
@@ -163,10 +162,16 @@ Status Cascade::Tick() {
 
 nlohmann::json Cascade::NearbyPosts(const GeoPoint& at, double km, size_t limit) const {
   nlohmann::json items = nlohmann::json::array();
-  for (const auto& n : open_.Near(at, km, limit)) {
-    auto post = hub_.GetSurplus(n.surplus_id);
-    if (!post.ok() || !post->surplus) continue;  // changed meanwhile
-    auto j = ToJson(*post->surplus);
+  const auto near = open_.Near(at, km, limit);
+  std::vector<int64_t> ids;
+  for (const auto& n : near) ids.push_back(n.surplus_id);
+  auto posts = hub_.GetSurplusMany(ids);
+  if (!posts.ok()) return items;  // the store is failing: an empty list, and the next ask may do better
+  // Both in the index's order; a post gone from the store meanwhile is skipped.
+  size_t i = 0;
+  for (const auto& n : near) {
+    if (i == posts->size() || (*posts)[i].id != n.surplus_id) continue;
+    auto j = ToJson((*posts)[i++]);
     j["distance_km"] = n.distance_km;
     items.push_back(std::move(j));
   }

@@ -235,6 +235,31 @@ TEST_F(CascadeTest, NearbyListsOpenPostsOnly) {
   EXPECT_EQ(near[0].surplus_id, open);
 }
 
+// What a van's "nearby" answer carries: open posts, nearest first, each
+// with its distance and no history; read in one go (GetSurplusMany).
+TEST_F(CascadeTest, NearbyPostsAreNearestFirstWithTheirDistances) {
+  int64_t close = Post();
+  provider_ = Org(OrgKind::kProvider, {51.5100, -0.1000});  // ~1.1 km north
+  int64_t farther = Post();
+  provider_ = Org(OrgKind::kProvider, {51.8000, -0.1000});  // ~33 km: out of range
+  Post();
+  json list = cascade_->NearbyPosts({51.5, -0.1}, 5, 50);
+  ASSERT_EQ(list.size(), 2u) << list.dump();
+  EXPECT_EQ(list[0]["id"], close);
+  EXPECT_EQ(list[1]["id"], farther);
+  EXPECT_LT(list[0]["distance_km"].get<double>(), 0.01);
+  EXPECT_NEAR(list[1]["distance_km"].get<double>(), 1.11, 0.02);
+  EXPECT_EQ(list[1]["description"], "roti");
+  EXPECT_FALSE(list[0].contains("history"));
+  EXPECT_EQ(cascade_->NearbyPosts({51.5, -0.1}, 5, 1).size(), 1u);  // the limit
+
+  auto many = hub_->GetSurplusMany({farther, 424242, close});  // order kept, unknown ids skipped
+  ASSERT_TRUE(many.ok());
+  ASSERT_EQ(many->size(), 2u);
+  EXPECT_EQ((*many)[0].id, farther);
+  EXPECT_EQ((*many)[1].id, close);
+}
+
 TEST_F(CascadeTest, BadVehicleReportsAreNamed) {
   int64_t a = Ngo(0.001);
   auto r = hub_->UpdateVehicle(a, R"({"lat":99,"open_from":"25:00","online":"yes"})");

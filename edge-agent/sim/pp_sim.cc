@@ -41,6 +41,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -238,10 +239,14 @@ class ShardProcesses {
     if (error) Die("cannot find this program's path: " + error.message(), 1);
     char arg0[] = "pp-sim", flag[] = "--shard", value[] = "1";
     char* argv[] = {arg0, flag, value, nullptr};
+    const pid_t director = getpid();
     for (int k = 0; k < count; ++k) {
       pid_t pid = fork();
       if (pid < 0) Die(std::string("fork: ") + strerror(errno), 1);
       if (pid == 0) {  // only async-signal-safe calls until exec
+        // If the director dies (an error exits without unwinding), its
+        // processes hear SIGTERM and finish rather than wait for a start.
+        if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != director) _exit(127);
         if (dup2(inbox_read[size_t(k)], sim::kInboxFd) < 0 || dup2(status_write[size_t(k)], sim::kStatusFd) < 0)
           _exit(127);
         for (int j = 0; j < count; ++j)

@@ -324,12 +324,12 @@ class Shard {
     return start_.has_value() && !StopSignal::raised();
   }
 
-  // Seconds since the rush's start (the same start in every process).
-  int Second() const {
+  // Seconds since the rush's start (the same start in every process) at `t`.
+  int SecondOf(Steady::time_point t) const {
     const int64_t start = start_ns_;
     if (!start) return 0;
-    const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(Steady::now().time_since_epoch()).count();
-    return int((now - start) / 1'000'000'000);
+    const int64_t ns = std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+    return int((ns - start) / 1'000'000'000);
   }
 
   // Submits an op for a person who pressed now; its outcome is timed from here.
@@ -341,6 +341,13 @@ class Shard {
     sent_[q->op] = pressed;
     awaiting_.insert(q->op);
     if (type == std::string(sync::kOpClaim)) tally_.counts["race_claims"]++;
+    // Its outcome may have come back before we got here (Submit hands the
+    // op to the sender at once): count it now.
+    if (auto early = early_.find(q->op); early != early_.end()) {
+      auto [op_type, m, applied] = std::move(early->second);
+      early_.erase(early);
+      CountOutcome(op_type, m, applied);
+    }
   }
 
   // Runs on each agent's applier thread: what its device was told.
@@ -348,39 +355,10 @@ class Shard {
     std::lock_guard lock(tally_mu_);
     const json& data = m.contains("data") ? m["data"] : json();
     if (kind == "outcome") {
-      std::string status = m.value("status", ""), op = m.value("op", "");
-      awaiting_.erase(op);
-      if (status == "conflict") tally_.counts["conflicts"]++;
-      if (status == "rejected") tally_.counts["errors"]++;
-      if (type == sync::kOpPostSurplus && status == "accepted") {
-        tally_.counts["posts_accepted"]++;
-        tally_.posts_per_second[Second()]++;
-        tally_.last_post_accepted = Steady::now();
-        tally_.accepted_posts.insert(data.value("description", ""));
-        if (sent_.count(op)) tally_.posted_at[data["id"].get<int64_t>()] = sent_[op];
-      }
-      if ((type == sync::kOpAccept || type == sync::kOpClaim) && sent_.count(op)) {
-        const auto applied = Steady::now();
-        double ms = MsBetween(sent_[op], applied);
-        tally_.claim_ms.push_back(ms);
-        {
-          std::lock_guard wire_lock(claim_wire_.mu);
-          auto pub = claim_wire_.published.find(op);
-          auto got = claim_wire_.received.find(op);
-          if (pub != claim_wire_.published.end() && got != claim_wire_.received.end()) {
-            tally_.claim_queue_ms.push_back(MsBetween(sent_[op], pub->second));
-            tally_.claim_wire_ms.push_back(MsBetween(pub->second, got->second));
-            tally_.claim_apply_ms.push_back(MsBetween(got->second, applied));
-          }
-        }
-        tally_.claim_ms_per_second[Second()].push_back(ms);
-        if (status == "accepted") tally_.counts["claims"]++, tally_.claims_per_second[Second()]++;
-      }
-      if (type == sync::kOpVehicle && status == "accepted") tally_.counts["vehicle_updates"]++;
-      // The kitchen hears of each (perhaps in another process): the director
-      // waits until every one has been heard.
-      if (type == sync::kOpPickUp && status == "accepted") tally_.counts["pickups_accepted"]++;
-      if (type == sync::kOpDeliver && status == "accepted") tally_.counts["deliveries_accepted"]++;
+      if (type == sync::kOpNearby || type == sync::kOpPing) return;  // queries, not pressed
+      const std::string op = m.value("op", "");
+      if (!sent_.count(op)) early_[op] = {type, m, Steady::now()};  // Press has yet to note it
+      else CountOutcome(type, m, Steady::now());
       return;
     }
     if (!data.is_object() || !data.contains("id")) return;
@@ -413,6 +391,45 @@ class Shard {
     bool take = std::uniform_real_distribution<double>(0, 1)(rng_) < plan_.accept_p;
     later_.At(Steady::now() + std::chrono::milliseconds(plan_.delay_ms),
               [this, d, id, take] { Press(d, take ? sync::kOpAccept : sync::kOpDecline, {{"surplus_id", id}}); });
+  }
+
+  // An outcome of an op pressed at sent_[op], applied on its device at
+  // `applied`. Called with tally_mu_ held.
+  void CountOutcome(const std::string& type, const json& m, Steady::time_point applied) {
+    const json& data = m.contains("data") ? m["data"] : json();
+    const std::string status = m.value("status", ""), op = m.value("op", "");
+    const Steady::time_point pressed = sent_.at(op);
+    awaiting_.erase(op);
+    if (status == "conflict") tally_.counts["conflicts"]++;
+    if (status == "rejected") tally_.counts["errors"]++;
+    if (type == sync::kOpPostSurplus && status == "accepted") {
+      tally_.counts["posts_accepted"]++;
+      tally_.posts_per_second[SecondOf(applied)]++;
+      tally_.last_post_accepted = std::max(tally_.last_post_accepted.value_or(applied), applied);
+      tally_.accepted_posts.insert(data.value("description", ""));
+      if (data["id"].is_number_integer()) tally_.posted_at[data["id"].get<int64_t>()] = pressed;
+    }
+    if (type == sync::kOpAccept || type == sync::kOpClaim) {
+      double ms = MsBetween(pressed, applied);
+      tally_.claim_ms.push_back(ms);
+      {
+        std::lock_guard wire_lock(claim_wire_.mu);
+        auto pub = claim_wire_.published.find(op);
+        auto got = claim_wire_.received.find(op);
+        if (pub != claim_wire_.published.end() && got != claim_wire_.received.end()) {
+          tally_.claim_queue_ms.push_back(MsBetween(pressed, pub->second));
+          tally_.claim_wire_ms.push_back(MsBetween(pub->second, got->second));
+          tally_.claim_apply_ms.push_back(MsBetween(got->second, applied));
+        }
+      }
+      tally_.claim_ms_per_second[SecondOf(applied)].push_back(ms);
+      if (status == "accepted") tally_.counts["claims"]++, tally_.claims_per_second[SecondOf(applied)]++;
+    }
+    if (type == sync::kOpVehicle && status == "accepted") tally_.counts["vehicle_updates"]++;
+    // The kitchen hears of each (perhaps in another process): the director
+    // waits until every one has been heard.
+    if (type == sync::kOpPickUp && status == "accepted") tally_.counts["pickups_accepted"]++;
+    if (type == sync::kOpDeliver && status == "accepted") tally_.counts["deliveries_accepted"]++;
   }
 
   bool RoutesIdle() {
@@ -594,6 +611,12 @@ class Shard {
   Tally tally_;
   std::map<std::string, Steady::time_point> sent_;  // op -> when the person pressed
   std::set<std::string> awaiting_;                  // ops pressed, outcome not yet applied
+  struct EarlyOutcome {
+    std::string type;
+    json message;
+    Steady::time_point applied;
+  };
+  std::map<std::string, EarlyOutcome> early_;  // outcomes applied before Press noted their op
   std::set<int64_t> settled_;                       // our kitchens' posts claimed or dead-lettered
   std::mt19937_64 rng_;
   std::atomic<uint64_t> up_msgs_{0}, down_msgs_{0};

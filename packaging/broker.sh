@@ -41,12 +41,15 @@ case $cmd in
     exit 1
     ;;
   stop)
-    if [[ -f $dir/mosquitto.pid ]]; then
-      pid=$(cat "$dir/mosquitto.pid")
+    # The broker may be exiting on its own as we look (a test stops it the
+    # moment a client connects) and remove its pid file between a check
+    # and a read: read once, and a missing file means nothing to stop.
+    pid=$(cat "$dir/mosquitto.pid" 2>/dev/null || true)
+    if [[ -n $pid ]]; then
       kill "$pid" 2>/dev/null || true
       for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      rm -f "$dir/mosquitto.pid"
     fi
+    rm -f "$dir/mosquitto.pid"
     ;;
   add-user)
     mosquitto_passwd -b "$dir/passwd" "$3" "$4"

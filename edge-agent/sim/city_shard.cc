@@ -290,39 +290,56 @@ class Shard {
   // The director's inbox: the start, other kitchens' routes for our vans, the end.
   void ReadInbox() {
     while (auto line = inbox_.Next()) {
-      json m = json::parse(*line, nullptr, false);
-      const std::string t = m.is_object() ? m.value("t", "") : "";
-      if (t == "start" && m["at_ns"].is_number_integer()) {
-        std::lock_guard lock(mu_);
-        start_ = Steady::time_point(std::chrono::nanoseconds(m["at_ns"].get<int64_t>()));
-        start_ns_ = m["at_ns"].get<int64_t>();
-        cv_.notify_all();
-      } else if (t == "route" && m["van_org"].is_number_integer() && van_of_org_.count(m["van_org"].get<int64_t>())) {
-        SimDevice* van = van_of_org_[m["van_org"].get<int64_t>()];
-        std::lock_guard rlock(route_mu_);
-        van->route->Add({m.value("id", int64_t{0}), {m.value("lat", 0.0), m.value("lon", 0.0)},
-                         m.value("code", std::string()), m.value("kg", 1.0)});
-        stops_received_++;
-      } else if (t == "interrupt") {
-        StopSignal::Raise();
-      } else if (t == "end") {
-        std::lock_guard lock(mu_);
-        ended_ = true;
-        cv_.notify_all();
-        return;
-      } else {
-        std::fprintf(stderr, "pp-sim (process %d): ignoring a message it does not know: %.200s\n", plan_.shard,
+      try {
+        if (!Dispatch(*line)) return;
+      } catch (const json::exception& e) {  // a field of the wrong type: say so, read on
+        std::fprintf(stderr, "pp-sim (process %d): a message it cannot read (%s): %.200s\n", plan_.shard, e.what(),
                      line->c_str());
       }
     }
   }
 
+  // One inbox message; false once it says "end".
+  bool Dispatch(const std::string& line) {
+    const json m = json::parse(line, nullptr, false);
+    const std::string t = m.is_object() ? m.value("t", "") : "";
+    if (t == "start") {
+      std::lock_guard lock(mu_);
+      start_ns_ = m.at("at_ns").get<int64_t>();
+      cv_.notify_all();
+    } else if (t == "route") {
+      auto van = van_of_org_.find(m.at("van_org").get<int64_t>());
+      if (van == van_of_org_.end()) {
+        std::fprintf(stderr, "pp-sim (process %d): a route for a van not driven here: %.200s\n", plan_.shard,
+                     line.c_str());
+        return true;
+      }
+      std::lock_guard rlock(route_mu_);
+      van->second->route->Add({m.at("id").get<int64_t>(), {m.at("lat").get<double>(), m.at("lon").get<double>()},
+                               m.at("code").get<std::string>(), m.at("kg").get<double>()});
+      stops_received_++;
+    } else if (t == "interrupt") {
+      StopSignal::Raise();
+    } else if (t == "end") {
+      std::lock_guard lock(mu_);
+      ended_ = true;
+      cv_.notify_all();
+      return false;
+    } else {
+      std::fprintf(stderr, "pp-sim (process %d): ignoring a message it does not know: %.200s\n", plan_.shard,
+                   line.c_str());
+    }
+    return true;
+  }
+
   bool WaitForStart() {
     std::unique_lock lock(mu_);
     // The stop flag has its own wake-up; look at it a few times a second.
-    while (!start_ && !ended_ && !StopSignal::raised()) cv_.wait_for(lock, std::chrono::milliseconds(100));
-    return start_.has_value() && !StopSignal::raised();
+    while (!start_ns_ && !ended_ && !StopSignal::raised()) cv_.wait_for(lock, std::chrono::milliseconds(100));
+    return start_ns_ && !StopSignal::raised();
   }
+
+  Steady::time_point Start() const { return Steady::time_point(std::chrono::nanoseconds(start_ns_.load())); }
 
   // Seconds since the rush's start (the same start in every process) at `t`.
   int SecondOf(Steady::time_point t) const {
@@ -456,7 +473,7 @@ class Shard {
       // answered or driven.
       done = tally_.counts["posts_accepted"] == int(plan_.posts.size()) && settled_.size() == plan_.posts.size() &&
              stops_received_ >= tally_.counts["claims"] && awaiting_.empty() &&
-             Steady::now() - *start_ > std::chrono::milliseconds(plan_.window_ms + 2 * plan_.delay_ms);
+             Steady::now() - Start() > std::chrono::milliseconds(plan_.window_ms + 2 * plan_.delay_ms);
     }
     m["done"] = done && later_.pending() == 0 && RoutesIdle();
     return Report(m);
@@ -538,10 +555,10 @@ class Shard {
     });
     {
       std::lock_guard lock(tally_mu_);
-      tally_.first_post_sent = *start_;
+      tally_.first_post_sent = Start();
     }
     for (const auto& post : plan_.posts) {
-      if (!StopSignal::WaitUntil(*start_ + std::chrono::milliseconds(post.at_ms))) break;  // the rush's schedule
+      if (!StopSignal::WaitUntil(Start() + std::chrono::milliseconds(post.at_ms))) break;  // the rush's schedule
       SimDevice* d = devices_[post.device].get();
       Press(d, sync::kOpPostSurplus,
             {{"category", "prepared_meals"}, {"description", d->plan.id + " surplus " + std::to_string(post.number)},
@@ -557,7 +574,7 @@ class Shard {
   int Finish() {
     {
       std::lock_guard lock(tally_mu_);
-      if (start_) {
+      if (start_ns_) {
         tally_.cpu_seconds = SelfCpuSeconds() - cpu_before_;
         tally_.mqtt_up = up_msgs_ - up_before_;
         tally_.mqtt_down = down_msgs_ - down_before_;
@@ -600,11 +617,10 @@ class Shard {
   std::vector<std::unique_ptr<SimDevice>> devices_;
   LineReader inbox_;
   std::thread inbox_thread_;
-  std::mutex mu_;  // start_, ended_
+  std::mutex mu_;  // ended_; with cv_, also signals start_ns_
   std::condition_variable cv_;
-  std::optional<Steady::time_point> start_;
   bool ended_ = false;
-  std::atomic<int64_t> start_ns_{0};  // start_, for the observers (which do not take mu_)
+  std::atomic<int64_t> start_ns_{0};  // the rush's start (steady clock, ns); 0 until "start" arrives
   std::mutex route_mu_;  // every van's route
   std::atomic<int> stops_received_{0};
   std::mutex tally_mu_;  // tally_, sent_, settled_, rng_

@@ -47,18 +47,12 @@ bool LineReader::ReadSome(std::vector<std::string>& lines) {
 }
 
 std::optional<std::string> LineReader::Next() {
-  while (true) {
-    if (auto nl = buffer_.find('\n'); nl != std::string::npos) {
-      std::string line = buffer_.substr(0, nl);
-      buffer_.erase(0, nl + 1);
-      return line;
-    }
-    char chunk[65536];
-    ssize_t n = ::read(fd_, chunk, sizeof chunk);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return std::nullopt;
-    buffer_.append(chunk, size_t(n));
+  while (next_ == pending_.size()) {
+    pending_.clear();
+    next_ = 0;
+    if (!ReadSome(pending_)) return std::nullopt;
   }
+  return std::move(pending_[next_++]);
 }
 
 namespace {

@@ -50,6 +50,7 @@ class LineReader {
  public:
   explicit LineReader(int fd) : fd_(fd) {}
   // The next whole line, blocking; nullopt at end of file or on an error.
+  // (A reader is used through Next() or through ReadSome(), not both.)
   std::optional<std::string> Next();
   // One read(2) (call when poll(2) says readable); appends every line now
   // complete. False at end of file or on an error.
@@ -59,7 +60,9 @@ class LineReader {
  private:
   void TakeLines(std::vector<std::string>& lines);
   int fd_;
-  std::string buffer_;
+  std::string buffer_;                // a line not yet complete
+  std::vector<std::string> pending_;  // Next(): lines read, pending_[next_] the next one
+  size_t next_ = 0;
 };
 
 // The stop flag both kinds of process share: SIGINT/SIGTERM (or the

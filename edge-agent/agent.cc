@@ -412,17 +412,16 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
   Status st = store_.Write([&](AgentTxn& tx) -> Status {
     answered.clear();
     told.clear();
-    for (const auto& payload : batch) {
-      json m = json::parse(payload, nullptr, false);
-      if (!m.is_object() || !m.contains("id") || !m["id"].is_number_integer() ||
-          !m.contains("kind") || !m["kind"].is_string()) {
+    // One down message: an outcome or an event (a batch is opened below).
+    auto apply = [&](json& m, const std::string& payload) -> Status {
+      if (!m.contains("id") || !m["id"].is_number_integer() || !m.contains("kind") || !m["kind"].is_string()) {
         Log(LogLevel::kWarn, "down_message_invalid", {{"payload", payload.substr(0, 200)}});
-        continue;
+        return OkStatus();
       }
       if (m.contains("ts") && m["ts"].is_number_integer())
         offset = m["ts"].get<int64_t>() - ToUnixMillis(now);
       PP_ASSIGN_OR_RETURN(bool fresh, tx.MarkApplied(m["id"].get<int64_t>()));
-      if (!fresh) continue;  // a repeat: applied before
+      if (!fresh) return OkStatus();  // a repeat: applied before
       const json& data = m.contains("data") ? m["data"] : json();
       if (m["kind"] == "event") {
         if (data.is_object() && data.contains("traceparent") && data["traceparent"].is_string())
@@ -432,9 +431,9 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
                {"trace", TraceId(data["traceparent"].get<std::string>())}});
         PP_RETURN_IF_ERROR(MergePost(tx, data));
         if (observer_) told.emplace_back("event", m.value("type", ""), m);
-        continue;
+        return OkStatus();
       }
-      if (m["kind"] != "outcome" || !m["op"].is_string()) continue;
+      if (m["kind"] != "outcome" || !m["op"].is_string()) return OkStatus();
       const std::string op = m["op"].get<std::string>();
       bool query;
       {
@@ -443,7 +442,7 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
       }
       if (query) {
         if (m.value("status", "") == "accepted" && data.is_array()) PP_RETURN_IF_ERROR(tx.ReplaceNearby(data));
-        continue;
+        return OkStatus();
       }
       PP_ASSIGN_OR_RETURN(auto taken, tx.TakeOp(op));
       OutcomeRecord rec{op, m.value("seq", uint64_t{0}), taken ? taken->type : "",
@@ -460,6 +459,16 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
       if (rec.status == "accepted" || rec.status == "conflict") PP_RETURN_IF_ERROR(MergePost(tx, data));
       if (rec.status == "accepted" && rec.type == sync::kOpVehicle)
         PP_RETURN_IF_ERROR(tx.SetMeta("vehicle", data.dump()));
+      return OkStatus();
+    };
+    for (const auto& payload : batch) {
+      auto messages = sync::DecodeDown(payload);
+      if (!messages.ok()) {
+        Log(LogLevel::kWarn, "down_message_invalid",
+            {{"error", messages.error().message}, {"payload", payload.substr(0, 200)}});
+        continue;
+      }
+      for (auto& m : *messages) PP_RETURN_IF_ERROR(apply(m, payload));
     }
     PP_RETURN_IF_ERROR(tx.SetMeta("last_sync", std::to_string(ToUnixMillis(now))));
     if (offset) PP_RETURN_IF_ERROR(tx.SetMeta("hub_offset_ms", std::to_string(*offset)));

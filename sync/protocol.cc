@@ -171,6 +171,33 @@ nlohmann::json OutcomeJson(const Outcome& o) {
           {"code", o.code},              {"message", o.message}, {"data", o.data}};
 }
 
+std::string EncodeDownBatch(const std::vector<std::string>& messages) {
+  std::string out = R"({"v":)" + std::to_string(kProtocolVersion) + R"(,"kind":"batch","messages":[)";
+  for (size_t i = 0; i < messages.size(); ++i) {
+    if (i) out += ',';
+    out += messages[i];
+  }
+  out += "]}";
+  return out;
+}
+
+Result<std::vector<nlohmann::json>> DecodeDown(std::string_view payload) {
+  nlohmann::json m = nlohmann::json::parse(payload, nullptr, false);
+  if (m.is_discarded() || !m.is_object()) return Error::Invalid("down message is not a JSON object");
+  std::vector<nlohmann::json> out;
+  if (m.value("kind", "") != "batch") {
+    out.push_back(std::move(m));
+    return out;
+  }
+  if (!m.contains("messages") || !m["messages"].is_array())
+    return Error::Invalid("batch down message has no array of messages", {{"messages", "must be an array"}});
+  for (auto& e : m["messages"]) {
+    if (!e.is_object()) return Error::Invalid("batch down message holds a non-object", {{"messages", "must hold objects"}});
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
 Outcome OutcomeFor(const Envelope& e, const Error& error) {
   Outcome o;
   o.op = e.op;

@@ -17,6 +17,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -106,5 +107,23 @@ struct Outcome {
 nlohmann::json OutcomeJson(const Outcome& o);
 // Maps an Error to the outcome a device sees.
 Outcome OutcomeFor(const Envelope& e, const Error& error);
+
+// Several down messages for one device in one MQTT publish:
+// {"v":1,"kind":"batch","messages":[m1,m2,...]}, each mi exactly as it would
+// be published alone, in outbox order. The relay sends one when a page holds
+// more than one message for a device (an op's outcome and the event it
+// caused, say): each MQTT message costs the broker, the hub and the device
+// far more than its bytes. `messages` are JSON texts; the result is at most
+// kMaxBatchBytes when their sizes plus BatchOverhead(n) are.
+std::string EncodeDownBatch(const std::vector<std::string>& messages);
+constexpr size_t BatchOverhead(size_t n) { return 40 + n; }
+// The broker's max_packet_size counts the whole MQTT packet: leave room for
+// the topic, the traceparent property and the headers (a batch of exactly
+// kMaxMessageBytes made mosquitto drop the hub's connection, page after page).
+constexpr size_t kMaxBatchBytes = kMaxMessageBytes - 4096;
+// The messages one down publish carries: itself, or a batch's elements.
+// Fails, naming what is wrong, if the payload is not a JSON object or a
+// batch's `messages` is not an array of objects.
+Result<std::vector<nlohmann::json>> DecodeDown(std::string_view payload);
 
 }  // namespace pp::sync

@@ -1,5 +1,7 @@
 #include "cloud-hub/mqtt/outbox_relay.h"
 
+#include <algorithm>
+#include <map>
 #include <set>
 #include <utility>
 
@@ -102,7 +104,6 @@ Result<bool> OutboxRelay::RelayPage() {
   if (page->empty()) return false;
 
   std::map<int64_t, std::vector<std::string>> devices_of;  // per org, this page
-  std::vector<sync::MqttClient::Ack> acks;
   std::vector<int64_t> ids;
   auto devices_of_org = [&](int64_t org) -> Result<const std::vector<std::string>*> {
     auto it = devices_of.find(org);
@@ -116,44 +117,31 @@ Result<bool> OutboxRelay::RelayPage() {
     }
     return &it->second;
   };
-  // At most kWindow publishes awaiting PUBACK. The broker allows 200 in
-  // flight (its MQTT v5 Receive Maximum); beyond that Paho C 1.3 parks
-  // publishes and resumes them only on its 1-second timer, which showed as
-  // whole-second stalls per page.
-  size_t acked = 0;
-  // For the delay metric: each event's commit time and how many publishes
-  // must be acknowledged before all of its own are, observed as they are.
-  std::vector<std::pair<size_t, Timestamp>> settles_at;
-  size_t settled = 0;
-  auto settle_through = [&](size_t acks_done) {
-    for (; settled < settles_at.size() && settles_at[settled].first <= acks_done; ++settled)
-      if (delay_)
-        delay_->Observe(std::chrono::duration<double>(hub_.clock().Now() - settles_at[settled].second).count());
+  // What each device is to receive from this page, in outbox order; an
+  // event sent to several devices is in several lists.
+  struct Message {
+    std::string bytes, traceparent;
+    size_t event;  // index in *page
   };
-  auto await_next_ack = [&]() -> Status {
-    PP_RETURN_IF_ERROR(acks[acked++].Wait(std::chrono::seconds(10)));
-    settle_through(acked);
-    return OkStatus();
-  };
-  auto publish = [&](const std::string& device, const std::string& bytes,
-                     const std::string& traceparent) -> Status {
-    while (acks.size() - acked >= kWindow) PP_RETURN_IF_ERROR(await_next_ack());
-    PP_ASSIGN_OR_RETURN(auto ack, mqtt_.Publish(sync::DownTopic(device), bytes, traceparent));
-    acks.push_back(std::move(ack));
-    return OkStatus();
+  std::vector<std::string> order;  // devices, as first met
+  std::map<std::string, std::vector<Message>> inbox;
+  auto send = [&](const std::string& device, std::string bytes, std::string traceparent, size_t event) {
+    auto [it, fresh] = inbox.try_emplace(device);
+    if (fresh) order.push_back(device);
+    it->second.push_back({std::move(bytes), std::move(traceparent), event});
   };
   // The hub's clock on every message: devices whose clocks are off convert
   // the times people pick with it (docs/protocol.md, "ts").
   const int64_t now_ms = ToUnixMillis(hub_.clock().Now());
-  for (const auto& e : *page) {
+  for (size_t i = 0; i < page->size(); ++i) {
+    const OutboxEvent& e = (*page)[i];
     auto payload = nlohmann::json::parse(e.payload_json, nullptr, false);
     if (e.type == "device.outcome") {
       if (payload.is_object() && payload["device"].is_string()) {
         nlohmann::json message = payload["message"];
         message["id"] = e.id;
         message["ts"] = now_ms;
-        PP_RETURN_IF_ERROR(publish(payload["device"].get<std::string>(), message.dump(),
-                                   payload.value("traceparent", "")));
+        send(payload["device"].get<std::string>(), message.dump(), payload.value("traceparent", ""), i);
       }
     } else if (payload.is_object()) {
       // The handover code is the provider's secret: only its devices see it.
@@ -174,16 +162,75 @@ Result<bool> OutboxRelay::RelayPage() {
       std::string trace = payload.value("traceparent", "");
       for (int64_t org : OrgsOf(e.type, payload)) {
         PP_ASSIGN_OR_RETURN(auto devices, devices_of_org(org));
-        for (const auto& device : *devices)
-          PP_RETURN_IF_ERROR(publish(device, org == provider ? provider_bytes : bytes, trace));
+        for (const auto& device : *devices) send(device, org == provider ? provider_bytes : bytes, trace, i);
       }
     }
     ids.push_back(e.id);
-    settles_at.emplace_back(acks.size(), e.created_at);
+  }
+
+  // One publish per device, its messages batched (sync::EncodeDownBatch) up
+  // to the broker's packet size, in the order the devices were first met.
+  struct Publish {
+    const std::string* device;
+    std::vector<Message>::const_iterator from, to;
+  };
+  std::vector<Publish> plan;
+  std::vector<size_t> last_publish(page->size(), 0);  // per event: publishes before all of its are out
+  for (const auto& device : order) {
+    const auto& messages = inbox[device];
+    auto from = messages.begin();
+    size_t bytes = 0;
+    for (auto m = messages.begin(); m != messages.end(); ++m) {
+      size_t n = size_t(m - from) + 1;
+      if (m != from && bytes + m->bytes.size() + sync::BatchOverhead(n) > sync::kMaxBatchBytes) {
+        plan.push_back({&device, from, m});
+        from = m;
+        bytes = 0;
+      }
+      bytes += m->bytes.size();
+      last_publish[m->event] = plan.size() + 1;
+    }
+    plan.push_back({&device, from, messages.end()});
+  }
+  // For the delay metric: events in the order their last publish is acknowledged.
+  std::vector<size_t> settle_order(page->size());
+  for (size_t i = 0; i < settle_order.size(); ++i) settle_order[i] = i;
+  std::stable_sort(settle_order.begin(), settle_order.end(),
+                   [&](size_t a, size_t b) { return last_publish[a] < last_publish[b]; });
+  size_t settled = 0;
+  auto settle_through = [&](size_t acks_done) {
+    for (; settled < settle_order.size() && last_publish[settle_order[settled]] <= acks_done; ++settled)
+      if (delay_)
+        delay_->Observe(std::chrono::duration<double>(hub_.clock().Now() -
+                                                      (*page)[settle_order[settled]].created_at).count());
+  };
+  // At most kWindow publishes awaiting PUBACK. The broker allows 200 in
+  // flight (its MQTT v5 Receive Maximum); beyond that Paho C 1.3 parks
+  // publishes and resumes them only on its 1-second timer, which showed as
+  // whole-second stalls per page.
+  std::vector<sync::MqttClient::Ack> acks;
+  size_t acked = 0;
+  auto await_next_ack = [&]() -> Status {
+    PP_RETURN_IF_ERROR(acks[acked++].Wait(std::chrono::seconds(10)));
+    settle_through(acked);
+    return OkStatus();
+  };
+  settle_through(0);  // events nobody was to receive
+  for (const auto& p : plan) {
+    while (acks.size() - acked >= kWindow) PP_RETURN_IF_ERROR(await_next_ack());
+    std::string bytes;
+    if (p.to - p.from == 1) {
+      bytes = p.from->bytes;
+    } else {
+      std::vector<std::string> parts;
+      for (auto m = p.from; m != p.to; ++m) parts.push_back(m->bytes);
+      bytes = sync::EncodeDownBatch(parts);
+    }
+    PP_ASSIGN_OR_RETURN(auto ack, mqtt_.Publish(sync::DownTopic(*p.device), bytes, p.from->traceparent));
+    acks.push_back(std::move(ack));
   }
   // Mark only what the broker has acknowledged, all of it or nothing.
   while (acked < acks.size()) PP_RETURN_IF_ERROR(await_next_ack());
-  settle_through(acks.size());  // and events nobody was to receive
   {
     std::lock_guard lock(mu_);
     unmarked_.insert(ids.begin(), ids.end());

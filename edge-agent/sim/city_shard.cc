@@ -171,11 +171,14 @@ struct ClaimWire {
   void Received(const std::string& down) {
     if (down.find("\"kind\":\"outcome\"") == std::string::npos) return;
     auto at = Steady::now();
-    auto j = json::parse(down, nullptr, false);
-    if (!j.is_object() || !j["op"].is_string()) return;
-    std::string op = j["op"].get<std::string>();
+    auto messages = sync::DecodeDown(down);
+    if (!messages.ok()) return;
     std::lock_guard lock(mu);
-    if (published.count(op)) received.emplace(std::move(op), at);
+    for (auto& j : *messages) {
+      if (!j.contains("op") || !j["op"].is_string()) continue;
+      std::string op = j["op"].get<std::string>();
+      if (published.count(op)) received.emplace(std::move(op), at);
+    }
   }
 };
 

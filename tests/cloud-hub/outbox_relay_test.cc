@@ -37,11 +37,11 @@ class OutboxRelayTest : public ::testing::Test {
   }
 
   // Posts a surplus; its surplus.posted event is what the relay carries.
-  int64_t Post(const std::string& what) {
+  int64_t Post(const std::string& what, const std::string& description = "") {
     SurplusDraft d;
     d.provider_id = provider_;
     d.category = "bakery";
-    d.description = what;
+    d.description = description.empty() ? what : description;
     d.best_before = SystemClock::Instance().Now() + std::chrono::hours(2);
     auto posted = hub_.PostSurplus(d, what);
     EXPECT_TRUE(posted.ok());
@@ -136,6 +136,63 @@ TEST_F(OutboxRelayTest, APendingMarkHoldsNothingUpAndRepublishesNothing) {
   release();
   relay.Stop();
   EXPECT_TRUE(hub_.ListUnsentOutbox(10)->empty());
+}
+
+TEST_F(OutboxRelayTest, ADevicesMessagesInAPageComeBatchedInOrderUnderThePacketSize) {
+  // Three events waiting before the relay starts: one page, one publish.
+  std::vector<int64_t> small{Post("a"), Post("b"), Post("c")};
+  OutboxRelay relay(hub_, *mqtt_);
+  relay.Start();
+  ASSERT_TRUE(KioskHeardOf(small.back()));
+  EXPECT_EQ(kiosk_.publishes(), 1) << "three messages for one device in one page: one publish";
+  relay.Stop();
+
+  // Forty of 2.6–3.9 KB (~130 KB): more than the broker takes in one packet
+  // (64 KB counting topic and headers; more ends the hub's connection), so
+  // several publishes, each under the limit, and every message in order.
+  // The sizes vary so that some batch ends within a few hundred bytes of the
+  // limit.
+  std::vector<int64_t> big;
+  for (int i = 0; i < 40; ++i)
+    big.push_back(Post("big-" + std::to_string(i), std::string(2600 + (i * 337) % 1300, 'x')));
+  OutboxRelay again(hub_, *mqtt_);
+  again.Start();
+  ASSERT_TRUE(KioskHeardOf(big.back())) << "the large page did not arrive";
+  EXPECT_TRUE(AllMarked());
+  again.Stop();
+  EXPECT_GE(kiosk_.publishes(), 1 + 2);
+  EXPECT_LE(kiosk_.publishes(), 1 + 40 / 2) << "large messages were not batched at all";
+  std::vector<int64_t> heard;
+  for (const auto& m : kiosk_.messages()) heard.push_back(m["data"]["id"].get<int64_t>());
+  std::vector<int64_t> all = small;
+  all.insert(all.end(), big.begin(), big.end());
+  EXPECT_EQ(heard, all);
+  EXPECT_EQ(kiosk_.duplicates_dropped(), 0);
+}
+
+TEST_F(OutboxRelayTest, ABatchOfTheLargestSizeTheRelaySendsPassesTheBroker) {
+  // The broker's max_packet_size (64 KiB) counts topic, properties and
+  // headers too: a payload of exactly 64 KiB ends the sender's connection.
+  // The relay's cap (kMaxBatchBytes) must pass, with a traceparent, to the
+  // longest device id there can be.
+  const std::string tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+  auto batch_of = [](size_t total) {
+    std::string head = R"({"v":1,"kind":"event","id":99,"type":"surplus.posted","data":{"description":")";
+    std::string tail = R"("}})";
+    std::string pad(total - sync::BatchOverhead(1) - head.size() - tail.size(), 'x');
+    std::string b = sync::EncodeDownBatch({head + pad + tail});
+    return b + std::string(total - b.size(), ' ');  // exactly `total` bytes (JSON allows trailing space)
+  };
+  std::string largest = batch_of(sync::kMaxBatchBytes);
+  ASSERT_EQ(largest.size(), sync::kMaxBatchBytes);
+  test::TestDevice longest{broker_, std::string(64, 'k')};
+  broker_.AddUser(longest.id(), longest.password());
+  ASSERT_TRUE(longest.Connect().ok());
+  auto ack = mqtt_->Publish(sync::DownTopic(longest.id()), largest, tp);
+  ASSERT_TRUE(ack.ok());
+  EXPECT_TRUE(ack->Wait(std::chrono::seconds(10)).ok());
+  EXPECT_FALSE(longest.WaitEvent("surplus.posted").is_null()) << "the largest batch did not arrive";
+  EXPECT_TRUE(mqtt_->connected());
 }
 
 }  // namespace

@@ -377,15 +377,18 @@ TestDevice::TestDevice(const Broker& broker, std::string id)
   o.subscriptions = {sync::DownTopic(id_)};
   client_ = std::make_unique<sync::MqttClient>(
       o, [this](const std::string&, const std::string& payload, const std::string&) {
-        auto j = nlohmann::json::parse(payload, nullptr, false);
-        if (j.is_discarded()) return;
+        auto messages = sync::DecodeDown(payload);
+        if (!messages.ok()) return;
         std::lock_guard lock(mu_);
-        if (j.contains("id") && j["id"].is_number_integer() &&
-            !seen_ids_.insert(j["id"].get<int64_t>()).second) {
-          duplicates_++;  // QoS 1 may deliver twice; the id tells
-          return;
+        publishes_++;
+        for (auto& j : *messages) {
+          if (j.contains("id") && j["id"].is_number_integer() &&
+              !seen_ids_.insert(j["id"].get<int64_t>()).second) {
+            duplicates_++;  // QoS 1 may deliver twice; the id tells
+            continue;
+          }
+          received_.push_back(std::move(j));
         }
-        received_.push_back(std::move(j));
         cv_.notify_all();
       });
 }

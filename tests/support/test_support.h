@@ -198,6 +198,16 @@ class TestDevice {
                            const std::function<bool(const nlohmann::json&)>& pred = nullptr,
                            std::chrono::milliseconds deadline = std::chrono::seconds(10));
   int duplicates_dropped() const { return duplicates_; }
+  // MQTT publishes received, and the down messages they carried (a batch
+  // carries several; repeats dropped).
+  int publishes() const {
+    std::lock_guard lock(mu_);
+    return publishes_;
+  }
+  std::vector<nlohmann::json> messages() const {
+    std::lock_guard lock(mu_);
+    return received_;
+  }
   std::string password() const { return password_; }
   sync::KeyPair& keys() { return keys_; }
   uint64_t next_seq = 1;
@@ -210,6 +220,7 @@ class TestDevice {
   std::vector<nlohmann::json> received_;  // guarded by mu_
   std::set<int64_t> seen_ids_;            // guarded by mu_
   int duplicates_ = 0;                    // guarded by mu_
+  int publishes_ = 0;                     // guarded by mu_
   // Last: destroyed first, so its callback thread is gone before the state
   // the callback touches.
   std::unique_ptr<sync::MqttClient> client_;

@@ -48,6 +48,26 @@ TEST(Protocol, DecodeNamesWhatIsWrong) {
   EXPECT_EQ(Decode(std::string(kMaxMessageBytes + 1, ' ')).error().code, Code::kResourceExhausted);
 }
 
+TEST(Protocol, DownBatchesCarryTheirMessagesAsTheyWere) {
+  std::string a = R"({"v":1,"kind":"outcome","id":3,"op":"x"})", b = R"({"v":1,"kind":"event","id":4})";
+  std::string batch = EncodeDownBatch({a, b});
+  EXPECT_LE(batch.size(), a.size() + b.size() + BatchOverhead(2));
+  auto got = DecodeDown(batch);
+  ASSERT_TRUE(got.ok()) << got.error().ToString();
+  ASSERT_EQ(got->size(), 2u);
+  EXPECT_EQ((*got)[0], nlohmann::json::parse(a));
+  EXPECT_EQ((*got)[1], nlohmann::json::parse(b));
+  auto one = DecodeDown(a);  // a message alone is itself
+  ASSERT_TRUE(one.ok());
+  ASSERT_EQ(one->size(), 1u);
+  EXPECT_EQ((*one)[0]["op"], "x");
+  EXPECT_FALSE(DecodeDown("[1]").ok());
+  auto no_array = DecodeDown(R"({"kind":"batch","messages":{}})");
+  ASSERT_FALSE(no_array.ok());
+  EXPECT_EQ(no_array.error().fields.at(0).field, "messages");
+  EXPECT_FALSE(DecodeDown(R"({"kind":"batch","messages":[{},2]})").ok());
+}
+
 TEST(Protocol, Topics) {
   EXPECT_EQ(UpTopic("kiosk-7", "claim"), "pp/v1/up/kiosk-7/claim");
   auto t = ParseUpTopic("pp/v1/up/kiosk-7/claim");

@@ -15,6 +15,10 @@
 //                              holding the offer or the claim, and of the NGO
 //                              that just declined or timed out
 //
+// A page's messages for one device go in one publish (a batch, see
+// docs/protocol.md, "Batch"), in outbox order, cut where the next would not
+// fit the broker's packet size: an MQTT message costs far more than its bytes.
+//
 // One relay per store: with several hub replicas run it in one of them
 // (--relay), or accept duplicates, which receivers drop anyway.
 //

@@ -251,6 +251,13 @@ int main(int argc, char** argv) {
         mo, [&pool](const std::string& topic, const std::string& payload, const std::string& tp) {
           pool->Post(topic, payload, tp);
         });
+    ingest->SetQueryReply([m = mqtt.get()](const std::string& device, const std::string& message,
+                                           const std::string& tp) {
+      // QoS 0: a lost answer is asked for again, and the relay's QoS 1
+      // window of in-flight publishes stays its own.
+      if (auto ack = m->Publish(pp::sync::DownTopic(device), message, tp, 0); !ack.ok())
+        pp::Log(pp::LogLevel::kWarn, "query_answer_not_sent", {{"device", device}, {"error", ack.error().ToString()}});
+    });
     if (auto st = mqtt->Connect(std::chrono::seconds(10)); !st.ok()) {
       std::fprintf(stderr, "pp-hub: %s\n", st.error().ToString().c_str());
       return 1;

@@ -414,15 +414,35 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
     told.clear();
     // One down message: an outcome or an event (a batch is opened below).
     auto apply = [&](json& m, const std::string& payload) -> Status {
-      if (!m.contains("id") || !m["id"].is_number_integer() || !m.contains("kind") || !m["kind"].is_string()) {
-        Log(LogLevel::kWarn, "down_message_invalid", {{"payload", payload.substr(0, 200)}});
+      if (!m.contains("kind") || !m["kind"].is_string()) {
+        Log(LogLevel::kWarn, "down_message_invalid",
+            {{"reason", "no kind"}, {"payload", payload.substr(0, 200)}});
         return OkStatus();
       }
       if (m.contains("ts") && m["ts"].is_number_integer())
         offset = m["ts"].get<int64_t>() - ToUnixMillis(now);
+      const json& data = m.contains("data") ? m["data"] : json();
+      // The answer to one of our queries (nearby, ping): the hub sends it
+      // straight, without an outbox id; nothing to apply twice.
+      if (m["kind"] == "outcome" && m.contains("op") && m["op"].is_string()) {
+        bool query;
+        {
+          std::lock_guard lock(mu_);
+          query = queries_.erase(m["op"].get<std::string>()) > 0;
+        }
+        if (query) {
+          if (m.value("status", "") == "accepted" && data.is_array()) PP_RETURN_IF_ERROR(tx.ReplaceNearby(data));
+          return OkStatus();
+        }
+      }
+      if (!m.contains("id") || !m["id"].is_number_integer()) {
+        Log(LogLevel::kWarn, "down_message_invalid",
+            {{"reason", "no outbox id, and not the answer to a query in flight"},
+             {"payload", payload.substr(0, 200)}});
+        return OkStatus();
+      }
       PP_ASSIGN_OR_RETURN(bool fresh, tx.MarkApplied(m["id"].get<int64_t>()));
       if (!fresh) return OkStatus();  // a repeat: applied before
-      const json& data = m.contains("data") ? m["data"] : json();
       if (m["kind"] == "event") {
         if (data.is_object() && data.contains("traceparent") && data["traceparent"].is_string())
           Log(LogLevel::kInfo, "event_received",
@@ -433,17 +453,8 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
         if (observer_) told.emplace_back("event", m.value("type", ""), m);
         return OkStatus();
       }
-      if (m["kind"] != "outcome" || !m["op"].is_string()) return OkStatus();
+      if (m["kind"] != "outcome" || !m.contains("op") || !m["op"].is_string()) return OkStatus();
       const std::string op = m["op"].get<std::string>();
-      bool query;
-      {
-        std::lock_guard lock(mu_);
-        query = queries_.erase(op) > 0;
-      }
-      if (query) {
-        if (m.value("status", "") == "accepted" && data.is_array()) PP_RETURN_IF_ERROR(tx.ReplaceNearby(data));
-        return OkStatus();
-      }
       PP_ASSIGN_OR_RETURN(auto taken, tx.TakeOp(op));
       OutcomeRecord rec{op, m.value("seq", uint64_t{0}), taken ? taken->type : "",
                         m.value("status", ""), m.value("code", ""), m.value("message", ""),

@@ -253,9 +253,9 @@ Status MqttClient::ConnectOnce(std::chrono::milliseconds timeout, bool clean_sta
 }
 
 Result<MqttClient::Ack> MqttClient::Publish(const std::string& topic, const std::string& payload,
-                                            const std::string& traceparent) {
+                                            const std::string& traceparent, int qos) {
   try {
-    auto msg = mqtt::make_message(topic, payload, 1, false);
+    auto msg = mqtt::make_message(topic, payload, qos, false);
     if (!traceparent.empty()) {
       mqtt::properties props;
       props.add({mqtt::property::USER_PROPERTY, "traceparent", traceparent});

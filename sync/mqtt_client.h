@@ -106,8 +106,11 @@ class MqttClient {
   // and keeps the client connected from a thread of its own, with jittered
   // exponential backoff (Options). Use either Start() or Connect().
   void Start();
+  // QoS 1 unless told otherwise; a QoS 0 publish is never acknowledged (its
+  // Ack completes once Paho has written it) and never counts against the
+  // broker's in-flight limit.
   Result<Ack> Publish(const std::string& topic, const std::string& payload,
-                      const std::string& traceparent = "");
+                      const std::string& traceparent = "", int qos = 1);
   bool connected() const;
   // Stops reconnecting and disconnects; Connect() or Start() again resumes.
   void Disconnect();

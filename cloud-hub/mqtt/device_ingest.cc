@@ -68,6 +68,14 @@ void DeviceIngest::Answer(const std::string& device, const sync::Outcome& outcom
   });
 }
 
+void DeviceIngest::AnswerQuery(const std::string& device, const sync::Outcome& outcome,
+                               const std::string& traceparent) {
+  if (!query_reply_) return Answer(device, outcome, traceparent);
+  nlohmann::json message = sync::OutcomeJson(outcome);
+  message["ts"] = ToUnixMillis(hub_.clock().Now());  // the hub's clock, as on every down message
+  query_reply_(device, message.dump(), traceparent);
+}
+
 void DeviceIngest::Refuse(const std::string& device, const sync::Envelope& env, Error error,
                           const std::string& traceparent) {
   refused_++;
@@ -101,7 +109,7 @@ void DeviceIngest::AnswerNearby(const Device& device, const sync::Envelope& env,
   accepted_++;
   sync::Outcome o{env.op, env.seq, sync::OutcomeStatus::kAccepted, "ok", "",
                   nearby_({lat, lon}, km)};
-  Answer(device.id, o, traceparent);
+  AnswerQuery(device.id, o, traceparent);
 }
 
 void DeviceIngest::SetMetrics(metrics::Registry* r) {
@@ -177,10 +185,10 @@ void DeviceIngest::OnMessage(const std::string& topic, const std::string& payloa
     if (!env.body.empty())
       return Refuse(topic_device, env, Error::Invalid("ping takes an empty body"), traceparent);
     accepted_++;
-    return Answer(device.id,
-                  {env.op, env.seq, sync::OutcomeStatus::kAccepted, "ok", "",
-                   {{"now", FormatRfc3339(hub_.clock().Now())}}},
-                  traceparent);
+    return AnswerQuery(device.id,
+                       {env.op, env.seq, sync::OutcomeStatus::kAccepted, "ok", "",
+                        {{"now", FormatRfc3339(hub_.clock().Now())}}},
+                       traceparent);
   }
   if (env.type == sync::kOpPickUp) {
     auto id = SurplusIdOf(env.body, {"surplus_id", "handover_code", "actual_kg"});

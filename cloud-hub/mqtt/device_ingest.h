@@ -38,6 +38,16 @@ class DeviceIngest {
   // before traffic; without it the query is answered `unavailable`.
   using NearbyQuery = std::function<nlohmann::json(const GeoPoint& at, double km)>;
   void SetNearbyQuery(NearbyQuery q) { nearby_ = std::move(q); }
+  // Where the answers to queries (nearby, ping) go: straight to the device
+  // (pp-hub publishes them at once with QoS 0), not through the outbox. A
+  // query changes nothing, so there is nothing to make durable, and a lost
+  // answer is asked for again; through the outbox each answer (up to 50
+  // posts) was written, fsynced, read back, parsed and re-serialised. Set
+  // once, before traffic; without it answers go through the outbox.
+  // `message` is the outcome as the device reads it (no outbox "id").
+  using QueryReply = std::function<void(const std::string& device, const std::string& message,
+                                        const std::string& traceparent)>;
+  void SetQueryReply(QueryReply r) { query_reply_ = std::move(r); }
   // Claims and acceptances feed surplus_claim_latency_seconds{door="mqtt"}
   // (receipt to commit); the ingest counters are read from stats().
   void SetMetrics(metrics::Registry* registry);
@@ -59,11 +69,13 @@ class DeviceIngest {
   void Refuse(const std::string& device, const sync::Envelope& env, Error error,
               const std::string& traceparent);
 
-  // A query: nothing to apply, answered in a transaction of its own.
+  // A query: nothing to apply; answered through query_reply_ if set.
   void AnswerNearby(const Device& device, const sync::Envelope& env, const std::string& traceparent);
+  void AnswerQuery(const std::string& device, const sync::Outcome& outcome, const std::string& traceparent);
 
   HubService& hub_;
   NearbyQuery nearby_;
+  QueryReply query_reply_;
   metrics::Histogram* claim_latency_ = nullptr;
   std::atomic<uint64_t> received_{0}, accepted_{0}, refused_{0}, dropped_{0};
 };

@@ -118,6 +118,34 @@ TEST_F(SyncTest, PostOfferClaimOutcomeEndToEnd) {
   EXPECT_EQ(lost["data"]["claimed_by"], ngo_);
 }
 
+// Queries change nothing: the hub answers them at once, straight to the
+// device (QoS 0), not through the outbox — so the answer has no outbox id
+// and nothing about it is stored. A bad query is still refused by name.
+TEST_F(SyncTest, QueriesAreAnsweredAtOnceOutsideTheOutbox) {
+  auto posted = kiosk_->WaitOutcome(kiosk_->Send("post_surplus", Post(1)).op);
+  ASSERT_FALSE(posted.is_null());
+  int64_t id = posted["data"]["id"].get<int64_t>();
+  json near;
+  ASSERT_TRUE(test::Eventually([&] {  // the matcher indexes the post just after its commit
+    near = tablet_->WaitOutcome(tablet_->Send("nearby", {{"lat", 51.5}, {"lon", -0.1}, {"km", 5}}).op);
+    return near.is_object() && near["data"].is_array() && !near["data"].empty();
+  }, std::chrono::seconds(10))) << near.dump();
+  EXPECT_EQ(near["status"], "accepted");
+  EXPECT_EQ(near["data"][0]["id"], id);
+  EXPECT_FALSE(near.contains("id")) << "the answer went through the outbox";
+  EXPECT_TRUE(near["ts"].is_number_integer()) << "no hub clock on the answer";
+
+  json pong = kiosk_->WaitOutcome(kiosk_->Send("ping", json::object()).op);
+  ASSERT_FALSE(pong.is_null());
+  EXPECT_TRUE(pong["data"]["now"].is_string());
+  EXPECT_FALSE(pong.contains("id"));
+
+  json bad = tablet_->WaitOutcome(tablet_->Send("nearby", {{"lat", 91}, {"lon", -0.1}}).op);
+  ASSERT_FALSE(bad.is_null());
+  EXPECT_EQ(bad["status"], "rejected");
+  EXPECT_EQ(bad["data"][0]["field"], "lat");
+}
+
 TEST_F(SyncTest, DuplicatedAndReorderedDeliveriesApplyOnce) {
   auto first = Envelope(kiosk_->id(), 5, "op-five", Post(5), kiosk_->keys().secret_key);
   auto second = Envelope(kiosk_->id(), 4, "op-four", Post(4), kiosk_->keys().secret_key);

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <mutex>
+#include <optional>
 #include <set>
 
 #include <nlohmann/json.hpp>
@@ -91,6 +92,86 @@ TEST_F(AgentDownTest, ABatchIsAppliedInOrderAndAMalformedOneIsDroppedByName) {
   std::set<int64_t> posts;
   for (const auto& p : st["posts"]) posts.insert(p["id"].get<int64_t>());
   EXPECT_EQ(posts, (std::set<int64_t>{41, 42, 43}));
+}
+
+// An uplink that is always connected and records what is published; every
+// publish is acknowledged at once.
+class Recording final : public Uplink {
+ public:
+  bool Connected() const override { return true; }
+  Result<AckWait> Publish(const std::string& topic, const std::string& payload, const std::string&) override {
+    std::lock_guard lock(mu_);
+    sent_.emplace_back(topic, payload);
+    return AckWait([](std::chrono::milliseconds) { return OkStatus(); });
+  }
+  // The op id of the first publish whose topic ends with `/type`, if any yet.
+  std::optional<std::string> OpOf(const std::string& type) {
+    std::lock_guard lock(mu_);
+    for (const auto& [topic, payload] : sent_)
+      if (topic.ends_with("/" + type)) return json::parse(payload)["op"].get<std::string>();
+    return std::nullopt;
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::pair<std::string, std::string>> sent_;
+};
+
+// The hub answers queries (nearby, ping) straight, without an outbox id
+// (docs/protocol.md, "Answers to queries"): the agent takes such an answer
+// for a query it asked, and only once.
+TEST(AgentQueryTest, AnswersWithoutAnOutboxIdAreTakenForTheQueriesAsked) {
+  test::TempDir dir;
+  auto store = AgentStore::Open(dir.file("tablet.db"));
+  ASSERT_TRUE(store.ok());
+  DeviceConfig cfg;
+  cfg.device_id = "tablet-1";
+  cfg.role = "tablet";
+  cfg.org_id = 9;
+  cfg.position = GeoPoint{51.52, -0.10};
+  Recording uplink;
+  Agent agent(cfg, sync::GenerateKeyPair().secret_key, **store, SystemClock::Instance(), uplink);
+  agent.Start();
+  std::optional<std::string> nearby, ping;
+  ASSERT_TRUE(test::Eventually([&] { return (nearby = uplink.OpOf("nearby")) && (ping = uplink.OpOf("ping")); },
+                               std::chrono::seconds(10)))
+      << "the tablet asked nothing on connecting";
+
+  const int64_t hour_ahead = ToUnixMillis(SystemClock::Instance().Now()) + 3600 * 1000;
+  json answer{{"v", 1}, {"kind", "outcome"}, {"op", *nearby}, {"seq", 1}, {"status", "accepted"},
+              {"code", "ok"}, {"message", ""}, {"ts", hour_ahead},
+              {"data", json::array({{{"id", 77}, {"status", "offered"}, {"distance_km", 0.4}}})}};
+  agent.OnDown(answer.dump());
+  json pong{{"v", 1}, {"kind", "outcome"}, {"op", *ping}, {"seq", 1}, {"status", "accepted"},
+            {"code", "ok"}, {"message", ""}, {"ts", hour_ahead}, {"data", {{"now", "x"}}}};
+  agent.OnDown(pong.dump());
+  auto nearby_ids = [&] {
+    std::set<int64_t> ids;
+    json st = *agent.State();
+    for (const auto& p : st["nearby"]) ids.insert(p["id"].get<int64_t>());
+    return ids;
+  };
+  ASSERT_TRUE(test::Eventually([&] { return nearby_ids() == std::set<int64_t>{77}; }, std::chrono::seconds(10)))
+      << agent.State()->dump();
+  // The hub's clock came with the answers: an hour ahead of ours.
+  auto hub_now = ParseRfc3339((*agent.State())["hub_now"].get<std::string>());
+  ASSERT_TRUE(hub_now.has_value());
+  EXPECT_GT(*hub_now - SystemClock::Instance().Now(), std::chrono::minutes(50));
+
+  // The same answer again is not a query in flight any more, and without an
+  // id it is nothing the agent can apply: dropped, the list unchanged.
+  answer["data"] = json::array({{{"id", 78}}});
+  agent.OnDown(answer.dump());
+  json last{{"v", 1}, {"kind", "event"}, {"id", 1}, {"ts", hour_ahead}, {"type", "surplus.posted"},
+            {"data", {{"id", 79}, {"status", "available"}, {"version", 1}}}};
+  agent.OnDown(last.dump());  // applied after the repeat: once it is, the repeat was handled
+  ASSERT_TRUE(test::Eventually([&] {
+    json st = *agent.State();
+    for (const auto& p : st["posts"]) if (p["id"] == 79) return true;
+    return false;
+  }, std::chrono::seconds(10)));
+  EXPECT_EQ(nearby_ids(), std::set<int64_t>{77});
+  agent.Stop();
 }
 
 }  // namespace

@@ -37,6 +37,10 @@ stop() {
 trap stop INT TERM EXIT
 
 echo "mosquitto on tcp://127.0.0.1:$port (config and users in var/broker)"
+# The last run's file says "listening" too: without this the wait below
+# could read it before tee empties the file, and start the demo too early
+# (seen once: pp-sim's first request found no hub).
+rm -f var/hub.out
 build/bin/pp-hub --http "$http" --db "${PP_DB:-sqlite:$root/var/hub.db}" \
   --mqtt "tcp://127.0.0.1:$port" --mqtt-password-file "$root/var/broker/hub.password" \
   --jwt-public-key "$root/var/jwt/jwt.pub" "$@" > >(tee var/hub.out) 2> var/hub.log &

@@ -171,7 +171,7 @@ nlohmann::json OutcomeJson(const Outcome& o) {
           {"code", o.code},              {"message", o.message}, {"data", o.data}};
 }
 
-std::string EncodeDownBatch(const std::vector<std::string>& messages) {
+std::string EncodeDownBatch(const std::vector<std::string_view>& messages) {
   std::string out = R"({"v":)" + std::to_string(kProtocolVersion) + R"(,"kind":"batch","messages":[)";
   for (size_t i = 0; i < messages.size(); ++i) {
     if (i) out += ',';
@@ -179,6 +179,21 @@ std::string EncodeDownBatch(const std::vector<std::string>& messages) {
   }
   out += "]}";
   return out;
+}
+
+std::vector<std::pair<size_t, size_t>> CutIntoBatches(const std::vector<size_t>& sizes, size_t limit) {
+  std::vector<std::pair<size_t, size_t>> cuts;
+  size_t first = 0, bytes = 0;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    if (i > first && bytes + sizes[i] + BatchOverhead(i - first + 1) > limit) {
+      cuts.emplace_back(first, i);
+      first = i;
+      bytes = 0;
+    }
+    bytes += sizes[i];
+  }
+  if (first < sizes.size()) cuts.emplace_back(first, sizes.size());
+  return cuts;
 }
 
 Result<std::vector<nlohmann::json>> DecodeDown(std::string_view payload) {

@@ -17,6 +17,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -115,12 +116,17 @@ Outcome OutcomeFor(const Envelope& e, const Error& error);
 // caused, say): each MQTT message costs the broker, the hub and the device
 // far more than its bytes. `messages` are JSON texts; the result is at most
 // kMaxBatchBytes when their sizes plus BatchOverhead(n) are.
-std::string EncodeDownBatch(const std::vector<std::string>& messages);
+std::string EncodeDownBatch(const std::vector<std::string_view>& messages);
 constexpr size_t BatchOverhead(size_t n) { return 40 + n; }
 // The broker's max_packet_size counts the whole MQTT packet: leave room for
 // the topic, the traceparent property and the headers (a batch of exactly
 // kMaxMessageBytes made mosquitto drop the hub's connection, page after page).
 constexpr size_t kMaxBatchBytes = kMaxMessageBytes - 4096;
+// Cuts one device's messages, given their sizes in order, into publishes
+// of at most `limit` bytes once batched: [first, last) index ranges, in
+// order, covering all of them. A message too large to share goes alone.
+std::vector<std::pair<size_t, size_t>> CutIntoBatches(const std::vector<size_t>& sizes,
+                                                      size_t limit = kMaxBatchBytes);
 // The messages one down publish carries: itself, or a batch's elements.
 // Fails, naming what is wrong, if the payload is not a JSON object or a
 // batch's `messages` is not an array of objects.

@@ -178,19 +178,12 @@ Result<bool> OutboxRelay::RelayPage() {
   std::vector<size_t> last_publish(page->size(), 0);  // per event: publishes before all of its are out
   for (const auto& device : order) {
     const auto& messages = inbox[device];
-    auto from = messages.begin();
-    size_t bytes = 0;
-    for (auto m = messages.begin(); m != messages.end(); ++m) {
-      size_t n = size_t(m - from) + 1;
-      if (m != from && bytes + m->bytes.size() + sync::BatchOverhead(n) > sync::kMaxBatchBytes) {
-        plan.push_back({&device, from, m});
-        from = m;
-        bytes = 0;
-      }
-      bytes += m->bytes.size();
-      last_publish[m->event] = plan.size() + 1;
+    std::vector<size_t> sizes;
+    for (const auto& m : messages) sizes.push_back(m.bytes.size());
+    for (auto [first, last] : sync::CutIntoBatches(sizes)) {
+      plan.push_back({&device, messages.begin() + first, messages.begin() + last});
+      for (size_t i = first; i < last; ++i) last_publish[messages[i].event] = plan.size();
     }
-    plan.push_back({&device, from, messages.end()});
   }
   // For the delay metric: events in the order their last publish is acknowledged.
   std::vector<size_t> settle_order(page->size());
@@ -222,7 +215,7 @@ Result<bool> OutboxRelay::RelayPage() {
     if (p.to - p.from == 1) {
       bytes = p.from->bytes;
     } else {
-      std::vector<std::string> parts;
+      std::vector<std::string_view> parts;
       for (auto m = p.from; m != p.to; ++m) parts.push_back(m->bytes);
       bytes = sync::EncodeDownBatch(parts);
     }

@@ -68,6 +68,29 @@ TEST(Protocol, DownBatchesCarryTheirMessagesAsTheyWere) {
   EXPECT_FALSE(DecodeDown(R"({"kind":"batch","messages":[{},2]})").ok());
 }
 
+TEST(Protocol, BatchesAreCutToFitAndKeepTheirOrder) {
+  using Cuts = std::vector<std::pair<size_t, size_t>>;
+  EXPECT_EQ(CutIntoBatches({}), Cuts{});
+  EXPECT_EQ(CutIntoBatches({10, 20, 30}), (Cuts{{0, 3}}));
+  // A limit of 100: two messages of 20 need 40 + BatchOverhead(2) = 82 bytes,
+  // three of them 60 + 43 = 103, so two by two.
+  EXPECT_EQ(CutIntoBatches({20, 20, 20, 20, 20}, 100), (Cuts{{0, 2}, {2, 4}, {4, 5}}));
+  // Too large to share: alone, and the others around it still batched.
+  EXPECT_EQ(CutIntoBatches({10, 500, 10, 10}, 100), (Cuts{{0, 1}, {1, 2}, {2, 4}}));
+  // Every cut, batched, fits.
+  std::vector<size_t> sizes;
+  for (size_t i = 0; i < 200; ++i) sizes.push_back(100 + (i * 7919) % 3000);
+  size_t next = 0;
+  for (auto [first, last] : CutIntoBatches(sizes)) {
+    EXPECT_EQ(first, next);
+    size_t bytes = BatchOverhead(last - first);
+    for (size_t i = first; i < last; ++i) bytes += sizes[i];
+    EXPECT_LE(bytes, kMaxBatchBytes);
+    next = last;
+  }
+  EXPECT_EQ(next, sizes.size());
+}
+
 TEST(Protocol, Topics) {
   EXPECT_EQ(UpTopic("kiosk-7", "claim"), "pp/v1/up/kiosk-7/claim");
   auto t = ParseUpTopic("pp/v1/up/kiosk-7/claim");

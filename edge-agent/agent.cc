@@ -431,6 +431,10 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
           query = queries_.erase(m["op"].get<std::string>()) > 0;
         }
         if (query) {
+          // A refused query comes through the outbox, with an id: mark it,
+          // so that a second delivery is dropped like any repeat.
+          if (m.contains("id") && m["id"].is_number_integer())
+            PP_RETURN_IF_ERROR(tx.MarkApplied(m["id"].get<int64_t>()).status());
           if (m.value("status", "") == "accepted" && data.is_array()) PP_RETURN_IF_ERROR(tx.ReplaceNearby(data));
           return OkStatus();
         }

@@ -118,8 +118,8 @@ class Recording final : public Uplink {
 };
 
 // The hub answers queries (nearby, ping) straight, without an outbox id
-// (docs/protocol.md, "Answers to queries"): the agent takes such an answer
-// for a query it asked, and only once.
+// (docs/protocol.md, "Answers to queries"), or refuses them through the
+// outbox: the agent takes an answer for a query it asked, and only once.
 TEST(AgentQueryTest, AnswersWithoutAnOutboxIdAreTakenForTheQueriesAsked) {
   test::TempDir dir;
   auto store = AgentStore::Open(dir.file("tablet.db"));
@@ -142,9 +142,12 @@ TEST(AgentQueryTest, AnswersWithoutAnOutboxIdAreTakenForTheQueriesAsked) {
               {"code", "ok"}, {"message", ""}, {"ts", hour_ahead},
               {"data", json::array({{{"id", 77}, {"status", "offered"}, {"distance_km", 0.4}}})}};
   agent.OnDown(answer.dump());
-  json pong{{"v", 1}, {"kind", "outcome"}, {"op", *ping}, {"seq", 1}, {"status", "accepted"},
-            {"code", "ok"}, {"message", ""}, {"ts", hour_ahead}, {"data", {{"now", "x"}}}};
-  agent.OnDown(pong.dump());
+  // A refused query is answered through the outbox, with an id: twice
+  // delivered (QoS 1), applied once.
+  json refused{{"v", 1}, {"kind", "outcome"}, {"id", 5}, {"op", *ping}, {"seq", 1}, {"status", "rejected"},
+               {"code", "unavailable"}, {"message", ""}, {"ts", hour_ahead}, {"data", json::array()}};
+  agent.OnDown(refused.dump());
+  agent.OnDown(refused.dump());
   auto nearby_ids = [&] {
     std::set<int64_t> ids;
     json st = *agent.State();
@@ -171,6 +174,7 @@ TEST(AgentQueryTest, AnswersWithoutAnOutboxIdAreTakenForTheQueriesAsked) {
     return false;
   }, std::chrono::seconds(10)));
   EXPECT_EQ(nearby_ids(), std::set<int64_t>{77});
+  EXPECT_TRUE((*agent.State())["outcomes"].empty()) << "an answer to a query was taken for an op's outcome";
   agent.Stop();
 }
 

@@ -15,6 +15,9 @@ function(pp_binary)
   cmake_parse_arguments(PP "" "NAME" "SRCS;DEPS" ${ARGN})
   add_executable(${PP_NAME} ${PP_SRCS})
   target_link_libraries(${PP_NAME} PRIVATE ${PP_DEPS})
+  if(TARGET PkgConfig::JEMALLOC)  # the allocator: see the top CMakeLists.txt
+    target_link_libraries(${PP_NAME} PRIVATE PkgConfig::JEMALLOC)
+  endif()
 endfunction()
 
 # LABELS lets CI pick subsets (ctest -L pg); FIXTURES names services the test

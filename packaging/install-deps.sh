@@ -11,6 +11,7 @@ BUILD_PKGS=(
   libpaho-mqttpp-dev libpaho-mqtt-dev
   libs2-dev libabsl-dev
   libsodium-dev nlohmann-json3-dev libjwt-dev openssl
+  libjemalloc-dev
   libgtest-dev libgmock-dev
 )
 RUN_PKGS=(mosquitto mosquitto-clients)

@@ -194,5 +194,18 @@ TEST(HubProcess, BadCommandLineIsNamedAndExitsNonZero) {
   }
 }
 
+// The allocator is a build choice that a linker flag (--as-needed, say) could
+// quietly undo: look at what the running hub has mapped.
+TEST(HubProcess, RunsOnJemallocWhereTheBuildLinksIt) {
+#ifndef PP_PROGRAMS_ON_JEMALLOC
+  GTEST_SKIP() << "built without jemalloc (the sanitizer build brings its own malloc)";
+#endif
+  test::TempDir dir;
+  test::Hub hub("sqlite:" + dir.file("hub.db"));
+  std::string maps = test::ReadFile("/proc/" + std::to_string(hub.process().pid()) + "/maps");
+  ASSERT_FALSE(maps.empty());
+  EXPECT_NE(maps.find("libjemalloc"), std::string::npos) << "pp-hub does not have jemalloc mapped";
+}
+
 }  // namespace
 }  // namespace pp

@@ -59,6 +59,7 @@ class Process {
   void Kill(int sig);
   // Waits for exit; returns the exit status as from waitpid, or -1.
   int Wait();
+  pid_t pid() const { return pid_; }
 
  private:
   pid_t pid_ = -1;

@@ -227,7 +227,7 @@ Result<QueuedOp> Agent::Submit(const std::string& type, json body) {
   {
     std::lock_guard lock(mu_);
     send_work_ = true;
-    if (type == sync::kOpVehicle) last_nearby_ = {};  // ask again from the new position
+    if (type == sync::kOpVehicle) moved_ = true;  // ask again from the new position, soon
   }
   send_cv_.notify_all();
   return queued;
@@ -238,8 +238,10 @@ void Agent::MaybeAskNearby() {
   Timestamp now = clock_.Now();
   {
     std::lock_guard lock(mu_);
-    if (now - last_nearby_ < kNearbyEvery) return;
+    const Duration since = now - last_nearby_;
+    if (since < kNearbyAfterMove || (!moved_ && since < kNearbyEvery)) return;
     last_nearby_ = now;
+    moved_ = false;
   }
   std::optional<GeoPoint> at = config_.position;
   (void)store_.Read([&](AgentTxn& tx) -> Status {

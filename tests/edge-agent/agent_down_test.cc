@@ -4,6 +4,7 @@
 // through mosquitto; this one pins down batches exactly.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -111,6 +112,11 @@ class Recording final : public Uplink {
       if (topic.ends_with("/" + type)) return json::parse(payload)["op"].get<std::string>();
     return std::nullopt;
   }
+  size_t Count(const std::string& type) {
+    std::lock_guard lock(mu_);
+    return size_t(std::count_if(sent_.begin(), sent_.end(),
+                                [&](const auto& s) { return s.first.ends_with("/" + type); }));
+  }
 
  private:
   std::mutex mu_;
@@ -175,6 +181,42 @@ TEST(AgentQueryTest, AnswersWithoutAnOutboxIdAreTakenForTheQueriesAsked) {
   }, std::chrono::seconds(10)));
   EXPECT_EQ(nearby_ids(), std::set<int64_t>{77});
   EXPECT_TRUE((*agent.State())["outcomes"].empty()) << "an answer to a query was taken for an op's outcome";
+  agent.Stop();
+}
+
+// A driving van queues its position every second; it asks for the posts
+// near it again after moving, but not more often than kNearbyAfterMove, and
+// every kNearbyEvery regardless. The sender decides on a nearby query before
+// it publishes the ops it woke for, so once a vehicle op is out, the
+// decision for it has been taken.
+TEST(AgentQueryTest, AMovingVanAsksForNearbyPostsAtMostEveryFewSeconds) {
+  test::TempDir dir;
+  auto store = AgentStore::Open(dir.file("tablet.db"));
+  ASSERT_TRUE(store.ok());
+  DeviceConfig cfg;
+  cfg.device_id = "tablet-1";
+  cfg.role = "tablet";
+  cfg.org_id = 9;
+  cfg.position = GeoPoint{51.52, -0.10};
+  SimulatedClock clock(SystemClock::Instance().Now());
+  Recording uplink;
+  Agent agent(cfg, sync::GenerateKeyPair().secret_key, **store, clock, uplink);
+  agent.Start();
+  ASSERT_TRUE(test::Eventually([&] { return uplink.Count("nearby") == 1 && uplink.Count("vehicle") == 1; }))
+      << "the tablet did not ask on connecting, or did not send its vehicle";
+  auto move_to = [&](double lat, size_t vehicles_sent) {
+    ASSERT_TRUE(agent.Submit(sync::kOpVehicle, {{"lat", lat}, {"lon", -0.10}, {"free_kg", 100}}).ok());
+    ASSERT_TRUE(test::Eventually([&] { return uplink.Count("vehicle") == vehicles_sent; }));
+  };
+  move_to(51.53, 2);
+  EXPECT_EQ(uplink.Count("nearby"), 1u) << "asked again at once after moving";
+  clock.Advance(Agent::kNearbyAfterMove - std::chrono::seconds(1));
+  move_to(51.54, 3);
+  EXPECT_EQ(uplink.Count("nearby"), 1u) << "asked again before kNearbyAfterMove";
+  clock.Advance(std::chrono::seconds(1));  // moved, and the gap has passed: asks (on the sender's own timer)
+  EXPECT_TRUE(test::Eventually([&] { return uplink.Count("nearby") == 2; }));
+  clock.Advance(Agent::kNearbyEvery);  // standing still: every kNearbyEvery
+  EXPECT_TRUE(test::Eventually([&] { return uplink.Count("nearby") == 3; }));
   agent.Stop();
 }
 

@@ -123,23 +123,33 @@ class Recording final : public Uplink {
   std::vector<std::pair<std::string, std::string>> sent_;
 };
 
+// A tablet's store and config, and an uplink that records what it sends.
+class AgentQueryTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto store = AgentStore::Open(dir_.file("tablet.db"));
+    ASSERT_TRUE(store.ok()) << store.error().ToString();
+    store_ = std::move(*store);
+    cfg_.device_id = "tablet-1";
+    cfg_.role = "tablet";
+    cfg_.org_id = 9;
+    cfg_.position = GeoPoint{51.52, -0.10};
+  }
+
+  test::TempDir dir_;
+  std::unique_ptr<AgentStore> store_;
+  DeviceConfig cfg_;
+  Recording uplink_;
+};
+
 // The hub answers queries (nearby, ping) straight, without an outbox id
 // (docs/protocol.md, "Answers to queries"), or refuses them through the
 // outbox: the agent takes an answer for a query it asked, and only once.
-TEST(AgentQueryTest, AnswersWithoutAnOutboxIdAreTakenForTheQueriesAsked) {
-  test::TempDir dir;
-  auto store = AgentStore::Open(dir.file("tablet.db"));
-  ASSERT_TRUE(store.ok());
-  DeviceConfig cfg;
-  cfg.device_id = "tablet-1";
-  cfg.role = "tablet";
-  cfg.org_id = 9;
-  cfg.position = GeoPoint{51.52, -0.10};
-  Recording uplink;
-  Agent agent(cfg, sync::GenerateKeyPair().secret_key, **store, SystemClock::Instance(), uplink);
+TEST_F(AgentQueryTest, AnswersWithoutAnOutboxIdAreTakenForTheQueriesAsked) {
+  Agent agent(cfg_, sync::GenerateKeyPair().secret_key, *store_, SystemClock::Instance(), uplink_);
   agent.Start();
   std::optional<std::string> nearby, ping;
-  ASSERT_TRUE(test::Eventually([&] { return (nearby = uplink.OpOf("nearby")) && (ping = uplink.OpOf("ping")); },
+  ASSERT_TRUE(test::Eventually([&] { return (nearby = uplink_.OpOf("nearby")) && (ping = uplink_.OpOf("ping")); },
                                std::chrono::seconds(10)))
       << "the tablet asked nothing on connecting";
 
@@ -189,34 +199,25 @@ TEST(AgentQueryTest, AnswersWithoutAnOutboxIdAreTakenForTheQueriesAsked) {
 // every kNearbyEvery regardless. The sender decides on a nearby query before
 // it publishes the ops it woke for, so once a vehicle op is out, the
 // decision for it has been taken.
-TEST(AgentQueryTest, AMovingVanAsksForNearbyPostsAtMostEveryFewSeconds) {
-  test::TempDir dir;
-  auto store = AgentStore::Open(dir.file("tablet.db"));
-  ASSERT_TRUE(store.ok());
-  DeviceConfig cfg;
-  cfg.device_id = "tablet-1";
-  cfg.role = "tablet";
-  cfg.org_id = 9;
-  cfg.position = GeoPoint{51.52, -0.10};
+TEST_F(AgentQueryTest, AMovingVanAsksForNearbyPostsAtMostEveryFewSeconds) {
   SimulatedClock clock(SystemClock::Instance().Now());
-  Recording uplink;
-  Agent agent(cfg, sync::GenerateKeyPair().secret_key, **store, clock, uplink);
+  Agent agent(cfg_, sync::GenerateKeyPair().secret_key, *store_, clock, uplink_);
   agent.Start();
-  ASSERT_TRUE(test::Eventually([&] { return uplink.Count("nearby") == 1 && uplink.Count("vehicle") == 1; }))
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("nearby") == 1 && uplink_.Count("vehicle") == 1; }))
       << "the tablet did not ask on connecting, or did not send its vehicle";
   auto move_to = [&](double lat, size_t vehicles_sent) {
     ASSERT_TRUE(agent.Submit(sync::kOpVehicle, {{"lat", lat}, {"lon", -0.10}, {"free_kg", 100}}).ok());
-    ASSERT_TRUE(test::Eventually([&] { return uplink.Count("vehicle") == vehicles_sent; }));
+    ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("vehicle") == vehicles_sent; }));
   };
   move_to(51.53, 2);
-  EXPECT_EQ(uplink.Count("nearby"), 1u) << "asked again at once after moving";
+  EXPECT_EQ(uplink_.Count("nearby"), 1u) << "asked again at once after moving";
   clock.Advance(Agent::kNearbyAfterMove - std::chrono::seconds(1));
   move_to(51.54, 3);
-  EXPECT_EQ(uplink.Count("nearby"), 1u) << "asked again before kNearbyAfterMove";
+  EXPECT_EQ(uplink_.Count("nearby"), 1u) << "asked again before kNearbyAfterMove";
   clock.Advance(std::chrono::seconds(1));  // moved, and the gap has passed: asks (on the sender's own timer)
-  EXPECT_TRUE(test::Eventually([&] { return uplink.Count("nearby") == 2; }));
+  EXPECT_TRUE(test::Eventually([&] { return uplink_.Count("nearby") == 2; }));
   clock.Advance(Agent::kNearbyEvery);  // standing still: every kNearbyEvery
-  EXPECT_TRUE(test::Eventually([&] { return uplink.Count("nearby") == 3; }));
+  EXPECT_TRUE(test::Eventually([&] { return uplink_.Count("nearby") == 3; }));
   agent.Stop();
 }
 

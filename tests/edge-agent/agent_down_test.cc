@@ -109,16 +109,16 @@ class Recording final : public Uplink {
   std::optional<std::string> OpOf(const std::string& type) {
     std::lock_guard lock(mu_);
     for (const auto& [topic, payload] : sent_)
-      if (topic.ends_with("/" + type)) return json::parse(payload)["op"].get<std::string>();
+      if (Of(topic, type)) return json::parse(payload)["op"].get<std::string>();
     return std::nullopt;
   }
   size_t Count(const std::string& type) {
     std::lock_guard lock(mu_);
-    return size_t(std::count_if(sent_.begin(), sent_.end(),
-                                [&](const auto& s) { return s.first.ends_with("/" + type); }));
+    return size_t(std::count_if(sent_.begin(), sent_.end(), [&](const auto& s) { return Of(s.first, type); }));
   }
 
  private:
+  static bool Of(const std::string& topic, const std::string& type) { return topic.ends_with("/" + type); }
   std::mutex mu_;
   std::vector<std::pair<std::string, std::string>> sent_;
 };
@@ -216,7 +216,13 @@ TEST_F(AgentQueryTest, AMovingVanAsksForNearbyPostsAtMostEveryFewSeconds) {
   EXPECT_EQ(uplink_.Count("nearby"), 1u) << "asked again before kNearbyAfterMove";
   clock.Advance(std::chrono::seconds(1));  // moved, and the gap has passed: asks (on the sender's own timer)
   EXPECT_TRUE(test::Eventually([&] { return uplink_.Count("nearby") == 2; }));
-  clock.Advance(Agent::kNearbyEvery);  // standing still: every kNearbyEvery
+  // Standing still, kNearbyAfterMove later: an op that is not a move goes
+  // out, and no nearby query with it.
+  clock.Advance(Agent::kNearbyAfterMove);
+  ASSERT_TRUE(agent.Submit(sync::kOpDecline, {{"surplus_id", 1}}).ok());
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("decline") == 1; }));
+  EXPECT_EQ(uplink_.Count("nearby"), 2u) << "asked again without having moved";
+  clock.Advance(Agent::kNearbyEvery - Agent::kNearbyAfterMove);  // standing still: every kNearbyEvery
   EXPECT_TRUE(test::Eventually([&] { return uplink_.Count("nearby") == 3; }));
   agent.Stop();
 }

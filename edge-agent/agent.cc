@@ -514,9 +514,12 @@ Result<json> Agent::State() {
            {"org_id", config_.org_id},
            {"language", config_.language},
            {"online", uplink_.Connected()},
-           {"queue_limit", config_.queue_limit},
-           {"hub_now", FormatRfc3339(HubNow())}};
+           {"queue_limit", config_.queue_limit}};
   Status st = store_.Read([&](AgentTxn& tx) -> Status {
+    // The hub's clock as of this snapshot: hub_offset_ms_ is set only after
+    // the batch that taught it commits, so a reader could see the batch's
+    // posts with the clock from before it (seen once in ten runs).
+    out["hub_now"] = FormatRfc3339(clock_.Now() + Duration(MetaInt(tx, "hub_offset_ms")));
     PP_ASSIGN_OR_RETURN(size_t n, tx.QueueSize());
     out["queued"] = n;
     out["queue_full"] = n >= config_.queue_limit;

@@ -256,13 +256,29 @@ void Agent::MaybeAskNearby() {
   if (at) SendQuery(sync::kOpNearby, {{"lat", at->lat}, {"lon", at->lon}, {"km", 10}});
 }
 
+bool Agent::HubListening() {
+  const Timestamp now = clock_.Now();
+  {
+    std::lock_guard lock(mu_);
+    if (hub_listening_) return true;
+    if (!ping_op_.empty() && now - pinged_at_ < kPingRetry) return false;
+    queries_.erase(ping_op_);  // unanswered: superseded by the next
+    ping_op_.clear();
+    pinged_at_ = now;
+  }
+  SendQuery(sync::kOpPing, json::object());  // its answer also carries the hub's clock ("ts")
+  return false;
+}
+
 void Agent::SendQuery(const char* type, const json& body) {
   // Not queued, not retried: the next one supersedes it. Its sequence number
   // is the last op's (queries do not advance the replay window).
   sync::Envelope env = Seal(std::max<uint64_t>(1, last_seq_), type, body);
   {
+    // Recorded before publishing: the answer may come before Publish returns.
     std::lock_guard lock(mu_);
     queries_.insert(env.op);
+    if (type == std::string_view(sync::kOpPing)) ping_op_ = env.op;
   }
   auto ack = uplink_.Publish(sync::UpTopic(config_.device_id, type), sync::Encode(env), "");
   if (!ack.ok()) {
@@ -291,7 +307,7 @@ bool Agent::AwaitAcks(std::deque<Uplink::AckWait>& window, size_t keep) {
 }
 
 void Agent::SendLoop() {
-  uint64_t cursor = 0, seen_epoch = ~uint64_t{0}, pinged_epoch = ~uint64_t{0};
+  uint64_t cursor = 0, seen_epoch = ~uint64_t{0};
   std::deque<Uplink::AckWait> window;
   while (true) {
     {
@@ -303,6 +319,9 @@ void Agent::SendLoop() {
         seen_epoch = epoch_;
         cursor = 0;
         unanswered_.clear();
+        hub_listening_ = false;
+        queries_.erase(ping_op_);
+        ping_op_.clear();
       }
       if (!unanswered_.empty()) {
         auto oldest = std::min_element(unanswered_.begin(), unanswered_.end(),
@@ -316,11 +335,7 @@ void Agent::SendLoop() {
         }
       }
     }
-    if (!uplink_.Connected()) continue;
-    if (pinged_epoch != seen_epoch) {  // learn the hub's clock on every connect
-      pinged_epoch = seen_epoch;
-      SendQuery(sync::kOpPing, json::object());
-    }
+    if (!uplink_.Connected() || !HubListening()) continue;
     MaybeAskNearby();
     bool broken = false;
     while (!broken) {
@@ -410,6 +425,7 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
   const Timestamp now = clock_.Now();
   std::vector<uint64_t> answered;
   std::optional<int64_t> offset;
+  bool heard = false;  // the answer to this connection's ping: the hub is listening
   std::vector<std::tuple<std::string, std::string, json>> told;  // for the observer, after commit
   Status st = store_.Write([&](AgentTxn& tx) -> Status {
     answered.clear();
@@ -430,7 +446,9 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
         bool query;
         {
           std::lock_guard lock(mu_);
-          query = queries_.erase(m["op"].get<std::string>()) > 0;
+          const std::string& op = m["op"].get_ref<const std::string&>();
+          query = queries_.erase(op) > 0;
+          if (query && op == ping_op_) hub_listening_ = heard = true;
         }
         if (query) {
           // A refused query comes through the outbox, with an id: mark it,
@@ -502,9 +520,9 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
     // queue each (seen in perf of pp-sim's thousand agents).
     room_freed = unanswered_.size() >= kMaxUnanswered && !answered.empty();
     for (uint64_t seq : answered) unanswered_.erase(seq);
-    if (room_freed) send_work_ = true;
+    if (room_freed || heard) send_work_ = true;
   }
-  if (room_freed) send_cv_.notify_all();
+  if (room_freed || heard) send_cv_.notify_all();
   return OkStatus();
 }
 

@@ -7,7 +7,13 @@
 // thread publishes queued ops in sequence order, with at most kWindow
 // publishes awaiting PUBACK and kMaxUnanswered ops awaiting their outcome.
 // An op leaves the queue only when the hub's outcome arrives. After every
-// reconnect, and when the oldest op has waited kResendAfter for its outcome,
+// (re)connect the sender first pings, and sends nothing else until the hub
+// answers: a broker restarted forgets the hub's shared subscription
+// (mosquitto 2.0.11 restores only plain ones), and what a device publishes
+// before the hub subscribes again is acknowledged by the broker and
+// dropped; sent then, ops would reach the hub out of order (the lost ones
+// only after kResendAfter). After every reconnect, and when the oldest op
+// has waited kResendAfter for its outcome,
 // sending starts again from the oldest queued op (same bytes: the hub
 // applies an op id once and answers a repeat with its first result).
 //
@@ -65,6 +71,8 @@ class Agent {
   static constexpr Duration kNearbyEvery{std::chrono::seconds(15)};
   static constexpr Duration kNearbyAfterMove{std::chrono::seconds(5)};
   static constexpr std::chrono::milliseconds kAckTimeout{5000};  // for a window of PUBACKs
+  // Until the hub answers a ping on this connection, ping again this often.
+  static constexpr Duration kPingRetry{std::chrono::seconds(2)};
 
   Agent(DeviceConfig config, sync::SecretKey key, AgentStore& store, const Clock& clock,
         Uplink& uplink);
@@ -107,8 +115,11 @@ class Agent {
   Status ApplyBatch(std::vector<std::string>& batch);
   Status MergePost(AgentTxn& tx, const nlohmann::json& post);
   void MaybeAskNearby();
-  // A query (not queued): published now if connected, its answer handled by op id.
+  // A query (not queued): published now if connected, its answer handled
+  // by op id. A ping becomes this connection's ping_op_.
   void SendQuery(const char* type, const nlohmann::json& body);
+  // After a (re)connect: pings until the hub answers; true once it has.
+  bool HubListening();
   Result<nlohmann::json> CheckBody(const std::string& type, nlohmann::json body);
   sync::Envelope Seal(uint64_t seq, const std::string& type, const nlohmann::json& body);
 
@@ -126,7 +137,10 @@ class Agent {
   uint64_t epoch_ = 0;                       // bumped on every (re)connect
   std::map<uint64_t, Timestamp> unanswered_;  // seq -> first sent, this connection
   std::deque<std::string> inbox_;
-  std::set<std::string> queries_;            // op ids of nearby queries in flight
+  std::set<std::string> queries_;            // op ids of queries in flight
+  std::string ping_op_;                      // this connection's ping awaiting its answer
+  Timestamp pinged_at_{};
+  bool hub_listening_ = false;               // the hub answered a ping on this connection
   std::atomic<int64_t> hub_offset_ms_{0};
   std::atomic<uint64_t> last_seq_{0};
   Timestamp last_nearby_{};

@@ -105,11 +105,11 @@ class Recording final : public Uplink {
     sent_.emplace_back(topic, payload);
     return AckWait([](std::chrono::milliseconds) { return OkStatus(); });
   }
-  // The op id of the first publish whose topic ends with `/type`, if any yet.
+  // The op id of the last publish whose topic ends with `/type`, if any yet.
   std::optional<std::string> OpOf(const std::string& type) {
     std::lock_guard lock(mu_);
-    for (const auto& [topic, payload] : sent_)
-      if (Of(topic, type)) return json::parse(payload)["op"].get<std::string>();
+    for (auto it = sent_.rbegin(); it != sent_.rend(); ++it)
+      if (Of(it->first, type)) return json::parse(it->second)["op"].get<std::string>();
     return std::nullopt;
   }
   size_t Count(const std::string& type) {
@@ -136,11 +136,60 @@ class AgentQueryTest : public ::testing::Test {
     cfg_.position = GeoPoint{51.52, -0.10};
   }
 
+  // The hub's answer to a query: `status` "accepted" comes straight (no
+  // outbox id), anything else through the outbox with `id`.
+  static json Answer(const std::string& op, const std::string& status, json data, int64_t ts_ms,
+                     std::optional<int64_t> id = std::nullopt) {
+    json a{{"v", 1}, {"kind", "outcome"}, {"op", op}, {"seq", 1}, {"status", status},
+           {"code", status == "accepted" ? "ok" : "unavailable"}, {"message", ""},
+           {"ts", ts_ms}, {"data", std::move(data)}};
+    if (id) a["id"] = *id;
+    return a;
+  }
+  // Waits for the agent's latest ping and answers it, as the hub would.
+  void AnswerPing(Agent& agent, const Clock& clock) {
+    std::optional<std::string> ping;
+    ASSERT_TRUE(test::Eventually([&] { return (ping = uplink_.OpOf("ping")).has_value(); }))
+        << "the agent did not ping on connecting";
+    agent.OnDown(Answer(*ping, "accepted", json::object(), ToUnixMillis(clock.Now())).dump());
+  }
+
   test::TempDir dir_;
   std::unique_ptr<AgentStore> store_;
   DeviceConfig cfg_;
   Recording uplink_;
 };
+
+// A restarted broker forgets the hub's shared subscription until the hub
+// subscribes again, and drops what devices publish meanwhile: after every
+// connect the agent pings until the hub answers, and only then sends its
+// queue (in order) and its queries.
+TEST_F(AgentQueryTest, AfterConnectingNothingButPingsGoOutUntilTheHubAnswers) {
+  SimulatedClock clock(SystemClock::Instance().Now());
+  Agent agent(cfg_, sync::GenerateKeyPair().secret_key, *store_, clock, uplink_);
+  agent.Start();  // a tablet: queues its vehicle at once
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("ping") == 1; }));
+  clock.Advance(Agent::kPingRetry);  // unanswered: pings again
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("ping") == 2; }));
+  // The sender pings before it sends anything else, so by now the vehicle
+  // op would have gone out with the first ping.
+  EXPECT_EQ(uplink_.Count("vehicle"), 0u) << "sent an op before the hub was known to listen";
+  EXPECT_EQ(uplink_.Count("nearby"), 0u);
+
+  AnswerPing(agent, clock);
+  EXPECT_TRUE(test::Eventually([&] { return uplink_.Count("vehicle") == 1 && uplink_.Count("nearby") == 1; }));
+
+  // Reconnected: the same again, and the unanswered vehicle op goes again
+  // only after the hub answered the new connection's ping.
+  agent.OnConnected();
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("ping") == 3; }));
+  clock.Advance(Agent::kPingRetry);
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("ping") == 4; }));
+  EXPECT_EQ(uplink_.Count("vehicle"), 1u) << "re-sent an op before the hub was known to listen";
+  AnswerPing(agent, clock);
+  EXPECT_TRUE(test::Eventually([&] { return uplink_.Count("vehicle") == 2; }));
+  agent.Stop();
+}
 
 // The hub answers queries (nearby, ping) straight, without an outbox id
 // (docs/protocol.md, "Answers to queries"), or refuses them through the
@@ -148,22 +197,20 @@ class AgentQueryTest : public ::testing::Test {
 TEST_F(AgentQueryTest, AnswersWithoutAnOutboxIdAreTakenForTheQueriesAsked) {
   Agent agent(cfg_, sync::GenerateKeyPair().secret_key, *store_, SystemClock::Instance(), uplink_);
   agent.Start();
-  std::optional<std::string> nearby, ping;
-  ASSERT_TRUE(test::Eventually([&] { return (nearby = uplink_.OpOf("nearby")) && (ping = uplink_.OpOf("ping")); },
-                               std::chrono::seconds(10)))
-      << "the tablet asked nothing on connecting";
-
   const int64_t hour_ahead = ToUnixMillis(SystemClock::Instance().Now()) + 3600 * 1000;
-  json answer{{"v", 1}, {"kind", "outcome"}, {"op", *nearby}, {"seq", 1}, {"status", "accepted"},
-              {"code", "ok"}, {"message", ""}, {"ts", hour_ahead},
-              {"data", json::array({{{"id", 77}, {"status", "offered"}, {"distance_km", 0.4}}})}};
-  agent.OnDown(answer.dump());
   // A refused query is answered through the outbox, with an id: twice
-  // delivered (QoS 1), applied once.
-  json refused{{"v", 1}, {"kind", "outcome"}, {"id", 5}, {"op", *ping}, {"seq", 1}, {"status", "rejected"},
-               {"code", "unavailable"}, {"message", ""}, {"ts", hour_ahead}, {"data", json::array()}};
+  // delivered (QoS 1), applied once. Refused or not, the answer to its
+  // ping shows the agent that the hub is listening.
+  std::optional<std::string> ping, nearby;
+  ASSERT_TRUE(test::Eventually([&] { return (ping = uplink_.OpOf("ping")).has_value(); }));
+  json refused = Answer(*ping, "rejected", json::array(), hour_ahead, 5);
   agent.OnDown(refused.dump());
   agent.OnDown(refused.dump());
+  ASSERT_TRUE(test::Eventually([&] { return (nearby = uplink_.OpOf("nearby")).has_value(); }))
+      << "the tablet did not ask for nearby posts once the hub answered";
+  json answer = Answer(*nearby, "accepted", json::array({{{"id", 77}, {"status", "offered"}, {"distance_km", 0.4}}}),
+                       hour_ahead);
+  agent.OnDown(answer.dump());
   auto nearby_ids = [&] {
     std::set<int64_t> ids;
     json st = *agent.State();
@@ -203,6 +250,7 @@ TEST_F(AgentQueryTest, AMovingVanAsksForNearbyPostsAtMostEveryFewSeconds) {
   SimulatedClock clock(SystemClock::Instance().Now());
   Agent agent(cfg_, sync::GenerateKeyPair().secret_key, *store_, clock, uplink_);
   agent.Start();
+  AnswerPing(agent, clock);
   ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("nearby") == 1 && uplink_.Count("vehicle") == 1; }))
       << "the tablet did not ask on connecting, or did not send its vehicle";
   auto move_to = [&](double lat, size_t vehicles_sent) {

@@ -261,7 +261,10 @@ bool Agent::HubListening() {
   {
     std::lock_guard lock(mu_);
     if (hub_listening_) return true;
-    if (!ping_op_.empty() && now - pinged_at_ < kPingRetry) return false;
+    if (!ping_op_.empty()) {
+      if (now - pinged_at_ < ping_gap_) return false;
+      ping_gap_ = NextPingGap(ping_gap_);
+    }
     queries_.erase(ping_op_);  // unanswered: superseded by the next
     ping_op_.clear();
     pinged_at_ = now;
@@ -322,6 +325,7 @@ void Agent::SendLoop() {
         hub_listening_ = false;
         queries_.erase(ping_op_);
         ping_op_.clear();
+        ping_gap_ = kPingRetry;
       }
       if (!unanswered_.empty()) {
         auto oldest = std::min_element(unanswered_.begin(), unanswered_.end(),

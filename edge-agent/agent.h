@@ -29,6 +29,7 @@
 // Thread safety: all public methods may be called from any thread.
 #pragma once
 
+#include <algorithm>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -71,8 +72,12 @@ class Agent {
   static constexpr Duration kNearbyEvery{std::chrono::seconds(15)};
   static constexpr Duration kNearbyAfterMove{std::chrono::seconds(5)};
   static constexpr std::chrono::milliseconds kAckTimeout{5000};  // for a window of PUBACKs
-  // Until the hub answers a ping on this connection, ping again this often.
+  // Until the hub answers a ping on this connection, ping again after
+  // kPingRetry, doubling up to kPingRetryMax: while the hub is down a
+  // city's devices would otherwise ping the broker every 2 s each.
   static constexpr Duration kPingRetry{std::chrono::seconds(2)};
+  static constexpr Duration kPingRetryMax{std::chrono::seconds(30)};
+  static constexpr Duration NextPingGap(Duration gap) { return std::min(gap * 2, kPingRetryMax); }
 
   Agent(DeviceConfig config, sync::SecretKey key, AgentStore& store, const Clock& clock,
         Uplink& uplink);
@@ -140,6 +145,7 @@ class Agent {
   std::set<std::string> queries_;            // op ids of queries in flight
   std::string ping_op_;                      // this connection's ping awaiting its answer
   Timestamp pinged_at_{};
+  Duration ping_gap_ = kPingRetry;           // before the next ping, if unanswered
   bool hub_listening_ = false;               // the hub answered a ping on this connection
   std::atomic<int64_t> hub_offset_ms_{0};
   std::atomic<uint64_t> last_seq_{0};

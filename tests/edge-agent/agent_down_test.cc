@@ -175,6 +175,8 @@ TEST_F(AgentQueryTest, AfterConnectingNothingButPingsGoOutUntilTheHubAnswers) {
   // op would have gone out with the first ping.
   EXPECT_EQ(uplink_.Count("vehicle"), 0u) << "sent an op before the hub was known to listen";
   EXPECT_EQ(uplink_.Count("nearby"), 0u);
+  clock.Advance(Agent::NextPingGap(Agent::kPingRetry));  // the next gap, longer
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("ping") == 3; }));
 
   AnswerPing(agent, clock);
   EXPECT_TRUE(test::Eventually([&] { return uplink_.Count("vehicle") == 1 && uplink_.Count("nearby") == 1; }));
@@ -182,13 +184,22 @@ TEST_F(AgentQueryTest, AfterConnectingNothingButPingsGoOutUntilTheHubAnswers) {
   // Reconnected: the same again, and the unanswered vehicle op goes again
   // only after the hub answered the new connection's ping.
   agent.OnConnected();
-  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("ping") == 3; }));
-  clock.Advance(Agent::kPingRetry);
   ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("ping") == 4; }));
+  clock.Advance(Agent::kPingRetry);  // a new connection starts from the shortest gap
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("ping") == 5; }));
   EXPECT_EQ(uplink_.Count("vehicle"), 1u) << "re-sent an op before the hub was known to listen";
   AnswerPing(agent, clock);
   EXPECT_TRUE(test::Eventually([&] { return uplink_.Count("vehicle") == 2; }));
   agent.Stop();
+}
+
+// While no hub answers (a hub outage), each device pings less and less
+// often: 2, 4, 8, 16, then every 30 s.
+TEST(AgentPing, UnansweredPingsBackOffTo30Seconds) {
+  std::vector<int64_t> gaps;
+  for (Duration gap = Agent::kPingRetry; gaps.size() < 6; gap = Agent::NextPingGap(gap))
+    gaps.push_back(std::chrono::duration_cast<std::chrono::seconds>(gap).count());
+  EXPECT_EQ(gaps, (std::vector<int64_t>{2, 4, 8, 16, 30, 30}));
 }
 
 // The hub answers queries (nearby, ping) straight, without an outbox id

@@ -8,7 +8,7 @@
 // publishes awaiting PUBACK and kMaxUnanswered ops awaiting their outcome.
 // An op leaves the queue only when the hub's outcome arrives. After every
 // (re)connect the sender first pings, and sends nothing else until the hub
-// answers: a broker restarted forgets the hub's shared subscription
+// answers: a restarted broker forgets the hub's shared subscription
 // (mosquitto 2.0.11 restores only plain ones), and what a device publishes
 // before the hub subscribes again is acknowledged by the broker and
 // dropped; sent then, ops would reach the hub out of order (the lost ones

@@ -256,6 +256,11 @@ void Agent::MaybeAskNearby() {
   if (at) SendQuery(sync::kOpNearby, {{"lat", at->lat}, {"lon", at->lon}, {"km", 10}});
 }
 
+void Agent::ForgetPing() {
+  queries_.erase(ping_op_);
+  ping_op_.clear();
+}
+
 bool Agent::HubListening() {
   const Timestamp now = clock_.Now();
   {
@@ -265,15 +270,14 @@ bool Agent::HubListening() {
       if (now - pinged_at_ < ping_gap_) return false;
       ping_gap_ = NextPingGap(ping_gap_);
     }
-    queries_.erase(ping_op_);  // unanswered: superseded by the next
-    ping_op_.clear();
+    ForgetPing();  // unanswered: superseded by the next
     pinged_at_ = now;
   }
-  SendQuery(sync::kOpPing, json::object());  // its answer also carries the hub's clock ("ts")
+  SendQuery(sync::kOpPing, json::object(), &ping_op_);  // its answer also carries the hub's clock ("ts")
   return false;
 }
 
-void Agent::SendQuery(const char* type, const json& body) {
+void Agent::SendQuery(const char* type, const json& body, std::string* op_to) {
   // Not queued, not retried: the next one supersedes it. Its sequence number
   // is the last op's (queries do not advance the replay window).
   sync::Envelope env = Seal(std::max<uint64_t>(1, last_seq_), type, body);
@@ -281,7 +285,7 @@ void Agent::SendQuery(const char* type, const json& body) {
     // Recorded before publishing: the answer may come before Publish returns.
     std::lock_guard lock(mu_);
     queries_.insert(env.op);
-    if (type == std::string_view(sync::kOpPing)) ping_op_ = env.op;
+    if (op_to) *op_to = env.op;
   }
   auto ack = uplink_.Publish(sync::UpTopic(config_.device_id, type), sync::Encode(env), "");
   if (!ack.ok()) {
@@ -323,8 +327,7 @@ void Agent::SendLoop() {
         cursor = 0;
         unanswered_.clear();
         hub_listening_ = false;
-        queries_.erase(ping_op_);
-        ping_op_.clear();
+        ForgetPing();
         ping_gap_ = kPingRetry;
       }
       if (!unanswered_.empty()) {

@@ -121,10 +121,12 @@ class Agent {
   Status MergePost(AgentTxn& tx, const nlohmann::json& post);
   void MaybeAskNearby();
   // A query (not queued): published now if connected, its answer handled
-  // by op id. A ping becomes this connection's ping_op_.
-  void SendQuery(const char* type, const nlohmann::json& body);
+  // by op id. Its op id is also written to *op_to, under mu_, before it is
+  // published (the answer may come before Publish returns).
+  void SendQuery(const char* type, const nlohmann::json& body, std::string* op_to = nullptr);
   // After a (re)connect: pings until the hub answers; true once it has.
   bool HubListening();
+  void ForgetPing();  // the ping in flight is no longer awaited; mu_ held
   Result<nlohmann::json> CheckBody(const std::string& type, nlohmann::json body);
   sync::Envelope Seal(uint64_t seq, const std::string& type, const nlohmann::json& body);
 

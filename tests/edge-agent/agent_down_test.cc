@@ -28,18 +28,29 @@ class Offline final : public Uplink {
   }
 };
 
-class AgentDownTest : public ::testing::Test {
+// A device's own store (in a temporary folder) and its config.
+class DeviceTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    auto store = AgentStore::Open(dir_.file("kiosk.db"));
+  void OpenDevice(const std::string& id, const std::string& role, int64_t org, GeoPoint at) {
+    auto store = AgentStore::Open(dir_.file(id + ".db"));
     ASSERT_TRUE(store.ok()) << store.error().ToString();
     store_ = std::move(*store);
-    DeviceConfig cfg;
-    cfg.device_id = "kiosk-1";
-    cfg.role = "kiosk";
-    cfg.org_id = 7;
-    cfg.position = GeoPoint{51.5, -0.1};
-    agent_ = std::make_unique<Agent>(cfg, sync::GenerateKeyPair().secret_key, *store_,
+    cfg_.device_id = id;
+    cfg_.role = role;
+    cfg_.org_id = org;
+    cfg_.position = at;
+  }
+
+  test::TempDir dir_;
+  std::unique_ptr<AgentStore> store_;
+  DeviceConfig cfg_;
+};
+
+class AgentDownTest : public DeviceTest {
+ protected:
+  void SetUp() override {
+    ASSERT_NO_FATAL_FAILURE(OpenDevice("kiosk-1", "kiosk", 7, GeoPoint{51.5, -0.1}));
+    agent_ = std::make_unique<Agent>(cfg_, sync::GenerateKeyPair().secret_key, *store_,
                                      SystemClock::Instance(), uplink_);
     agent_->SetObserver([this](const std::string& kind, const std::string& type, const json&) {
       std::lock_guard lock(mu_);
@@ -58,9 +69,7 @@ class AgentDownTest : public ::testing::Test {
             {"data", {{"id", post}, {"status", status}, {"version", 1}, {"provider_id", 7}}}};
   }
 
-  test::TempDir dir_;
   Offline uplink_;
-  std::unique_ptr<AgentStore> store_;
   std::unique_ptr<Agent> agent_;
   std::mutex mu_;
   std::vector<std::string> told_;
@@ -124,17 +133,9 @@ class Recording final : public Uplink {
 };
 
 // A tablet's store and config, and an uplink that records what it sends.
-class AgentQueryTest : public ::testing::Test {
+class AgentQueryTest : public DeviceTest {
  protected:
-  void SetUp() override {
-    auto store = AgentStore::Open(dir_.file("tablet.db"));
-    ASSERT_TRUE(store.ok()) << store.error().ToString();
-    store_ = std::move(*store);
-    cfg_.device_id = "tablet-1";
-    cfg_.role = "tablet";
-    cfg_.org_id = 9;
-    cfg_.position = GeoPoint{51.52, -0.10};
-  }
+  void SetUp() override { ASSERT_NO_FATAL_FAILURE(OpenDevice("tablet-1", "tablet", 9, GeoPoint{51.52, -0.10})); }
 
   // The hub's answer to a query: `status` "accepted" comes straight (no
   // outbox id), anything else through the outbox with `id`.
@@ -154,9 +155,6 @@ class AgentQueryTest : public ::testing::Test {
     agent.OnDown(Answer(*ping, "accepted", json::object(), ToUnixMillis(clock.Now())).dump());
   }
 
-  test::TempDir dir_;
-  std::unique_ptr<AgentStore> store_;
-  DeviceConfig cfg_;
   Recording uplink_;
 };
 

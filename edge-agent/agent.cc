@@ -52,7 +52,37 @@ int64_t MetaInt(AgentTxn& tx, const char* key) {
   return std::strtoll((*v)->c_str(), nullptr, 10);
 }
 
+// The post an op acts on (its body's surplus_id), or 0.
+int64_t SurplusOf(const QueuedOp& op) {
+  if (op.type == sync::kOpPostSurplus || op.type == sync::kOpVehicle) return 0;
+  json body = json::parse(op.body, nullptr, false);
+  if (!body.is_object() || !body.contains("surplus_id") || !body["surplus_id"].is_number_integer()) return 0;
+  return body["surplus_id"].get<int64_t>();
+}
+
 }  // namespace
+
+void InFlight::Sent(uint64_t seq, Timestamp at, int64_t surplus_id) {
+  if (ops_.try_emplace(seq, Op{at, surplus_id}).second && surplus_id != 0) ++posts_[surplus_id];
+}
+
+void InFlight::Answered(uint64_t seq) {
+  auto it = ops_.find(seq);
+  if (it == ops_.end()) return;
+  if (auto p = posts_.find(it->second.surplus_id); p != posts_.end() && --p->second == 0) posts_.erase(p);
+  ops_.erase(it);
+}
+
+void InFlight::Clear() {
+  ops_.clear();
+  posts_.clear();
+}
+
+std::optional<std::pair<uint64_t, Timestamp>> InFlight::Oldest() const {
+  auto it = std::min_element(ops_.begin(), ops_.end(), [](auto& a, auto& b) { return a.second.at < b.second.at; });
+  if (it == ops_.end()) return std::nullopt;
+  return std::pair{it->first, it->second.at};
+}
 
 Agent::Agent(DeviceConfig config, sync::SecretKey key, AgentStore& store, const Clock& clock,
              Uplink& uplink)
@@ -325,20 +355,18 @@ void Agent::SendLoop() {
       if (epoch_ != seen_epoch) {  // (re)connected: everything unanswered goes again, in order
         seen_epoch = epoch_;
         cursor = 0;
-        unanswered_.clear();
+        unanswered_.Clear();
         hub_listening_ = false;
         ForgetPing();
         ping_gap_ = kPingRetry;
       }
-      if (!unanswered_.empty()) {
-        auto oldest = std::min_element(unanswered_.begin(), unanswered_.end(),
-                                       [](auto& a, auto& b) { return a.second < b.second; });
+      if (auto oldest = unanswered_.Oldest()) {
         if (clock_.Now() - oldest->second > kResendAfter) {
           Log(LogLevel::kWarn, "resending",
               {{"device", config_.device_id}, {"oldest_seq", std::to_string(oldest->first)},
                {"unanswered", std::to_string(unanswered_.size())}});
           cursor = 0;
-          unanswered_.clear();
+          unanswered_.Clear();
         }
       }
     }
@@ -359,11 +387,19 @@ void Agent::SendLoop() {
         return OkStatus();
       });
       if (!read.ok() || ops.empty()) break;
+      bool held = false;
       for (const auto& op : ops) {
+        const int64_t post = SurplusOf(op);
         {
-          // Before publishing: the outcome may come back before Publish returns.
           std::lock_guard lock(mu_);
-          unanswered_.emplace(op.seq, clock_.Now());
+          // An op on a post waits for the outcome of this device's earlier
+          // op on it (see the top of agent.h); the next outcome wakes us.
+          if (post != 0 && unanswered_.OnPost(post)) {
+            held = held_ = true;
+            break;
+          }
+          // Before publishing: the outcome may come back before Publish returns.
+          unanswered_.Sent(op.seq, clock_.Now(), post);
         }
         auto ack = uplink_.Publish(sync::UpTopic(config_.device_id, op.type), op.envelope,
                                    op.traceparent);
@@ -376,6 +412,7 @@ void Agent::SendLoop() {
         if (window.size() >= kWindow) broken = !AwaitAcks(window, kWindow - 1);
         if (broken) break;
       }
+      if (held) break;
     }
     if (!AwaitAcks(window, 0)) broken = true;
     if (broken) {
@@ -383,7 +420,7 @@ void Agent::SendLoop() {
       // the connection is back (or after kResendAfter if it never dropped).
       std::unique_lock lock(mu_);
       cursor = 0;
-      unanswered_.clear();
+      unanswered_.Clear();
       send_cv_.wait_for(lock, std::chrono::milliseconds(250), [&] { return stop_; });
     }
   }
@@ -519,17 +556,21 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
   if (!st.ok()) return st;
   if (offset) hub_offset_ms_ = *offset;
   for (const auto& [kind, type, message] : told) observer_(kind, type, message);
-  bool room_freed = false;
+  bool wake = false;
   {
     std::lock_guard lock(mu_);
-    // The sender waits on answers only when kMaxUnanswered are out; waking
-    // it for every message down cost a thread switch and a read of the
-    // queue each (seen in perf of pp-sim's thousand agents).
-    room_freed = unanswered_.size() >= kMaxUnanswered && !answered.empty();
-    for (uint64_t seq : answered) unanswered_.erase(seq);
-    if (room_freed || heard) send_work_ = true;
+    // The sender waits on answers only when kMaxUnanswered are out, or when
+    // it holds an op back for an earlier op's outcome; waking it for every
+    // message down cost a thread switch and a read of the queue each (seen
+    // in perf of pp-sim's thousand agents).
+    const bool room_freed = unanswered_.size() >= kMaxUnanswered && !answered.empty();
+    const bool unheld = held_ && !answered.empty();  // perhaps the outcome it waits for
+    if (unheld) held_ = false;
+    for (uint64_t seq : answered) unanswered_.Answered(seq);
+    wake = room_freed || unheld || heard;
+    if (wake) send_work_ = true;
   }
-  if (room_freed || heard) send_cv_.notify_all();
+  if (wake) send_cv_.notify_all();
   return OkStatus();
 }
 

@@ -16,6 +16,13 @@
 // has waited kResendAfter for its outcome,
 // sending starts again from the oldest queued op (same bytes: the hub
 // applies an op id once and answers a repeat with its first result).
+// One order the hub cannot restore is kept here: an op on a post (claim,
+// accept, decline, pickup, deliver) is not sent while this device's earlier
+// op on the same post awaits its outcome, and nothing after it is sent
+// either (ops go out in sequence order). The hub judges each op against the
+// current state, and two hub replicas — or an op lost while the hub was out
+// of the shared subscription and sent again later — could otherwise let a
+// pickup reach it before its claim and come back a conflict.
 //
 // Receiving. Down messages are applied by one thread in batches, each batch
 // one transaction: outcomes remove ops and are kept for the person to see;
@@ -35,6 +42,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -58,6 +66,30 @@ class Uplink {
   using AckWait = std::function<Status(std::chrono::milliseconds)>;
   virtual Result<AckWait> Publish(const std::string& topic, const std::string& payload,
                                   const std::string& traceparent) = 0;
+};
+
+// The ops sent on this connection that await their outcome, and the posts
+// they act on. Not thread-safe: the Agent holds its mutex.
+class InFlight {
+ public:
+  // Sent (again) at `at`; `surplus_id` 0 for an op on no post. A repeat
+  // keeps the first time.
+  void Sent(uint64_t seq, Timestamp at, int64_t surplus_id);
+  void Answered(uint64_t seq);  // no-op if not in flight
+  void Clear();
+  size_t size() const { return ops_.size(); }
+  // Whether an op on this post awaits its outcome.
+  bool OnPost(int64_t surplus_id) const { return posts_.count(surplus_id) > 0; }
+  // The op that has waited longest: its seq and when it was sent.
+  std::optional<std::pair<uint64_t, Timestamp>> Oldest() const;
+
+ private:
+  struct Op {
+    Timestamp at;
+    int64_t surplus_id;
+  };
+  std::map<uint64_t, Op> ops_;    // by seq
+  std::map<int64_t, int> posts_;  // surplus id -> ops on it in ops_
 };
 
 class Agent {
@@ -142,7 +174,8 @@ class Agent {
   bool stop_ = false;
   bool send_work_ = true;
   uint64_t epoch_ = 0;                       // bumped on every (re)connect
-  std::map<uint64_t, Timestamp> unanswered_;  // seq -> first sent, this connection
+  InFlight unanswered_;                      // sent on this connection, awaiting the outcome
+  bool held_ = false;  // the sender stopped at an op whose post awaits an earlier op's outcome
   std::deque<std::string> inbox_;
   std::set<std::string> queries_;            // op ids of queries in flight
   std::string ping_op_;                      // this connection's ping awaiting its answer

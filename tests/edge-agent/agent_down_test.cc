@@ -121,6 +121,13 @@ class Recording final : public Uplink {
       if (Of(it->first, type)) return json::parse(it->second)["op"].get<std::string>();
     return std::nullopt;
   }
+  // The types published, in order.
+  std::vector<std::string> Types() {
+    std::lock_guard lock(mu_);
+    std::vector<std::string> types;
+    for (const auto& [topic, payload] : sent_) types.push_back(topic.substr(topic.rfind('/') + 1));
+    return types;
+  }
   size_t Count(const std::string& type) {
     std::lock_guard lock(mu_);
     return size_t(std::count_if(sent_.begin(), sent_.end(), [&](const auto& s) { return Of(s.first, type); }));
@@ -189,6 +196,63 @@ TEST_F(AgentQueryTest, AfterConnectingNothingButPingsGoOutUntilTheHubAnswers) {
   AnswerPing(agent, clock);
   EXPECT_TRUE(test::Eventually([&] { return uplink_.Count("vehicle") == 2; }));
   agent.Stop();
+}
+
+// An op on a post is not sent while the device's earlier op on that post
+// awaits its outcome, nor is anything after it: with two hub replicas, or a
+// claim lost while the hub was out of the shared subscription and sent again
+// 20 s later, the pickup could otherwise reach the hub first and come back
+// a conflict.
+TEST_F(AgentQueryTest, AnOpOnAPostWaitsForTheOutcomeOfTheDevicesEarlierOpOnIt) {
+  SimulatedClock clock(SystemClock::Instance().Now());
+  Agent agent(cfg_, sync::GenerateKeyPair().secret_key, *store_, clock, uplink_);
+  agent.Start();  // queues the tablet's vehicle first
+  auto claim = agent.Submit(sync::kOpClaim, {{"surplus_id", 41}, {"version", 1}});
+  ASSERT_TRUE(claim.ok()) << claim.error().ToString();
+  ASSERT_TRUE(agent.Submit(sync::kOpPickUp, {{"surplus_id", 41}, {"handover_code", "042917"}, {"actual_kg", 4}}).ok());
+  ASSERT_TRUE(agent.Submit(sync::kOpClaim, {{"surplus_id", 42}, {"version", 1}}).ok());
+  AnswerPing(agent, clock);
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("claim") >= 1; }));
+
+  // The claim is never answered (lost): after kResendAfter everything
+  // unanswered goes again, from the vehicle op. The pass that sent the
+  // claim ended before this one began, so had it sent the pickup, it would
+  // show by now.
+  clock.Advance(Agent::kResendAfter + std::chrono::seconds(1));
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("vehicle") == 2; }, std::chrono::seconds(10)));
+  EXPECT_EQ(uplink_.Count("pickup"), 0u) << "the pickup went out before its claim was answered";
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("claim") == 2; }));
+
+  // The claim's outcome lets the rest go, in order.
+  agent.OnDown(Answer(claim->op, "accepted", {{"id", 41}, {"status", "claimed"}, {"version", 2}},
+                      ToUnixMillis(clock.Now()), /*id=*/1)
+                   .dump());
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("claim") == 3; }, std::chrono::seconds(10)));
+  std::vector<std::string> ops = uplink_.Types();  // without the queries
+  std::erase_if(ops, [](const std::string& t) { return t == "ping" || t == "nearby"; });
+  EXPECT_EQ(ops, (std::vector<std::string>{"vehicle", "claim", "vehicle", "claim", "pickup", "claim"}));
+  agent.Stop();
+}
+
+TEST(AgentInFlight, CountsTheOpsOnEachPostUntilAnswered) {
+  InFlight f;
+  const Timestamp t0 = SystemClock::Instance().Now();
+  f.Sent(1, t0, 0);
+  f.Sent(2, t0 + std::chrono::seconds(1), 41);
+  f.Sent(3, t0 + std::chrono::seconds(2), 41);
+  f.Sent(2, t0 + std::chrono::seconds(9), 41);  // sent again: keeps its first time, counted once
+  EXPECT_TRUE(f.OnPost(41));
+  EXPECT_FALSE(f.OnPost(0)) << "ops on no post are not a post";
+  f.Answered(2);
+  EXPECT_TRUE(f.OnPost(41));
+  f.Answered(3);
+  EXPECT_FALSE(f.OnPost(41));
+  f.Answered(3);  // a repeat changes nothing
+  ASSERT_TRUE(f.Oldest().has_value());
+  EXPECT_EQ(f.Oldest()->first, 1u);
+  f.Clear();
+  EXPECT_EQ(f.size(), 0u);
+  EXPECT_FALSE(f.Oldest().has_value());
 }
 
 // While no hub answers (a hub outage), each device pings less and less

@@ -2,7 +2,7 @@
 // the same messages, in the same run.
 //
 //   packaging/broker.sh start /tmp/ppb            # a broker as in production
-//   pp-sync-bench --broker-dir /tmp/ppb [--ops N] [--workers N]
+//   pp-sync-bench --broker-dir /tmp/ppb [--ops N] [--workers N] [--rounds N]
 //
 // broker-only: one device publishes N QoS 1 messages (the same bytes as the
 //   signed posts below) to its up topic; a subscriber on the hub's shared
@@ -11,9 +11,13 @@
 //   hub (SQLite, synchronous=FULL, group commit; ingest on `workers` threads
 //   as pp-hub runs it) verifies, de-duplicates and commits each with its
 //   outcome. Rate = N / time until the last committed.
+// The two alternate for --rounds rounds (fresh ops each round), one line
+// each, then the median ratio: this host's broker-only rate moves between
+// runs by a third, so one pair says little.
 // Also printed, per op: CPU of the hub's ingest without the broker, and of
 // the Ed25519 signature check alone (the floor under the ingest's cost).
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -37,7 +41,7 @@ namespace {
 using namespace pp;
 using Steady = std::chrono::steady_clock;
 
-constexpr const char* kUsage = "pp-sync-bench --broker-dir DIR [--ops N] [--workers N]";
+constexpr const char* kUsage = "pp-sync-bench --broker-dir DIR [--ops N] [--workers N] [--rounds N]";
 [[noreturn]] void Die(const std::string& m) { DieWithUsage("pp-sync-bench", kUsage, m); }
 std::string ReadFile(const std::string& p) { return FirstLineOrDie("pp-sync-bench", kUsage, p); }
 
@@ -64,15 +68,17 @@ CpuMark MarkCpu(const std::string& dir) {
 
 int main(int argc, char** argv) {
   std::string dir;
-  int ops = 20000, workers = 2;
+  int ops = 20000, workers = 2, rounds = 1;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string f = argv[i];
     if (f == "--broker-dir") dir = argv[i + 1];
     else if (f == "--ops") ops = std::atoi(argv[i + 1]);
     else if (f == "--workers") workers = std::atoi(argv[i + 1]);
+    else if (f == "--rounds") rounds = std::atoi(argv[i + 1]);
     else Die("unknown option " + f);
   }
-  if (dir.empty() || ops <= 0 || workers <= 0) Die("--broker-dir is required; --ops and --workers > 0");
+  if (dir.empty() || ops <= 0 || workers <= 0 || rounds <= 0)
+    Die("--broker-dir is required; --ops, --workers and --rounds must be positive integers");
   std::string uri = "tcp://127.0.0.1:" + ReadFile(dir + "/port");
   std::string hub_pw = ReadFile(dir + "/hub.password");
   std::string device = "bench-kiosk", device_pw = "bench-pw";
@@ -85,22 +91,28 @@ int main(int argc, char** argv) {
   HubService& hub = *bench_hub->hub;
   GroupCommitter& committer = *bench_hub->committer;
 
+  // Each round's ops, fresh (new op ids, higher sequence numbers): not replays.
   std::vector<std::string> messages;
   std::string best_before = FormatRfc3339(SystemClock::Instance().Now() + std::chrono::hours(4));
-  for (int i = 0; i < ops; ++i) {
-    sync::Envelope e;
-    e.device = device;
-    e.seq = uint64_t(i + 1);
-    e.op = "bench-" + std::to_string(i);
-    e.type = sync::kOpPostSurplus;
-    e.ts_ms = ToUnixMillis(SystemClock::Instance().Now());
-    e.body = {{"category", "prepared_meals"}, {"description", "bench meal " + std::to_string(i)},
-              {"quantity_kg", 2.5}, {"portions", 6}, {"storage", "chilled"}, {"best_before", best_before}};
-    sync::Sign(e, keys.secret_key);
-    messages.push_back(sync::Encode(e));
-  }
+  auto sign_round = [&](int round) {
+    messages.clear();
+    for (int i = 0; i < ops; ++i) {
+      sync::Envelope e;
+      e.device = device;
+      e.seq = uint64_t(round) * uint64_t(ops) + uint64_t(i + 1);
+      e.op = "bench-" + std::to_string(round) + "-" + std::to_string(i);
+      e.type = sync::kOpPostSurplus;
+      e.ts_ms = ToUnixMillis(SystemClock::Instance().Now());
+      e.body = {{"category", "prepared_meals"}, {"description", "bench meal " + std::to_string(i)},
+                {"quantity_kg", 2.5},           {"portions", 6},
+                {"storage", "chilled"},         {"best_before", best_before}};
+      sync::Sign(e, keys.secret_key);
+      messages.push_back(sync::Encode(e));
+    }
+  };
   std::string topic = sync::UpTopic(device, sync::kOpPostSurplus);
-  sync::MqttClient::Options dev_opts = sync::MqttClient::CleanSession(uri, device, device, device_pw, {}, 200000);
+  sync::MqttClient::Options dev_opts =
+      sync::MqttClient::CleanSession(uri, device, device, device_pw, {}, 200000);
   sync::MqttClient dev(dev_opts, [](auto&, auto&, auto&) {});
   // mosquitto reloads its password file asynchronously after SIGHUP: the
   // device's first attempts may be refused.
@@ -108,54 +120,73 @@ int main(int argc, char** argv) {
     Die("device cannot connect to " + uri);
   // At most 100 publishes awaiting their PUBACK, as a device's queue drains them.
   auto publish_all = [&] {
-    if (auto st = sync::PublishWindowed(dev, topic, messages, 100); !st.ok()) Die(st.error().ToString());
+    if (auto st = sync::PublishWindowed(dev, topic, messages, 100); !st.ok())
+      Die(st.error().ToString());
   };
 
-  // 1. The broker alone: same bytes, a plain subscriber on the hub's subscription.
-  double broker_rate = 0;
-  // CPU µs per message: this process (device + subscriber or hub), the broker.
-  CpuMark broker_cpu{}, hub_cpu{};
-  {
-    std::atomic<int> got{0};
-    sync::MqttClient sub(sync::MqttClient::CleanSession(uri, "bench-sub", "pp-hub", hub_pw, {sync::kHubSubscription}, 1000),
-                         [&](auto&, auto&, auto&) { got++; });
-    if (!sub.Connect(std::chrono::seconds(10)).ok()) Die("subscriber cannot connect");
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // subscription in place
-    auto t0 = Steady::now();
-    auto c0 = MarkCpu(dir);
-    publish_all();
-    if (!WaitFor([&] { return got >= ops; }, std::chrono::seconds(120))) Die("broker-only run stalled");
-    broker_rate = ops / std::chrono::duration<double>(Steady::now() - t0).count();
-    auto c1 = MarkCpu(dir);
-    broker_cpu = {(c1.self - c0.self) * 1e6 / ops, (c1.broker - c0.broker) * 1e6 / ops};
-    sub.Disconnect();
-  }
-
-  // 2. Through the hub: verify, de-duplicate, commit with the outcome.
-  double hub_rate = 0;
+  // Through the hub: verify, de-duplicate, commit with the outcome (one
+  // ingest for every round, as in pp-hub).
   std::atomic<int64_t> callback_ns{0};
   DeviceIngest ingest(hub);
   IngestPool pool(ingest, workers);
-  {
-    sync::MqttClient hub_mqtt(sync::MqttClient::CleanSession(uri, "pp-hub-bench", "pp-hub", hub_pw,
-                                           {sync::kHubSubscription}, 200000),
-                              [&](const std::string& t, const std::string& p, const std::string& tp) {
-                                auto c0 = Steady::now();
-                                pool.Post(t, p, tp);
-                                callback_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(Steady::now() - c0).count();
-                              });
-    if (!hub_mqtt.Connect(std::chrono::seconds(10)).ok()) Die("hub cannot connect");
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));
-    auto t0 = Steady::now();
-    auto c0 = MarkCpu(dir);
-    publish_all();
-    if (!WaitFor([&] { return ingest.stats().accepted + ingest.stats().refused >= uint64_t(ops); },
-                 std::chrono::seconds(300)))
-      Die("hub run stalled");
-    hub_rate = ops / std::chrono::duration<double>(Steady::now() - t0).count();
-    auto c1 = MarkCpu(dir);
-    hub_cpu = {(c1.self - c0.self) * 1e6 / ops, (c1.broker - c0.broker) * 1e6 / ops};
-    hub_mqtt.Disconnect();
+  struct Round {
+    double broker_rate, hub_rate;
+    CpuMark broker_cpu,
+        hub_cpu;  // CPU µs per message: this process (device + subscriber or hub), the broker
+  };
+  std::vector<Round> done;
+  for (int round = 0; round < rounds; ++round) {
+    sign_round(round);
+    Round r{};
+    {  // 1. The broker alone: same bytes, a plain subscriber on the hub's subscription.
+      std::atomic<int> got{0};
+      sync::MqttClient sub(sync::MqttClient::CleanSession(uri, "bench-sub", "pp-hub", hub_pw,
+                                                          {sync::kHubSubscription}, 1000),
+                           [&](auto&, auto&, auto&) { got++; });
+      if (!sub.Connect(std::chrono::seconds(10)).ok()) Die("subscriber cannot connect");
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));  // subscription in place
+      auto t0 = Steady::now();
+      auto c0 = MarkCpu(dir);
+      publish_all();
+      if (!WaitFor([&] { return got >= ops; }, std::chrono::seconds(120)))
+        Die("broker-only run stalled");
+      r.broker_rate = ops / std::chrono::duration<double>(Steady::now() - t0).count();
+      auto c1 = MarkCpu(dir);
+      r.broker_cpu = {(c1.self - c0.self) * 1e6 / ops, (c1.broker - c0.broker) * 1e6 / ops};
+      sub.Disconnect();
+    }
+    {  // 2. Through the hub.
+      sync::MqttClient hub_mqtt(
+          sync::MqttClient::CleanSession(uri, "pp-hub-bench", "pp-hub", hub_pw,
+                                         {sync::kHubSubscription}, 200000),
+          [&](const std::string& t, const std::string& p, const std::string& tp) {
+            auto c0 = Steady::now();
+            pool.Post(t, p, tp);
+            callback_ns +=
+                std::chrono::duration_cast<std::chrono::nanoseconds>(Steady::now() - c0).count();
+          });
+      if (!hub_mqtt.Connect(std::chrono::seconds(10)).ok()) Die("hub cannot connect");
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      const uint64_t target = uint64_t(round + 1) * uint64_t(ops);
+      auto t0 = Steady::now();
+      auto c0 = MarkCpu(dir);
+      publish_all();
+      if (!WaitFor([&] { return ingest.stats().accepted + ingest.stats().refused >= target; },
+                   std::chrono::seconds(300)))
+        Die("hub run stalled");
+      r.hub_rate = ops / std::chrono::duration<double>(Steady::now() - t0).count();
+      auto c1 = MarkCpu(dir);
+      r.hub_cpu = {(c1.self - c0.self) * 1e6 / ops, (c1.broker - c0.broker) * 1e6 / ops};
+      hub_mqtt.Disconnect();
+    }
+    std::printf(
+        "round=%d broker_only=%.0f msg/s hub_ingest=%.0f ops/s ratio=%.0f%% "
+        "cpu_us_per_msg: broker_only process=%.1f mosquitto=%.1f | through_hub process=%.1f "
+        "mosquitto=%.1f\n",
+        round + 1, r.broker_rate, r.hub_rate, 100 * r.hub_rate / r.broker_rate, r.broker_cpu.self,
+        r.broker_cpu.broker, r.hub_cpu.self, r.hub_cpu.broker);
+    std::fflush(stdout);
+    done.push_back(r);
   }
   // 3. The hub's ingest alone, the same ops handed straight to it (no
   // broker): where the time goes when the ratio is low.
@@ -167,7 +198,7 @@ int main(int argc, char** argv) {
     for (int i = 0; i < ops; ++i) {
       sync::Envelope e = *sync::Decode(messages[i]);
       e.op = "direct-" + std::to_string(i);
-      e.seq += uint64_t(ops);
+      e.seq += uint64_t(rounds) * uint64_t(ops);
       sync::Sign(e, keys.secret_key);
       fresh.push_back(sync::Encode(e));
     }
@@ -193,16 +224,27 @@ int main(int argc, char** argv) {
     if (good != ops) Die("a bench signature did not verify");
   }
   auto st = ingest.stats();
+  // The median round by its ratio: its rates and CPU figures go together.
+  std::vector<size_t> by_ratio(done.size());
+  for (size_t i = 0; i < by_ratio.size(); ++i) by_ratio[i] = i;
+  auto ratio = [&](size_t i) { return done[i].hub_rate / done[i].broker_rate; };
+  std::sort(by_ratio.begin(), by_ratio.end(),
+            [&](size_t a, size_t b) { return ratio(a) < ratio(b); });
+  const Round& m = done[by_ratio[by_ratio.size() / 2]];
   std::printf(
-      "ops=%d bytes_per_op=%zu broker_only=%.0f msg/s hub_ingest=%.0f ops/s ratio=%.0f%% "
+      "ops=%d rounds=%d bytes_per_op=%zu median round: broker_only=%.0f msg/s hub_ingest=%.0f "
+      "ops/s ratio=%.0f%% "
+      "(lowest %.0f%%, highest %.0f%%) "
       "ingest_without_broker=%.0f ops/s time_in_ingest_callback=%.2fs accepted=%llu refused=%llu "
       "avg_batch=%.1f\n"
-      "cpu_us_per_msg: broker_only process=%.1f mosquitto=%.1f | through_hub process=%.1f "
+      "cpu_us_per_msg (median round): broker_only process=%.1f mosquitto=%.1f | through_hub "
+      "process=%.1f "
       "mosquitto=%.1f | ingest_without_broker process=%.1f | ed25519_verify=%.1f\n",
-      ops, messages[0].size(), broker_rate, hub_rate, 100 * hub_rate / broker_rate, direct_rate,
-      double(callback_ns) / 1e9,
-      (unsigned long long)st.accepted, (unsigned long long)st.refused,
+      ops, rounds, messages[0].size(), m.broker_rate, m.hub_rate, 100 * m.hub_rate / m.broker_rate,
+      100 * ratio(by_ratio.front()), 100 * ratio(by_ratio.back()), direct_rate,
+      double(callback_ns) / 1e9, (unsigned long long)st.accepted, (unsigned long long)st.refused,
       double(committer.stats().ops) / double(std::max<uint64_t>(1, committer.stats().batches)),
-      broker_cpu.self, broker_cpu.broker, hub_cpu.self, hub_cpu.broker, direct_cpu, verify_us);
+      m.broker_cpu.self, m.broker_cpu.broker, m.hub_cpu.self, m.hub_cpu.broker, direct_cpu,
+      verify_us);
   return st.refused == 0 ? 0 : 1;
 }

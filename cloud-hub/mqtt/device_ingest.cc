@@ -70,6 +70,7 @@ void DeviceIngest::Answer(const std::string& device, const sync::Outcome& outcom
 
 void DeviceIngest::AnswerQuery(const std::string& device, const sync::Outcome& outcome,
                                const std::string& traceparent) {
+  queries_++;
   if (!query_reply_) return Answer(device, outcome, traceparent);
   nlohmann::json message = sync::OutcomeJson(outcome);
   message["ts"] = ToUnixMillis(hub_.clock().Now());  // the hub's clock, as on every down message

@@ -59,8 +59,9 @@ class DeviceIngest {
 
   struct Stats {
     uint64_t received = 0, accepted = 0, refused = 0, dropped = 0;
+    uint64_t queries = 0;  // of the accepted: queries answered (ping, nearby), not ops applied
   };
-  Stats stats() const { return {received_, accepted_, refused_, dropped_}; }
+  Stats stats() const { return {received_, accepted_, refused_, dropped_, queries_}; }
 
  private:
   // Writes the outcome for `device` (its own transaction).
@@ -77,7 +78,7 @@ class DeviceIngest {
   NearbyQuery nearby_;
   QueryReply query_reply_;
   metrics::Histogram* claim_latency_ = nullptr;
-  std::atomic<uint64_t> received_{0}, accepted_{0}, refused_{0}, dropped_{0};
+  std::atomic<uint64_t> received_{0}, accepted_{0}, refused_{0}, dropped_{0}, queries_{0};
 };
 
 // The outbox event that carries an accepted outcome, with the command's result

@@ -154,11 +154,12 @@ int main(int argc, char** argv) {
   agent_mqtt.Start();
   int agent_port = 0;
   double hub_done_s = 0;  // when the hub had committed the last op (and its outcome)
-  // The agent pings on connecting and sends its queue once the hub has
-  // answered: the ping is one of the hub's accepted messages too.
-  const uint64_t all_accepted = uint64_t(ops) + 1;
+  // The agent pings on connecting (again if unanswered) and sends its queue
+  // once the hub has answered: the hub counts its answers to queries among
+  // the accepted messages, and apart.
+  auto ops_applied = [&] { return ingest.stats().accepted - ingest.stats().queries; };
   while (queued() > 0) {
-    if (!hub_done_s && ingest.stats().accepted >= all_accepted)
+    if (!hub_done_s && ops_applied() >= uint64_t(ops))
       hub_done_s = std::chrono::duration<double>(Steady::now() - t1).count();
     if (Steady::now() - t1 > std::chrono::seconds(600)) Die("drain stalled");
     if (!agent_port)

@@ -9,9 +9,45 @@
 #include "common/time_format.h"
 
 namespace pp {
-namespace {
 
 using nlohmann::json;
+
+int JsonDepth(std::string_view text) {
+  int depth = 0, deepest = 0;
+  bool in_string = false, escaped = false;
+  for (char c : text) {
+    if (in_string) {
+      if (escaped) escaped = false;
+      else if (c == '\\') escaped = true;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '{' || c == '[') {
+      deepest = std::max(deepest, ++depth);
+    } else if (c == '}' || c == ']') {
+      --depth;
+    }
+  }
+  return deepest;
+}
+
+Result<json> ParseJsonObject(std::string_view text, std::string_view what) {
+  // Before parsing: the parsed value is what would be copied and dumped.
+  if (JsonDepth(text) > kMaxJsonDepth)
+    return Error::Invalid(std::string(what) + " nests deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::parse_error& e) {
+    return Error::Invalid(std::string(what) + " is not valid JSON: error at byte " + std::to_string(e.byte));
+  } catch (const json::out_of_range&) {  // 1e999: the parser throws this, not a parse_error
+    return Error::Invalid(std::string(what) + " is not valid JSON: a number is out of range");
+  }
+  if (!j.is_object()) return Error::Invalid(std::string(what) + " must be a JSON object");
+  return j;
+}
+
+namespace {
 
 // Reads typed fields from one JSON object and collects every problem found.
 class FieldReader {
@@ -134,16 +170,7 @@ class FieldReader {
   std::vector<FieldError> errors_;
 };
 
-Result<json> ParseObject(std::string_view body) {
-  json j;
-  try {
-    j = json::parse(body);
-  } catch (const json::parse_error& e) {
-    return Error::Invalid("body is not valid JSON: error at byte " + std::to_string(e.byte));
-  }
-  if (!j.is_object()) return Error::Invalid("body must be a JSON object");
-  return j;
-}
+Result<json> ParseObject(std::string_view body) { return ParseJsonObject(body, "body"); }
 
 Error FieldErrors(std::vector<FieldError> fields) {
   return Error::Invalid("request has invalid fields", std::move(fields));

@@ -47,6 +47,22 @@ struct Limits {
   static constexpr int kClockSkewMinutes = 5;  // a device may be this far ahead
 };
 
+// The deepest nesting accepted in JSON from outside (HTTP bodies, device
+// messages, config files). nlohmann-json copies and serialises values
+// recursively: a 64 KB message of '[' nests 32,000 deep and can run a
+// thread out of stack (it does under AddressSanitizer at 10,000). The
+// documents here nest 3 or 4 deep.
+constexpr int kMaxJsonDepth = 32;
+
+// How deep `text` nests objects and arrays (brackets inside strings do not
+// count); for any text, valid JSON or not, without parsing it.
+int JsonDepth(std::string_view text);
+
+// Untrusted JSON text whose top level must be an object. kInvalidArgument,
+// the message starting with `what`, if it is not JSON, not an object, or
+// nests deeper than kMaxJsonDepth.
+Result<nlohmann::json> ParseJsonObject(std::string_view text, std::string_view what);
+
 Result<NewOrganization> ParseNewOrganization(std::string_view body);
 // `now` bounds the dates: best_before must be in the future and within
 // kBestBeforeMaxDays, prepared_at not in the future (beyond kClockSkewMinutes).

@@ -5,6 +5,7 @@
 #include <charconv>
 
 #include "common/problem.h"
+#include "common/validation.h"
 #include "edge-agent/ui_assets.h"
 #include "sync/protocol.h"
 
@@ -75,12 +76,12 @@ LocalApi::LocalApi(Agent& agent) : agent_(agent), server_(std::make_unique<httpl
   };
   auto parse = [](const Request& req, Response& res, bool allow_empty) -> std::optional<json> {
     if (allow_empty && req.body.empty()) return json::object();
-    json j = json::parse(req.body, nullptr, false);
-    if (j.is_discarded() || !j.is_object()) {
-      Problem(res, Error::Invalid("body must be a JSON object"), req.path);
+    auto j = ParseJsonObject(req.body, "body");
+    if (!j.ok()) {
+      Problem(res, j.error(), req.path);
       return std::nullopt;
     }
-    return j;
+    return std::move(*j);
   };
 
   s.Post("/api/posts", [submit, parse](const Request& req, Response& res) {

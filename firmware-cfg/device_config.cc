@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/domain_json.h"
+#include "common/validation.h"
 #include "sync/protocol.h"
 
 namespace pp {
@@ -87,9 +88,7 @@ std::string DeviceConfig::http_host() const { return http_listen.substr(0, http_
 int DeviceConfig::http_port() const { return std::stoi(http_listen.substr(http_listen.rfind(':') + 1)); }
 
 Result<DeviceConfig> ParseDeviceConfig(std::string_view text, const std::string& base_dir) {
-  json j = json::parse(text, nullptr, false);
-  if (j.is_discarded()) return Error::Invalid("the device config is not valid JSON");
-  if (!j.is_object()) return Error::Invalid("the device config must be a JSON object");
+  PP_ASSIGN_OR_RETURN(json j, ParseJsonObject(text, "the device config"));
   Checker c(base_dir);
   c.OnlyKeys(j, "", {"device_id", "role", "org_id", "key_file", "broker_url", "broker_user",
                      "broker_password_file", "database", "http_listen", "queue_limit",

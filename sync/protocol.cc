@@ -4,6 +4,8 @@
 
 #include <mutex>
 
+#include "common/validation.h"
+
 namespace pp::sync {
 namespace {
 
@@ -115,8 +117,7 @@ std::string Encode(const Envelope& e) {
 Result<Envelope> Decode(std::string_view bytes) {
   if (bytes.size() > kMaxMessageBytes)
     return Error{Code::kResourceExhausted, "message exceeds " + std::to_string(kMaxMessageBytes) + " bytes", {}, {}};
-  nlohmann::json j = nlohmann::json::parse(bytes, nullptr, false);
-  if (j.is_discarded() || !j.is_object()) return Error::Invalid("message is not a JSON object");
+  PP_ASSIGN_OR_RETURN(nlohmann::json j, ParseJsonObject(bytes, "message"));
   std::vector<FieldError> bad;
   for (const auto& [k, v] : j.items())
     if (k != "v" && k != "device" && k != "seq" && k != "op" && k != "type" && k != "ts" &&
@@ -197,8 +198,7 @@ std::vector<std::pair<size_t, size_t>> CutIntoBatches(const std::vector<size_t>&
 }
 
 Result<std::vector<nlohmann::json>> DecodeDown(std::string_view payload) {
-  nlohmann::json m = nlohmann::json::parse(payload, nullptr, false);
-  if (m.is_discarded() || !m.is_object()) return Error::Invalid("down message is not a JSON object");
+  PP_ASSIGN_OR_RETURN(nlohmann::json m, ParseJsonObject(payload, "down message"));
   std::vector<nlohmann::json> out;
   if (m.value("kind", "") != "batch") {
     out.push_back(std::move(m));

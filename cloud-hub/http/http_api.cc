@@ -16,6 +16,7 @@
 #include "common/problem.h"
 #include "common/time_format.h"
 #include "common/trace.h"
+#include "common/validation.h"
 
 namespace pp {
 namespace {
@@ -791,9 +792,9 @@ void HttpApi::Routes() {
                                              const ContentReader& reader) {
     std::string body;
     if (!read_body(req, res, reader, body)) return;
-    auto j = nlohmann::json::parse(body, nullptr, false);
-    if (j.is_discarded() || !j.is_object())
-      return Problem(res, Error::Invalid("body must be a JSON object"), req.path);
+    auto parsed = ParseJsonObject(body, "body");
+    if (!parsed.ok()) return Problem(res, parsed.error(), req.path);
+    const nlohmann::json& j = *parsed;
     std::vector<FieldError> bad;
     for (const auto& [k, v] : j.items())
       if (k != "id" && k != "role" && k != "org_id" && k != "public_key") bad.push_back({k, "unknown field"});

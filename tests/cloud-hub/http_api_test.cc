@@ -169,6 +169,10 @@ TEST_F(HttpApiTest, BadInputGetsAClearProblemAndTheHubKeepsServing) {
   std::vector<BadCase> cases{
       {"malformed JSON", req("POST", "/api/v1/surplus", "{\"provider_id\":"), 400, "not valid JSON"},
       {"not an object", req("POST", "/api/v1/surplus", "[1,2]"), 400, "JSON object"},
+      {"a number out of range", req("POST", "/api/v1/surplus", "{\"quantity_kg\":1e999}"), 400, "out of range"},
+      {"nested 20,000 deep",
+       req("POST", "/api/v1/surplus", "{\"notes\":" + std::string(20000, '[') + std::string(20000, ']') + "}"), 400,
+       "nests deeper than 32"},
       {"wrong types", req("POST", "/api/v1/surplus", wrong_types.dump()), 422, "quantity_kg"},
       {"out of range", req("POST", "/api/v1/surplus", out_of_range.dump()), 422, "\"lat\""},
       {"impossible date", req("POST", "/api/v1/surplus", bad_date.dump()), 422, "RFC 3339"},

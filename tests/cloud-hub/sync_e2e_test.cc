@@ -210,6 +210,8 @@ TEST_F(SyncTest, ForgeriesForeignDevicesAndReplaysAreRefusedAndChangeNothing) {
   // Garbage is answered and ingest goes on.
   kiosk_->next_seq = 50001;
   kiosk_->SendRaw(sync::UpTopic(kiosk_->id(), "post_surplus"), "{not json");
+  kiosk_->SendRaw(sync::UpTopic(kiosk_->id(), "post_surplus"),  // 30,000 deep, within the size limit
+                  "{\"body\":" + std::string(30000, '[') + std::string(30000, ']') + "}");
   auto after = kiosk_->Send("post_surplus", Post(6));
   EXPECT_EQ(kiosk_->WaitOutcome(after.op)["status"], "accepted");
 

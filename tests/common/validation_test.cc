@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
 #include "common/time_format.h"
 
 namespace pp {
@@ -86,6 +88,25 @@ TEST(Validation, MalformedBodies) {
     EXPECT_EQ(d.error().code, Code::kInvalidArgument);
     EXPECT_TRUE(d.error().fields.empty()) << body;  // a syntax error, not a field error
   }
+}
+
+// nlohmann-json copies and serialises recursively: a body that nests
+// thousands deep is refused before it is parsed.
+TEST(Validation, DeepNestingIsRefusedBeforeParsing) {
+  EXPECT_EQ(JsonDepth(R"({"a":[1,{"b":[]}],"c":"[[[{{{\"]]"})"), 4) << "brackets in strings count";
+  EXPECT_EQ(JsonDepth("not json ]]]"), 0);
+  auto nest = [](int n) { return "{\"a\":" + std::string(n - 1, '[') + std::string(n - 1, ']') + "}"; };
+  EXPECT_TRUE(ParseJsonObject(nest(kMaxJsonDepth), "body").ok());
+  for (int n : {kMaxJsonDepth + 1, 30000}) {
+    auto deep = ParseJsonObject(nest(n), "body");
+    ASSERT_FALSE(deep.ok()) << n;
+    EXPECT_EQ(deep.error().code, Code::kInvalidArgument);
+    EXPECT_EQ(deep.error().message, "body nests deeper than 32 levels");
+  }
+  auto draft = ParseSurplusDraft(nest(30000), kNow);
+  ASSERT_FALSE(draft.ok());
+  EXPECT_NE(draft.error().message.find("nests deeper"), std::string::npos) << draft.error().message;
+  EXPECT_EQ(ParseJsonObject("[1]", "the config").error().message, "the config must be a JSON object");
 }
 
 TEST(Validation, Organization) {

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <random>
+
 namespace pp::sync {
 namespace {
 
@@ -46,6 +48,71 @@ TEST(Protocol, DecodeNamesWhatIsWrong) {
     EXPECT_TRUE(fields.count(f)) << f;
   EXPECT_FALSE(Decode("{").ok());
   EXPECT_EQ(Decode(std::string(kMaxMessageBytes + 1, ' ')).error().code, Code::kResourceExhausted);
+}
+
+TEST(Protocol, DeepNestingIsRefusedUpAndDown) {
+  auto keys = GenerateKeyPair();
+  Envelope e = Sample();
+  e.body = {{"notes", "x"}};
+  Sign(e, keys.secret_key);
+  std::string bytes = Encode(e);
+  // The body's "x" swapped for arrays nested 40 and 20,000 deep: still
+  // within the size limit, refused by name before anything copies them.
+  for (int n : {40, 20000}) {
+    std::string deep = bytes;
+    deep.replace(deep.find("\"x\""), 3, std::string(n, '[') + std::string(n, ']'));
+    ASSERT_LE(deep.size(), kMaxMessageBytes);
+    auto d = Decode(deep);
+    ASSERT_FALSE(d.ok()) << n;
+    EXPECT_EQ(d.error().message, "message nests deeper than 32 levels");
+    auto down = DecodeDown(R"({"v":1,"kind":"batch","messages":[)" + std::string(n, '[') + std::string(n, ']') + "]}");
+    ASSERT_FALSE(down.ok()) << n;
+    EXPECT_EQ(down.error().message, "down message nests deeper than 32 levels");
+  }
+}
+
+// Whatever bytes arrive, decoding answers with an envelope or an error:
+// 20,000 deterministic mutations of a good envelope and a good batch (bytes
+// flipped, cut, duplicated, brackets and quotes dropped in), run under
+// AddressSanitizer by the test command.
+TEST(Protocol, MangledBytesDecodeOrAreRefusedNeverCrash) {
+  auto keys = GenerateKeyPair();
+  Envelope e = Sample();
+  Sign(e, keys.secret_key);
+  const std::string up = Encode(e);
+  const std::string down = EncodeDownBatch({R"({"v":1,"kind":"outcome","id":3,"op":"x","data":{"a":[1,2]}})",
+                                            R"({"v":1,"kind":"event","id":4,"data":{"id":9}})"});
+  std::mt19937 rng(20261130);
+  const std::string tokens[] = {"{", "}", "[", "]", "\"", "\\", ",", ":", "null", "1e999", "-0", "\\u0000"};
+  int decoded = 0, refused = 0;
+  for (int i = 0; i < 20000; ++i) {
+    std::string m = i % 2 ? up : down;
+    for (int k = 1 + int(rng() % 4); k > 0 && !m.empty(); --k) {
+      size_t at = rng() % m.size();
+      switch (rng() % 4) {
+        case 0: m[at] = char(rng() % 256); break;
+        case 1: m.resize(at); break;
+        case 2: m.insert(at, m.substr(at, rng() % 64)); break;
+        default: m.insert(at, tokens[rng() % std::size(tokens)]); break;
+      }
+    }
+    if (i % 2) {
+      auto d = Decode(m);
+      if (d.ok()) {
+        ++decoded;
+        (void)Verify(*d, keys.public_key);  // canonical bytes of whatever decoded
+      } else {
+        ++refused;
+        EXPECT_FALSE(d.error().message.empty());
+      }
+    } else {
+      auto d = DecodeDown(m);
+      d.ok() ? ++decoded : ++refused;
+    }
+  }
+  // Both outcomes happen: the mutations reach past the parser's first check.
+  EXPECT_GT(decoded, 100);
+  EXPECT_GT(refused, 10000);
 }
 
 TEST(Protocol, DownBatchesCarryTheirMessagesAsTheyWere) {

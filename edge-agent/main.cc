@@ -24,6 +24,7 @@
 #include "common/cli.h"
 #include "common/log.h"
 #include "common/time_format.h"
+#include "common/validation.h"
 #include "edge-agent/agent.h"
 #include "edge-agent/mqtt_uplink.h"
 #include "edge-agent/local_api.h"
@@ -156,10 +157,10 @@ int Call(const std::string& cmd, const std::map<std::string, std::string>& flags
   auto send = [&]() -> httplib::Result {
     if (cmd == "status") return cli.Get("/api/state");
     if (cmd == "post" || cmd == "vehicle") {
-      json body = json::parse(need("json"), nullptr, false);
-      if (!body.is_object()) Usage("--json must be a JSON object");
-      return cmd == "post" ? cli.Post("/api/posts", body.dump(), "application/json")
-                           : cli.Put("/api/vehicle", body.dump(), "application/json");
+      auto body = pp::ParseJsonObject(need("json"), "--json");
+      if (!body.ok()) Usage(body.error().message);
+      return cmd == "post" ? cli.Post("/api/posts", body->dump(), "application/json")
+                           : cli.Put("/api/vehicle", body->dump(), "application/json");
     }
     json body = json::object();
     if (cmd == "claim") body["version"] = number("version");

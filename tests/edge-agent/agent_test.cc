@@ -4,6 +4,7 @@
 // exactly once.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/wait.h>
 
 #include <atomic>
 #include <filesystem>
@@ -312,6 +313,18 @@ TEST_F(AgentTest, BadInputIsNamedAndTheAgentKeepsServing) {
   EXPECT_EQ(raw("GET /api/state HTTP/1.1\r\nHost: evil.example:80\r\nConnection: close\r\n\r\n"), 403);
   EXPECT_EQ(raw("POST /api/posts HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                 "Content-Length: 100000\r\nConnection: close\r\n\r\n" + std::string(100000, ' ')), 413);
+  const std::string deep = "{\"description\":" + std::string(5000, '[') + std::string(5000, ']') + "}";
+  EXPECT_EQ(raw("POST /api/posts HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                "Content-Length: " + std::to_string(deep.size()) + "\r\nConnection: close\r\n\r\n" + deep),
+            400);
+  // The CLI names the same fault in what it was given, and sends nothing.
+  const std::string cli_err = dir_.file("cli.err");
+  test::Process cli({test::BinPath("pp-agent"), "post", "--config", kiosk->config_path(), "--json", deep}, cli_err);
+  int exit_status = cli.Wait();
+  EXPECT_TRUE(WIFEXITED(exit_status) && WEXITSTATUS(exit_status) != 0) << exit_status;
+  std::ifstream err_file(cli_err);
+  std::string err((std::istreambuf_iterator<char>(err_file)), std::istreambuf_iterator<char>());
+  EXPECT_NE(err.find("--json nests deeper than 32 levels"), std::string::npos) << err;
   json st = kiosk->State();
   EXPECT_EQ(st["queued"], 0);
   EXPECT_EQ(st["device"], "kiosk-1");

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <functional>
+
 #include <nlohmann/json.hpp>
 
 #include "common/time_format.h"
@@ -107,6 +109,49 @@ TEST(Validation, DeepNestingIsRefusedBeforeParsing) {
   ASSERT_FALSE(draft.ok());
   EXPECT_NE(draft.error().message.find("nests deeper"), std::string::npos) << draft.error().message;
   EXPECT_EQ(ParseJsonObject("[1]", "the config").error().message, "the config must be a JSON object");
+}
+
+// Every field of every request swapped for a value of each other JSON type
+// (and a few awkward ones): each parser answers ok or a named error, and
+// never throws (a throw would be a 500 on the HTTP door).
+TEST(Validation, EveryFieldWithEveryTypeIsAnsweredNeverThrown) {
+  using nlohmann::json;
+  const std::vector<json> odd{nullptr, true, -1, 0, 1e308, -1e308, 18446744073709551615ULL, -9223372036854775807LL - 1,
+                              0.5, "", "x", "2026-13-45T25:61:61Z", json::array(), json::array({1, "a", nullptr}),
+                              json::object(), json{{"a", 1}}};
+  const json post = json::parse(R"({"provider_id":7,"category":"prepared_meals","description":"nasi goreng",
+    "quantity_kg":4.5,"portions":12,"allergens":["eggs"],"storage":"hot","prepared_at":"2026-11-24T19:30:00Z",
+    "best_before":"2026-11-24T23:00:00Z","pickup_start":"2026-11-24T20:30:00Z","pickup_end":"2026-11-24T21:30:00Z",
+    "instructions":"back door","lat":51.5,"lon":-0.12})");
+  const json vehicle = json::parse(R"({"lat":51.5,"lon":-0.1,"free_kg":40,"categories":["bakery"],
+    "open_from":"18:00","open_to":"23:30","online":true})");
+  const std::vector<std::pair<json, std::function<Status(const std::string&)>>> parsers{
+      {post, [](const std::string& b) { return ParseSurplusDraft(b, kNow).status(); }},
+      {json{{"kind", "ngo"}, {"name", "City Harvest"}, {"lat", 51.5}, {"lon", -0.1}},
+       [](const std::string& b) { return ParseNewOrganization(b).status(); }},
+      {json{{"ngo_id", 3}, {"version", 2}}, [](const std::string& b) { return ParseClaimRequest(b).status(); }},
+      {json{{"ngo_id", 3}, {"handover_code", "042917"}, {"actual_kg", 4}},
+       [](const std::string& b) { return ParsePickUpRequest(b).status(); }},
+      {json{{"ngo_id", 3}}, [](const std::string& b) { return ParseNgoRequest(b).status(); }},
+      {vehicle, [](const std::string& b) { return ParseVehicleUpdate(b, Vehicle{}, kNow).status(); }},
+  };
+  int answered = 0;
+  for (const auto& [good, parse] : parsers) {
+    ASSERT_TRUE(parse(good.dump()).ok()) << good.dump() << ": " << parse(good.dump()).error().ToString();
+    for (const auto& [field, value] : good.items()) {
+      for (const json& v : odd) {
+        json bad = good;
+        bad[field] = v;
+        Status st = OkStatus();
+        EXPECT_NO_THROW(st = parse(bad.dump())) << bad.dump();
+        if (!st.ok()) {
+          EXPECT_FALSE(st.error().message.empty()) << bad.dump();
+        }
+        ++answered;
+      }
+    }
+  }
+  EXPECT_GT(answered, 300);
 }
 
 TEST(Validation, Organization) {

@@ -52,6 +52,22 @@ int64_t MetaInt(AgentTxn& tx, const char* key) {
   return std::strtoll((*v)->c_str(), nullptr, 10);
 }
 
+// The fields the agent reads from a down message must have the types it
+// reads them as (nlohmann-json throws otherwise, on the applier thread):
+// what is wrong, or nothing. The hub never sends such a message; a broken
+// or hostile one is dropped by name and the device goes on.
+std::optional<std::string> BadDownField(const json& m) {
+  for (const char* k : {"kind", "op", "status", "code", "message", "type"})
+    if (m.contains(k) && !m[k].is_string()) return std::string(k) + " must be a string";
+  if (m.contains("id") && !m["id"].is_number_integer()) return "id must be an integer";
+  if (m.contains("seq") && !m["seq"].is_number_unsigned()) return "seq must be a positive integer";
+  // Unix ms, bounded so that the hub clock's offset cannot overflow.
+  if (m.contains("ts") && !(m["ts"].is_number_integer() && m["ts"].get<int64_t>() >= 0 &&
+                            m["ts"].get<int64_t>() < int64_t{1'000'000'000'000'000}))
+    return "ts must be Unix milliseconds";
+  return std::nullopt;
+}
+
 // The post an op acts on (its body's surplus_id), or 0.
 int64_t SurplusOf(const QueuedOp& op) {
   if (op.type == sync::kOpPostSurplus || op.type == sync::kOpVehicle) return 0;
@@ -451,6 +467,7 @@ void Agent::ApplyLoop() {
 
 Status Agent::MergePost(AgentTxn& tx, const json& post) {
   if (!post.is_object() || !post.contains("id") || !post["id"].is_number_integer()) return OkStatus();
+  if (post.contains("version") && !post["version"].is_number_integer()) return OkStatus();  // not a post we can order
   int64_t id = post["id"].get<int64_t>();
   if (config_.role == "kiosk" && post.contains("provider_id") && post["provider_id"] != config_.org_id)
     return OkStatus();
@@ -476,13 +493,16 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
     told.clear();
     // One down message: an outcome or an event (a batch is opened below).
     auto apply = [&](json& m, const std::string& payload) -> Status {
-      if (!m.contains("kind") || !m["kind"].is_string()) {
+      if (!m.contains("kind")) {
         Log(LogLevel::kWarn, "down_message_invalid",
             {{"reason", "no kind"}, {"payload", payload.substr(0, 200)}});
         return OkStatus();
       }
-      if (m.contains("ts") && m["ts"].is_number_integer())
-        offset = m["ts"].get<int64_t>() - ToUnixMillis(now);
+      if (auto bad = BadDownField(m)) {
+        Log(LogLevel::kWarn, "down_message_invalid", {{"reason", *bad}, {"payload", payload.substr(0, 200)}});
+        return OkStatus();
+      }
+      if (m.contains("ts")) offset = m["ts"].get<int64_t>() - ToUnixMillis(now);
       const json& data = m.contains("data") ? m["data"] : json();
       // The answer to one of our queries (nearby, ping): the hub sends it
       // straight, without an outbox id; nothing to apply twice.

@@ -200,7 +200,7 @@ std::vector<std::pair<size_t, size_t>> CutIntoBatches(const std::vector<size_t>&
 Result<std::vector<nlohmann::json>> DecodeDown(std::string_view payload) {
   PP_ASSIGN_OR_RETURN(nlohmann::json m, ParseJsonObject(payload, "down message"));
   std::vector<nlohmann::json> out;
-  if (m.value("kind", "") != "batch") {
+  if (!(m.contains("kind") && m["kind"] == "batch")) {  // (value() would throw on a kind not a string)
     out.push_back(std::move(m));
     return out;
   }

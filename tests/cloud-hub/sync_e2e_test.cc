@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <tuple>
 #include <nlohmann/json.hpp>
 
 #include "tests/support/test_support.h"
@@ -219,6 +220,40 @@ TEST_F(SyncTest, ForgeriesForeignDevicesAndReplaysAreRefusedAndChangeNothing) {
   EXPECT_FALSE(Get(3).is_null());
   EXPECT_TRUE(Get(4).is_null());
   EXPECT_TRUE(tablet_->WaitOutcome("as-other", std::chrono::milliseconds(300)).is_null());
+}
+
+// Signed ops whose body fields hold values of every other JSON type: the
+// hub answers every one (an exception on an ingest worker would end the
+// process) and goes on.
+TEST_F(SyncTest, OpsWithFieldsOfAnyTypeAreEachAnswered) {
+  const std::vector<json> odd{nullptr, true, -1, 0, 1e308, 18446744073709551615ULL, -9223372036854775807LL - 1,
+                              "", "x", json::array(), json::array({1, "a"}), json::object(), json{{"a", 1}}};
+  json post = Post(1);
+  post["storage"] = "hot";
+  post["allergens"] = json::array({"eggs"});
+  post["lat"] = 51.5;
+  post["lon"] = -0.1;
+  const std::vector<std::tuple<test::TestDevice*, std::string, json>> ops{
+      {kiosk_.get(), "post_surplus", post},
+      {tablet_.get(), "claim", {{"surplus_id", 1}, {"version", 1}}},
+      {tablet_.get(), "accept", {{"surplus_id", 1}}},
+      {tablet_.get(), "pickup", {{"surplus_id", 1}, {"handover_code", "042917"}, {"actual_kg", 1}}},
+      {tablet_.get(), "vehicle", {{"lat", 51.5}, {"lon", -0.1}, {"free_kg", 40}, {"online", true}}},
+      {tablet_.get(), "nearby", {{"lat", 51.5}, {"lon", -0.1}, {"km", 5}}},
+  };
+  std::vector<std::pair<test::TestDevice*, std::string>> sent;
+  for (const auto& [device, type, good] : ops)
+    for (const auto& [field, ignored] : good.items())
+      for (const json& v : odd) {
+        json body = good;
+        body[field] = v;
+        sent.emplace_back(device, device->Send(type, body).op);
+      }
+  int answered = 0;
+  for (const auto& [device, op] : sent) answered += device->WaitOutcome(op).is_object();
+  EXPECT_EQ(answered, int(sent.size()));
+  auto after = kiosk_->Send("post_surplus", Post(2));
+  EXPECT_EQ(kiosk_->WaitOutcome(after.op)["status"], "accepted");
 }
 
 TEST_F(SyncTest, RevokedDevicesAreRefused) {

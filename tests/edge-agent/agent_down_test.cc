@@ -104,6 +104,42 @@ TEST_F(AgentDownTest, ABatchIsAppliedInOrderAndAMalformedOneIsDroppedByName) {
   EXPECT_EQ(posts, (std::set<int64_t>{41, 42, 43}));
 }
 
+// Down messages come only from the hub (the broker's ACL), but a bad one
+// must not stop the device: every field of an outcome and of an event
+// swapped for values of other JSON types, alone and in batches, then a
+// good message, which is applied.
+TEST_F(AgentDownTest, DownMessagesWithFieldsOfAnyTypeAreDroppedAndTheAgentGoesOn) {
+  auto queued = agent_->Submit(sync::kOpPostSurplus,
+                               {{"category", "bakery"}, {"description", "roti"}, {"best_before_in_min", 60}});
+  ASSERT_TRUE(queued.ok()) << queued.error().ToString();
+  const std::vector<json> odd{nullptr, true, -1, 0, 1e308, 18446744073709551615ULL, -9223372036854775807LL - 1,
+                              "", "x", json::array(), json::array({1, "a"}), json::object(), json{{"id", "7"}}};
+  const json outcome{{"v", 1}, {"kind", "outcome"}, {"id", 2}, {"ts", 1}, {"op", queued->op}, {"seq", queued->seq},
+                     {"status", "accepted"}, {"code", "ok"}, {"message", ""},
+                     {"data", {{"id", 41}, {"status", "available"}, {"version", 1}, {"provider_id", 7}}}};
+  int64_t id = 1000;
+  for (const json& good : {outcome, Event(0, 41, "posted")}) {
+    for (const auto& [field, ignored] : good.items()) {
+      std::vector<std::string> batch;
+      for (const json& v : odd) {
+        json bad = good;
+        bad[field] = v;
+        if (field != "id") bad["id"] = ++id;  // else a repeat, dropped before its fields are read
+        if (field == "data") bad["data"] = v;
+        agent_->OnDown(bad.dump());
+        batch.push_back(bad.dump());
+      }
+      agent_->OnDown(sync::EncodeDownBatch(std::vector<std::string_view>(batch.begin(), batch.end())));
+    }
+  }
+  agent_->OnDown(Event(++id, 99, "posted").dump());  // the last: once it is applied, all before it were handled
+  ASSERT_TRUE(test::Eventually([&] {
+    json st = *agent_->State();
+    for (const auto& p : st["posts"]) if (p["id"] == 99) return true;
+    return false;
+  }, std::chrono::seconds(20))) << "the agent stopped applying down messages";
+}
+
 // An uplink that is always connected and records what is published; every
 // publish is acknowledged at once.
 class Recording final : public Uplink {

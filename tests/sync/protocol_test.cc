@@ -124,6 +124,11 @@ TEST(Protocol, DownBatchesCarryTheirMessagesAsTheyWere) {
   ASSERT_EQ(got->size(), 2u);
   EXPECT_EQ((*got)[0], nlohmann::json::parse(a));
   EXPECT_EQ((*got)[1], nlohmann::json::parse(b));
+  for (const char* kind : {"null", "7", "[\"batch\"]"}) {  // a kind not a string: a message alone, not a throw
+    auto odd = DecodeDown(std::string(R"({"v":1,"id":5,"kind":)") + kind + "}");
+    ASSERT_TRUE(odd.ok()) << kind;
+    EXPECT_EQ(odd->size(), 1u);
+  }
   auto one = DecodeDown(a);  // a message alone is itself
   ASSERT_TRUE(one.ok());
   ASSERT_EQ(one->size(), 1u);

@@ -60,7 +60,7 @@ std::optional<std::string> BadDownField(const json& m) {
   for (const char* k : {"kind", "op", "status", "code", "message", "type"})
     if (m.contains(k) && !m[k].is_string()) return std::string(k) + " must be a string";
   if (m.contains("id") && !m["id"].is_number_integer()) return "id must be an integer";
-  if (m.contains("seq") && !m["seq"].is_number_unsigned()) return "seq must be a positive integer";
+  if (m.contains("seq") && !m["seq"].is_number_unsigned()) return "seq must be a non-negative integer";
   // Unix ms, bounded so that the hub clock's offset cannot overflow.
   if (m.contains("ts") && !(m["ts"].is_number_integer() && m["ts"].get<int64_t>() >= 0 &&
                             m["ts"].get<int64_t>() < int64_t{1'000'000'000'000'000}))

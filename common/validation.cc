@@ -170,8 +170,6 @@ class FieldReader {
   std::vector<FieldError> errors_;
 };
 
-Result<json> ParseObject(std::string_view body) { return ParseJsonObject(body, "body"); }
-
 Error FieldErrors(std::vector<FieldError> fields) {
   return Error::Invalid("request has invalid fields", std::move(fields));
 }
@@ -179,7 +177,7 @@ Error FieldErrors(std::vector<FieldError> fields) {
 }  // namespace
 
 Result<NewOrganization> ParseNewOrganization(std::string_view body) {
-  PP_ASSIGN_OR_RETURN(json j, ParseObject(body));
+  PP_ASSIGN_OR_RETURN(json j, ParseJsonObject(body, "body"));
   FieldReader r(j, {"kind", "name", "lat", "lon"});
   NewOrganization o;
   auto kind = r.Enum<OrgKind>("kind", true, ParseOrgKind, "provider, ngo");
@@ -194,7 +192,7 @@ Result<NewOrganization> ParseNewOrganization(std::string_view body) {
 }
 
 Result<SurplusDraft> ParseSurplusDraft(std::string_view body, Timestamp now) {
-  PP_ASSIGN_OR_RETURN(json j, ParseObject(body));
+  PP_ASSIGN_OR_RETURN(json j, ParseJsonObject(body, "body"));
   return ParseSurplusDraftJson(j, now);
 }
 
@@ -265,7 +263,7 @@ Result<SurplusDraft> ParseSurplusDraftJson(const nlohmann::json& j, Timestamp no
 }
 
 Result<ClaimRequest> ParseClaimRequest(std::string_view body) {
-  PP_ASSIGN_OR_RETURN(json j, ParseObject(body));
+  PP_ASSIGN_OR_RETURN(json j, ParseJsonObject(body, "body"));
   FieldReader r(j, {"ngo_id", "version"});
   auto ngo = r.Integer("ngo_id", true, 1, INT64_MAX);
   auto version = r.Integer("version", true, 1, INT64_MAX);
@@ -286,12 +284,12 @@ Result<PickUpRequest> ParsePickUpRequestJson(const json& body, int64_t ngo) {
 }
 
 Result<PickUpRequest> ParsePickUpRequest(std::string_view body) {
-  PP_ASSIGN_OR_RETURN(json j, ParseObject(body));
+  PP_ASSIGN_OR_RETURN(json j, ParseJsonObject(body, "body"));
   return ParsePickUpRequestJson(j);
 }
 
 Result<int64_t> ParseNgoRequest(std::string_view body) {
-  PP_ASSIGN_OR_RETURN(json j, ParseObject(body));
+  PP_ASSIGN_OR_RETURN(json j, ParseJsonObject(body, "body"));
   FieldReader r(j, {"ngo_id"});
   auto ngo = r.Integer("ngo_id", true, 1, INT64_MAX);
   if (!r.ok()) return FieldErrors(r.TakeErrors());
@@ -310,7 +308,7 @@ std::optional<int> ParseHhMm(const std::string& s) {
 }  // namespace
 
 Result<Vehicle> ParseVehicleUpdate(std::string_view body, Vehicle v, Timestamp now) {
-  PP_ASSIGN_OR_RETURN(json j, ParseObject(body));
+  PP_ASSIGN_OR_RETURN(json j, ParseJsonObject(body, "body"));
   FieldReader r(j, {"lat", "lon", "free_kg", "categories", "open_from", "open_to", "online"});
   bool has_lat = r.Present("lat"), has_lon = r.Present("lon");
   auto lat = r.Number("lat", false, -90, 90);

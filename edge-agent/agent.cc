@@ -302,6 +302,32 @@ void Agent::MaybeAskNearby() {
   if (at) SendQuery(sync::kOpNearby, {{"lat", at->lat}, {"lon", at->lon}, {"km", 10}});
 }
 
+void Agent::MaybeCatchUp() {
+  const Timestamp now = clock_.Now();
+  int64_t after;
+  {
+    std::lock_guard lock(mu_);
+    // An answer is a QoS 0 publish: if none came, ask again.
+    const bool unanswered = !catchup_op_.empty() && now - catchup_at_ > kResendAfter;
+    if (!catchup_due_ && !unanswered) return;
+    catchup_due_ = false;
+    queries_.erase(catchup_op_);
+    catchup_op_.clear();
+    catchup_at_ = now;
+    after = catchup_from_;
+  }
+  if (after < 0) {
+    after = 0;
+    (void)store_.Read([&](AgentTxn& tx) -> Status {
+      PP_ASSIGN_OR_RETURN(int64_t applied, tx.MaxApplied());
+      after = std::max(applied, MetaInt(tx, "catchup_after"));
+      return OkStatus();
+    });
+    if (after == 0) return;  // nothing applied yet: nothing missed
+  }
+  SendQuery(sync::kOpCatchUp, {{"after", after}}, &catchup_op_);
+}
+
 void Agent::ForgetPing() {
   queries_.erase(ping_op_);
   ping_op_.clear();
@@ -375,6 +401,8 @@ void Agent::SendLoop() {
         hub_listening_ = false;
         ForgetPing();
         ping_gap_ = kPingRetry;
+        catchup_due_ = true;
+        catchup_from_ = -1;
       }
       if (auto oldest = unanswered_.Oldest()) {
         if (clock_.Now() - oldest->second > kResendAfter) {
@@ -387,6 +415,7 @@ void Agent::SendLoop() {
       }
     }
     if (!uplink_.Connected() || !HubListening()) continue;
+    MaybeCatchUp();
     MaybeAskNearby();
     bool broken = false;
     while (!broken) {
@@ -487,12 +516,16 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
   std::vector<uint64_t> answered;
   std::optional<int64_t> offset;
   bool heard = false;  // the answer to this connection's ping: the hub is listening
+  int64_t catchup_next = -1;  // a catch-up answer said "more": ask from here
   std::vector<std::tuple<std::string, std::string, json>> told;  // for the observer, after commit
   Status st = store_.Write([&](AgentTxn& tx) -> Status {
     answered.clear();
     told.clear();
-    // One down message: an outcome or an event (a batch is opened below).
-    auto apply = [&](json& m, const std::string& payload) -> Status {
+    catchup_next = -1;
+    // One down message: an outcome or an event (a batch is opened below;
+    // a catch-up answer carries messages to apply the same way).
+    std::function<Status(json&, const std::string&)> apply;
+    apply = [&](json& m, const std::string& payload) -> Status {
       if (!m.contains("kind")) {
         Log(LogLevel::kWarn, "down_message_invalid",
             {{"reason", "no kind"}, {"payload", payload.substr(0, 200)}});
@@ -507,19 +540,39 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
       // The answer to one of our queries (nearby, ping): the hub sends it
       // straight, without an outbox id; nothing to apply twice.
       if (m["kind"] == "outcome" && m.contains("op") && m["op"].is_string()) {
-        bool query;
+        bool query, catchup = false;
         {
           std::lock_guard lock(mu_);
           const std::string& op = m["op"].get_ref<const std::string&>();
           query = queries_.erase(op) > 0;
           if (query && op == ping_op_) hub_listening_ = heard = true;
+          if (query && op == catchup_op_) {
+            catchup = true;
+            catchup_op_.clear();
+          }
         }
         if (query) {
           // A refused query comes through the outbox, with an id: mark it,
           // so that a second delivery is dropped like any repeat.
           if (m.contains("id") && m["id"].is_number_integer())
             PP_RETURN_IF_ERROR(tx.MarkApplied(m["id"].get<int64_t>()).status());
-          if (m.value("status", "") == "accepted" && data.is_array()) PP_RETURN_IF_ERROR(tx.ReplaceNearby(data));
+          const bool accepted = m.value("status", "") == "accepted";
+          if (catchup && accepted && data.is_object() && data.contains("messages") &&
+              data["messages"].is_array() && data.contains("next") && data["next"].is_number_unsigned() &&
+              data["next"].get<uint64_t>() <= uint64_t(INT64_MAX)) {
+            json messages = data["messages"];
+            for (auto& inner : messages)
+              if (inner.is_object()) PP_RETURN_IF_ERROR(apply(inner, payload));
+            const int64_t next = data["next"].get<int64_t>();
+            PP_RETURN_IF_ERROR(tx.SetMeta("catchup_after", std::to_string(next)));
+            if (data.contains("more") && data["more"].is_boolean() && data["more"].get<bool>())
+              catchup_next = next;
+            return OkStatus();
+          }
+          if (catchup)
+            Log(LogLevel::kWarn, "down_message_invalid",
+                {{"reason", "a catch-up answer without messages and next"}, {"payload", payload.substr(0, 200)}});
+          if (!catchup && accepted && data.is_array()) PP_RETURN_IF_ERROR(tx.ReplaceNearby(data));
           return OkStatus();
         }
       }
@@ -587,7 +640,11 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
     const bool unheld = held_ && !answered.empty();  // perhaps the outcome it waits for
     if (unheld) held_ = false;
     for (uint64_t seq : answered) unanswered_.Answered(seq);
-    wake = room_freed || unheld || heard;
+    if (catchup_next >= 0) {
+      catchup_due_ = true;
+      catchup_from_ = catchup_next;
+    }
+    wake = room_freed || unheld || heard || catchup_next >= 0;
     if (wake) send_work_ = true;
   }
   if (wake) send_cv_.notify_all();

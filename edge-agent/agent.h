@@ -29,6 +29,16 @@
 // events and results update the mirror of posts; ids already applied are
 // dropped (QoS 1 and the hub's relay may repeat).
 //
+// Catching up. Paho acknowledges a down message to the broker as it
+// arrives, before it is applied; one in memory when the process dies is
+// gone from the broker. And a broker may drop a device's queue (session
+// expired, a clean session after mqtt_session_reset, a queue over its
+// limit). So after every connect, once the hub answers the ping, the agent
+// asks the hub (`catchup`) for what it sent this device after the highest
+// id applied here, page by page, and applies it like any down message
+// (repeats are dropped by id). A device that has applied nothing yet does
+// not ask: there is nothing it can have missed.
+//
 // Time. The device clock may be wrong by hours. Nothing the hub decides
 // depends on it; times a person picks ("good for 4 hours") are converted
 // with the hub's clock, learnt from the "ts" of every down message.
@@ -152,6 +162,9 @@ class Agent {
   Status ApplyBatch(std::vector<std::string>& batch);
   Status MergePost(AgentTxn& tx, const nlohmann::json& post);
   void MaybeAskNearby();
+  // After a (re)connect, and after an answer that said "more": asks the hub
+  // for what it sent this device that this device has not applied.
+  void MaybeCatchUp();
   // A query (not queued): published now if connected, its answer handled
   // by op id. Its op id is also written to *op_to, under mu_, before it is
   // published (the answer may come before Publish returns).
@@ -182,6 +195,10 @@ class Agent {
   Timestamp pinged_at_{};
   Duration ping_gap_ = kPingRetry;           // before the next ping, if unanswered
   bool hub_listening_ = false;               // the hub answered a ping on this connection
+  bool catchup_due_ = true;                  // ask once the hub listens
+  int64_t catchup_from_ = -1;                // the next page's "after"; -1: from what is applied
+  std::string catchup_op_;                   // the catchup query awaiting its answer
+  Timestamp catchup_at_{};
   std::atomic<int64_t> hub_offset_ms_{0};
   std::atomic<uint64_t> last_seq_{0};
   Timestamp last_nearby_{};

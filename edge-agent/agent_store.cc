@@ -150,6 +150,13 @@ Result<bool> AgentTxn::MarkApplied(int64_t id) {
   return fresh;
 }
 
+Result<int64_t> AgentTxn::MaxApplied() {
+  auto& s = db_.Prepare("SELECT coalesce(max(id), 0) FROM applied");
+  s.Reset();
+  PP_ASSIGN_OR_RETURN(bool row, s.Step("max applied"));
+  return row ? s.Int(0) : 0;
+}
+
 Result<std::optional<nlohmann::json>> AgentTxn::GetPost(int64_t id) {
   auto& s = db_.Prepare("SELECT json FROM posts WHERE id=?");
   s.Reset().Bind(id);

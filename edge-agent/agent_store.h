@@ -68,6 +68,8 @@ class AgentTxn {
 
   // True the first time an id is marked.
   Result<bool> MarkApplied(int64_t id);
+  // The highest id marked; 0 if none.
+  Result<int64_t> MaxApplied();
 
   Result<std::optional<nlohmann::json>> GetPost(int64_t id);
   Status PutPost(int64_t id, const nlohmann::json& post);

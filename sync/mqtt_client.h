@@ -40,7 +40,8 @@ namespace pp::sync {
 // connect starts clean, dropping Paho's in-flight state and the broker's
 // queue for this client. Nothing is lost for good: devices re-send every op
 // still unanswered, the hub's relay re-publishes every event not marked
-// sent, and tablets ask for their nearby posts again.
+// sent, devices ask the hub for those marked sent (`catchup`, see
+// docs/protocol.md), and tablets ask for their nearby posts again.
 class SessionHealth {
  public:
   static constexpr std::chrono::seconds kQuick{5};

@@ -59,7 +59,7 @@ bool ValidDeviceId(std::string_view id) {
 
 bool KnownOpType(std::string_view t) {
   for (const char* k : {kOpPostSurplus, kOpClaim, kOpAccept, kOpDecline, kOpVehicle, kOpPickUp,
-                        kOpDeliver, kOpNearby, kOpPing})
+                        kOpDeliver, kOpNearby, kOpPing, kOpCatchUp})
     if (t == k) return true;
   return false;
 }

@@ -53,6 +53,9 @@ constexpr const char* kOpDeliver = "deliver";           // body: {"surplus_id"}
 // and open posts near a point.
 constexpr const char* kOpPing = "ping";                 // body: {}
 constexpr const char* kOpNearby = "nearby";             // body: {"lat","lon","km"}
+// What the hub sent this device after outbox id "after", in pages: for a
+// device that may have missed down messages (see docs/protocol.md, "Catch-up").
+constexpr const char* kOpCatchUp = "catchup";           // body: {"after"}
 bool KnownOpType(std::string_view type);
 
 using PublicKey = std::array<unsigned char, 32>;

@@ -417,6 +417,10 @@ Result<std::vector<OutboxEvent>> HubService::ListUnsentOutbox(int limit) {
   return Read<std::vector<OutboxEvent>>([&](StoreSession& s) { return s.ListUnsentOutbox(0, limit); });
 }
 
+Result<std::vector<OutboxEvent>> HubService::ListOutbox(int64_t after_id, int limit) {
+  return Read<std::vector<OutboxEvent>>([&](StoreSession& s) { return s.ListOutbox(after_id, limit); });
+}
+
 void HubService::MarkOutboxSent(std::vector<int64_t> ids, std::function<void(Status)> done) {
   Timestamp now = clock_.Now();
   committer_.Submit([ids = std::move(ids), now](StoreSession& s) { return s.MarkOutboxSent(ids, now); },

@@ -145,6 +145,8 @@ class HubService {
   void Emit(OutboxEvent event, std::function<void(Status)> done);
   // The relay's side of the outbox.
   Result<std::vector<OutboxEvent>> ListUnsentOutbox(int limit);
+  // Sent or not, after `after_id`, in id order (a device catching up).
+  Result<std::vector<OutboxEvent>> ListOutbox(int64_t after_id, int limit);
   // Marks events sent in the next group commit; `done` runs after it.
   void MarkOutboxSent(std::vector<int64_t> ids, std::function<void(Status)> done);
 

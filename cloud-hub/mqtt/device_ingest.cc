@@ -5,6 +5,7 @@
 #include "common/log.h"
 #include "common/time_format.h"
 #include "common/trace.h"
+#include "cloud-hub/mqtt/outbox_relay.h"
 
 namespace pp {
 namespace {
@@ -27,7 +28,7 @@ Result<int64_t> SurplusIdOf(const nlohmann::json& body, std::initializer_list<co
 }
 
 bool RoleAllows(const std::string& role, const std::string& type) {
-  if (type == sync::kOpPing) return true;
+  if (type == sync::kOpPing || type == sync::kOpCatchUp) return true;
   if (role == "kiosk") return type == sync::kOpPostSurplus;
   return type == sync::kOpClaim || type == sync::kOpAccept || type == sync::kOpDecline ||
          type == sync::kOpVehicle || type == sync::kOpPickUp || type == sync::kOpDeliver ||
@@ -113,6 +114,49 @@ void DeviceIngest::AnswerNearby(const Device& device, const sync::Envelope& env,
   AnswerQuery(device.id, o, traceparent);
 }
 
+void DeviceIngest::AnswerCatchUp(const Device& device, const sync::Envelope& env,
+                                 const std::string& traceparent) {
+  std::vector<FieldError> bad;
+  for (const auto& [k, v] : env.body.items())
+    if (k != "after") bad.push_back({k, "unknown field"});
+  const auto& after_v = env.body.contains("after") ? env.body["after"] : nlohmann::json();
+  if (!after_v.is_number_unsigned() || after_v.get<uint64_t>() > uint64_t(INT64_MAX))
+    bad.push_back({"after", "must be an outbox id, an integer from 0"});
+  if (!bad.empty())
+    return Refuse(device.id, env, Error::Invalid("request has invalid fields", std::move(bad)), traceparent);
+  const int64_t after = after_v.get<int64_t>();
+  auto page = hub_.ListOutbox(after, kCatchUpScan);
+  if (!page.ok()) return Refuse(device.id, env, page.take_error(), traceparent);
+  // What the relay sent (or will send) this device, as it sent it: its own
+  // outcomes, and the events of its organisation's posts, the handover code
+  // only to the provider's devices.
+  const int64_t now_ms = ToUnixMillis(hub_.clock().Now());
+  nlohmann::json messages = nlohmann::json::array();
+  size_t bytes = 0;
+  int64_t next = after;
+  bool more = int(page->size()) == kCatchUpScan;
+  for (const OutboxEvent& e : *page) {
+    auto w = WireOf(e, now_ms);
+    const std::string* mine = nullptr;
+    if (w && !w->device.empty() && w->device == device.id) mine = &w->bytes;
+    if (w && w->device.empty() && w->orgs.count(device.org_id)) mine = &w->BytesFor(device.org_id);
+    if (mine) {
+      if (bytes + mine->size() > kCatchUpBytes && !messages.empty()) {
+        more = true;  // the answer must fit one MQTT message
+        break;
+      }
+      bytes += mine->size();
+      messages.push_back(nlohmann::json::parse(*mine));
+    }
+    next = e.id;
+  }
+  accepted_++;
+  AnswerQuery(device.id,
+              {env.op, env.seq, sync::OutcomeStatus::kAccepted, "ok", "",
+               {{"messages", std::move(messages)}, {"next", next}, {"more", more}}},
+              traceparent);
+}
+
 void DeviceIngest::SetMetrics(metrics::Registry* r) {
   claim_latency_ = &r->GetHistogram(kClaimLatencyMetric, kClaimLatencyHelp, metrics::LatencyBuckets(),
                                     {{"door", "mqtt"}});
@@ -182,6 +226,7 @@ void DeviceIngest::OnMessage(const std::string& topic, const std::string& payloa
   HubService::Effect effect;
   const int64_t org = device.org_id;
   if (env.type == sync::kOpNearby) return AnswerNearby(device, env, traceparent);
+  if (env.type == sync::kOpCatchUp) return AnswerCatchUp(device, env, traceparent);
   if (env.type == sync::kOpPing) {
     if (!env.body.empty())
       return Refuse(topic_device, env, Error::Invalid("ping takes an empty body"), traceparent);

@@ -30,6 +30,10 @@ class DeviceIngest {
   // How far behind the device's highest accepted sequence number an
   // operation may be and still be considered (older ones are replays).
   static constexpr uint64_t kReplayWindow = 10000;
+  // A `catchup` answer reads at most kCatchUpScan outbox events and carries
+  // at most kCatchUpBytes of messages (the broker takes 64 KiB a message).
+  static constexpr int kCatchUpScan = 1000;
+  static constexpr size_t kCatchUpBytes = 48 * 1024;
 
   explicit DeviceIngest(HubService& hub) : hub_(hub) {}
 
@@ -59,7 +63,7 @@ class DeviceIngest {
 
   struct Stats {
     uint64_t received = 0, accepted = 0, refused = 0, dropped = 0;
-    uint64_t queries = 0;  // of the accepted: queries answered (ping, nearby), not ops applied
+    uint64_t queries = 0;  // of the accepted: queries answered (ping, nearby, catchup), not ops applied
   };
   Stats stats() const { return {received_, accepted_, refused_, dropped_, queries_}; }
 
@@ -73,6 +77,8 @@ class DeviceIngest {
   // A query: nothing to apply; answered through query_reply_ if set.
   void AnswerNearby(const Device& device, const sync::Envelope& env, const std::string& traceparent);
   void AnswerQuery(const std::string& device, const sync::Outcome& outcome, const std::string& traceparent);
+  // `catchup`: the outbox after an id, this device's share of it.
+  void AnswerCatchUp(const Device& device, const sync::Envelope& env, const std::string& traceparent);
 
   HubService& hub_;
   NearbyQuery nearby_;

@@ -29,6 +29,40 @@ std::set<int64_t> OrgsOf(const std::string& type, const nlohmann::json& data) {
 
 }  // namespace
 
+std::optional<EventWire> WireOf(const OutboxEvent& e, int64_t now_ms) {
+  auto payload = nlohmann::json::parse(e.payload_json, nullptr, false);
+  if (!payload.is_object()) return std::nullopt;
+  EventWire w;
+  if (e.type == "device.outcome") {
+    if (!payload["device"].is_string()) return std::nullopt;
+    nlohmann::json message = payload["message"];
+    message["id"] = e.id;
+    message["ts"] = now_ms;
+    w.device = payload["device"].get<std::string>();
+    w.bytes = message.dump();
+    w.traceparent = payload.value("traceparent", "");
+    return w;
+  }
+  // The handover code is the provider's secret: only its devices see it.
+  std::string code;
+  if (payload.contains("handover_code") && payload["handover_code"].is_string())
+    code = payload["handover_code"].get<std::string>();
+  payload.erase("handover_code");
+  nlohmann::json message{{"v", sync::kProtocolVersion}, {"kind", "event"}, {"id", e.id},
+                         {"ts", now_ms}, {"type", e.type}, {"data", payload}};
+  w.bytes = message.dump();
+  w.provider_bytes = w.bytes;
+  w.provider = payload.value("provider_id", int64_t{0});
+  if (!code.empty()) {
+    message["data"]["handover_code"] = code;
+    w.provider_bytes = message.dump();
+  }
+  // The post's trace travels on as the MQTT v5 user property too.
+  w.traceparent = payload.value("traceparent", "");
+  w.orgs = OrgsOf(e.type, payload);
+  return w;
+}
+
 OutboxRelay::OutboxRelay(HubService& hub, sync::MqttClient& mqtt, Mark mark)
     : hub_(hub), mqtt_(mqtt), mark_(std::move(mark)) {
   if (!mark_)
@@ -135,37 +169,17 @@ Result<bool> OutboxRelay::RelayPage() {
   const int64_t now_ms = ToUnixMillis(hub_.clock().Now());
   for (size_t i = 0; i < page->size(); ++i) {
     const OutboxEvent& e = (*page)[i];
-    auto payload = nlohmann::json::parse(e.payload_json, nullptr, false);
-    if (e.type == "device.outcome") {
-      if (payload.is_object() && payload["device"].is_string()) {
-        nlohmann::json message = payload["message"];
-        message["id"] = e.id;
-        message["ts"] = now_ms;
-        send(payload["device"].get<std::string>(), message.dump(), payload.value("traceparent", ""), i);
-      }
-    } else if (payload.is_object()) {
-      // The handover code is the provider's secret: only its devices see it.
-      std::string code;
-      if (payload.contains("handover_code") && payload["handover_code"].is_string())
-        code = payload["handover_code"].get<std::string>();
-      payload.erase("handover_code");
-      nlohmann::json message{{"v", sync::kProtocolVersion}, {"kind", "event"}, {"id", e.id},
-                             {"ts", now_ms}, {"type", e.type}, {"data", payload}};
-      const std::string bytes = message.dump();
-      std::string provider_bytes = bytes;
-      int64_t provider = payload.value("provider_id", int64_t{0});
-      if (!code.empty()) {
-        message["data"]["handover_code"] = code;
-        provider_bytes = message.dump();
-      }
-      // The post's trace travels on as the MQTT v5 user property too.
-      std::string trace = payload.value("traceparent", "");
-      for (int64_t org : OrgsOf(e.type, payload)) {
-        PP_ASSIGN_OR_RETURN(auto devices, devices_of_org(org));
-        for (const auto& device : *devices) send(device, org == provider ? provider_bytes : bytes, trace, i);
-      }
-    }
     ids.push_back(e.id);
+    auto w = WireOf(e, now_ms);
+    if (!w) continue;
+    if (!w->device.empty()) {
+      send(w->device, std::move(w->bytes), w->traceparent, i);
+      continue;
+    }
+    for (int64_t org : w->orgs) {
+      PP_ASSIGN_OR_RETURN(auto devices, devices_of_org(org));
+      for (const auto& device : *devices) send(device, w->BytesFor(org), w->traceparent, i);
+    }
   }
 
   // One publish per device, its messages batched (sync::EncodeDownBatch) up

@@ -9,7 +9,7 @@
 // fails, those ids are listed again and republished (after the usual
 // backoff), which receivers drop as repeats.
 //
-// Who receives what (cloud-hub/mqtt/outbox_relay.cc, Recipients):
+// Who receives what (cloud-hub/mqtt/outbox_relay.cc, WireOf and OrgsOf):
 //   device.outcome          -> the device that sent the op
 //   surplus.* events        -> the devices of the post's provider, of the NGO
 //                              holding the offer or the claim, and of the NGO
@@ -28,6 +28,7 @@
 #include <condition_variable>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -36,6 +37,19 @@
 #include "sync/mqtt_client.h"
 
 namespace pp {
+
+// An outbox event as devices read it (docs/protocol.md, section 5), and
+// who reads it. The relay publishes it; the `catchup` query answers with it.
+struct EventWire {
+  std::string device;      // device.outcome: the one device it is for
+  std::set<int64_t> orgs;  // any other event: the organisations whose devices get it
+  int64_t provider = 0;    // its devices get provider_bytes (with the handover code)
+  std::string bytes, provider_bytes, traceparent;
+  const std::string& BytesFor(int64_t org) const { return org == provider ? provider_bytes : bytes; }
+};
+// nullopt for an event nobody receives (a payload that is not an object).
+// `now_ms`: the hub's clock, carried as "ts" on every down message.
+std::optional<EventWire> WireOf(const OutboxEvent& event, int64_t now_ms);
 
 class OutboxRelay {
  public:

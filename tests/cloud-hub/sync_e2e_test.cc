@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <tuple>
 #include <nlohmann/json.hpp>
 
@@ -145,6 +146,90 @@ TEST_F(SyncTest, QueriesAreAnsweredAtOnceOutsideTheOutbox) {
   ASSERT_FALSE(bad.is_null());
   EXPECT_EQ(bad["status"], "rejected");
   EXPECT_EQ(bad["data"][0]["field"], "lat");
+}
+
+// `catchup` answers with what the relay sent (or will send) this device
+// after an outbox id, as it sent it: the device's own outcomes and its
+// organisation's events, the handover code only to the provider's devices;
+// nothing of another device or organisation. Pages follow "next"/"more".
+TEST_F(SyncTest, CatchUpAnswersWithWhatTheHubSentThisDeviceAndNothingElse) {
+  const int64_t other = Org("provider", 51.502, -0.102);
+  auto other_kiosk = Device("kiosk-2", "kiosk", other);
+  json posted = kiosk_->WaitOutcome(kiosk_->Send("post_surplus", Post(1)).op);
+  ASSERT_FALSE(posted.is_null());
+  const int64_t id = posted["data"]["id"].get<int64_t>();
+  ASSERT_FALSE(other_kiosk->WaitOutcome(other_kiosk->Send("post_surplus", Post(2)).op).is_null());
+  json offer = tablet_->WaitEvent("surplus.offered", [&](const json& e) { return e["data"]["id"] == id; });
+  ASSERT_FALSE(offer.is_null());
+  json claimed = tablet_->WaitOutcome(
+      tablet_->Send("claim", {{"surplus_id", id}, {"version", offer["data"]["version"]}}).op);
+  ASSERT_EQ(claimed["status"], "accepted");
+  ASSERT_FALSE(kiosk_->WaitEvent("surplus.claimed", [&](const json& e) { return e["data"]["id"] == id; }).is_null());
+  ASSERT_FALSE(tablet_->WaitEvent("surplus.claimed", [&](const json& e) { return e["data"]["id"] == id; }).is_null());
+
+  // The messages with an outbox id each device received from the relay.
+  auto relayed = [](test::TestDevice& d) {
+    std::map<int64_t, json> out;
+    for (const json& m : d.messages())
+      if (m.contains("id")) out[m["id"].get<int64_t>()] = m;
+    return out;
+  };
+  auto catch_up = [&](test::TestDevice& d, int64_t after) {
+    json a = d.WaitOutcome(d.Send("catchup", {{"after", after}}).op);
+    EXPECT_EQ(a["status"], "accepted") << a.dump();
+    EXPECT_FALSE(a.contains("id")) << "a query's answer went through the outbox";
+    return a["data"];
+  };
+  for (auto* d : {kiosk_.get(), tablet_.get(), other_kiosk.get()}) {
+    json page = catch_up(*d, 0);
+    EXPECT_EQ(page["more"], false);
+    const int64_t scanned = page["next"].get<int64_t>();
+    std::map<int64_t, json> got;
+    for (const json& m : page["messages"]) got[m["id"].get<int64_t>()] = m;
+    ASSERT_FALSE(got.empty()) << d->id();
+    // The relay sends on its own time: wait until it has sent this device
+    // what the answer holds, then compare everything up to where the
+    // answer's scan ended. Same messages, the same bytes but for the hub's
+    // clock ("ts"), which is that of the answer.
+    std::map<int64_t, json> sent;
+    ASSERT_TRUE(test::Eventually([&] {
+      sent = relayed(*d);
+      for (auto& [mid, m] : got)
+        if (!sent.count(mid)) return false;
+      return true;
+    }, std::chrono::seconds(10))) << d->id() << " was not sent all of " << page.dump();
+    std::erase_if(sent, [&](const auto& kv) { return kv.first > scanned; });
+    EXPECT_EQ(got.size(), sent.size()) << d->id() << ": " << page.dump();
+    for (auto& [mid, m] : sent) {
+      ASSERT_TRUE(got.count(mid)) << d->id() << " was sent " << m.dump();
+      json a = got[mid], b = m;
+      a.erase("ts");
+      b.erase("ts");
+      EXPECT_EQ(a, b) << d->id();
+    }
+    // After the scan's end there is nothing more of this story.
+    json rest = catch_up(*d, scanned);
+    EXPECT_TRUE(rest["messages"].empty()) << rest.dump();
+    EXPECT_EQ(rest["more"], false);
+  }
+  // The code that proves a handover is the provider's, never the NGO's.
+  auto has_code = [](const json& page) {
+    for (const json& m : page["messages"])
+      if (m.value("type", "") == "surplus.claimed") return m["data"].contains("handover_code");
+    ADD_FAILURE() << "no surplus.claimed in " << page.dump();
+    return false;
+  };
+  EXPECT_TRUE(has_code(catch_up(*kiosk_, 0)));
+  EXPECT_FALSE(has_code(catch_up(*tablet_, 0)));
+
+  // Bad bodies are refused by name.
+  for (const json& body : {json{{"after", -1}}, json{{"after", "1"}}, json::object(),
+                           json{{"after", 0}, {"since", 3}}}) {
+    json bad = kiosk_->WaitOutcome(kiosk_->Send("catchup", body).op);
+    ASSERT_FALSE(bad.is_null()) << body.dump();
+    EXPECT_EQ(bad["status"], "rejected") << body.dump();
+    EXPECT_EQ(bad["data"][0]["field"], body.contains("since") ? "since" : "after") << bad.dump();
+  }
 }
 
 TEST_F(SyncTest, DuplicatedAndReorderedDeliveriesApplyOnce) {

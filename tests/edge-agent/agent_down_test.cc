@@ -157,6 +157,13 @@ class Recording final : public Uplink {
       if (Of(it->first, type)) return json::parse(it->second)["op"].get<std::string>();
     return std::nullopt;
   }
+  // The body of the last publish whose topic ends with `/type` (null if none).
+  json BodyOf(const std::string& type) {
+    std::lock_guard lock(mu_);
+    for (auto it = sent_.rbegin(); it != sent_.rend(); ++it)
+      if (Of(it->first, type)) return json::parse(it->second)["body"];
+    return json();
+  }
   // The types published, in order.
   std::vector<std::string> Types() {
     std::lock_guard lock(mu_);
@@ -267,6 +274,77 @@ TEST_F(AgentQueryTest, AnOpOnAPostWaitsForTheOutcomeOfTheDevicesEarlierOpOnIt) {
   std::vector<std::string> ops = uplink_.Types();  // without the queries
   std::erase_if(ops, [](const std::string& t) { return t == "ping" || t == "nearby"; });
   EXPECT_EQ(ops, (std::vector<std::string>{"vehicle", "claim", "vehicle", "claim", "pickup", "claim"}));
+  agent.Stop();
+}
+
+// After every connect, once the hub listens, the agent asks for what the
+// hub sent it after the highest id it applied (Paho acknowledges a message
+// before the agent has applied it, and a broker may drop a device's queue),
+// page by page while the answer says "more", again if an answer never
+// comes; a device that has applied nothing does not ask.
+TEST_F(AgentQueryTest, AfterEachConnectItAsksForWhatItMayHaveMissedPageByPage) {
+  SimulatedClock clock(SystemClock::Instance().Now());
+  Agent agent(cfg_, sync::GenerateKeyPair().secret_key, *store_, clock, uplink_);
+  agent.Start();
+  AnswerPing(agent, clock);
+  // The catch-up is decided before the nearby query, in the same pass.
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("nearby") == 1; }));
+  EXPECT_EQ(uplink_.Count("catchup"), 0u) << "asked with nothing applied";
+
+  const int64_t now_ms = ToUnixMillis(clock.Now());
+  auto event = [&](int64_t id, int64_t post) {
+    return json{{"v", 1}, {"kind", "event"}, {"id", id}, {"ts", now_ms}, {"type", "surplus.posted"},
+                {"data", {{"id", post}, {"status", "available"}, {"version", 1}, {"provider_id", 7}}}};
+  };
+  auto has_post = [&](int64_t post) {
+    json st = *agent.State();
+    for (const auto& p : st["posts"]) if (p["id"] == post) return true;
+    return false;
+  };
+  agent.OnDown(event(5, 41).dump());
+  ASSERT_TRUE(test::Eventually([&] { return has_post(41); }));
+
+  auto reconnect = [&] {
+    const size_t pings = uplink_.Count("ping");
+    agent.OnConnected();
+    ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("ping") == pings + 1; }));
+    AnswerPing(agent, clock);
+  };
+  reconnect();
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("catchup") == 1; }));
+  EXPECT_EQ(uplink_.BodyOf("catchup"), (json{{"after", 5}}));
+  // A page: a message missed, a repeat (dropped by its id), and "more".
+  agent.OnDown(Answer(*uplink_.OpOf("catchup"), "accepted",
+                      {{"messages", {event(6, 42), event(5, 41)}}, {"next", 900}, {"more", true}}, now_ms)
+                   .dump());
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("catchup") == 2; }));
+  EXPECT_TRUE(has_post(42)) << "the missed message was not applied";
+  EXPECT_EQ(uplink_.BodyOf("catchup"), (json{{"after", 900}})) << "the next page starts where the scan ended";
+  // Its answer is lost (answers are QoS 0): asked again after kResendAfter.
+  clock.Advance(Agent::kResendAfter + std::chrono::seconds(1));
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("catchup") == 3; }));
+  EXPECT_EQ(uplink_.BodyOf("catchup"), (json{{"after", 900}}));
+  agent.OnDown(Answer(*uplink_.OpOf("catchup"), "accepted",
+                      {{"messages", json::array()}, {"next", 1500}, {"more", false}}, now_ms)
+                   .dump());
+  // Caught up: the next connect asks from where the last scan ended.
+  agent.OnDown(event(7, 43).dump());
+  ASSERT_TRUE(test::Eventually([&] { return has_post(43); }));
+  EXPECT_EQ(uplink_.Count("catchup"), 3u) << "asked again after an answer without more";
+  reconnect();
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("catchup") == 4; }));
+  EXPECT_EQ(uplink_.BodyOf("catchup"), (json{{"after", 1500}}));
+  // An answer with fields of the wrong types is dropped by name; the agent
+  // goes on applying.
+  agent.OnDown(Answer(*uplink_.OpOf("catchup"), "accepted",
+                      {{"messages", {1, "x", {{"kind", 5}}}}, {"next", 1600}, {"more", "yes"}}, now_ms)
+                   .dump());
+  agent.OnDown(Answer(*uplink_.OpOf("catchup"), "accepted",
+                      {{"messages", {event(8, 44)}}, {"next", 2000}, {"more", 1}}, now_ms)
+                   .dump());
+  agent.OnDown(event(9, 45).dump());
+  ASSERT_TRUE(test::Eventually([&] { return has_post(45); }));
+  EXPECT_FALSE(has_post(44)) << "a second answer to one query was applied";
   agent.Stop();
 }
 

@@ -15,7 +15,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/sqlite_db.h"
 #include "common/time_format.h"
+#include "firmware-cfg/device_config.h"
+#include "sync/mqtt_client.h"
 #include "tests/support/test_support.h"
 
 namespace pp {
@@ -243,6 +246,68 @@ TEST_F(AgentTest, KillNineDuringABurstLosesNothingTheUiWasToldIsQueued) {
   // never applied twice either way.
   for (const auto& name : unanswered) EXPECT_LE(seen[name], 1) << name;
   EXPECT_GE(seen.size(), acknowledged.size());
+}
+
+// A broker may drop a device's queue while it is away (its session expired,
+// a clean session after mqtt_session_reset, a queue over
+// max_queued_messages), and Paho acknowledges a message before the agent has
+// applied it (kill -9 in between loses it). On connecting the agent asks the
+// hub for what it sent after the last id applied here (`catchup`).
+TEST_F(AgentTest, AKioskWhoseBrokerQueueWasLostLearnsOnReturnWhatHappenedWhileAway) {
+  // In Brighton, beyond the match radius: the post waits in the DLQ and the
+  // NGO claims it from there.
+  int64_t ngo = Org("ngo", "A", 50.8225, -0.1372);
+  auto kiosk = Agent("kiosk-1", "kiosk", provider_);
+  auto tablet = Agent("tablet-a", "tablet", ngo);
+  auto posted = kiosk->Call("POST", "/api/posts", Post("roti, 30 buns"));
+  ASSERT_EQ(posted.status, 202);
+  json outcome = WaitOutcome(*kiosk, posted.body["op"]);
+  ASSERT_EQ(outcome["status"], "accepted");
+  const int64_t id = outcome["data"]["id"].get<int64_t>();
+  json current;
+  ASSERT_TRUE(test::Eventually([&] {
+    current = HubPosts().at(id);
+    return current["status"] == "dead_lettered";
+  }, seconds(20)));
+  ASSERT_TRUE(test::Eventually([&] { return PostIn(kiosk->State(), id)["status"] == "dead_lettered"; }, seconds(20)));
+
+  kiosk->Kill(SIGKILL);
+  auto claim = tablet->Call("POST", "/api/surplus/" + std::to_string(id) + "/claim", {{"version", current["version"]}});
+  ASSERT_EQ(claim.status, 202);
+  ASSERT_EQ(WaitOutcome(*tablet, claim.body["op"])["status"], "accepted");
+  // Once the hub has marked every event sent, the broker has acknowledged
+  // surplus.claimed into the kiosk's queue. Drop that queue as an expired
+  // session would: connect as the kiosk with a clean start.
+  auto db = SqliteDb::Open(dir_.file("hub.db"));
+  ASSERT_TRUE(db.ok());
+  ASSERT_TRUE(test::Eventually([&] {
+    auto& q = (*db)->Prepare("SELECT count(*) FROM outbox WHERE sent_at IS NULL");
+    q.Reset();
+    auto row = q.Step("unsent");
+    return row.ok() && *row && q.Int(0) == 0;
+  }, seconds(20)));
+  auto cfg = LoadDeviceConfig(kiosk->config_path());
+  ASSERT_TRUE(cfg.ok()) << cfg.error().ToString();
+  std::ifstream pw_in(cfg->broker_password_file);
+  std::string password;
+  pw_in >> password;
+  {
+    sync::MqttClient drop(sync::MqttClient::CleanSession(broker_.uri(), cfg->device_id, cfg->broker_user,
+                                                         password, {}, 100),
+                          [](auto&, auto&, auto&) {});
+    Status st = drop.Connect(seconds(10));
+    ASSERT_TRUE(st.ok()) << st.error().ToString();
+    drop.Disconnect();
+  }
+
+  kiosk->Start();
+  json seen;
+  EXPECT_TRUE(test::Eventually([&] {
+    seen = PostIn(kiosk->State(), id);
+    return seen["status"] == "claimed";
+  }, seconds(20))) << "the kiosk never learnt of the claim: " << seen.dump();
+  EXPECT_EQ(seen["claimed_by"], ngo);
+  EXPECT_TRUE(seen.contains("handover_code")) << "the provider's code did not come with it";
 }
 
 TEST_F(AgentTest, ADeviceClockHoursOffChangesNoOutcome) {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <tuple>
+#include <utility>
 
 #include "common/domain_json.h"
 #include "common/log.h"
@@ -311,6 +312,10 @@ void Agent::MaybeCatchUp() {
     const bool unanswered = !catchup_op_.empty() && now - catchup_at_ > kResendAfter;
     if (!catchup_due_ && !unanswered) return;
     catchup_due_ = false;
+    // After the first connect of this process, a connect that found our
+    // session at the broker missed nothing: the broker kept our queue.
+    const bool fresh_start = !std::exchange(connected_before_, true);
+    if (!unanswered && !fresh_start && !catching_up_ && uplink_.SessionKept()) return;
     queries_.erase(catchup_op_);
     catchup_op_.clear();
     catchup_at_ = now;
@@ -324,6 +329,10 @@ void Agent::MaybeCatchUp() {
       return OkStatus();
     });
     if (after == 0) return;  // nothing applied yet: nothing missed
+  }
+  {
+    std::lock_guard lock(mu_);
+    catching_up_ = true;
   }
   SendQuery(sync::kOpCatchUp, {{"after", after}}, &catchup_op_);
 }
@@ -517,11 +526,13 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
   std::optional<int64_t> offset;
   bool heard = false;  // the answer to this connection's ping: the hub is listening
   int64_t catchup_next = -1;  // a catch-up answer said "more": ask from here
+  bool catchup_done = false;  // a catch-up answer said there is no more
   std::vector<std::tuple<std::string, std::string, json>> told;  // for the observer, after commit
   Status st = store_.Write([&](AgentTxn& tx) -> Status {
     answered.clear();
     told.clear();
     catchup_next = -1;
+    catchup_done = false;
     // One down message: an outcome or an event (a batch is opened below;
     // a catch-up answer carries messages to apply the same way).
     std::function<Status(json&, const std::string&)> apply;
@@ -567,6 +578,8 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
             PP_RETURN_IF_ERROR(tx.SetMeta("catchup_after", std::to_string(next)));
             if (data.contains("more") && data["more"].is_boolean() && data["more"].get<bool>())
               catchup_next = next;
+            else
+              catchup_done = true;
             return OkStatus();
           }
           if (catchup)
@@ -644,6 +657,7 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
       catchup_due_ = true;
       catchup_from_ = catchup_next;
     }
+    if (catchup_done) catching_up_ = false;
     wake = room_freed || unheld || heard || catchup_next >= 0;
     if (wake) send_work_ = true;
   }

@@ -33,11 +33,14 @@
 // arrives, before it is applied; one in memory when the process dies is
 // gone from the broker. And a broker may drop a device's queue (session
 // expired, a clean session after mqtt_session_reset, a queue over its
-// limit). So after every connect, once the hub answers the ping, the agent
-// asks the hub (`catchup`) for what it sent this device after the highest
-// id applied here, page by page, and applies it like any down message
-// (repeats are dropped by id). A device that has applied nothing yet does
-// not ask: there is nothing it can have missed.
+// limit). So on the first connect of the process, and on any connect where
+// the broker no longer had our session, once the hub answers the ping, the
+// agent asks the hub (`catchup`) for what it sent this device after the
+// highest id applied here, page by page, and applies it like any down
+// message (repeats are dropped by id). A connect that found the session
+// kept missed nothing (unless a catch-up was still under way: it goes on).
+// A device that has applied nothing yet does not ask: there is nothing it
+// can have missed.
 //
 // Time. The device clock may be wrong by hours. Nothing the hub decides
 // depends on it; times a person picks ("good for 4 hours") are converted
@@ -72,6 +75,9 @@ class Uplink {
  public:
   virtual ~Uplink() = default;
   virtual bool Connected() const = 0;
+  // Whether the broker kept this device's session (and so its queue of down
+  // messages) at the latest connect. False when unknown.
+  virtual bool SessionKept() const { return false; }
   // Returns a wait for the broker's PUBACK.
   using AckWait = std::function<Status(std::chrono::milliseconds)>;
   virtual Result<AckWait> Publish(const std::string& topic, const std::string& payload,
@@ -195,7 +201,9 @@ class Agent {
   Timestamp pinged_at_{};
   Duration ping_gap_ = kPingRetry;           // before the next ping, if unanswered
   bool hub_listening_ = false;               // the hub answered a ping on this connection
-  bool catchup_due_ = true;                  // ask once the hub listens
+  bool catchup_due_ = true;                  // decide once the hub listens
+  bool connected_before_ = false;            // a catch-up was decided in this process
+  bool catching_up_ = false;                 // asked, and no answer said "no more" yet
   int64_t catchup_from_ = -1;                // the next page's "after"; -1: from what is applied
   std::string catchup_op_;                   // the catchup query awaiting its answer
   Timestamp catchup_at_{};

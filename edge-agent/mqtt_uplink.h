@@ -11,6 +11,7 @@ class MqttUplink final : public Uplink {
  public:
   explicit MqttUplink(sync::MqttClient& client) : client_(client) {}
   bool Connected() const override { return client_.connected(); }
+  bool SessionKept() const override { return client_.session_kept(); }
   Result<AckWait> Publish(const std::string& topic, const std::string& payload,
                           const std::string& traceparent) override {
     PP_ASSIGN_OR_RETURN(auto ack, client_.Publish(topic, payload, traceparent));

@@ -243,9 +243,11 @@ Status MqttClient::ConnectOnce(std::chrono::milliseconds timeout, bool clean_sta
                   .password(options_.password)
                   .keep_alive_interval(std::chrono::seconds(20))
                   .finalize();
+  session_kept_ = false;
   try {
     auto tok = client_->connect(opts);
     if (!tok->wait_for(timeout)) return Error::Unavailable("MQTT connect timed out");
+    session_kept_ = tok->get_connect_response().is_session_present();
     return OkStatus();
   } catch (const mqtt::exception& e) {
     return Error::Unavailable(std::string("MQTT connect to ") + options_.uri + " failed: " + e.what());

@@ -13,6 +13,7 @@
 // handler runs on Paho's callback thread and must not block for long.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <functional>
@@ -113,6 +114,12 @@ class MqttClient {
   Result<Ack> Publish(const std::string& topic, const std::string& payload,
                       const std::string& traceparent = "", int qos = 1);
   bool connected() const;
+  // Whether the broker still held this client's session at the latest
+  // connect (the CONNACK's "session present"): if not, whatever it had
+  // queued for this client is gone. False from the start of each connect
+  // until its CONNACK says otherwise, so a reader can never see the answer
+  // of an earlier connect as that of a later one.
+  bool session_kept() const { return session_kept_; }
   // Stops reconnecting and disconnects; Connect() or Start() again resumes.
   void Disconnect();
 
@@ -135,6 +142,7 @@ class MqttClient {
   std::condition_variable cv_;
   bool stop_ = false;   // guarded by mu_
   bool lost_ = false;   // guarded by mu_
+  std::atomic<bool> session_kept_{false};
   std::thread supervisor_;
 };
 

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -145,6 +146,8 @@ TEST_F(AgentDownTest, DownMessagesWithFieldsOfAnyTypeAreDroppedAndTheAgentGoesOn
 class Recording final : public Uplink {
  public:
   bool Connected() const override { return true; }
+  bool SessionKept() const override { return session_kept; }
+  std::atomic<bool> session_kept{false};  // what the broker said at the latest connect
   Result<AckWait> Publish(const std::string& topic, const std::string& payload, const std::string&) override {
     std::lock_guard lock(mu_);
     sent_.emplace_back(topic, payload);
@@ -277,11 +280,12 @@ TEST_F(AgentQueryTest, AnOpOnAPostWaitsForTheOutcomeOfTheDevicesEarlierOpOnIt) {
   agent.Stop();
 }
 
-// After every connect, once the hub listens, the agent asks for what the
-// hub sent it after the highest id it applied (Paho acknowledges a message
-// before the agent has applied it, and a broker may drop a device's queue),
-// page by page while the answer says "more", again if an answer never
-// comes; a device that has applied nothing does not ask.
+// On its first connect, and whenever the broker did not keep its session,
+// once the hub listens, the agent asks for what the hub sent it after the
+// highest id it applied (Paho acknowledges a message before the agent has
+// applied it, and a broker may drop a device's queue), page by page while
+// the answer says "more", again if an answer never comes; a device that has
+// applied nothing does not ask, nor does one whose session the broker kept.
 TEST_F(AgentQueryTest, AfterEachConnectItAsksForWhatItMayHaveMissedPageByPage) {
   SimulatedClock clock(SystemClock::Instance().Now());
   Agent agent(cfg_, sync::GenerateKeyPair().secret_key, *store_, clock, uplink_);
@@ -334,8 +338,8 @@ TEST_F(AgentQueryTest, AfterEachConnectItAsksForWhatItMayHaveMissedPageByPage) {
   reconnect();
   ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("catchup") == 4; }));
   EXPECT_EQ(uplink_.BodyOf("catchup"), (json{{"after", 1500}}));
-  // An answer with fields of the wrong types is dropped by name; the agent
-  // goes on applying.
+  // An answer whose fields have odd types: what can be read is applied (the
+  // next scan starts at 1600, "more" is not true), the rest dropped by name.
   agent.OnDown(Answer(*uplink_.OpOf("catchup"), "accepted",
                       {{"messages", {1, "x", {{"kind", 5}}}}, {"next", 1600}, {"more", "yes"}}, now_ms)
                    .dump());
@@ -345,6 +349,19 @@ TEST_F(AgentQueryTest, AfterEachConnectItAsksForWhatItMayHaveMissedPageByPage) {
   agent.OnDown(event(9, 45).dump());
   ASSERT_TRUE(test::Eventually([&] { return has_post(45); }));
   EXPECT_FALSE(has_post(44)) << "a second answer to one query was applied";
+
+  // The broker kept the session: its queue holds whatever came meanwhile.
+  // The sender decides before it publishes the ops it woke for.
+  uplink_.session_kept = true;
+  reconnect();
+  ASSERT_TRUE(agent.Submit(sync::kOpDecline, {{"surplus_id", 45}}).ok());
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("decline") == 1; }));
+  EXPECT_EQ(uplink_.Count("catchup"), 4u) << "asked though the broker kept the session";
+  // Lost this time: asks from the end of the last scan.
+  uplink_.session_kept = false;
+  reconnect();
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("catchup") == 5; }));
+  EXPECT_EQ(uplink_.BodyOf("catchup"), (json{{"after", 1600}}));
   agent.Stop();
 }
 

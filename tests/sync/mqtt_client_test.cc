@@ -95,6 +95,37 @@ TEST(MqttClient, ComesBackAfterTheBrokerStopsJustAsItConnects) {
       << "no publish acknowledged after the last restart\nmosquitto's log:\n" << broker.Log();
 }
 
+// A device catches up with the hub when the broker no longer had its
+// session (its queue of down messages is gone): the client reports the
+// CONNACK's "session present".
+TEST(MqttClient, SaysWhetherTheBrokerKeptItsSession) {
+  test::Broker broker;
+  ASSERT_GT(broker.port(), 0);
+  broker.AddUser("dev-s", "pw-s");
+  sync::MqttClient::Options o;
+  o.uri = broker.uri();
+  o.client_id = "dev-s";
+  o.username = "dev-s";
+  o.password = "pw-s";
+  o.subscriptions = {"pp/v1/down/dev-s"};
+  o.clean_start = false;
+  sync::MqttClient client(o, [](auto&, auto&, auto&) {});
+  ASSERT_TRUE(client.Connect(seconds(10)).ok());
+  EXPECT_FALSE(client.session_kept()) << "a first connect found a session";
+  client.Disconnect();
+  ASSERT_TRUE(client.Connect(seconds(10)).ok());
+  EXPECT_TRUE(client.session_kept()) << "the broker's session was not reported";
+  client.Disconnect();
+  {  // the session is dropped, as when it expires
+    sync::MqttClient clean(sync::MqttClient::CleanSession(broker.uri(), "dev-s", "dev-s", "pw-s", {}, 100),
+                           [](auto&, auto&, auto&) {});
+    ASSERT_TRUE(clean.Connect(seconds(10)).ok());
+    clean.Disconnect();
+  }
+  ASSERT_TRUE(client.Connect(seconds(10)).ok());
+  EXPECT_FALSE(client.session_kept()) << "reported a session the broker had dropped";
+}
+
 // Paho never sets TCP_NODELAY; without it a QoS 1 PUBACK can wait ~40 ms on
 // Nagle and the peer's delayed ACK. The client finds its own socket among
 // the process's others (here a second client's and an unrelated connection

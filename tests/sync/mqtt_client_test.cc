@@ -19,6 +19,20 @@ namespace {
 
 using std::chrono::seconds;
 
+// A device's options as pp-agent sets them: its own down topic, and a
+// session the broker keeps.
+sync::MqttClient::Options DeviceOptions(const test::Broker& broker, const std::string& id,
+                                        const std::string& password) {
+  sync::MqttClient::Options o;
+  o.uri = broker.uri();
+  o.client_id = id;
+  o.username = id;
+  o.password = password;
+  o.subscriptions = {"pp/v1/down/" + id};
+  o.clean_start = false;
+  return o;
+}
+
 TEST(SessionHealth, ThreeQuickEndingsInARowStartTheNextSessionCleanOnce) {
   sync::SessionHealth h;
   EXPECT_FALSE(h.StartClean());
@@ -54,13 +68,7 @@ TEST(MqttClient, ComesBackAfterTheBrokerStopsJustAsItConnects) {
   std::atomic<int> connects{0};
   std::atomic<pid_t> kill_on_connect{0};  // the broker to stop the moment we are connected
   sync::MqttClient* self = nullptr;
-  sync::MqttClient::Options o;
-  o.uri = broker.uri();
-  o.client_id = "dev-1";
-  o.username = "dev-1";
-  o.password = "pw-1";
-  o.subscriptions = {"pp/v1/down/dev-1"};
-  o.clean_start = false;  // as devices and the hub run: the broker keeps the session
+  sync::MqttClient::Options o = DeviceOptions(broker, "dev-1", "pw-1");  // the broker keeps the session
   o.max_buffered = 1000;
   o.min_backoff = std::chrono::milliseconds(100);
   o.max_backoff = std::chrono::milliseconds(1000);
@@ -102,14 +110,7 @@ TEST(MqttClient, SaysWhetherTheBrokerKeptItsSession) {
   test::Broker broker;
   ASSERT_GT(broker.port(), 0);
   broker.AddUser("dev-s", "pw-s");
-  sync::MqttClient::Options o;
-  o.uri = broker.uri();
-  o.client_id = "dev-s";
-  o.username = "dev-s";
-  o.password = "pw-s";
-  o.subscriptions = {"pp/v1/down/dev-s"};
-  o.clean_start = false;
-  sync::MqttClient client(o, [](auto&, auto&, auto&) {});
+  sync::MqttClient client(DeviceOptions(broker, "dev-s", "pw-s"), [](auto&, auto&, auto&) {});
   ASSERT_TRUE(client.Connect(seconds(10)).ok());
   EXPECT_FALSE(client.session_kept()) << "a first connect found a session";
   client.Disconnect();

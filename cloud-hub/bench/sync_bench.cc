@@ -16,6 +16,8 @@
 // runs by a third, so one pair says little.
 // Also printed, per op: CPU of the hub's ingest without the broker, and of
 // the Ed25519 signature check alone (the floor under the ingest's cost).
+// Last, the device catches up from outbox id 0 (docs/protocol.md,
+// "Catch-up"): the hub's CPU per answer page and per outbox event read.
 
 #include <algorithm>
 #include <atomic>
@@ -223,6 +225,67 @@ int main(int argc, char** argv) {
     verify_us = (SelfCpuSeconds() - c0) * 1e6 / ops;
     if (good != ops) Die("a bench signature did not verify");
   }
+  // 5. Catching up from outbox id 0 to the end, page after page, as a
+  // device back from a lost broker session asks (docs/protocol.md,
+  // "Catch-up"). Two devices: the bench kiosk, to which every event in this
+  // store belongs (the most an answer carries), and a tablet of an NGO that
+  // none concerns (the most the hub reads for nothing). CPU of the hub's
+  // handling only.
+  struct CatchUp {
+    size_t pages = 0, messages = 0;
+    int64_t events = 0;
+    double cpu = 0, wall = 0;
+  };
+  auto catch_up = [&](const std::string& who, const sync::SecretKey& key, uint64_t seq) {
+    CatchUp c;
+    DeviceIngest door(hub);
+    std::string answer;
+    door.SetQueryReply([&](const std::string&, const std::string& message, const std::string&) { answer = message; });
+    int64_t after = 0;
+    for (bool more = true; more; ++c.pages) {
+      sync::Envelope e;
+      e.device = who;
+      e.seq = seq;
+      e.op = "catchup-" + who + "-" + std::to_string(c.pages);
+      e.type = sync::kOpCatchUp;
+      e.ts_ms = ToUnixMillis(SystemClock::Instance().Now());
+      e.body = {{"after", after}};
+      sync::Sign(e, key);
+      const std::string bytes = sync::Encode(e);
+      answer.clear();
+      const double c0 = SelfCpuSeconds();
+      auto t0 = Steady::now();
+      door.OnMessage(sync::UpTopic(who, sync::kOpCatchUp), bytes, "");
+      c.wall += std::chrono::duration<double>(Steady::now() - t0).count();
+      c.cpu += SelfCpuSeconds() - c0;
+      auto a = nlohmann::json::parse(answer, nullptr, false);
+      if (!a.is_object() || a.value("status", "") != "accepted")
+        Die("catchup refused (see the log): " + answer.substr(0, 300));
+      c.messages += a["data"]["messages"].size();
+      after = a["data"]["next"].get<int64_t>();
+      more = a["data"]["more"].get<bool>();
+    }
+    c.events = after;
+    std::printf("catchup %s: outbox_events=%lld pages=%zu messages=%zu hub_cpu_ms_per_page=%.2f "
+                "hub_cpu_us_per_event_read=%.1f wall_s=%.2f\n",
+                who.c_str(), (long long)c.events, c.pages, c.messages,
+                c.cpu * 1e3 / double(std::max<size_t>(1, c.pages)),
+                c.cpu * 1e6 / double(std::max<int64_t>(1, c.events)), c.wall);
+  };
+  // The kiosk's last sequence number is phase 3's (queries do not advance it).
+  catch_up(device, keys.secret_key, 2 * uint64_t(rounds) * uint64_t(ops));
+  {
+    auto tablet_keys = sync::GenerateKeyPair();
+    auto ngo = hub.CreateOrganization({OrgKind::kNgo, "bench-ngo", {51.6, -0.2}}, "");
+    if (!ngo.ok()) Die(ngo.error().ToString());
+    const int64_t ngo_id = nlohmann::json::parse(ngo->json)["id"].get<int64_t>();
+    if (auto r = hub.RegisterDevice({"bench-tablet", "tablet", ngo_id, sync::ToBase64(tablet_keys.public_key),
+                                     false, 0, {}});
+        !r.ok())
+      Die(r.error().ToString());
+    catch_up("bench-tablet", tablet_keys.secret_key, 1);
+  }
+
   auto st = ingest.stats();
   // The median round by its ratio: its rates and CPU figures go together.
   std::vector<size_t> by_ratio(done.size());

@@ -131,30 +131,50 @@ void DeviceIngest::AnswerCatchUp(const Device& device, const sync::Envelope& env
   // outcomes, and the events of its organisation's posts, the handover code
   // only to the provider's devices.
   const int64_t now_ms = ToUnixMillis(hub_.clock().Now());
-  nlohmann::json messages = nlohmann::json::array();
-  size_t bytes = 0;
+  // Whether an event is this device's, judged before its bytes are made.
+  const WantedBy mine = [&](const EventWire& w) {
+    return w.device.empty() ? w.orgs.count(device.org_id) > 0 : w.device == device.id;
+  };
+  // The messages are spliced in as the relay made them, not parsed and
+  // serialised again.
+  std::string messages = "[";
+  size_t count = 0;
   int64_t next = after;
   bool more = int(page->size()) == kCatchUpScan;
   for (const OutboxEvent& e : *page) {
-    auto w = WireOf(e, now_ms);
-    const std::string* mine = nullptr;
-    if (w && !w->device.empty() && w->device == device.id) mine = &w->bytes;
-    if (w && w->device.empty() && w->orgs.count(device.org_id)) mine = &w->BytesFor(device.org_id);
-    if (mine) {
-      if (bytes + mine->size() > kCatchUpBytes && !messages.empty()) {
+    if (auto w = WireOf(e, now_ms, mine)) {
+      const std::string& bytes = w->device.empty() ? w->BytesFor(device.org_id) : w->bytes;
+      if (messages.size() + bytes.size() > kCatchUpBytes && count > 0) {
         more = true;  // the answer must fit one MQTT message
         break;
       }
-      bytes += mine->size();
-      messages.push_back(nlohmann::json::parse(*mine));
+      if (count++ > 0) messages += ',';
+      messages += bytes;
     }
     next = e.id;
   }
+  messages += ']';
   accepted_++;
-  AnswerQuery(device.id,
-              {env.op, env.seq, sync::OutcomeStatus::kAccepted, "ok", "",
-               {{"messages", std::move(messages)}, {"next", next}, {"more", more}}},
-              traceparent);
+  const std::string data = "{\"messages\":" + messages + ",\"more\":" + (more ? "true" : "false") +
+                           ",\"next\":" + std::to_string(next) + "}";
+  AnswerQueryData(device.id, env, data, traceparent);
+}
+
+void DeviceIngest::AnswerQueryData(const std::string& device, const sync::Envelope& env,
+                                   const std::string& data_json, const std::string& traceparent) {
+  if (!query_reply_)
+    return AnswerQuery(device,
+                       {env.op, env.seq, sync::OutcomeStatus::kAccepted, "ok", "", nlohmann::json::parse(data_json)},
+                       traceparent);
+  queries_++;
+  // OutcomeJson's shape, with `data` spliced in.
+  nlohmann::json head{{"v", sync::kProtocolVersion}, {"kind", "outcome"}, {"op", env.op},
+                      {"seq", env.seq}, {"status", "accepted"}, {"code", "ok"}, {"message", ""},
+                      {"ts", ToUnixMillis(hub_.clock().Now())}};
+  std::string message = head.dump();
+  message.pop_back();  // '}'
+  message += ",\"data\":" + data_json + "}";
+  query_reply_(device, message, traceparent);
 }
 
 void DeviceIngest::SetMetrics(metrics::Registry* r) {

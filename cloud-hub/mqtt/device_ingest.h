@@ -77,6 +77,9 @@ class DeviceIngest {
   // A query: nothing to apply; answered through query_reply_ if set.
   void AnswerNearby(const Device& device, const sync::Envelope& env, const std::string& traceparent);
   void AnswerQuery(const std::string& device, const sync::Outcome& outcome, const std::string& traceparent);
+  // An accepted query's answer whose `data` is JSON text already.
+  void AnswerQueryData(const std::string& device, const sync::Envelope& env, const std::string& data_json,
+                       const std::string& traceparent);
   // `catchup`: the outbox after an id, this device's share of it.
   void AnswerCatchUp(const Device& device, const sync::Envelope& env, const std::string& traceparent);
 

@@ -29,20 +29,26 @@ std::set<int64_t> OrgsOf(const std::string& type, const nlohmann::json& data) {
 
 }  // namespace
 
-std::optional<EventWire> WireOf(const OutboxEvent& e, int64_t now_ms) {
+std::optional<EventWire> WireOf(const OutboxEvent& e, int64_t now_ms, const WantedBy& wanted) {
   auto payload = nlohmann::json::parse(e.payload_json, nullptr, false);
   if (!payload.is_object()) return std::nullopt;
   EventWire w;
   if (e.type == "device.outcome") {
     if (!payload["device"].is_string()) return std::nullopt;
+    w.device = payload["device"].get<std::string>();
+    if (wanted && !wanted(w)) return std::nullopt;
     nlohmann::json message = payload["message"];
     message["id"] = e.id;
     message["ts"] = now_ms;
-    w.device = payload["device"].get<std::string>();
     w.bytes = message.dump();
     w.traceparent = payload.value("traceparent", "");
     return w;
   }
+  w.orgs = OrgsOf(e.type, payload);
+  w.provider = payload.contains("provider_id") && payload["provider_id"].is_number_integer()
+                   ? payload["provider_id"].get<int64_t>()
+                   : 0;
+  if (wanted && !wanted(w)) return std::nullopt;
   // The handover code is the provider's secret: only its devices see it.
   std::string code;
   if (payload.contains("handover_code") && payload["handover_code"].is_string())
@@ -52,14 +58,12 @@ std::optional<EventWire> WireOf(const OutboxEvent& e, int64_t now_ms) {
                          {"ts", now_ms}, {"type", e.type}, {"data", payload}};
   w.bytes = message.dump();
   w.provider_bytes = w.bytes;
-  w.provider = payload.value("provider_id", int64_t{0});
   if (!code.empty()) {
     message["data"]["handover_code"] = code;
     w.provider_bytes = message.dump();
   }
   // The post's trace travels on as the MQTT v5 user property too.
   w.traceparent = payload.value("traceparent", "");
-  w.orgs = OrgsOf(e.type, payload);
   return w;
 }
 

@@ -47,9 +47,11 @@ struct EventWire {
   std::string bytes, provider_bytes, traceparent;
   const std::string& BytesFor(int64_t org) const { return org == provider ? provider_bytes : bytes; }
 };
-// nullopt for an event nobody receives (a payload that is not an object).
-// `now_ms`: the hub's clock, carried as "ts" on every down message.
-std::optional<EventWire> WireOf(const OutboxEvent& event, int64_t now_ms);
+// nullopt for an event nobody receives (a payload that is not an object),
+// or that `wanted` (given the recipients, before any bytes are made) turns
+// down. `now_ms`: the hub's clock, carried as "ts" on every down message.
+using WantedBy = std::function<bool(const EventWire& recipients)>;
+std::optional<EventWire> WireOf(const OutboxEvent& event, int64_t now_ms, const WantedBy& wanted = nullptr);
 
 class OutboxRelay {
  public:

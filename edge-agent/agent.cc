@@ -582,7 +582,7 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
               catchup_done = true;
             return OkStatus();
           }
-          if (catchup)
+          if (catchup && accepted)
             Log(LogLevel::kWarn, "down_message_invalid",
                 {{"reason", "a catch-up answer without messages and next"}, {"payload", payload.substr(0, 200)}});
           if (!catchup && accepted && data.is_array()) PP_RETURN_IF_ERROR(tx.ReplaceNearby(data));

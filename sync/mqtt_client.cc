@@ -234,15 +234,20 @@ void MqttClient::OnConnected() {
 }
 
 Status MqttClient::ConnectOnce(std::chrono::milliseconds timeout, bool clean_start) {
-  mqtt::properties props{{mqtt::property::SESSION_EXPIRY_INTERVAL, options_.session_expiry_s}};
-  auto opts = mqtt::connect_options_builder()
-                  .mqtt_version(MQTTVERSION_5)
-                  .clean_start(clean_start)
-                  .properties(props)
-                  .user_name(options_.username)
-                  .password(options_.password)
-                  .keep_alive_interval(std::chrono::seconds(20))
-                  .finalize();
+  // A named object that outlives connect(), not connect_options_builder's
+  // finalize(): Paho C++ 1.2.0's copy of connect_options keeps pointing
+  // its C struct at the properties of the object it was copied from, so a
+  // builder's copy carried a dangling pointer to the session expiry. In a
+  // release build the freed bytes happened to survive and the broker kept
+  // sessions; under ASan they did not, and every session ended on
+  // disconnect (found by MqttClient.SaysWhetherTheBrokerKeptItsSession).
+  mqtt::connect_options opts;
+  opts.set_mqtt_version(MQTTVERSION_5);
+  opts.set_clean_start(clean_start);
+  opts.set_properties(mqtt::properties{{mqtt::property::SESSION_EXPIRY_INTERVAL, options_.session_expiry_s}});
+  opts.set_user_name(options_.username);
+  opts.set_password(options_.password);
+  opts.set_keep_alive_interval(std::chrono::seconds(20));
   session_kept_ = false;
   try {
     auto tok = client_->connect(opts);

@@ -75,8 +75,15 @@ async function drawDlq() {
   const dlq = await api('GET', '/api/v1/dlq');
   const ul = document.getElementById('dlq');
   if (!dlq.items.length) { ul.replaceChildren(el('li', { class: 'empty' }, 'Empty: every post found an NGO.')); return; }
+  // The list is redrawn on every refresh: keep what the operator was typing
+  // (an NGO id, and the focus) rather than wiping it under their fingers.
+  const typed = {};
+  ul.querySelectorAll('li[data-id] input.ngo').forEach(i => { typed[i.closest('li').dataset.id] = i.value; });
+  const focused = document.activeElement && document.activeElement.matches('#dlq input.ngo')
+    ? document.activeElement.closest('li').dataset.id : null;
   ul.replaceChildren(...dlq.items.map(p => {
     const ngo = el('input', { type: 'number', min: 1, placeholder: 'NGO id', class: 'ngo' });
+    if (typed[p.id]) ngo.value = typed[p.id];
     const msg = el('span', { class: 'error' });
     const act = async (what, body) => {
       try { await api('POST', `/api/v1/surplus/${p.id}/${what}`, body); refresh(); }
@@ -87,6 +94,7 @@ async function drawDlq() {
       el('div', {}, ngo, ' ', el('button', { class: 'assign', onclick: () => act('assign', { ngo_id: Number(ngo.value) }) }, 'Assign'),
          ' ', el('button', { class: 'secondary cancel', onclick: () => act('cancel', {}) }, 'Cancel'), ' ', msg));
   }));
+  if (focused) { const i = ul.querySelector(`li[data-id="${focused}"] input.ngo`); if (i) i.focus(); }
 }
 
 async function drawImpact() {

@@ -1,6 +1,7 @@
 #include "cloud-hub/mqtt/device_ingest.h"
 
 #include <cmath>
+#include <optional>
 
 #include "common/log.h"
 #include "common/time_format.h"
@@ -35,6 +36,20 @@ bool RoleAllows(const std::string& role, const std::string& type) {
          type == sync::kOpNearby;
 }
 
+// An accepted outcome whose `data` is JSON text already, spliced in rather
+// than parsed and serialised again: OutcomeJson()'s shape, plus the hub's
+// clock ("ts") when given.
+std::string AcceptedOutcomeJson(const std::string& op, uint64_t seq, const char* code,
+                                const std::string& data_json, std::optional<int64_t> ts_ms = std::nullopt) {
+  nlohmann::json head{{"v", sync::kProtocolVersion}, {"kind", "outcome"}, {"op", op},
+                      {"seq", seq}, {"status", "accepted"}, {"code", code}, {"message", ""}};
+  if (ts_ms) head["ts"] = *ts_ms;
+  std::string message = head.dump();
+  message.pop_back();  // '}'
+  message += ",\"data\":" + data_json + "}";
+  return message;
+}
+
 }  // namespace
 
 OutboxEvent OutcomeEvent(const std::string& device, const sync::Outcome& outcome,
@@ -47,15 +62,9 @@ OutboxEvent OutcomeEvent(const std::string& device, const sync::Outcome& outcome
 OutboxEvent AcceptedOutcomeEvent(const std::string& device, const std::string& op, uint64_t seq,
                                  bool replayed, const std::string& result_json,
                                  const std::string& traceparent, Timestamp now) {
-  // The hot path: the result is already JSON; splice it in rather than parse
-  // and serialise it again. Same shape as OutcomeJson().
-  nlohmann::json head{{"v", sync::kProtocolVersion}, {"kind", "outcome"}, {"op", op},
-                      {"seq", seq}, {"status", "accepted"}, {"code", replayed ? "duplicate" : "ok"},
-                      {"message", ""}};
-  std::string message = head.dump();
-  message.pop_back();  // '}'
-  message += ",\"data\":" + result_json + "}";
-  std::string payload = "{\"device\":" + nlohmann::json(device).dump() + ",\"message\":" + message;
+  // The hot path: the result is already JSON.
+  std::string payload = "{\"device\":" + nlohmann::json(device).dump() + ",\"message\":" +
+                        AcceptedOutcomeJson(op, seq, replayed ? "duplicate" : "ok", result_json);
   if (!traceparent.empty()) payload += ",\"traceparent\":" + nlohmann::json(traceparent).dump();
   payload += "}";
   return {0, "device.outcome", 0, std::move(payload), now, std::nullopt};
@@ -167,14 +176,8 @@ void DeviceIngest::AnswerQueryData(const std::string& device, const sync::Envelo
                        {env.op, env.seq, sync::OutcomeStatus::kAccepted, "ok", "", nlohmann::json::parse(data_json)},
                        traceparent);
   queries_++;
-  // OutcomeJson's shape, with `data` spliced in.
-  nlohmann::json head{{"v", sync::kProtocolVersion}, {"kind", "outcome"}, {"op", env.op},
-                      {"seq", env.seq}, {"status", "accepted"}, {"code", "ok"}, {"message", ""},
-                      {"ts", ToUnixMillis(hub_.clock().Now())}};
-  std::string message = head.dump();
-  message.pop_back();  // '}'
-  message += ",\"data\":" + data_json + "}";
-  query_reply_(device, message, traceparent);
+  query_reply_(device, AcceptedOutcomeJson(env.op, env.seq, "ok", data_json, ToUnixMillis(hub_.clock().Now())),
+               traceparent);
 }
 
 void DeviceIngest::SetMetrics(metrics::Registry* r) {

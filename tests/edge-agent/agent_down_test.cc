@@ -286,7 +286,7 @@ TEST_F(AgentQueryTest, AnOpOnAPostWaitsForTheOutcomeOfTheDevicesEarlierOpOnIt) {
 // applied it, and a broker may drop a device's queue), page by page while
 // the answer says "more", again if an answer never comes; a device that has
 // applied nothing does not ask, nor does one whose session the broker kept.
-TEST_F(AgentQueryTest, AfterEachConnectItAsksForWhatItMayHaveMissedPageByPage) {
+TEST_F(AgentQueryTest, OnStartAndWhenTheBrokerLostItsSessionItAsksForWhatItMayHaveMissed) {
   SimulatedClock clock(SystemClock::Instance().Now());
   Agent agent(cfg_, sync::GenerateKeyPair().secret_key, *store_, clock, uplink_);
   agent.Start();

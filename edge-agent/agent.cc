@@ -315,7 +315,8 @@ void Agent::MaybeCatchUp() {
     // After the first connect of this process, a connect that found our
     // session at the broker missed nothing: the broker kept our queue.
     const bool fresh_start = !std::exchange(connected_before_, true);
-    if (!unanswered && !fresh_start && !catching_up_ && uplink_.SessionKept()) return;
+    if (!unanswered && !fresh_start && !catching_up_ && !gap_owed_ && uplink_.SessionKept()) return;
+    gap_owed_ = false;
     queries_.erase(catchup_op_);
     catchup_op_.clear();
     catchup_at_ = now;
@@ -324,6 +325,13 @@ void Agent::MaybeCatchUp() {
   if (after < 0) {
     after = 0;
     (void)store_.Read([&](AgentTxn& tx) -> Status {
+      // A gap seen in the down stream (catchup_owed, kept across restarts)
+      // starts before anything applied since; otherwise from the highest
+      // id applied, or past what the last catch-up already looked at.
+      if (int64_t owed = MetaInt(tx, "catchup_owed"); owed > 0) {
+        after = owed;
+        return OkStatus();
+      }
       PP_ASSIGN_OR_RETURN(int64_t applied, tx.MaxApplied());
       after = std::max(applied, MetaInt(tx, "catchup_after"));
       return OkStatus();
@@ -333,6 +341,7 @@ void Agent::MaybeCatchUp() {
   {
     std::lock_guard lock(mu_);
     catching_up_ = true;
+    catchup_asked_after_ = after;
   }
   SendQuery(sync::kOpCatchUp, {{"after", after}}, &catchup_op_);
 }
@@ -527,12 +536,15 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
   bool heard = false;  // the answer to this connection's ping: the hub is listening
   int64_t catchup_next = -1;  // a catch-up answer said "more": ask from here
   bool catchup_done = false;  // a catch-up answer said there is no more
+  bool gap = false;           // a publish named a prev never applied: catch up (catchup_owed)
+  bool still_owed = false;    // a catch-up ended with an earlier gap still owed
   std::vector<std::tuple<std::string, std::string, json>> told;  // for the observer, after commit
   Status st = store_.Write([&](AgentTxn& tx) -> Status {
     answered.clear();
     told.clear();
     catchup_next = -1;
     catchup_done = false;
+    gap = still_owed = false;
     // One down message: an outcome or an event (a batch is opened below;
     // a catch-up answer carries messages to apply the same way).
     std::function<Status(json&, const std::string&)> apply;
@@ -552,6 +564,7 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
       // straight, without an outbox id; nothing to apply twice.
       if (m["kind"] == "outcome" && m.contains("op") && m["op"].is_string()) {
         bool query, catchup = false;
+        int64_t asked_after = -1;
         {
           std::lock_guard lock(mu_);
           const std::string& op = m["op"].get_ref<const std::string&>();
@@ -560,6 +573,7 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
           if (query && op == catchup_op_) {
             catchup = true;
             catchup_op_.clear();
+            asked_after = catchup_asked_after_;
           }
         }
         if (query) {
@@ -575,8 +589,18 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
             for (auto& inner : messages)
               if (inner.is_object()) PP_RETURN_IF_ERROR(apply(inner, payload));
             const int64_t next = data["next"].get<int64_t>();
+            const bool more = data.contains("more") && data["more"].is_boolean() && data["more"].get<bool>();
             PP_RETURN_IF_ERROR(tx.SetMeta("catchup_after", std::to_string(next)));
-            if (data.contains("more") && data["more"].is_boolean() && data["more"].get<bool>())
+            // A gap owed from where this page began is paid up to `next`
+            // (all of it without `more`). One owed from earlier (seen while
+            // this catch-up ran) is asked for once this one ends.
+            if (int64_t owed = MetaInt(tx, "catchup_owed"); owed > 0) {
+              if (owed == asked_after)
+                PP_RETURN_IF_ERROR(tx.SetMeta("catchup_owed", std::to_string(more ? next : 0)));
+              else if (!more)
+                still_owed = true;
+            }
+            if (more)
               catchup_next = next;
             else
               catchup_done = true;
@@ -627,13 +651,34 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
       return OkStatus();
     };
     for (const auto& payload : batch) {
-      auto messages = sync::DecodeDown(payload);
-      if (!messages.ok()) {
+      auto down = sync::DecodeDown(payload);
+      if (!down.ok()) {
         Log(LogLevel::kWarn, "down_message_invalid",
-            {{"error", messages.error().message}, {"payload", payload.substr(0, 200)}});
+            {{"error", down.error().message}, {"payload", payload.substr(0, 200)}});
         continue;
       }
-      for (auto& m : *messages) PP_RETURN_IF_ERROR(apply(m, payload));
+      // The hub's previous publish to us ends with `prev`: not applied
+      // means the broker lost what came between (docs/protocol.md, section
+      // 6, "Gaps"). Owed in this transaction, so a crash keeps the debt.
+      if (down->prev > 0) {
+        PP_ASSIGN_OR_RETURN(auto lost_after, tx.GapBefore(down->prev));
+        if (lost_after && *lost_after > 0) {
+          // A catch-up under way starts again from here, so it must not
+          // owe less than what it had still to read.
+          int64_t from = *lost_after;
+          {
+            std::lock_guard lock(mu_);
+            if (catching_up_ && catchup_asked_after_ >= 0) from = std::min(from, catchup_asked_after_);
+          }
+          const int64_t owed = MetaInt(tx, "catchup_owed");
+          if (owed == 0 || from < owed) PP_RETURN_IF_ERROR(tx.SetMeta("catchup_owed", std::to_string(from)));
+          gap = true;
+          Log(LogLevel::kWarn, "down_gap",
+              {{"device", config_.device_id}, {"prev", std::to_string(down->prev)},
+               {"after", std::to_string(*lost_after)}});
+        }
+      }
+      for (auto& m : down->messages) PP_RETURN_IF_ERROR(apply(m, payload));
     }
     PP_RETURN_IF_ERROR(tx.SetMeta("last_sync", std::to_string(ToUnixMillis(now))));
     if (offset) PP_RETURN_IF_ERROR(tx.SetMeta("hub_offset_ms", std::to_string(*offset)));
@@ -658,7 +703,11 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
       catchup_from_ = catchup_next;
     }
     if (catchup_done) catching_up_ = false;
-    wake = room_freed || unheld || heard || catchup_next >= 0;
+    if (gap || still_owed) {  // a new catch-up, from what is owed
+      catchup_due_ = gap_owed_ = true;
+      catchup_from_ = -1;
+    }
+    wake = room_freed || unheld || heard || catchup_next >= 0 || gap || still_owed;
     if (wake) send_work_ = true;
   }
   if (wake) send_cv_.notify_all();

@@ -38,7 +38,12 @@
 // agent asks the hub (`catchup`) for what it sent this device after the
 // highest id applied here, page by page, and applies it like any down
 // message (repeats are dropped by id). A connect that found the session
-// kept missed nothing (unless a catch-up was still under way: it goes on).
+// kept missed nothing (unless a catch-up was still under way: it goes on)
+// — but a broker that kept the session may still have dropped messages
+// beyond its queue limit. Each publish from the hub names the last message
+// of the one before it (`prev`); if that was never applied here, the agent
+// owes itself a catch-up from the last id applied before it (meta
+// catchup_owed, written with the publish, so it survives a crash).
 // A device that has applied nothing yet does not ask: there is nothing it
 // can have missed.
 //
@@ -205,6 +210,8 @@ class Agent {
   bool connected_before_ = false;            // a catch-up was decided in this process
   bool catching_up_ = false;                 // asked, and no answer said "no more" yet
   int64_t catchup_from_ = -1;                // the next page's "after"; -1: from what is applied
+  int64_t catchup_asked_after_ = -1;         // the "after" of catchup_op_
+  bool gap_owed_ = false;                    // a gap was seen: catch up even if the session was kept
   std::string catchup_op_;                   // the catchup query awaiting its answer
   Timestamp catchup_at_{};
   std::atomic<int64_t> hub_offset_ms_{0};

@@ -1,5 +1,7 @@
 #include "edge-agent/agent_store.h"
 
+#include <cstdlib>
+
 namespace pp::agent {
 namespace {
 
@@ -146,8 +148,28 @@ Result<bool> AgentTxn::MarkApplied(int64_t id) {
     auto& trim = db_.Prepare("DELETE FROM applied WHERE id < ?");
     trim.Reset().Bind(id - kKeepApplied);
     PP_RETURN_IF_ERROR(trim.Run("trim applied"));
+    auto floor = GetMeta("applied_floor");
+    if (!floor.ok()) return floor.take_error();
+    if (!*floor || std::strtoll((*floor)->c_str(), nullptr, 10) < id - kKeepApplied)
+      PP_RETURN_IF_ERROR(SetMeta("applied_floor", std::to_string(id - kKeepApplied)));
   }
   return fresh;
+}
+
+Result<std::optional<int64_t>> AgentTxn::GapBefore(int64_t prev) {
+  auto& had = db_.Prepare("SELECT 1 FROM applied WHERE id=?");
+  had.Reset().Bind(prev);
+  PP_ASSIGN_OR_RETURN(bool applied, had.Step("applied prev"));
+  if (applied) return std::optional<int64_t>();
+  PP_ASSIGN_OR_RETURN(auto floor_text, GetMeta("applied_floor"));
+  const int64_t floor = floor_text ? std::strtoll(floor_text->c_str(), nullptr, 10) : 0;
+  if (prev < floor) return std::optional<int64_t>();  // trimmed: applied or not, nobody knows
+  auto& below = db_.Prepare("SELECT coalesce(max(id), 0) FROM applied WHERE id < ?");
+  below.Reset().Bind(prev);
+  PP_ASSIGN_OR_RETURN(bool row, below.Step("applied before prev"));
+  int64_t after = row ? below.Int(0) : 0;
+  if (after == 0 && floor > 0) after = floor - 1;  // all kept ids are later: from the floor
+  return std::optional<int64_t>(after);
 }
 
 Result<int64_t> AgentTxn::MaxApplied() {

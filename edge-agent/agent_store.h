@@ -6,7 +6,9 @@
 //   posts     the mirror of the posts this device shows, as the hub last
 //             described them;
 //   nearby    the last answer to the tablet's "what is available near me";
-//   applied   ids of down messages already applied (QoS 1 repeats them);
+//   applied   ids of down messages already applied (QoS 1 repeats them),
+//             the last 100,000 ids' worth (meta applied_floor: below it,
+//             nothing is known);
 //   meta      the next sequence number, the last sync time, the hub clock offset.
 //
 // An op is in the queue from the moment Enqueue() returns (the commit is
@@ -70,6 +72,11 @@ class AgentTxn {
   Result<bool> MarkApplied(int64_t id);
   // The highest id marked; 0 if none.
   Result<int64_t> MaxApplied();
+  // For a publish that names `prev` (docs/protocol.md, section 6, "Gaps"):
+  // nullopt if `prev` was applied, or is older than the ids still kept
+  // (nothing can be told); otherwise the highest id applied before it (0:
+  // none), after which the messages in between were lost.
+  Result<std::optional<int64_t>> GapBefore(int64_t prev);
 
   Result<std::optional<nlohmann::json>> GetPost(int64_t id);
   Status PutPost(int64_t id, const nlohmann::json& post);

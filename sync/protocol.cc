@@ -172,8 +172,10 @@ nlohmann::json OutcomeJson(const Outcome& o) {
           {"code", o.code},              {"message", o.message}, {"data", o.data}};
 }
 
-std::string EncodeDownBatch(const std::vector<std::string_view>& messages) {
-  std::string out = R"({"v":)" + std::to_string(kProtocolVersion) + R"(,"kind":"batch","messages":[)";
+std::string EncodeDownBatch(const std::vector<std::string_view>& messages, int64_t prev) {
+  std::string out = R"({"v":)" + std::to_string(kProtocolVersion) + R"(,"kind":"batch",)";
+  if (prev > 0) out += R"("prev":)" + std::to_string(prev) + ',';
+  out += R"("messages":[)";
   for (size_t i = 0; i < messages.size(); ++i) {
     if (i) out += ',';
     out += messages[i];
@@ -197,18 +199,35 @@ std::vector<std::pair<size_t, size_t>> CutIntoBatches(const std::vector<size_t>&
   return cuts;
 }
 
-Result<std::vector<nlohmann::json>> DecodeDown(std::string_view payload) {
+std::string WithPrev(std::string_view message, int64_t prev) {
+  if (prev <= 0 || message.size() < 2 || message.front() != '{') return std::string(message);
+  // Spliced in rather than parsed and dumped again: the relay sends one
+  // message's bytes to every device of an organisation.
+  std::string out = R"({"prev":)" + std::to_string(prev);
+  if (message[1] != '}') out += ',';
+  out.append(message.substr(1));
+  return out;
+}
+
+Result<DownPublish> DecodeDown(std::string_view payload) {
   PP_ASSIGN_OR_RETURN(nlohmann::json m, ParseJsonObject(payload, "down message"));
-  std::vector<nlohmann::json> out;
+  DownPublish out;
+  if (m.contains("prev")) {
+    const auto& p = m["prev"];
+    if (!p.is_number_unsigned() || p.get<uint64_t>() == 0 || p.get<uint64_t>() > uint64_t(INT64_MAX))
+      return Error::Invalid("down message has a bad prev", {{"prev", "must be a positive integer"}});
+    out.prev = p.get<int64_t>();
+    m.erase("prev");  // the publish's, not the message's
+  }
   if (!(m.contains("kind") && m["kind"] == "batch")) {  // (value() would throw on a kind not a string)
-    out.push_back(std::move(m));
+    out.messages.push_back(std::move(m));
     return out;
   }
   if (!m.contains("messages") || !m["messages"].is_array())
     return Error::Invalid("batch down message has no array of messages", {{"messages", "must be an array"}});
   for (auto& e : m["messages"]) {
     if (!e.is_object()) return Error::Invalid("batch down message holds a non-object", {{"messages", "must hold objects"}});
-    out.push_back(std::move(e));
+    out.messages.push_back(std::move(e));
   }
   return out;
 }

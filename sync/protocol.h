@@ -119,8 +119,15 @@ Outcome OutcomeFor(const Envelope& e, const Error& error);
 // caused, say): each MQTT message costs the broker, the hub and the device
 // far more than its bytes. `messages` are JSON texts; the result is at most
 // kMaxBatchBytes when their sizes plus BatchOverhead(n) are.
-std::string EncodeDownBatch(const std::vector<std::string_view>& messages);
-constexpr size_t BatchOverhead(size_t n) { return 40 + n; }
+//
+// `prev` (when > 0) is the id of the last message of the hub's previous
+// publish to the same device: a device that has not applied it lost
+// messages between the two (a broker queue over max_queued_messages, say)
+// and catches up (docs/protocol.md, section 6, "Gaps"). A lone message
+// carries it as a field of its own (WithPrev), a batch on the batch.
+std::string EncodeDownBatch(const std::vector<std::string_view>& messages, int64_t prev = 0);
+std::string WithPrev(std::string_view message, int64_t prev);
+constexpr size_t BatchOverhead(size_t n) { return 64 + n; }  // with a 19-digit prev
 // The broker's max_packet_size counts the whole MQTT packet: leave room for
 // the topic, the traceparent property and the headers (a batch of exactly
 // kMaxMessageBytes made mosquitto drop the hub's connection, page after page).
@@ -130,9 +137,14 @@ constexpr size_t kMaxBatchBytes = kMaxMessageBytes - 4096;
 // order, covering all of them. A message too large to share goes alone.
 std::vector<std::pair<size_t, size_t>> CutIntoBatches(const std::vector<size_t>& sizes,
                                                       size_t limit = kMaxBatchBytes);
-// The messages one down publish carries: itself, or a batch's elements.
-// Fails, naming what is wrong, if the payload is not a JSON object or a
-// batch's `messages` is not an array of objects.
-Result<std::vector<nlohmann::json>> DecodeDown(std::string_view payload);
+// What one down publish carries: itself or a batch's elements, and the
+// `prev` it names (0: none). Fails, naming what is wrong, if the payload is
+// not a JSON object, a batch's `messages` is not an array of objects, or
+// `prev` is not a positive integer.
+struct DownPublish {
+  std::vector<nlohmann::json> messages;
+  int64_t prev = 0;
+};
+Result<DownPublish> DecodeDown(std::string_view payload);
 
 }  // namespace pp::sync

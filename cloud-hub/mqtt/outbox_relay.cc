@@ -220,6 +220,7 @@ Result<bool> OutboxRelay::RelayPage() {
   // publishes and resumes them only on its 1-second timer, which showed as
   // whole-second stalls per page.
   std::vector<sync::MqttClient::Ack> acks;
+  std::map<std::string, int64_t> last_now;  // this page's last id per device, once all are acknowledged
   size_t acked = 0;
   auto await_next_ack = [&]() -> Status {
     PP_RETURN_IF_ERROR(acks[acked++].Wait(std::chrono::seconds(10)));
@@ -229,19 +230,32 @@ Result<bool> OutboxRelay::RelayPage() {
   settle_through(0);  // events nobody was to receive
   for (const auto& p : plan) {
     while (acks.size() - acked >= kWindow) PP_RETURN_IF_ERROR(await_next_ack());
+    // Each publish names the last message of the one before it to this
+    // device, so that a device whose broker dropped some (its queue over
+    // max_queued_messages while away) sees the gap and catches up.
+    int64_t prev = 0;
+    if (auto it = last_now.find(*p.device); it != last_now.end()) {
+      prev = it->second;
+    } else if (auto was = last_sent_.find(*p.device); was != last_sent_.end()) {
+      prev = was->second;
+    }
+    last_now[*p.device] = (*page)[(p.to - 1)->event].id;
     std::string bytes;
     if (p.to - p.from == 1) {
-      bytes = p.from->bytes;
+      bytes = sync::WithPrev(p.from->bytes, prev);
     } else {
       std::vector<std::string_view> parts;
       for (auto m = p.from; m != p.to; ++m) parts.push_back(m->bytes);
-      bytes = sync::EncodeDownBatch(parts);
+      bytes = sync::EncodeDownBatch(parts, prev);
     }
     PP_ASSIGN_OR_RETURN(auto ack, mqtt_.Publish(sync::DownTopic(*p.device), bytes, p.from->traceparent));
     acks.push_back(std::move(ack));
   }
   // Mark only what the broker has acknowledged, all of it or nothing.
   while (acked < acks.size()) PP_RETURN_IF_ERROR(await_next_ack());
+  // Only now: a page that failed half-way is published again naming the
+  // same prev as the first time.
+  for (auto& [device, id] : last_now) last_sent_[device] = id;
   {
     std::lock_guard lock(mu_);
     unmarked_.insert(ids.begin(), ids.end());

@@ -18,6 +18,9 @@
 // A page's messages for one device go in one publish (a batch, see
 // docs/protocol.md, "Batch"), in outbox order, cut where the next would not
 // fit the broker's packet size: an MQTT message costs far more than its bytes.
+// Each publish names (`prev`) the last message of this relay's previous
+// publish to the same device: a device that never got it knows it lost
+// something (docs/protocol.md, section 6, "Gaps").
 //
 // One relay per store: with several hub replicas run it in one of them
 // (--relay), or accept duplicates, which receivers drop anyway.
@@ -31,6 +34,7 @@
 #include <optional>
 #include <set>
 #include <thread>
+#include <unordered_map>
 
 #include "cloud-hub/core/hub_service.h"
 #include "common/metrics.h"
@@ -89,6 +93,10 @@ class OutboxRelay {
   std::set<int64_t> unmarked_;        // published, mark not yet committed; guarded by mu_
   int marks_pending_ = 0;             // guarded by mu_
   bool mark_failed_ = false;          // since the last pass; guarded by mu_
+  // Per device, the last id of the last publish the broker acknowledged, in
+  // this run (a publish's `prev`). The relay's thread only. One entry per
+  // device that received anything: ~60 bytes each.
+  std::unordered_map<std::string, int64_t> last_sent_;
 };
 
 }  // namespace pp

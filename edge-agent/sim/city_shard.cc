@@ -174,7 +174,7 @@ struct ClaimWire {
     auto messages = sync::DecodeDown(down);
     if (!messages.ok()) return;
     std::lock_guard lock(mu);
-    for (auto& j : *messages) {
+    for (auto& j : messages->messages) {
       if (!j.contains("op") || !j["op"].is_string()) continue;
       std::string op = j["op"].get<std::string>();
       if (published.count(op)) received.emplace(std::move(op), at);

@@ -170,6 +170,41 @@ TEST_F(OutboxRelayTest, ADevicesMessagesInAPageComeBatchedInOrderUnderThePacketS
   EXPECT_EQ(kiosk_.duplicates_dropped(), 0);
 }
 
+// Each publish names the last message of the relay's previous publish to
+// the device (`prev`): that is how a device sees that its broker dropped
+// some (docs/protocol.md, section 6, "Gaps"). A relay just started knows
+// none, and says so by naming none.
+TEST_F(OutboxRelayTest, EveryPublishNamesTheLastMessageOfTheOneBeforeIt) {
+  auto relay = std::make_unique<OutboxRelay>(hub_, *mqtt_);
+  relay->Start();
+  std::vector<int64_t> posts;
+  for (const char* what : {"a", "b", "c"}) {  // one page each: three publishes
+    posts.push_back(Post(what));
+    ASSERT_TRUE(KioskHeardOf(posts.back()));
+    ASSERT_TRUE(AllMarked());
+  }
+  relay->Stop();
+  relay = std::make_unique<OutboxRelay>(hub_, *mqtt_);  // a restarted hub
+  posts.push_back(Post("d"));
+  posts.push_back(Post("e"));
+  relay->Start();
+  ASSERT_TRUE(KioskHeardOf(posts.back()));
+  posts.push_back(Post("f"));
+  relay->Notify();
+  ASSERT_TRUE(KioskHeardOf(posts.back()));
+  relay->Stop();
+
+  auto log = kiosk_.publish_log();
+  ASSERT_EQ(log.size(), 5u) << "a, b, c alone; d and e batched; f alone";
+  EXPECT_EQ(log[0].prev, 0);
+  EXPECT_EQ(log[1].prev, log[0].ids.back());
+  EXPECT_EQ(log[2].prev, log[1].ids.back());
+  EXPECT_EQ(log[3].prev, 0) << "a new relay cannot know what the old one sent";
+  EXPECT_EQ(log[3].ids.size(), 2u);
+  EXPECT_EQ(log[4].prev, log[3].ids.back());
+  EXPECT_EQ(kiosk_.messages().size(), posts.size());
+}
+
 TEST_F(OutboxRelayTest, ABatchOfTheLargestSizeTheRelaySendsPassesTheBroker) {
   // The broker's max_packet_size (64 KiB) counts topic, properties and
   // headers too: a payload of exactly 64 KiB ends the sender's connection.

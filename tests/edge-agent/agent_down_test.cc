@@ -365,6 +365,100 @@ TEST_F(AgentQueryTest, OnStartAndWhenTheBrokerLostItsSessionItAsksForWhatItMayHa
   agent.Stop();
 }
 
+// A broker that kept the session may still have dropped messages (those
+// beyond its max_queued_messages while the device was away): each publish
+// names the last message of the hub's previous one to the device (`prev`).
+// A prev never applied here owes a catch-up from the last id applied before
+// it, kept in the store until paid (a restart asks for it too); a prev
+// applied, one with nothing applied before it (a new device), or one older
+// than the ids the store still keeps owes nothing.
+TEST_F(AgentQueryTest, APublishNamingAMessageNeverAppliedStartsACatchUpFromBeforeIt) {
+  SimulatedClock clock(SystemClock::Instance().Now());
+  const auto key = sync::GenerateKeyPair().secret_key;
+  auto agent = std::make_unique<Agent>(cfg_, key, *store_, clock, uplink_);
+  uplink_.session_kept = true;
+  agent->Start();
+  AnswerPing(*agent, clock);
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("nearby") == 1; }));
+  const int64_t now_ms = ToUnixMillis(clock.Now());
+  auto event = [&](int64_t id, int64_t post) {
+    return json{{"v", 1}, {"kind", "event"}, {"id", id}, {"ts", now_ms}, {"type", "surplus.posted"},
+                {"data", {{"id", post}, {"status", "available"}, {"version", 1}, {"provider_id", 7}}}}
+        .dump();
+  };
+  auto has_post = [&](Agent& a, int64_t post) {
+    json st = *a.State();
+    for (const auto& p : st["posts"]) if (p["id"] == post) return true;
+    return false;
+  };
+  auto restart = [&] {  // the process again, on the same store
+    agent->Stop();
+    const size_t pings = uplink_.Count("ping");
+    agent = std::make_unique<Agent>(cfg_, key, *store_, clock, uplink_);
+    agent->Start();
+    ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("ping") == pings + 1; }));
+    AnswerPing(*agent, clock);
+  };
+
+  agent->OnDown(sync::WithPrev(event(5, 41), 3));  // nothing applied before 3: a new device, nothing owed
+  agent->OnDown(sync::WithPrev(event(6, 42), 5));
+  agent->OnDown(sync::EncodeDownBatch({event(7, 43), event(8, 44)}, 6));
+  ASSERT_TRUE(test::Eventually([&] { return has_post(*agent, 44); }));
+  // The last of them, then a gap: the broker dropped 9 to 11.
+  agent->OnDown(sync::WithPrev(event(12, 45), 11));
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("catchup") == 1; }));
+  EXPECT_EQ(uplink_.BodyOf("catchup"), (json{{"after", 8}}));
+
+  // Restarted before the answer came: the debt was committed with the
+  // publish that showed it, so the new process asks for it again (not from
+  // the highest id applied, 12).
+  ASSERT_NO_FATAL_FAILURE(restart());
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("catchup") == 2; }));
+  EXPECT_EQ(uplink_.BodyOf("catchup"), (json{{"after", 8}}));
+  agent->OnDown(Answer(*uplink_.OpOf("catchup"), "accepted",
+                       {{"messages", {json::parse(event(9, 46)), json::parse(event(10, 47))}}, {"next", 10}, {"more", true}},
+                       now_ms)
+                    .dump());
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("catchup") == 3; }));
+  EXPECT_EQ(uplink_.BodyOf("catchup"), (json{{"after", 10}}));
+  agent->OnDown(Answer(*uplink_.OpOf("catchup"), "accepted",
+                       {{"messages", {json::parse(event(11, 48)), json::parse(event(12, 45))}}, {"next", 30}, {"more", false}},
+                       now_ms)
+                    .dump());
+  ASSERT_TRUE(test::Eventually([&] { return has_post(*agent, 48); })) << "the lost messages were not applied";
+  EXPECT_TRUE(has_post(*agent, 46));
+  EXPECT_TRUE(has_post(*agent, 47));
+
+  // Paid: a reconnect that found the session kept asks nothing, and the
+  // next process asks from where the last scan ended, not from 8.
+  agent->OnDown(sync::WithPrev(event(31, 49), 12));
+  ASSERT_TRUE(test::Eventually([&] { return has_post(*agent, 49); }));
+  const size_t pings = uplink_.Count("ping");
+  agent->OnConnected();
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("ping") == pings + 1; }));
+  AnswerPing(*agent, clock);
+  ASSERT_TRUE(agent->Submit(sync::kOpDecline, {{"surplus_id", 49}}).ok());
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("decline") == 1; }));
+  EXPECT_EQ(uplink_.Count("catchup"), 3u) << "asked again after the debt was paid";
+  ASSERT_NO_FATAL_FAILURE(restart());
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("catchup") == 4; }));
+  EXPECT_EQ(uplink_.BodyOf("catchup"), (json{{"after", 31}}));
+  agent->OnDown(Answer(*uplink_.OpOf("catchup"), "accepted",
+                       {{"messages", json::array()}, {"next", 31}, {"more", false}}, now_ms).dump());
+
+  // The store keeps the last 100,000 ids' worth of applied ids: a prev
+  // older than that tells nothing; one within it, never applied, owes from
+  // the oldest id kept.
+  agent->OnDown(event(101000, 50));  // trims the ids below 1,000
+  agent->OnDown(sync::WithPrev(event(101001, 51), 500));
+  ASSERT_TRUE(test::Eventually([&] { return has_post(*agent, 51); }));
+  EXPECT_EQ(uplink_.Count("catchup"), 4u) << "a prev below what the store keeps made it ask";
+  agent->OnDown(sync::WithPrev(event(101002, 52), 1500));
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("catchup") == 5; }));
+  EXPECT_EQ(uplink_.BodyOf("catchup"), (json{{"after", 999}}));
+  agent->Stop();
+}
+
 TEST(AgentInFlight, CountsTheOpsOnEachPostUntilAnswered) {
   InFlight f;
   const Timestamp t0 = SystemClock::Instance().Now();

@@ -310,6 +310,95 @@ TEST_F(AgentTest, AKioskWhoseBrokerQueueWasLostLearnsOnReturnWhatHappenedWhileAw
   EXPECT_TRUE(seen.contains("handover_code")) << "the provider's code did not come with it";
 }
 
+// A broker that kept a device's session still drops, without a word, what
+// comes for it beyond max_queued_messages while it is away (10,000 in
+// packaging/; 1 here). Each publish from the hub names the last message of
+// the one before it (`prev`): at the next message the kiosk sees that it
+// never got that one, and catches up.
+TEST_F(AgentTest, AKioskWhoseBrokerDroppedMessagesBeyondItsQueueLimitCatchesUpAtTheNextOne) {
+  broker_.Stop();
+  broker_.Start(/*max_queued=*/1);
+  // In Brighton, beyond the match radius: the posts wait in the DLQ and the
+  // NGO claims them from there.
+  int64_t ngo = Org("ngo", "A", 50.8225, -0.1372);
+  auto kiosk = Agent("kiosk-1", "kiosk", provider_);
+  auto tablet = Agent("tablet-a", "tablet", ngo);
+  auto db = SqliteDb::Open(dir_.file("hub.db"));
+  ASSERT_TRUE(db.ok());
+  auto all_sent = [&] {  // every outbox event published and acknowledged by the broker
+    return test::Eventually([&] {
+      auto& q = (*db)->Prepare("SELECT count(*) FROM outbox WHERE sent_at IS NULL");
+      q.Reset();
+      auto row = q.Step("unsent");
+      return row.ok() && *row && q.Int(0) == 0;
+    }, seconds(20));
+  };
+  std::vector<int64_t> ids;
+  std::map<int64_t, json> versions;
+  for (const char* what : {"roti", "kue", "nasi"}) {
+    auto posted = kiosk->Call("POST", "/api/posts", Post(what));
+    ASSERT_EQ(posted.status, 202);
+    json outcome = WaitOutcome(*kiosk, posted.body["op"]);
+    ASSERT_EQ(outcome["status"], "accepted");
+    ids.push_back(outcome["data"]["id"].get<int64_t>());
+  }
+  for (int64_t id : ids) {
+    ASSERT_TRUE(test::Eventually([&] { return HubPosts().at(id)["status"] == "dead_lettered"; }, seconds(20)));
+    ASSERT_TRUE(test::Eventually([&] { return PostIn(kiosk->State(), id)["status"] == "dead_lettered"; }, seconds(20)));
+    versions[id] = HubPosts().at(id)["version"];
+  }
+  ASSERT_TRUE(all_sent());
+
+  // Away with its session kept and the process alive: stopped, and its
+  // connection taken over by a client that leaves at once (the broker
+  // closes the stopped kiosk's connection and keeps the session).
+  auto cfg = LoadDeviceConfig(kiosk->config_path());
+  ASSERT_TRUE(cfg.ok()) << cfg.error().ToString();
+  std::ifstream pw_in(cfg->broker_password_file);
+  std::string password;
+  pw_in >> password;
+  kiosk->Signal(SIGSTOP);
+  struct Resume {
+    test::AgentProcess& p;
+    ~Resume() { p.Signal(SIGCONT); }
+  } resume{*kiosk};
+  {
+    sync::MqttClient::Options o;
+    o.uri = broker_.uri();
+    o.client_id = cfg->device_id;
+    o.username = cfg->broker_user;
+    o.password = password;
+    sync::MqttClient takeover(o, [](auto&, auto&, auto&) {});
+    Status st = takeover.Connect(seconds(10));
+    ASSERT_TRUE(st.ok()) << st.error().ToString();
+    ASSERT_TRUE(takeover.session_kept());
+    takeover.Disconnect();
+  }
+  // Two claims while it is away, one publish each: the broker keeps the
+  // first for the kiosk and drops the second.
+  auto claim = [&](int64_t id) {
+    auto r = tablet->Call("POST", "/api/surplus/" + std::to_string(id) + "/claim", {{"version", versions[id]}});
+    ASSERT_EQ(r.status, 202);
+    ASSERT_EQ(WaitOutcome(*tablet, r.body["op"])["status"], "accepted");
+    ASSERT_TRUE(all_sent());
+  };
+  ASSERT_NO_FATAL_FAILURE(claim(ids[0]));
+  ASSERT_NO_FATAL_FAILURE(claim(ids[1]));
+  kiosk->Signal(SIGCONT);
+  ASSERT_TRUE(test::Eventually([&] { return PostIn(kiosk->State(), ids[0])["status"] == "claimed"; }, seconds(30)))
+      << "the message the broker kept never came";
+  // The next message names the one the broker dropped.
+  ASSERT_NO_FATAL_FAILURE(claim(ids[2]));
+  json seen;
+  EXPECT_TRUE(test::Eventually([&] {
+    seen = PostIn(kiosk->State(), ids[1]);
+    return seen["status"] == "claimed";
+  }, seconds(20))) << "the kiosk never learnt of the claim the broker dropped: " << seen.dump()
+                   << "\nmosquitto's log:\n" << broker_.Log();
+  EXPECT_TRUE(seen.contains("handover_code")) << "the provider's code did not come with it";
+  EXPECT_EQ(PostIn(kiosk->State(), ids[2])["status"], "claimed");
+}
+
 TEST_F(AgentTest, ADeviceClockHoursOffChangesNoOutcome) {
   int64_t ngo = Org("ngo", "City Harvest", 51.5202, -0.1043);
   // The kiosk's clock is five hours slow: a best_before from its own clock

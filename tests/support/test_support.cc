@@ -358,11 +358,13 @@ void Broker::Stop() {
   });
 }
 
-void Broker::Start() {
+void Broker::Start(int max_queued) {
   // On its old port: a test that restarts the broker expects its devices to
   // find it again. Fails the test if that port was taken meanwhile.
-  RunOrFail({"/bin/bash", SourceDir() + "/packaging/broker.sh", "start", dir_.path().string(),
-             std::to_string(port_)});
+  std::vector<std::string> argv{"/bin/bash", SourceDir() + "/packaging/broker.sh", "start",
+                                dir_.path().string(), std::to_string(port_)};
+  if (max_queued > 0) argv.insert(argv.begin(), {"/usr/bin/env", "PP_BROKER_MAX_QUEUED=" + std::to_string(max_queued)});
+  RunOrFail(argv);
 }
 
 std::string Broker::Log() const { return ReadFile(dir_.file("mosquitto.log")); }
@@ -377,11 +379,15 @@ TestDevice::TestDevice(const Broker& broker, std::string id)
   o.subscriptions = {sync::DownTopic(id_)};
   client_ = std::make_unique<sync::MqttClient>(
       o, [this](const std::string&, const std::string& payload, const std::string&) {
-        auto messages = sync::DecodeDown(payload);
-        if (!messages.ok()) return;
+        auto down = sync::DecodeDown(payload);
+        if (!down.ok()) return;
         std::lock_guard lock(mu_);
         publishes_++;
-        for (auto& j : *messages) {
+        Received got{down->prev, {}};
+        for (const auto& j : down->messages)
+          if (j.contains("id") && j["id"].is_number_integer()) got.ids.push_back(j["id"].get<int64_t>());
+        publish_log_.push_back(std::move(got));
+        for (auto& j : down->messages) {
           if (j.contains("id") && j["id"].is_number_integer() &&
               !seen_ids_.insert(j["id"].get<int64_t>()).second) {
             duplicates_++;  // QoS 1 may deliver twice; the id tells

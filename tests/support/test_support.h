@@ -171,7 +171,9 @@ class Broker {
   std::string dir() const { return dir_.path().string(); }
   void AddUser(const std::string& name, const std::string& password);
   void Stop();
-  void Start();  // again, on the same port, with the same data
+  // Again, on the same port, with the same data. `max_queued` > 0: the
+  // messages it keeps for an offline client (else packaging's default).
+  void Start(int max_queued = 0);
   std::string Log() const;  // mosquitto's log: for a failing test's message
 
  private:
@@ -209,6 +211,16 @@ class TestDevice {
     std::lock_guard lock(mu_);
     return received_;
   }
+  // Each publish received, in order: the `prev` it named (0: none) and the
+  // ids of its messages, repeats included.
+  struct Received {
+    int64_t prev = 0;
+    std::vector<int64_t> ids;
+  };
+  std::vector<Received> publish_log() const {
+    std::lock_guard lock(mu_);
+    return publish_log_;
+  }
   std::string password() const { return password_; }
   sync::KeyPair& keys() { return keys_; }
   uint64_t next_seq = 1;
@@ -222,6 +234,7 @@ class TestDevice {
   std::set<int64_t> seen_ids_;            // guarded by mu_
   int duplicates_ = 0;                    // guarded by mu_
   int publishes_ = 0;                     // guarded by mu_
+  std::vector<Received> publish_log_;     // guarded by mu_
   // Last: destroyed first, so its callback thread is gone before the state
   // the callback touches.
   std::unique_ptr<sync::MqttClient> client_;
@@ -258,7 +271,8 @@ class AgentProcess {
                nlohmann::json extra_config = nlohmann::json::object(),
                std::vector<std::string> extra_args = {}, std::string stderr_path = "");
   void Start();
-  void Kill(int sig);
+  void Kill(int sig);  // and waits for it to exit
+  void Signal(int sig) { process_->Kill(sig); }  // SIGSTOP, SIGCONT: does not wait
   int port() const { return port_; }
   std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
   std::string config_path() const { return config_; }

@@ -121,18 +121,19 @@ TEST(Protocol, DownBatchesCarryTheirMessagesAsTheyWere) {
   EXPECT_LE(batch.size(), a.size() + b.size() + BatchOverhead(2));
   auto got = DecodeDown(batch);
   ASSERT_TRUE(got.ok()) << got.error().ToString();
-  ASSERT_EQ(got->size(), 2u);
-  EXPECT_EQ((*got)[0], nlohmann::json::parse(a));
-  EXPECT_EQ((*got)[1], nlohmann::json::parse(b));
+  ASSERT_EQ(got->messages.size(), 2u);
+  EXPECT_EQ(got->messages[0], nlohmann::json::parse(a));
+  EXPECT_EQ(got->messages[1], nlohmann::json::parse(b));
+  EXPECT_EQ(got->prev, 0);
   for (const char* kind : {"null", "7", "[\"batch\"]"}) {  // a kind not a string: a message alone, not a throw
     auto odd = DecodeDown(std::string(R"({"v":1,"id":5,"kind":)") + kind + "}");
     ASSERT_TRUE(odd.ok()) << kind;
-    EXPECT_EQ(odd->size(), 1u);
+    EXPECT_EQ(odd->messages.size(), 1u);
   }
   auto one = DecodeDown(a);  // a message alone is itself
   ASSERT_TRUE(one.ok());
-  ASSERT_EQ(one->size(), 1u);
-  EXPECT_EQ((*one)[0]["op"], "x");
+  ASSERT_EQ(one->messages.size(), 1u);
+  EXPECT_EQ(one->messages[0]["op"], "x");
   EXPECT_FALSE(DecodeDown("[1]").ok());
   auto no_array = DecodeDown(R"({"kind":"batch","messages":{}})");
   ASSERT_FALSE(no_array.ok());
@@ -140,15 +141,41 @@ TEST(Protocol, DownBatchesCarryTheirMessagesAsTheyWere) {
   EXPECT_FALSE(DecodeDown(R"({"kind":"batch","messages":[{},2]})").ok());
 }
 
+// `prev` names the last message of the hub's previous publish to the device:
+// on a batch, or spliced into a message sent alone (the same bytes go to
+// every device of an organisation, so the relay does not parse them again).
+TEST(Protocol, APublishNamesTheMessageBeforeIt) {
+  std::string a = R"({"v":1,"kind":"outcome","id":3,"op":"x"})", b = R"({"v":1,"kind":"event","id":4})";
+  auto batch = DecodeDown(EncodeDownBatch({a, b}, 9223372036854775807));
+  ASSERT_TRUE(batch.ok()) << batch.error().ToString();
+  EXPECT_EQ(batch->prev, 9223372036854775807);
+  EXPECT_EQ(batch->messages.size(), 2u);
+  EXPECT_LE(EncodeDownBatch({a, b}, 9223372036854775807).size(), a.size() + b.size() + BatchOverhead(2));
+  auto alone = DecodeDown(WithPrev(a, 2));
+  ASSERT_TRUE(alone.ok()) << alone.error().ToString();
+  EXPECT_EQ(alone->prev, 2);
+  ASSERT_EQ(alone->messages.size(), 1u);
+  EXPECT_EQ(alone->messages[0]["op"], "x");
+  EXPECT_EQ(alone->messages[0]["id"], 3);
+  EXPECT_EQ(alone->messages[0], nlohmann::json::parse(a)) << "prev is the publish's, not the message's";
+  EXPECT_EQ(WithPrev(a, 0), a);  // none known: the bytes as they were
+  EXPECT_EQ(WithPrev("{}", 5), R"({"prev":5})");
+  for (const char* bad : {"0", "-1", "1.5", "\"7\"", "null", "18446744073709551615"}) {
+    auto d = DecodeDown(std::string(R"({"v":1,"kind":"batch","messages":[],"prev":)") + bad + "}");
+    ASSERT_FALSE(d.ok()) << bad;
+    EXPECT_EQ(d.error().fields.at(0).field, "prev") << bad;
+  }
+}
+
 TEST(Protocol, BatchesAreCutToFitAndKeepTheirOrder) {
   using Cuts = std::vector<std::pair<size_t, size_t>>;
   EXPECT_EQ(CutIntoBatches({}), Cuts{});
   EXPECT_EQ(CutIntoBatches({10, 20, 30}), (Cuts{{0, 3}}));
-  // A limit of 100: two messages of 20 need 40 + BatchOverhead(2) = 82 bytes,
-  // three of them 60 + 43 = 103, so two by two.
-  EXPECT_EQ(CutIntoBatches({20, 20, 20, 20, 20}, 100), (Cuts{{0, 2}, {2, 4}, {4, 5}}));
+  // A limit of 110: two messages of 20 need 40 + BatchOverhead(2) = 106
+  // bytes, three of them 60 + 67 = 127, so two by two.
+  EXPECT_EQ(CutIntoBatches({20, 20, 20, 20, 20}, 110), (Cuts{{0, 2}, {2, 4}, {4, 5}}));
   // Too large to share: alone, and the others around it still batched.
-  EXPECT_EQ(CutIntoBatches({10, 500, 10, 10}, 100), (Cuts{{0, 1}, {1, 2}, {2, 4}}));
+  EXPECT_EQ(CutIntoBatches({10, 500, 10, 10}, 110), (Cuts{{0, 1}, {1, 2}, {2, 4}}));
   // Every cut, batched, fits.
   std::vector<size_t> sizes;
   for (size_t i = 0; i < 200; ++i) sizes.push_back(100 + (i * 7919) % 3000);

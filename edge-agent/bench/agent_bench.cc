@@ -13,6 +13,11 @@
 //   wire      TCP payload bytes of the agent's connection (read with
 //             TCP_INFO), up and down, per post: MQTT headers, the signed
 //             envelope, the outcome, events, acknowledgements.
+//   apply     (--apply N, default 2000; 0 skips it) CPU of this process per
+//             down publish applied, one publish per transaction as in a
+//             rush, by two offline agents fed the same events in alternating
+//             rounds: one without `prev`, one with each publish naming the
+//             one before (the gap check, docs/protocol.md "Gaps").
 
 #include <dirent.h>
 #include <netinet/in.h>
@@ -20,7 +25,12 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <ctime>
+#include <mutex>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -41,7 +51,7 @@ namespace {
 using namespace pp;
 using Steady = std::chrono::steady_clock;
 
-constexpr const char* kUsage = "pp-agent-bench --broker-dir DIR [--ops N]";
+constexpr const char* kUsage = "pp-agent-bench --broker-dir DIR [--ops N] [--apply N]";
 [[noreturn]] void Die(const std::string& m) { DieWithUsage("pp-agent-bench", kUsage, m); }
 std::string ReadLine(const std::string& p) { return FirstLineOrDie("pp-agent-bench", kUsage, p); }
 
@@ -72,18 +82,111 @@ std::map<int, std::pair<uint64_t, uint64_t>> SocketsTo(int port) {
   return out;
 }
 
+double CpuSeconds() {
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return double(t.tv_sec) + double(t.tv_nsec) / 1e9;
+}
+
+// Never connected: the apply phase sends nothing.
+class Offline final : public agent::Uplink {
+ public:
+  bool Connected() const override { return false; }
+  Result<AckWait> Publish(const std::string&, const std::string&, const std::string&) override {
+    return Error::Unavailable("offline");
+  }
+};
+
+// The "apply" figure (see the top of this file): µs of CPU per publish,
+// without and with `prev`, medians over `rounds` alternating rounds.
+void MeasureApply(const std::string& dir, int n, int64_t provider) {
+  const int rounds = 5;
+  struct Side {
+    std::unique_ptr<agent::AgentStore> store;
+    Offline uplink;
+    std::unique_ptr<agent::Agent> agent;
+    std::mutex mu;
+    std::condition_variable cv;
+    int applied = 0;  // guarded by mu
+    std::vector<double> us;
+  } sides[2];
+  for (int k = 0; k < 2; ++k) {
+    std::string db = dir + "/agent-bench-apply-" + std::to_string(k) + ".db";
+    for (const char* suffix : {"", "-wal", "-shm"}) std::remove((db + suffix).c_str());
+    auto store = agent::AgentStore::Open(db);
+    if (!store.ok()) Die(store.error().ToString());
+    sides[k].store = std::move(*store);
+    DeviceConfig cfg;
+    cfg.device_id = "bench-apply-" + std::to_string(k);
+    cfg.role = "kiosk";
+    cfg.org_id = provider;
+    sides[k].agent = std::make_unique<agent::Agent>(cfg, sync::GenerateKeyPair().secret_key, *sides[k].store,
+                                                    SystemClock::Instance(), sides[k].uplink);
+    sides[k].agent->SetObserver([&side = sides[k]](auto&, auto&, auto&) {
+      std::lock_guard lock(side.mu);
+      ++side.applied;
+      side.cv.notify_one();
+    });
+    sides[k].agent->Start();
+  }
+  nlohmann::json data{{"id", 0}, {"status", "available"}, {"version", 1}, {"provider_id", provider},
+                      {"category", "prepared_meals"}, {"description", "nasi goreng, 20 boxes"},
+                      {"quantity_kg", 6.0}, {"storage", "hot"}, {"allergens", {"eggs", "soya"}},
+                      {"best_before", "2026-11-30T23:00:00.000Z"}, {"lat", 51.5138}, {"lon", -0.0984},
+                      {"instructions", "back door, ask for Sri"}};
+  int64_t id = 0;
+  const int per_round = std::max(1, n / rounds);
+  for (int r = 0; r < rounds; ++r) {
+    for (int k = 0; k < 2; ++k) {
+      Side& side = sides[k];
+      const int64_t first = id + 1;
+      double c0 = CpuSeconds();
+      for (int i = 0; i < per_round; ++i) {
+        ++id;
+        data["id"] = id;
+        nlohmann::json m{{"v", 1}, {"kind", "event"}, {"id", id}, {"ts", 1}, {"type", "surplus.posted"}, {"data", data}};
+        int want;
+        {
+          std::lock_guard lock(side.mu);
+          want = side.applied + 1;
+        }
+        // Side 1 names the previous publish (the first of a round names the
+        // last one of its previous round).
+        const int64_t prev = k == 1 && id > per_round ? (id == first ? first - 1 - per_round : id - 1) : 0;
+        side.agent->OnDown(sync::WithPrev(m.dump(), prev));
+        std::unique_lock lock(side.mu);  // blocking, so that waiting costs no CPU
+        side.cv.wait(lock, [&] { return side.applied >= want; });
+      }
+      side.us.push_back((CpuSeconds() - c0) * 1e6 / per_round);
+    }
+  }
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  std::printf("apply: %d publishes a side, %d rounds: CPU per publish without prev %.1f us, with prev %.1f us "
+              "(medians; rounds without:",
+              per_round * rounds, rounds, median(sides[0].us), median(sides[1].us));
+  for (double u : sides[0].us) std::printf(" %.1f", u);
+  std::printf("; with:");
+  for (double u : sides[1].us) std::printf(" %.1f", u);
+  std::printf(")\n");
+  for (auto& side : sides) side.agent->Stop();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string dir;
-  int ops = 10000;
+  int ops = 10000, apply = 2000;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string f = argv[i];
     if (f == "--broker-dir") dir = argv[i + 1];
     else if (f == "--ops") ops = std::atoi(argv[i + 1]);
+    else if (f == "--apply") apply = std::atoi(argv[i + 1]);
     else Die("unknown option " + f);
   }
-  if (dir.empty() || ops <= 0) Die("--broker-dir is required; --ops > 0");
+  if (dir.empty() || ops <= 0 || apply < 0) Die("--broker-dir is required; --ops > 0; --apply >= 0");
   const int port = std::atoi(ReadLine(dir + "/port").c_str());
   const std::string uri = "tcp://127.0.0.1:" + std::to_string(port);
   const std::string device = "bench-agent-" + std::to_string(Steady::now().time_since_epoch().count() % 1000000);
@@ -181,5 +284,6 @@ int main(int argc, char** argv) {
   agent.Stop();
   relay.Stop();
   hub_mqtt.Disconnect();
+  if (apply > 0) MeasureApply(dir, apply, provider);
   return ingest.stats().refused == 0 ? 0 : 1;
 }

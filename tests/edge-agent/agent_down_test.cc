@@ -456,6 +456,20 @@ TEST_F(AgentQueryTest, APublishNamingAMessageNeverAppliedStartsACatchUpFromBefor
   agent->OnDown(sync::WithPrev(event(101002, 52), 1500));
   ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("catchup") == 5; }));
   EXPECT_EQ(uplink_.BodyOf("catchup"), (json{{"after", 999}}));
+  agent->OnDown(Answer(*uplink_.OpOf("catchup"), "accepted",
+                       {{"messages", json::array()}, {"next", 101002}, {"more", false}}, now_ms).dump());
+
+  // A gap seen while a catch-up runs starts it again, from the earlier of
+  // the two points: the restart's catch-up asks after 101002; a gap after
+  // 101003 shows up before its answer; the next ask is after 101002, not
+  // after 101003 (which would skip what the first had still to read).
+  ASSERT_NO_FATAL_FAILURE(restart());
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("catchup") == 6; }));
+  EXPECT_EQ(uplink_.BodyOf("catchup"), (json{{"after", 101002}}));
+  agent->OnDown(sync::WithPrev(event(101003, 53), 101002));
+  agent->OnDown(sync::WithPrev(event(101006, 54), 101005));
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("catchup") == 7; }));
+  EXPECT_EQ(uplink_.BodyOf("catchup"), (json{{"after", 101002}}));
   agent->Stop();
 }
 

@@ -158,7 +158,16 @@ TEST_F(SyncTest, CatchUpAnswersWithWhatTheHubSentThisDeviceAndNothingElse) {
   json posted = kiosk_->WaitOutcome(kiosk_->Send("post_surplus", Post(1)).op);
   ASSERT_FALSE(posted.is_null());
   const int64_t id = posted["data"]["id"].get<int64_t>();
-  ASSERT_FALSE(other_kiosk->WaitOutcome(other_kiosk->Send("post_surplus", Post(2)).op).is_null());
+  json other_posted = other_kiosk->WaitOutcome(other_kiosk->Send("post_surplus", Post(2)).op);
+  ASSERT_FALSE(other_posted.is_null());
+  const int64_t other_id = other_posted["data"]["id"].get<int64_t>();
+  // Both posts offered, the first claimed, and every device told: only then
+  // is the story still (offers last minutes), so that what a catch-up reads
+  // can be compared with what the relay sent. (Without waiting for the
+  // second offer, it was once committed between two catch-ups.)
+  for (auto* d : {tablet_.get(), other_kiosk.get()})
+    ASSERT_FALSE(d->WaitEvent("surplus.offered", [&](const json& e) { return e["data"]["id"] == other_id; }).is_null())
+        << d->id();
   json offer = tablet_->WaitEvent("surplus.offered", [&](const json& e) { return e["data"]["id"] == id; });
   ASSERT_FALSE(offer.is_null());
   json claimed = tablet_->WaitOutcome(

@@ -391,6 +391,14 @@ TEST_F(AgentQueryTest, APublishNamingAMessageNeverAppliedStartsACatchUpFromBefor
     for (const auto& p : st["posts"]) if (p["id"] == post) return true;
     return false;
   };
+  // The hub's answer to the catch-up just asked: `messages` (JSON texts) up
+  // to `next`, and whether there is more.
+  auto answer_catchup = [&](std::vector<std::string> messages, int64_t next, bool more) {
+    json list = json::array();
+    for (const auto& m : messages) list.push_back(json::parse(m));
+    agent->OnDown(Answer(*uplink_.OpOf("catchup"), "accepted",
+                         {{"messages", list}, {"next", next}, {"more", more}}, now_ms).dump());
+  };
   auto restart = [&] {  // the process again, on the same store
     agent->Stop();
     const size_t pings = uplink_.Count("ping");
@@ -415,16 +423,10 @@ TEST_F(AgentQueryTest, APublishNamingAMessageNeverAppliedStartsACatchUpFromBefor
   ASSERT_NO_FATAL_FAILURE(restart());
   ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("catchup") == 2; }));
   EXPECT_EQ(uplink_.BodyOf("catchup"), (json{{"after", 8}}));
-  agent->OnDown(Answer(*uplink_.OpOf("catchup"), "accepted",
-                       {{"messages", {json::parse(event(9, 46)), json::parse(event(10, 47))}}, {"next", 10}, {"more", true}},
-                       now_ms)
-                    .dump());
+  answer_catchup({event(9, 46), event(10, 47)}, 10, true);
   ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("catchup") == 3; }));
   EXPECT_EQ(uplink_.BodyOf("catchup"), (json{{"after", 10}}));
-  agent->OnDown(Answer(*uplink_.OpOf("catchup"), "accepted",
-                       {{"messages", {json::parse(event(11, 48)), json::parse(event(12, 45))}}, {"next", 30}, {"more", false}},
-                       now_ms)
-                    .dump());
+  answer_catchup({event(11, 48), event(12, 45)}, 30, false);
   ASSERT_TRUE(test::Eventually([&] { return has_post(*agent, 48); })) << "the lost messages were not applied";
   EXPECT_TRUE(has_post(*agent, 46));
   EXPECT_TRUE(has_post(*agent, 47));
@@ -443,8 +445,7 @@ TEST_F(AgentQueryTest, APublishNamingAMessageNeverAppliedStartsACatchUpFromBefor
   ASSERT_NO_FATAL_FAILURE(restart());
   ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("catchup") == 4; }));
   EXPECT_EQ(uplink_.BodyOf("catchup"), (json{{"after", 31}}));
-  agent->OnDown(Answer(*uplink_.OpOf("catchup"), "accepted",
-                       {{"messages", json::array()}, {"next", 31}, {"more", false}}, now_ms).dump());
+  answer_catchup({}, 31, false);
 
   // The store keeps the last 100,000 ids' worth of applied ids: a prev
   // older than that tells nothing; one within it, never applied, owes from
@@ -456,8 +457,7 @@ TEST_F(AgentQueryTest, APublishNamingAMessageNeverAppliedStartsACatchUpFromBefor
   agent->OnDown(sync::WithPrev(event(101002, 52), 1500));
   ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("catchup") == 5; }));
   EXPECT_EQ(uplink_.BodyOf("catchup"), (json{{"after", 999}}));
-  agent->OnDown(Answer(*uplink_.OpOf("catchup"), "accepted",
-                       {{"messages", json::array()}, {"next", 101002}, {"more", false}}, now_ms).dump());
+  answer_catchup({}, 101002, false);
 
   // A gap seen while a catch-up runs starts it again, from the earlier of
   // the two points: the restart's catch-up asks after 101002; a gap after

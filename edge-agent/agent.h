@@ -89,6 +89,16 @@ class Uplink {
                                   const std::string& traceparent) = 0;
 };
 
+// Never connected: nothing leaves. For an agent that only applies what it
+// is handed (tests, pp-agent-bench's apply figure).
+class OfflineUplink final : public Uplink {
+ public:
+  bool Connected() const override { return false; }
+  Result<AckWait> Publish(const std::string&, const std::string&, const std::string&) override {
+    return Error::Unavailable("offline");
+  }
+};
+
 // The ops sent on this connection that await their outcome, and the posts
 // they act on. Not thread-safe: the Agent holds its mutex.
 class InFlight {

@@ -88,22 +88,13 @@ double CpuSeconds() {
   return double(t.tv_sec) + double(t.tv_nsec) / 1e9;
 }
 
-// Never connected: the apply phase sends nothing.
-class Offline final : public agent::Uplink {
- public:
-  bool Connected() const override { return false; }
-  Result<AckWait> Publish(const std::string&, const std::string&, const std::string&) override {
-    return Error::Unavailable("offline");
-  }
-};
-
 // The "apply" figure (see the top of this file): µs of CPU per publish,
 // without and with `prev`, medians over `rounds` alternating rounds.
 void MeasureApply(const std::string& dir, int n, int64_t provider) {
   const int rounds = 5;
   struct Side {
     std::unique_ptr<agent::AgentStore> store;
-    Offline uplink;
+    agent::OfflineUplink uplink;
     std::unique_ptr<agent::Agent> agent;
     std::mutex mu;
     std::condition_variable cv;

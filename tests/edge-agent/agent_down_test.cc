@@ -21,14 +21,6 @@ namespace {
 
 using nlohmann::json;
 
-class Offline final : public Uplink {
- public:
-  bool Connected() const override { return false; }
-  Result<AckWait> Publish(const std::string&, const std::string&, const std::string&) override {
-    return Error::Unavailable("offline");
-  }
-};
-
 // A device's own store (in a temporary folder) and its config.
 class DeviceTest : public ::testing::Test {
  protected:
@@ -70,7 +62,7 @@ class AgentDownTest : public DeviceTest {
             {"data", {{"id", post}, {"status", status}, {"version", 1}, {"provider_id", 7}}}};
   }
 
-  Offline uplink_;
+  OfflineUplink uplink_;
   std::unique_ptr<Agent> agent_;
   std::mutex mu_;
   std::vector<std::string> told_;

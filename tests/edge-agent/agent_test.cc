@@ -88,6 +88,35 @@ class AgentTest : public ::testing::Test {
     return found;
   }
 
+  // Waits until the hub has published every outbox event and the broker
+  // has acknowledged it (the hub marks it sent): from then on nothing more
+  // is on its way to any device but what the broker holds.
+  bool AllOutboxSent() {
+    auto db = SqliteDb::Open(dir_.file("hub.db"));
+    if (!db.ok()) return false;
+    return test::Eventually([&] {
+      auto& q = (*db)->Prepare("SELECT count(*) FROM outbox WHERE sent_at IS NULL");
+      q.Reset();
+      auto row = q.Step("unsent");
+      return row.ok() && *row && q.Int(0) == 0;
+    }, seconds(20));
+  }
+  // MQTT options to connect as `agent` (its client id and broker
+  // credentials, from its config): to do to its broker session what a
+  // broker or a network might.
+  sync::MqttClient::Options ConnectAs(test::AgentProcess& agent) {
+    sync::MqttClient::Options o;
+    auto cfg = LoadDeviceConfig(agent.config_path());
+    EXPECT_TRUE(cfg.ok()) << cfg.error().ToString();
+    if (!cfg.ok()) return o;
+    std::ifstream pw_in(cfg->broker_password_file);
+    o.uri = broker_.uri();
+    o.client_id = cfg->device_id;
+    o.username = cfg->broker_user;
+    pw_in >> o.password;
+    return o;
+  }
+
   test::TempDir dir_;
   test::Broker broker_;
   std::unique_ptr<test::Hub> hub_;
@@ -278,22 +307,11 @@ TEST_F(AgentTest, AKioskWhoseBrokerQueueWasLostLearnsOnReturnWhatHappenedWhileAw
   // Once the hub has marked every event sent, the broker has acknowledged
   // surplus.claimed into the kiosk's queue. Drop that queue as an expired
   // session would: connect as the kiosk with a clean start.
-  auto db = SqliteDb::Open(dir_.file("hub.db"));
-  ASSERT_TRUE(db.ok());
-  ASSERT_TRUE(test::Eventually([&] {
-    auto& q = (*db)->Prepare("SELECT count(*) FROM outbox WHERE sent_at IS NULL");
-    q.Reset();
-    auto row = q.Step("unsent");
-    return row.ok() && *row && q.Int(0) == 0;
-  }, seconds(20)));
-  auto cfg = LoadDeviceConfig(kiosk->config_path());
-  ASSERT_TRUE(cfg.ok()) << cfg.error().ToString();
-  std::ifstream pw_in(cfg->broker_password_file);
-  std::string password;
-  pw_in >> password;
+  ASSERT_TRUE(AllOutboxSent());
   {
-    sync::MqttClient drop(sync::MqttClient::CleanSession(broker_.uri(), cfg->device_id, cfg->broker_user,
-                                                         password, {}, 100),
+    auto as_kiosk = ConnectAs(*kiosk);
+    sync::MqttClient drop(sync::MqttClient::CleanSession(as_kiosk.uri, as_kiosk.client_id, as_kiosk.username,
+                                                         as_kiosk.password, {}, 100),
                           [](auto&, auto&, auto&) {});
     Status st = drop.Connect(seconds(10));
     ASSERT_TRUE(st.ok()) << st.error().ToString();
@@ -323,16 +341,6 @@ TEST_F(AgentTest, AKioskWhoseBrokerDroppedMessagesBeyondItsQueueLimitCatchesUpAt
   int64_t ngo = Org("ngo", "A", 50.8225, -0.1372);
   auto kiosk = Agent("kiosk-1", "kiosk", provider_);
   auto tablet = Agent("tablet-a", "tablet", ngo);
-  auto db = SqliteDb::Open(dir_.file("hub.db"));
-  ASSERT_TRUE(db.ok());
-  auto all_sent = [&] {  // every outbox event published and acknowledged by the broker
-    return test::Eventually([&] {
-      auto& q = (*db)->Prepare("SELECT count(*) FROM outbox WHERE sent_at IS NULL");
-      q.Reset();
-      auto row = q.Step("unsent");
-      return row.ok() && *row && q.Int(0) == 0;
-    }, seconds(20));
-  };
   std::vector<int64_t> ids;
   std::map<int64_t, json> versions;
   for (const char* what : {"roti", "kue", "nasi"}) {
@@ -347,28 +355,18 @@ TEST_F(AgentTest, AKioskWhoseBrokerDroppedMessagesBeyondItsQueueLimitCatchesUpAt
     ASSERT_TRUE(test::Eventually([&] { return PostIn(kiosk->State(), id)["status"] == "dead_lettered"; }, seconds(20)));
     versions[id] = HubPosts().at(id)["version"];
   }
-  ASSERT_TRUE(all_sent());
+  ASSERT_TRUE(AllOutboxSent());
 
   // Away with its session kept and the process alive: stopped, and its
   // connection taken over by a client that leaves at once (the broker
   // closes the stopped kiosk's connection and keeps the session).
-  auto cfg = LoadDeviceConfig(kiosk->config_path());
-  ASSERT_TRUE(cfg.ok()) << cfg.error().ToString();
-  std::ifstream pw_in(cfg->broker_password_file);
-  std::string password;
-  pw_in >> password;
   kiosk->Signal(SIGSTOP);
   struct Resume {
     test::AgentProcess& p;
     ~Resume() { p.Signal(SIGCONT); }
   } resume{*kiosk};
   {
-    sync::MqttClient::Options o;
-    o.uri = broker_.uri();
-    o.client_id = cfg->device_id;
-    o.username = cfg->broker_user;
-    o.password = password;
-    sync::MqttClient takeover(o, [](auto&, auto&, auto&) {});
+    sync::MqttClient takeover(ConnectAs(*kiosk), [](auto&, auto&, auto&) {});  // keeps the session
     Status st = takeover.Connect(seconds(10));
     ASSERT_TRUE(st.ok()) << st.error().ToString();
     ASSERT_TRUE(takeover.session_kept());
@@ -380,7 +378,7 @@ TEST_F(AgentTest, AKioskWhoseBrokerDroppedMessagesBeyondItsQueueLimitCatchesUpAt
     auto r = tablet->Call("POST", "/api/surplus/" + std::to_string(id) + "/claim", {{"version", versions[id]}});
     ASSERT_EQ(r.status, 202);
     ASSERT_EQ(WaitOutcome(*tablet, r.body["op"])["status"], "accepted");
-    ASSERT_TRUE(all_sent());
+    ASSERT_TRUE(AllOutboxSent());
   };
   ASSERT_NO_FATAL_FAILURE(claim(ids[0]));
   ASSERT_NO_FATAL_FAILURE(claim(ids[1]));

@@ -382,7 +382,6 @@ TestDevice::TestDevice(const Broker& broker, std::string id)
         auto down = sync::DecodeDown(payload);
         if (!down.ok()) return;
         std::lock_guard lock(mu_);
-        publishes_++;
         Received got{down->prev, {}};
         for (const auto& j : down->messages)
           if (j.contains("id") && j["id"].is_number_integer()) got.ids.push_back(j["id"].get<int64_t>());

@@ -205,7 +205,7 @@ class TestDevice {
   // carries several; repeats dropped).
   int publishes() const {
     std::lock_guard lock(mu_);
-    return publishes_;
+    return int(publish_log_.size());
   }
   std::vector<nlohmann::json> messages() const {
     std::lock_guard lock(mu_);
@@ -233,7 +233,6 @@ class TestDevice {
   std::vector<nlohmann::json> received_;  // guarded by mu_
   std::set<int64_t> seen_ids_;            // guarded by mu_
   int duplicates_ = 0;                    // guarded by mu_
-  int publishes_ = 0;                     // guarded by mu_
   std::vector<Received> publish_log_;     // guarded by mu_
   // Last: destroyed first, so its callback thread is gone before the state
   // the callback touches.

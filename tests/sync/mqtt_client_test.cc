@@ -9,7 +9,12 @@
 
 #include <atomic>
 #include <fstream>
+#include <optional>
 #include <vector>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/lsan_interface.h>
+#endif
 
 #include "sync/mqtt_client.h"
 #include "tests/support/test_support.h"
@@ -166,6 +171,37 @@ TEST(MqttClient, ItsConnectionToTheBrokerHasNagleOff) {
   EXPECT_EQ(test::NoDelayOfSockets(0, ntohs(addr.sin_port)), std::vector<int>{0}) << "not ours to change";
   close(other);
   close(listener);
+}
+
+// Paho keeps what it allocated for a message (here the traceparent property
+// of a publish, held by its Ack) in a record of its own; when the last client
+// of a process goes, Paho tears down and, at the next client, starts a new
+// record in which the message is no longer found: freeing it later frees
+// nothing. The client keeps Paho set up for the process's lifetime
+// (KeepPahoSetUp). Only LeakSanitizer sees the difference, so this runs in
+// the ASan suite (packaging/test.sh); it failed there without the fix.
+TEST(MqttClient, WhatPahoAllocatedForAPublishIsFreedAfterItsClientHasGone) {
+#if !defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "needs LeakSanitizer: runs in the ASan build (packaging/test.sh)";
+#else
+  test::Broker broker;
+  ASSERT_GT(broker.port(), 0);
+  broker.AddUser("dev-l", "pw-l");
+  std::optional<sync::MqttClient::Ack> ack;
+  {
+    sync::MqttClient first(sync::MqttClient::CleanSession(broker.uri(), "dev-l", "dev-l", "pw-l", {}, 100),
+                           [](auto&, auto&, auto&) {});
+    ASSERT_TRUE(test::Eventually([&] { return first.Connect(seconds(2)).ok(); }, seconds(20))) << broker.Log();
+    auto published = first.Publish("pp/v1/up/dev-l/post", "{}", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+    ASSERT_TRUE(published.ok());
+    ack = *published;
+    ASSERT_TRUE(ack->Wait(seconds(10)).ok());
+  }
+  sync::MqttClient second(sync::MqttClient::CleanSession(broker.uri(), "dev-m", "dev-m", "pw-m", {}, 100),
+                          [](auto&, auto&, auto&) {});
+  ack.reset();
+  EXPECT_EQ(__lsan_do_recoverable_leak_check(), 0) << "LeakSanitizer's report is above";
+#endif
 }
 
 }  // namespace

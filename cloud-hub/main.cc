@@ -258,11 +258,13 @@ int main(int argc, char** argv) {
       if (auto ack = m->Publish(pp::sync::DownTopic(device), message, tp, 0); !ack.ok())
         pp::Log(pp::LogLevel::kWarn, "query_answer_not_sent", {{"device", device}, {"error", ack.error().ToString()}});
     });
+    // Made before the first message can arrive: pings name what it sent.
+    relay = std::make_unique<pp::OutboxRelay>(hub, *mqtt);
+    ingest->SetLastSent([r = relay.get()](const std::string& device) { return r->LastSentTo(device); });
     if (auto st = mqtt->Connect(std::chrono::seconds(10)); !st.ok()) {
       std::fprintf(stderr, "pp-hub: %s\n", st.error().ToString().c_str());
       return 1;
     }
-    relay = std::make_unique<pp::OutboxRelay>(hub, *mqtt);
     relay->SetMetrics(&metrics);
     hub.SetCommitHook([r = relay.get()] { r->Notify(); });
     relay->Start();

@@ -353,10 +353,15 @@ void Agent::ForgetPing() {
 
 bool Agent::HubListening() {
   const Timestamp now = clock_.Now();
+  bool listening;
   {
     std::lock_guard lock(mu_);
-    if (hub_listening_) return true;
-    if (!ping_op_.empty()) {
+    listening = hub_listening_;
+    if (listening) {
+      // Pinged again every kCheckEvery: the answer names the last message
+      // the hub sent us, so a loss shows even when nothing more comes.
+      if (now - pinged_at_ < kCheckEvery) return true;
+    } else if (!ping_op_.empty()) {
       if (now - pinged_at_ < ping_gap_) return false;
       ping_gap_ = NextPingGap(ping_gap_);
     }
@@ -364,7 +369,7 @@ bool Agent::HubListening() {
     pinged_at_ = now;
   }
   SendQuery(sync::kOpPing, json::object(), &ping_op_);  // its answer also carries the hub's clock ("ts")
-  return false;
+  return listening;
 }
 
 void Agent::SendQuery(const char* type, const json& body, std::string* op_to) {
@@ -545,6 +550,27 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
     catchup_next = -1;
     catchup_done = false;
     gap = still_owed = false;
+    // The hub says it sent us `id` (a publish's `prev`: the last message of
+    // its previous publish; a ping answer's `last`): not applied means the
+    // broker lost it and perhaps more before it (docs/protocol.md, section
+    // 6, "Gaps"). Owed in this transaction, so a crash keeps the debt.
+    auto check_sent = [&](int64_t id, const char* named_as) -> Status {
+      PP_ASSIGN_OR_RETURN(auto lost_after, tx.GapBefore(id));
+      if (!lost_after || *lost_after <= 0) return OkStatus();
+      // A catch-up under way starts again from here, so it must not owe
+      // less than what it had still to read.
+      int64_t from = *lost_after;
+      {
+        std::lock_guard lock(mu_);
+        if (catching_up_ && catchup_asked_after_ >= 0) from = std::min(from, catchup_asked_after_);
+      }
+      const int64_t owed = MetaInt(tx, "catchup_owed");
+      if (owed == 0 || from < owed) PP_RETURN_IF_ERROR(tx.SetMeta("catchup_owed", std::to_string(from)));
+      gap = true;
+      Log(LogLevel::kWarn, "down_gap",
+          {{"device", config_.device_id}, {named_as, std::to_string(id)}, {"after", std::to_string(*lost_after)}});
+      return OkStatus();
+    };
     // One down message: an outcome or an event (a batch is opened below;
     // a catch-up answer carries messages to apply the same way).
     std::function<Status(json&, const std::string&)> apply;
@@ -563,13 +589,13 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
       // The answer to one of our queries (nearby, ping): the hub sends it
       // straight, without an outbox id; nothing to apply twice.
       if (m["kind"] == "outcome" && m.contains("op") && m["op"].is_string()) {
-        bool query, catchup = false;
+        bool query, catchup = false, ping = false;
         int64_t asked_after = -1;
         {
           std::lock_guard lock(mu_);
           const std::string& op = m["op"].get_ref<const std::string&>();
           query = queries_.erase(op) > 0;
-          if (query && op == ping_op_) hub_listening_ = heard = true;
+          if (query && op == ping_op_) hub_listening_ = heard = ping = true;
           if (query && op == catchup_op_) {
             catchup = true;
             catchup_op_.clear();
@@ -582,6 +608,9 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
           if (m.contains("id") && m["id"].is_number_integer())
             PP_RETURN_IF_ERROR(tx.MarkApplied(m["id"].get<int64_t>()).status());
           const bool accepted = m.value("status", "") == "accepted";
+          if (ping && accepted && data.is_object() && data.contains("last") && data["last"].is_number_unsigned() &&
+              data["last"].get<uint64_t>() > 0 && data["last"].get<uint64_t>() <= uint64_t(INT64_MAX))
+            PP_RETURN_IF_ERROR(check_sent(data["last"].get<int64_t>(), "last"));
           if (catchup && accepted && data.is_object() && data.contains("messages") &&
               data["messages"].is_array() && data.contains("next") && data["next"].is_number_unsigned() &&
               data["next"].get<uint64_t>() <= uint64_t(INT64_MAX)) {
@@ -657,27 +686,7 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
             {{"error", down.error().message}, {"payload", payload.substr(0, 200)}});
         continue;
       }
-      // The hub's previous publish to us ends with `prev`: not applied
-      // means the broker lost what came between (docs/protocol.md, section
-      // 6, "Gaps"). Owed in this transaction, so a crash keeps the debt.
-      if (down->prev > 0) {
-        PP_ASSIGN_OR_RETURN(auto lost_after, tx.GapBefore(down->prev));
-        if (lost_after && *lost_after > 0) {
-          // A catch-up under way starts again from here, so it must not
-          // owe less than what it had still to read.
-          int64_t from = *lost_after;
-          {
-            std::lock_guard lock(mu_);
-            if (catching_up_ && catchup_asked_after_ >= 0) from = std::min(from, catchup_asked_after_);
-          }
-          const int64_t owed = MetaInt(tx, "catchup_owed");
-          if (owed == 0 || from < owed) PP_RETURN_IF_ERROR(tx.SetMeta("catchup_owed", std::to_string(from)));
-          gap = true;
-          Log(LogLevel::kWarn, "down_gap",
-              {{"device", config_.device_id}, {"prev", std::to_string(down->prev)},
-               {"after", std::to_string(*lost_after)}});
-        }
-      }
+      if (down->prev > 0) PP_RETURN_IF_ERROR(check_sent(down->prev, "prev"));
       for (auto& m : down->messages) PP_RETURN_IF_ERROR(apply(m, payload));
     }
     PP_RETURN_IF_ERROR(tx.SetMeta("last_sync", std::to_string(ToUnixMillis(now))));

@@ -43,7 +43,10 @@
 // beyond its queue limit. Each publish from the hub names the last message
 // of the one before it (`prev`); if that was never applied here, the agent
 // owes itself a catch-up from the last id applied before it (meta
-// catchup_owed, written with the publish, so it survives a crash).
+// catchup_owed, written with the publish, so it survives a crash); and
+// the answer to a ping (sent on connecting and every kCheckEvery) names the
+// last message the hub sent, checked the same way, so that a loss shows
+// even when nothing more comes.
 // A device that has applied nothing yet does not ask: there is nothing it
 // can have missed.
 //
@@ -140,6 +143,10 @@ class Agent {
   // city's devices would otherwise ping the broker every 2 s each.
   static constexpr Duration kPingRetry{std::chrono::seconds(2)};
   static constexpr Duration kPingRetryMax{std::chrono::seconds(30)};
+  // While connected the agent pings again this often: the answer names the
+  // last message the hub sent it ("last"), which shows a loss even to a
+  // device that gets nothing more (docs/protocol.md, section 6, "Gaps").
+  static constexpr Duration kCheckEvery{std::chrono::minutes(5)};
   static constexpr Duration NextPingGap(Duration gap) { return std::min(gap * 2, kPingRetryMax); }
 
   Agent(DeviceConfig config, sync::SecretKey key, AgentStore& store, const Clock& clock,

@@ -254,9 +254,10 @@ void DeviceIngest::OnMessage(const std::string& topic, const std::string& payloa
     if (!env.body.empty())
       return Refuse(topic_device, env, Error::Invalid("ping takes an empty body"), traceparent);
     accepted_++;
-    return AnswerQuery(device.id,
-                       {env.op, env.seq, sync::OutcomeStatus::kAccepted, "ok", "",
-                        {{"now", FormatRfc3339(hub_.clock().Now())}}},
+    nlohmann::json data{{"now", FormatRfc3339(hub_.clock().Now())}};
+    if (last_sent_)
+      if (auto last = last_sent_(device.id)) data["last"] = *last;
+    return AnswerQuery(device.id, {env.op, env.seq, sync::OutcomeStatus::kAccepted, "ok", "", std::move(data)},
                        traceparent);
   }
   if (env.type == sync::kOpPickUp) {

@@ -17,6 +17,7 @@
 #include <atomic>
 #include <chrono>
 #include <functional>
+#include <optional>
 #include <string>
 
 #include "cloud-hub/core/hub_service.h"
@@ -52,6 +53,12 @@ class DeviceIngest {
   using QueryReply = std::function<void(const std::string& device, const std::string& message,
                                         const std::string& traceparent)>;
   void SetQueryReply(QueryReply r) { query_reply_ = std::move(r); }
+  // The id of the last message the relay sent a device (OutboxRelay::
+  // LastSentTo), named in the answer to its ping as "last": a device that
+  // never applied it lost it, and catches up (docs/protocol.md, section 6,
+  // "Gaps"). Set once, before traffic; without it pings name none.
+  using LastSent = std::function<std::optional<int64_t>(const std::string& device)>;
+  void SetLastSent(LastSent f) { last_sent_ = std::move(f); }
   // Claims and acceptances feed surplus_claim_latency_seconds{door="mqtt"}
   // (receipt to commit); the ingest counters are read from stats().
   void SetMetrics(metrics::Registry* registry);
@@ -86,6 +93,7 @@ class DeviceIngest {
   HubService& hub_;
   NearbyQuery nearby_;
   QueryReply query_reply_;
+  LastSent last_sent_;
   metrics::Histogram* claim_latency_ = nullptr;
   std::atomic<uint64_t> received_{0}, accepted_{0}, refused_{0}, dropped_{0}, queries_{0};
 };

@@ -127,6 +127,13 @@ void OutboxRelay::Loop() {
   }
 }
 
+std::optional<int64_t> OutboxRelay::LastSentTo(const std::string& device) const {
+  std::lock_guard lock(last_mu_);
+  auto it = last_sent_.find(device);
+  if (it == last_sent_.end()) return std::nullopt;
+  return it->second;
+}
+
 Result<bool> OutboxRelay::RelayPage() {
   std::set<int64_t> unmarked;
   {
@@ -236,8 +243,8 @@ Result<bool> OutboxRelay::RelayPage() {
     int64_t prev = 0;
     if (auto it = last_now.find(*p.device); it != last_now.end()) {
       prev = it->second;
-    } else if (auto was = last_sent_.find(*p.device); was != last_sent_.end()) {
-      prev = was->second;
+    } else if (auto was = LastSentTo(*p.device)) {
+      prev = *was;
     }
     last_now[*p.device] = (*page)[(p.to - 1)->event].id;
     std::string bytes;
@@ -255,7 +262,10 @@ Result<bool> OutboxRelay::RelayPage() {
   while (acked < acks.size()) PP_RETURN_IF_ERROR(await_next_ack());
   // Only now: a page that failed half-way is published again naming the
   // same prev as the first time.
-  for (auto& [device, id] : last_now) last_sent_[device] = id;
+  {
+    std::lock_guard lock(last_mu_);
+    for (auto& [device, id] : last_now) last_sent_[device] = id;
+  }
   {
     std::lock_guard lock(mu_);
     unmarked_.insert(ids.begin(), ids.end());

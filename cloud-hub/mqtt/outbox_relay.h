@@ -73,6 +73,10 @@ class OutboxRelay {
   // outbox_relay_delay_seconds: from an event's commit to the broker's
   // PUBACK of its last publish, i.e. the relay's share of what devices wait.
   void SetMetrics(metrics::Registry* registry);
+  // The last id of the last publish to `device` the broker acknowledged in
+  // this run, if any: named in the hub's answer to a ping, so that a device
+  // that has heard nothing since can still see what it lost.
+  std::optional<int64_t> LastSentTo(const std::string& device) const;
 
   static constexpr size_t kWindow = 100;  // publishes awaiting PUBACK
   static constexpr int kPage = 500;       // events a pass takes
@@ -94,9 +98,11 @@ class OutboxRelay {
   int marks_pending_ = 0;             // guarded by mu_
   bool mark_failed_ = false;          // since the last pass; guarded by mu_
   // Per device, the last id of the last publish the broker acknowledged, in
-  // this run (a publish's `prev`). The relay's thread only. One entry per
-  // device that received anything: under 100 bytes each.
-  std::unordered_map<std::string, int64_t> last_sent_;
+  // this run (a publish's `prev`). Written by the relay's thread, read by the
+  // ingest workers answering pings. One entry per device that received
+  // anything: under 100 bytes each.
+  mutable std::mutex last_mu_;
+  std::unordered_map<std::string, int64_t> last_sent_;  // guarded by last_mu_
 };
 
 }  // namespace pp

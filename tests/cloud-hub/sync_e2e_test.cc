@@ -141,6 +141,20 @@ TEST_F(SyncTest, QueriesAreAnsweredAtOnceOutsideTheOutbox) {
   ASSERT_FALSE(pong.is_null());
   EXPECT_TRUE(pong["data"]["now"].is_string());
   EXPECT_FALSE(pong.contains("id"));
+  // "last": the id of the last message the relay sent this device (its
+  // post's outcome at least), which the device receives; none for a device
+  // the relay has sent nothing (docs/protocol.md, section 6, "Gaps").
+  ASSERT_TRUE(pong["data"].contains("last") && pong["data"]["last"].is_number_integer()) << pong.dump();
+  const int64_t last = pong["data"]["last"].get<int64_t>();
+  EXPECT_TRUE(test::Eventually([&] {
+    for (const json& m : kiosk_->messages())
+      if (m.contains("id") && m["id"] == last) return true;
+    return false;
+  })) << "the ping named " << last << ", a message the device never received";
+  auto quiet = Device("kiosk-q", "kiosk", Org("provider", 51.6, -0.2));
+  json quiet_pong = quiet->WaitOutcome(quiet->Send("ping", json::object()).op);
+  ASSERT_FALSE(quiet_pong.is_null());
+  EXPECT_FALSE(quiet_pong["data"].contains("last")) << quiet_pong.dump();
 
   json bad = tablet_->WaitOutcome(tablet_->Send("nearby", {{"lat", 91}, {"lon", -0.1}}).op);
   ASSERT_FALSE(bad.is_null());

@@ -465,6 +465,66 @@ TEST_F(AgentQueryTest, APublishNamingAMessageNeverAppliedStartsACatchUpFromBefor
   agent->Stop();
 }
 
+// A loss with nothing after it: no later publish names it as `prev`. The
+// answer to a ping names the last message the hub sent the device ("last");
+// the agent pings on connecting and again every kCheckEvery, and a `last`
+// never applied owes a catch-up, as a `prev` does.
+TEST_F(AgentQueryTest, EveryFewMinutesAPingAsksWhatTheHubSentLastAndALossStartsACatchUp) {
+  SimulatedClock clock(SystemClock::Instance().Now());
+  Agent agent(cfg_, sync::GenerateKeyPair().secret_key, *store_, clock, uplink_);
+  uplink_.session_kept = true;
+  agent.Start();
+  AnswerPing(agent, clock);
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("nearby") == 1; }));
+  const int64_t now_ms = ToUnixMillis(clock.Now());
+  auto event = [&](int64_t id, int64_t post) {
+    return json{{"v", 1}, {"kind", "event"}, {"id", id}, {"ts", now_ms}, {"type", "surplus.posted"},
+                {"data", {{"id", post}, {"status", "available"}, {"version", 1}, {"provider_id", 7}}}};
+  };
+  auto has_post = [&](int64_t post) {
+    json st = *agent.State();
+    for (const auto& p : st["posts"]) if (p["id"] == post) return true;
+    return false;
+  };
+  auto answer_ping = [&](int64_t last) {
+    agent.OnDown(Answer(*uplink_.OpOf("ping"), "accepted", {{"now", "x"}, {"last", last}}, now_ms).dump());
+  };
+  agent.OnDown(event(5, 41).dump());
+  ASSERT_TRUE(test::Eventually([&] { return has_post(41); }));
+
+  // Not yet: an op wakes the sender, which sends it and no ping.
+  clock.Advance(Agent::kCheckEvery - std::chrono::seconds(1));
+  ASSERT_TRUE(agent.Submit(sync::kOpDecline, {{"surplus_id", 41}}).ok());
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("decline") == 1; }));
+  EXPECT_EQ(uplink_.Count("ping"), 1u) << "pinged again before kCheckEvery";
+  clock.Advance(std::chrono::seconds(1));
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("ping") == 2; })) << "no ping after kCheckEvery";
+
+  // The last message sent was applied here: nothing owed. (Applying the
+  // event after the answer shows the answer was handled; the op after it
+  // shows the sender has passed since.)
+  answer_ping(5);
+  agent.OnDown(event(6, 42).dump());
+  ASSERT_TRUE(test::Eventually([&] { return has_post(42); }));
+  ASSERT_TRUE(agent.Submit(sync::kOpDecline, {{"surplus_id", 42}}).ok());
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("decline") == 2; }));
+  EXPECT_EQ(uplink_.Count("catchup"), 0u) << "caught up though the last message sent was applied";
+
+  // Five minutes on, the hub names 9, never applied: 7 to 9 were lost (the
+  // broker dropped them and nothing came after). Asks from 6.
+  clock.Advance(Agent::kCheckEvery);
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("ping") == 3; }));
+  answer_ping(9);
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("catchup") == 1; })) << "the loss went unseen";
+  EXPECT_EQ(uplink_.BodyOf("catchup"), (json{{"after", 6}}));
+  agent.OnDown(Answer(*uplink_.OpOf("catchup"), "accepted",
+                      {{"messages", {event(7, 43), event(9, 45)}}, {"next", 9}, {"more", false}}, now_ms)
+                   .dump());
+  ASSERT_TRUE(test::Eventually([&] { return has_post(45); })) << "the lost messages were not applied";
+  EXPECT_TRUE(has_post(43));
+  agent.Stop();
+}
+
 TEST(AgentInFlight, CountsTheOpsOnEachPostUntilAnswered) {
   InFlight f;
   const Timestamp t0 = SystemClock::Instance().Now();

@@ -34,6 +34,18 @@ class DeviceTest : public ::testing::Test {
     cfg_.position = at;
   }
 
+  // The hub's surplus.posted for `post`, outbox id `id`, at ts_ms.
+  static json Posted(int64_t id, int64_t post, int64_t ts_ms) {
+    return {{"v", 1}, {"kind", "event"}, {"id", id}, {"ts", ts_ms}, {"type", "surplus.posted"},
+            {"data", {{"id", post}, {"status", "available"}, {"version", 1}, {"provider_id", 7}}}};
+  }
+  // Whether the agent's mirror of posts holds `post`.
+  static bool HasPost(Agent& agent, int64_t post) {
+    json st = *agent.State();
+    for (const auto& p : st["posts"]) if (p["id"] == post) return true;
+    return false;
+  }
+
   test::TempDir dir_;
   std::unique_ptr<AgentStore> store_;
   DeviceConfig cfg_;
@@ -288,15 +300,8 @@ TEST_F(AgentQueryTest, OnStartAndWhenTheBrokerLostItsSessionItAsksForWhatItMayHa
   EXPECT_EQ(uplink_.Count("catchup"), 0u) << "asked with nothing applied";
 
   const int64_t now_ms = ToUnixMillis(clock.Now());
-  auto event = [&](int64_t id, int64_t post) {
-    return json{{"v", 1}, {"kind", "event"}, {"id", id}, {"ts", now_ms}, {"type", "surplus.posted"},
-                {"data", {{"id", post}, {"status", "available"}, {"version", 1}, {"provider_id", 7}}}};
-  };
-  auto has_post = [&](int64_t post) {
-    json st = *agent.State();
-    for (const auto& p : st["posts"]) if (p["id"] == post) return true;
-    return false;
-  };
+  auto event = [&](int64_t id, int64_t post) { return Posted(id, post, now_ms); };
+  auto has_post = [&](int64_t post) { return HasPost(agent, post); };
   agent.OnDown(event(5, 41).dump());
   ASSERT_TRUE(test::Eventually([&] { return has_post(41); }));
 
@@ -373,16 +378,8 @@ TEST_F(AgentQueryTest, APublishNamingAMessageNeverAppliedStartsACatchUpFromBefor
   AnswerPing(*agent, clock);
   ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("nearby") == 1; }));
   const int64_t now_ms = ToUnixMillis(clock.Now());
-  auto event = [&](int64_t id, int64_t post) {
-    return json{{"v", 1}, {"kind", "event"}, {"id", id}, {"ts", now_ms}, {"type", "surplus.posted"},
-                {"data", {{"id", post}, {"status", "available"}, {"version", 1}, {"provider_id", 7}}}}
-        .dump();
-  };
-  auto has_post = [&](Agent& a, int64_t post) {
-    json st = *a.State();
-    for (const auto& p : st["posts"]) if (p["id"] == post) return true;
-    return false;
-  };
+  auto event = [&](int64_t id, int64_t post) { return Posted(id, post, now_ms).dump(); };
+  auto has_post = [&](Agent& a, int64_t post) { return HasPost(a, post); };
   // The hub's answer to the catch-up just asked: `messages` (JSON texts) up
   // to `next`, and whether there is more.
   auto answer_catchup = [&](std::vector<std::string> messages, int64_t next, bool more) {
@@ -477,15 +474,8 @@ TEST_F(AgentQueryTest, EveryFewMinutesAPingAsksWhatTheHubSentLastAndALossStartsA
   AnswerPing(agent, clock);
   ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("nearby") == 1; }));
   const int64_t now_ms = ToUnixMillis(clock.Now());
-  auto event = [&](int64_t id, int64_t post) {
-    return json{{"v", 1}, {"kind", "event"}, {"id", id}, {"ts", now_ms}, {"type", "surplus.posted"},
-                {"data", {{"id", post}, {"status", "available"}, {"version", 1}, {"provider_id", 7}}}};
-  };
-  auto has_post = [&](int64_t post) {
-    json st = *agent.State();
-    for (const auto& p : st["posts"]) if (p["id"] == post) return true;
-    return false;
-  };
+  auto event = [&](int64_t id, int64_t post) { return Posted(id, post, now_ms); };
+  auto has_post = [&](int64_t post) { return HasPost(agent, post); };
   auto answer_ping = [&](int64_t last) {
     agent.OnDown(Answer(*uplink_.OpOf("ping"), "accepted", {{"now", "x"}, {"last", last}}, now_ms).dump());
   };

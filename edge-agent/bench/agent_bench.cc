@@ -29,11 +29,11 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <ctime>
-#include <mutex>
 #include <cstdio>
+#include <ctime>
 #include <fstream>
 #include <map>
+#include <mutex>
 #include <thread>
 
 #include "cloud-hub/bench/bench_hub.h"
@@ -99,6 +99,7 @@ void MeasureApply(const std::string& dir, int n, int64_t provider) {
     std::mutex mu;
     std::condition_variable cv;
     int applied = 0;  // guarded by mu
+    int64_t last = 0;  // the id of the last publish fed to it
     std::vector<double> us;
   } sides[2];
   for (int k = 0; k < 2; ++k) {
@@ -130,7 +131,6 @@ void MeasureApply(const std::string& dir, int n, int64_t provider) {
   for (int r = 0; r < rounds; ++r) {
     for (int k = 0; k < 2; ++k) {
       Side& side = sides[k];
-      const int64_t first = id + 1;
       double c0 = CpuSeconds();
       for (int i = 0; i < per_round; ++i) {
         ++id;
@@ -141,10 +141,9 @@ void MeasureApply(const std::string& dir, int n, int64_t provider) {
           std::lock_guard lock(side.mu);
           want = side.applied + 1;
         }
-        // Side 1 names the previous publish (the first of a round names the
-        // last one of its previous round).
-        const int64_t prev = k == 1 && id > per_round ? (id == first ? first - 1 - per_round : id - 1) : 0;
-        side.agent->OnDown(sync::WithPrev(m.dump(), prev));
+        // Side 1 names the previous publish it was fed.
+        side.agent->OnDown(sync::WithPrev(m.dump(), k == 1 ? side.last : 0));
+        side.last = id;
         std::unique_lock lock(side.mu);  // blocking, so that waiting costs no CPU
         side.cv.wait(lock, [&] { return side.applied >= want; });
       }

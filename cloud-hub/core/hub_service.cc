@@ -413,8 +413,8 @@ Result<std::optional<Device>> HubService::FindDevice(const std::string& id) {
   return d;
 }
 
-Result<std::vector<OutboxEvent>> HubService::ListUnsentOutbox(int limit) {
-  return Read<std::vector<OutboxEvent>>([&](StoreSession& s) { return s.ListUnsentOutbox(0, limit); });
+Result<std::vector<OutboxEvent>> HubService::ListUnsentOutbox(int limit, int64_t after_id) {
+  return Read<std::vector<OutboxEvent>>([&](StoreSession& s) { return s.ListUnsentOutbox(after_id, limit); });
 }
 
 Result<std::vector<OutboxEvent>> HubService::ListOutbox(int64_t after_id, int limit) {

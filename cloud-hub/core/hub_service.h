@@ -143,8 +143,8 @@ class HubService {
               Callback done);
   // Appends one outbox event in its own transaction.
   void Emit(OutboxEvent event, std::function<void(Status)> done);
-  // The relay's side of the outbox.
-  Result<std::vector<OutboxEvent>> ListUnsentOutbox(int limit);
+  // The relay's side of the outbox: unsent events after `after_id`, in id order.
+  Result<std::vector<OutboxEvent>> ListUnsentOutbox(int limit, int64_t after_id = 0);
   // Sent or not, after `after_id`, in id order (a device catching up).
   Result<std::vector<OutboxEvent>> ListOutbox(int64_t after_id, int limit);
   // Marks events sent in the next group commit; `done` runs after it.

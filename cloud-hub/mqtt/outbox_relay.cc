@@ -138,13 +138,22 @@ Result<bool> OutboxRelay::RelayPage() {
   std::set<int64_t> unmarked;
   {
     std::lock_guard lock(mu_);
-    if (std::exchange(mark_failed_, false)) return Error::Unavailable("marking published events sent failed");
+    if (std::exchange(mark_failed_, false)) {
+      from_start_ = true;  // what failed to mark lies below the cursor
+      return Error::Unavailable("marking published events sent failed");
+    }
     unmarked = unmarked_;
   }
   if (!mqtt_.connected()) return Error::Unavailable("broker not connected");
-  auto page = hub_.ListUnsentOutbox(kPage + int(unmarked.size()));
+  // Everything awaiting its mark lies at or below the cursor: a pass after
+  // it has nothing to skip (the header comment says when to start over).
+  const bool from_start = from_start_ || passes_since_start_ >= kRescanEvery;
+  const int limit = kPage + (from_start ? int(unmarked.size()) : 0);
+  auto page = hub_.ListUnsentOutbox(limit, from_start ? 0 : cursor_);
   if (!page.ok()) return page.take_error();
-  const bool full = int(page->size()) == kPage + int(unmarked.size());  // more may wait: go on at once
+  const bool full = int(page->size()) == limit;  // more may wait: go on at once
+  passes_since_start_ = from_start ? 0 : passes_since_start_ + 1;
+  from_start_ = !from_start && !full;  // caught up: look below the cursor once
   std::erase_if(*page, [&](const OutboxEvent& e) { return unmarked.count(e.id) > 0; });
   if (page->empty()) return false;
 
@@ -266,6 +275,7 @@ Result<bool> OutboxRelay::RelayPage() {
     std::lock_guard lock(last_mu_);
     for (auto& [device, id] : last_now) last_sent_[device] = id;
   }
+  cursor_ = std::max(cursor_, page->back().id);  // a page is in id order
   {
     std::lock_guard lock(mu_);
     unmarked_.insert(ids.begin(), ids.end());

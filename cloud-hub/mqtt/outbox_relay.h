@@ -18,6 +18,15 @@
 // A page's messages for one device go in one publish (a batch, see
 // docs/protocol.md, "Batch"), in outbox order, cut where the next would not
 // fit the broker's packet size: an MQTT message costs far more than its bytes.
+// Where a pass lists from: after the last event this run published (a
+// cursor), so that events published and only waiting for their marks are not
+// read again page after page. In a rush thousands of marks wait behind the
+// ingest in the group committer, and listing them again cost the relay more
+// than its publishing did. From the start instead (skipping what awaits its
+// mark) on the first pass, after a failed mark, once a pass has caught up,
+// and every kRescanEvery pages: an event that commits late with an id below
+// the cursor (PostgreSQL with several writers) still goes out.
+//
 // Each publish names (`prev`) the last message of this relay's previous
 // publish to the same device: a device that never got it knows it lost
 // something (docs/protocol.md, section 6, "Gaps").
@@ -80,6 +89,7 @@ class OutboxRelay {
 
   static constexpr size_t kWindow = 100;  // publishes awaiting PUBACK
   static constexpr int kPage = 500;       // events a pass takes
+  static constexpr int kRescanEvery = 20; // passes after the cursor between passes from the start
 
  private:
   void Loop();
@@ -91,6 +101,11 @@ class OutboxRelay {
   Mark mark_;
   metrics::Histogram* delay_ = nullptr;  // set before Start()
   std::thread thread_;
+  // The relay's thread only: the highest id a pass published in full, and
+  // whether the next pass lists from the start.
+  int64_t cursor_ = 0;
+  bool from_start_ = true;
+  int passes_since_start_ = 0;
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false, poke_ = false;  // guarded by mu_

@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/sqlite_db.h"
 #include "tests/support/test_support.h"
 
 namespace pp {
@@ -136,6 +137,37 @@ TEST_F(OutboxRelayTest, APendingMarkHoldsNothingUpAndRepublishesNothing) {
   release();
   relay.Stop();
   EXPECT_TRUE(hub_.ListUnsentOutbox(10)->empty());
+}
+
+// A pass lists after the last event the relay published (its cursor), but
+// an event can become unsent below it: on PostgreSQL one committed late by
+// another writer with a lower id. The passes from the start find it.
+TEST_F(OutboxRelayTest, AnEventUnsentBelowWhatTheRelayHasPublishedStillGoesOut) {
+  OutboxRelay relay(hub_, *mqtt_);
+  hub_.SetCommitHook([&] { relay.Notify(); });
+  relay.Start();
+  int64_t first = Post("lemper");
+  ASSERT_TRUE(KioskHeardOf(first));
+  ASSERT_TRUE(AllMarked());
+  int64_t second = Post("pastel");
+  ASSERT_TRUE(KioskHeardOf(second));
+  ASSERT_TRUE(AllMarked());
+  ASSERT_EQ(kiosk_.duplicates_dropped(), 0);
+
+  // The first post's event unsent again, below the cursor, as a late commit
+  // would leave it (a second connection to the hub's file, as another writer).
+  auto db = SqliteDb::Open(dir_.file("hub.db"));
+  ASSERT_TRUE(db.ok());
+  auto& set = (*db)->Prepare("UPDATE outbox SET sent_at=NULL WHERE id=(SELECT MIN(id) FROM outbox)");
+  ASSERT_TRUE(set.Reset().Run("unsend").ok());
+  ASSERT_EQ((*db)->Changes(), 1);
+  relay.Notify();
+
+  EXPECT_TRUE(test::Eventually([&] { return kiosk_.duplicates_dropped() == 1; }, std::chrono::seconds(10)))
+      << "the event below the cursor was not published";
+  EXPECT_TRUE(AllMarked());
+  relay.Stop();
+  hub_.SetCommitHook(nullptr);
 }
 
 TEST_F(OutboxRelayTest, ADevicesMessagesInAPageComeBatchedInOrderUnderThePacketSize) {

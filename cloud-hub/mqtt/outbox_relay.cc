@@ -139,7 +139,7 @@ Result<bool> OutboxRelay::RelayPage() {
   {
     std::lock_guard lock(mu_);
     if (std::exchange(mark_failed_, false)) {
-      from_start_ = true;  // what failed to mark lies below the cursor
+      passes_to_start_ = 0;  // what failed to mark lies below the cursor
       return Error::Unavailable("marking published events sent failed");
     }
     unmarked = unmarked_;
@@ -147,13 +147,13 @@ Result<bool> OutboxRelay::RelayPage() {
   if (!mqtt_.connected()) return Error::Unavailable("broker not connected");
   // Everything awaiting its mark lies at or below the cursor: a pass after
   // it has nothing to skip (the header comment says when to start over).
-  const bool from_start = from_start_ || passes_since_start_ >= kRescanEvery;
+  const bool from_start = passes_to_start_ == 0;
   const int limit = kPage + (from_start ? int(unmarked.size()) : 0);
   auto page = hub_.ListUnsentOutbox(limit, from_start ? 0 : cursor_);
   if (!page.ok()) return page.take_error();
   const bool full = int(page->size()) == limit;  // more may wait: go on at once
-  passes_since_start_ = from_start ? 0 : passes_since_start_ + 1;
-  from_start_ = !from_start && !full;  // caught up: look below the cursor once
+  // Caught up after the cursor: look below it once.
+  passes_to_start_ = from_start ? kRescanEvery : full ? passes_to_start_ - 1 : 0;
   std::erase_if(*page, [&](const OutboxEvent& e) { return unmarked.count(e.id) > 0; });
   if (page->empty()) return false;
 

@@ -24,7 +24,7 @@
 // ingest in the group committer, and listing them again cost the relay more
 // than its publishing did. From the start instead (skipping what awaits its
 // mark) on the first pass, after a failed mark, once a pass has caught up,
-// and every kRescanEvery pages: an event that commits late with an id below
+// and every kRescanEvery passes: an event that commits late with an id below
 // the cursor (PostgreSQL with several writers) still goes out.
 //
 // Each publish names (`prev`) the last message of this relay's previous
@@ -102,10 +102,9 @@ class OutboxRelay {
   metrics::Histogram* delay_ = nullptr;  // set before Start()
   std::thread thread_;
   // The relay's thread only: the highest id a pass published in full, and
-  // whether the next pass lists from the start.
+  // how many passes after it may go before one from the start (0: the next).
   int64_t cursor_ = 0;
-  bool from_start_ = true;
-  int passes_since_start_ = 0;
+  int passes_to_start_ = 0;
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false, poke_ = false;  // guarded by mu_

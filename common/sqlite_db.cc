@@ -44,7 +44,7 @@ void ConfigureSqliteOnce() {
 
 }  // namespace
 
-Result<std::unique_ptr<SqliteDb>> SqliteDb::Open(const std::string& path) {
+Result<std::unique_ptr<SqliteDb>> SqliteDb::Open(const std::string& path, Sharing sharing) {
   ConfigureSqliteOnce();
   sqlite3* db = nullptr;
   int rc = sqlite3_open_v2(path.c_str(), &db,
@@ -57,8 +57,15 @@ Result<std::unique_ptr<SqliteDb>> SqliteDb::Open(const std::string& path) {
   }
   auto out = std::make_unique<SqliteDb>(db);
   sqlite3_busy_timeout(db, 5000);
-  PP_RETURN_IF_ERROR(
-      out->Exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;"));
+  // Before WAL mode is entered: only then does SQLite keep the WAL index in
+  // this connection's memory rather than a shared-memory file.
+  if (sharing == Sharing::kExclusive) PP_RETURN_IF_ERROR(out->Exec("PRAGMA locking_mode=EXCLUSIVE;"));
+  Status st = out->Exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;");
+  if (!st.ok() && sharing == Sharing::kExclusive && st.error().code == Code::kUnavailable)
+    return Error::Unavailable("SQLite database " + path +
+                              " is in use by another process, and this one must have it alone: " +
+                              st.error().message);
+  if (!st.ok()) return st.take_error();
   return out;
 }
 

@@ -84,9 +84,21 @@ class Stmt {
 
 class SqliteDb {
  public:
+  // Who may open the file while this connection has it.
+  enum class Sharing {
+    kShared,  // other connections and processes too (the hub's writer and readers)
+    // This connection alone, until it closes: it keeps its file lock from
+    // the first transaction on and its WAL index in its own memory, which
+    // spares every transaction the POSIX lock calls and the shared-memory
+    // index (an edge device's store: one process owns it, and a second
+    // agent started on the same file is refused instead of sending the
+    // same queue twice).
+    kExclusive,
+  };
   // Opens (creating) the file in WAL mode with synchronous=FULL: a commit
   // is on disk when it returns, which is what lets us acknowledge.
-  static Result<std::unique_ptr<SqliteDb>> Open(const std::string& path);
+  static Result<std::unique_ptr<SqliteDb>> Open(const std::string& path,
+                                                Sharing sharing = Sharing::kShared);
   explicit SqliteDb(sqlite3* db) : db_(db) {}
   ~SqliteDb();
   SqliteDb(const SqliteDb&) = delete;

@@ -46,7 +46,9 @@ QueuedOp ReadOp(const Stmt& s) {
 }  // namespace
 
 Result<std::unique_ptr<AgentStore>> AgentStore::Open(const std::string& path) {
-  PP_ASSIGN_OR_RETURN(auto db, SqliteDb::Open(path));
+  // The agent's process alone: a second agent on the same file would send
+  // the same queue under the same sequence numbers.
+  PP_ASSIGN_OR_RETURN(auto db, SqliteDb::Open(path, SqliteDb::Sharing::kExclusive));
   PP_RETURN_IF_ERROR(db->Exec(kSchema));
   // Files from before the queue kept traces: add the column (once).
   if (auto st = db->Exec("ALTER TABLE queue ADD COLUMN traceparent TEXT NOT NULL DEFAULT ''");

@@ -94,6 +94,9 @@ class AgentTxn {
 
 class AgentStore {
  public:
+  // Opens the file for this process alone (SqliteDb::Sharing::kExclusive):
+  // while it is open, another open of it fails (after SQLite's 5-second
+  // busy wait) with an error that says the file is in use.
   static Result<std::unique_ptr<AgentStore>> Open(const std::string& path);
 
   // Runs `f` in a write transaction, committed (on disk) when this returns

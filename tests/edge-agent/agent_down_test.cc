@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <filesystem>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -627,6 +628,43 @@ TEST_F(AgentQueryTest, AMovingVanAsksForNearbyPostsAtMostEveryFewSeconds) {
   clock.Advance(Agent::kNearbyEvery - Agent::kNearbyAfterMove);  // standing still: every kNearbyEvery
   EXPECT_TRUE(test::Eventually([&] { return uplink_.Count("nearby") == 3; }));
   agent.Stop();
+}
+
+// A device's store belongs to its agent's process: a second open (another
+// pp-agent started on the same file) is refused by name while the first has
+// it, the first goes on, and nothing it committed is lost. The WAL index is
+// in the agent's memory, not a shared-memory file beside the store.
+TEST(AgentStoreFile, IsRefusedToASecondOpenWhileInUseAndKeepsWhatWasCommitted) {
+  test::TempDir dir;
+  const std::string path = dir.file("kiosk-1.db");
+  auto op = [](uint64_t seq) {
+    return QueuedOp{seq, "op-" + std::to_string(seq), "post_surplus", "{}", "{}", FromUnixMillis(1000), ""};
+  };
+  auto count = [](AgentStore& store) {
+    size_t n = 0;
+    EXPECT_TRUE(store.Read([&](AgentTxn& tx) -> Status {
+      PP_ASSIGN_OR_RETURN(n, tx.QueueSize());
+      return OkStatus();
+    }).ok());
+    return n;
+  };
+  auto first = AgentStore::Open(path);
+  ASSERT_TRUE(first.ok()) << first.error().ToString();
+  ASSERT_TRUE((*first)->Write([&](AgentTxn& tx) { return tx.InsertOp(op(1)); }).ok());
+  EXPECT_FALSE(std::filesystem::exists(path + "-shm"));
+
+  auto second = AgentStore::Open(path);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.error().code, Code::kUnavailable);
+  EXPECT_NE(second.error().message.find(path + " is in use by another process"), std::string::npos)
+      << second.error().message;
+
+  ASSERT_TRUE((*first)->Write([&](AgentTxn& tx) { return tx.InsertOp(op(2)); }).ok());
+  EXPECT_EQ(count(**first), 2u);
+  first->reset();  // closed: the file is free
+  auto again = AgentStore::Open(path);
+  ASSERT_TRUE(again.ok()) << again.error().ToString();
+  EXPECT_EQ(count(**again), 2u);
 }
 
 }  // namespace

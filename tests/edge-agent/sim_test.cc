@@ -146,6 +146,33 @@ TEST_F(SimTest, ABadProcessCountIsRefusedByName) {
   }
 }
 
+// Without --processes, one process per 250 devices: a thousand kiosks in
+// one process collapsed (pp_sim.cc, kDevicesPerProcess). 251 kiosks: two.
+// Asked for fewer processes than that, it plays anyway, with a warning.
+TEST_F(SimTest, WithoutProcessesItRunsOneProcessPer250Devices) {
+  auto play = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args{"--kiosks", "251", "--vehicles", "0", "--window", "1s", "--baseline", "0",
+                                  "--device-dir", dir_.file("device-stores")};
+    args.insert(args.end(), extra.begin(), extra.end());
+    std::filesystem::remove_all(dir_.file("device-stores"));
+    test::Process sim(SimArgs(args), dir_.file("sim.err"));
+    EXPECT_EQ(sim.Wait(), 0) << test::ReadFile(dir_.file("sim.err"));
+    return json::parse(test::ReadFile(dir_.file("sim/results.json")));
+  };
+  json r = play({});
+  EXPECT_EQ(r["processes"], 2);
+  EXPECT_EQ(r["posts_accepted"], 251);
+  EXPECT_EQ(r["lost"], 0);
+  EXPECT_EQ(test::ReadFile(dir_.file("sim.err")).find("warning"), std::string::npos);
+
+  r = play({"--processes", "1"});
+  EXPECT_EQ(r["processes"], 1);
+  EXPECT_EQ(r["posts_accepted"], 251);
+  EXPECT_NE(test::ReadFile(dir_.file("sim.err")).find("warning: 251 devices in 1 process, over 250 a process"),
+            std::string::npos)
+      << test::ReadFile(dir_.file("sim.err")).substr(0, 2000);
+}
+
 TEST_F(SimTest, InterruptedItStillCountsAndWritesItsResults) {
   test::Process sim(SimArgs({"--kiosks", "6", "--vehicles", "2", "--window", "60s", "--baseline", "0"}),
                     dir_.file("sim.err"));

@@ -87,8 +87,8 @@ class SqliteDb {
   // Who may open the file while this connection has it.
   enum class Sharing {
     kShared,  // other connections and processes too (the hub's writer and readers)
-    // This connection alone, until it closes: it keeps its file lock from
-    // the first transaction on and its WAL index in its own memory, which
+    // This connection alone, until it closes: it holds the file's lock from
+    // the moment it opens it and keeps its WAL index in its own memory, which
     // spares every transaction the POSIX lock calls and the shared-memory
     // index (an edge device's store: one process owns it, and a second
     // agent started on the same file is refused instead of sending the

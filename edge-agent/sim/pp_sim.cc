@@ -95,7 +95,7 @@ struct Options {
   // storage"; the stores still commit with synchronous=FULL.
   std::string device_dir;
   int kiosks = 50, posts_per_kiosk = 1, vehicles = 10, baseline = 2000;
-  int processes = 0;  // 0: one per kDevicesPerProcess devices
+  int processes = 0;  // unless given: one per kDevicesPerProcess devices (ParseOptions)
   double accept_p = 0.8, race_p = 0.2, speed_kmh = 25, speed_up = 60;
   Duration window = std::chrono::seconds(10), delay = Duration(200);
   uint64_t seed = 7;

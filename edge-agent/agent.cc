@@ -346,9 +346,20 @@ void Agent::MaybeCatchUp() {
   SendQuery(sync::kOpCatchUp, {{"after", after}}, &catchup_op_);
 }
 
-void Agent::ForgetPing() {
-  queries_.erase(ping_op_);
-  ping_op_.clear();
+void Agent::SupersedePing() {
+  std::string op = std::exchange(ping_op_, {});
+  if (!queries_.count(op)) return;  // none, or answered
+  earlier_pings_.push_back(std::move(op));
+  if (earlier_pings_.size() > kEarlierPingsKept) {
+    queries_.erase(earlier_pings_.front());
+    earlier_pings_.pop_front();
+  }
+}
+
+void Agent::ForgetPings() {
+  SupersedePing();
+  for (const auto& op : earlier_pings_) queries_.erase(op);
+  earlier_pings_.clear();
 }
 
 bool Agent::HubListening() {
@@ -365,7 +376,7 @@ bool Agent::HubListening() {
       if (now - pinged_at_ < ping_gap_) return false;
       ping_gap_ = NextPingGap(ping_gap_);
     }
-    ForgetPing();  // unanswered: superseded by the next
+    SupersedePing();  // unanswered so far: the next follows
     pinged_at_ = now;
   }
   SendQuery(sync::kOpPing, json::object(), &ping_op_);  // its answer also carries the hub's clock ("ts")
@@ -422,7 +433,7 @@ void Agent::SendLoop() {
         cursor = 0;
         unanswered_.Clear();
         hub_listening_ = false;
-        ForgetPing();
+        ForgetPings();
         ping_gap_ = kPingRetry;
         catchup_due_ = true;
         catchup_from_ = -1;
@@ -595,7 +606,8 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
           std::lock_guard lock(mu_);
           const std::string& op = m["op"].get_ref<const std::string&>();
           query = queries_.erase(op) > 0;
-          if (query && op == ping_op_) hub_listening_ = heard = ping = true;
+          if (query && (op == ping_op_ || std::erase(earlier_pings_, op) > 0))
+            hub_listening_ = heard = ping = true;
           if (query && op == catchup_op_) {
             catchup = true;
             catchup_op_.clear();

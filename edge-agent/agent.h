@@ -148,6 +148,10 @@ class Agent {
   // device that gets nothing more (docs/protocol.md, section 6, "Gaps").
   static constexpr Duration kCheckEvery{std::chrono::minutes(5)};
   static constexpr Duration NextPingGap(Duration gap) { return std::min(gap * 2, kPingRetryMax); }
+  // An answer to any of this connection's last few pings means the hub
+  // listens: one that comes after the next ping went is not thrown away
+  // (under load it was, and the device waited for yet another ping).
+  static constexpr size_t kEarlierPingsKept = 8;
 
   Agent(DeviceConfig config, sync::SecretKey key, AgentStore& store, const Clock& clock,
         Uplink& uplink);
@@ -199,7 +203,10 @@ class Agent {
   void SendQuery(const char* type, const nlohmann::json& body, std::string* op_to = nullptr);
   // After a (re)connect: pings until the hub answers; true once it has.
   bool HubListening();
-  void ForgetPing();  // the ping in flight is no longer awaited; mu_ held
+  // A ping unanswered past its gap, about to be followed by another: its
+  // answer still counts if it comes (a slow link, a busy broker); mu_ held.
+  void SupersedePing();
+  void ForgetPings();  // a new connection: no earlier ping's answer counts; mu_ held
   Result<nlohmann::json> CheckBody(const std::string& type, nlohmann::json body);
   sync::Envelope Seal(uint64_t seq, const std::string& type, const nlohmann::json& body);
 
@@ -220,6 +227,7 @@ class Agent {
   std::deque<std::string> inbox_;
   std::set<std::string> queries_;            // op ids of queries in flight
   std::string ping_op_;                      // this connection's ping awaiting its answer
+  std::deque<std::string> earlier_pings_;    // its unanswered pings before ping_op_, newest last
   Timestamp pinged_at_{};
   Duration ping_gap_ = kPingRetry;           // before the next ping, if unanswered
   bool hub_listening_ = false;               // the hub answered a ping on this connection

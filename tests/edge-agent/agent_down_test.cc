@@ -249,6 +249,38 @@ TEST_F(AgentQueryTest, AfterConnectingNothingButPingsGoOutUntilTheHubAnswers) {
   agent.Stop();
 }
 
+// Under load (a busy broker, a slow link) the answer to a ping can come
+// after the next ping went: it still means the hub listens on this
+// connection. An answer to a ping of an earlier connection does not.
+TEST_F(AgentQueryTest, ALateAnswerToAnEarlierPingOfThisConnectionStillCounts) {
+  SimulatedClock clock(SystemClock::Instance().Now());
+  Agent agent(cfg_, sync::GenerateKeyPair().secret_key, *store_, clock, uplink_);
+  agent.Start();  // a tablet: queues its vehicle at once
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("ping") == 1; }));
+  const std::string first = *uplink_.OpOf("ping");
+  clock.Advance(Agent::kPingRetry);
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("ping") == 2; }));
+  const std::string second = *uplink_.OpOf("ping");
+  EXPECT_EQ(uplink_.Count("vehicle"), 0u);
+  agent.OnDown(Answer(first, "accepted", json::object(), ToUnixMillis(clock.Now())).dump());
+  EXPECT_TRUE(test::Eventually([&] { return uplink_.Count("vehicle") == 1; }))
+      << "the answer to the first ping was not taken for the hub listening";
+
+  // Reconnected: the old connection's second ping answered now, with the
+  // hub's clock an hour ahead so that its arrival shows in the state.
+  agent.OnConnected();
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("ping") == 3; }));
+  const Timestamp hub_now = clock.Now() + std::chrono::hours(1);
+  agent.OnDown(Answer(second, "accepted", json::object(), ToUnixMillis(hub_now)).dump());
+  ASSERT_TRUE(test::Eventually([&] { return (*agent.State())["hub_now"] == FormatRfc3339(hub_now); }));
+  clock.Advance(Agent::kPingRetry);  // still not heard on this connection: pings again
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("ping") == 4; }));
+  EXPECT_EQ(uplink_.Count("vehicle"), 1u) << "re-sent an op on an old connection's answer";
+  AnswerPing(agent, clock);
+  EXPECT_TRUE(test::Eventually([&] { return uplink_.Count("vehicle") == 2; }));
+  agent.Stop();
+}
+
 // An op on a post is not sent while the device's earlier op on that post
 // awaits its outcome, nor is anything after it: with two hub replicas, or a
 // claim lost while the hub was out of the shared subscription and sent again

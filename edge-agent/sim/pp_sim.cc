@@ -95,7 +95,7 @@ struct Options {
   // storage"; the stores still commit with synchronous=FULL.
   std::string device_dir;
   int kiosks = 50, posts_per_kiosk = 1, vehicles = 10, baseline = 2000;
-  int processes = 0;  // unless given: one per kDevicesPerProcess devices (ParseOptions)
+  int processes = 1;  // --processes, else one per kDevicesPerProcess devices (ParseOptions)
   double accept_p = 0.8, race_p = 0.2, speed_kmh = 25, speed_up = 60;
   Duration window = std::chrono::seconds(10), delay = Duration(200);
   uint64_t seed = 7;
@@ -146,9 +146,8 @@ Options ParseOptions(int argc, char** argv) {
   o.vehicles = int(number("vehicles", o.vehicles, 0, 1000));  // 0: posts alone, every one dead-lettered
   o.baseline = int(number("baseline", o.baseline, 0, 1e6));
   const int devices = o.kiosks + o.vehicles;
-  o.processes = int(number("processes", std::clamp((devices + kDevicesPerProcess - 1) / kDevicesPerProcess, 1,
-                                                   sim::kMaxShards),
-                           1, sim::kMaxShards));
+  const int by_devices = std::clamp((devices + kDevicesPerProcess - 1) / kDevicesPerProcess, 1, sim::kMaxShards);
+  o.processes = int(number("processes", by_devices, 1, sim::kMaxShards));
   if (devices > o.processes * kDevicesPerProcess)
     std::fprintf(stderr,
                  "pp-sim: warning: %d devices in %d process%s, over %d a process: Paho's one receive "

@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 
 #include <random>
+#include <string_view>
 
 #include <mqtt/async_client.h>
 
@@ -130,13 +131,19 @@ MqttClient::MqttClient(Options options, Handler handler)
     if (options_.on_lost) options_.on_lost();
   });
   client_->set_message_callback([this](mqtt::const_message_ptr msg) {
+    // Read from Paho's C struct in place: properties::get() is not const in
+    // Paho C++ 1.2.0, and a copy of the properties costs Paho C allocations,
+    // each behind its process-wide heap-tracking lock, on the one thread
+    // that receives for every client of the process.
     std::string traceparent;
-    mqtt::properties props = msg->get_properties();  // get() is not const in 1.2.0
-    for (size_t i = 0, n = props.count(mqtt::property::USER_PROPERTY); i < n; ++i) {
-      auto kv = mqtt::get<mqtt::string_pair>(props.get(mqtt::property::USER_PROPERTY, i));
-      if (std::get<0>(kv) == "traceparent") traceparent = std::get<1>(kv);
+    const MQTTProperties& props = msg->get_properties().c_struct();
+    for (int i = 0; i < props.count; ++i) {
+      const MQTTProperty& p = props.array[i];
+      if (p.identifier != MQTTPROPERTY_CODE_USER_PROPERTY || !p.value.data.data || !p.value.value.data) continue;
+      if (std::string_view(p.value.data.data, size_t(p.value.data.len)) == "traceparent")
+        traceparent.assign(p.value.value.data, size_t(p.value.value.len));
     }
-    handler_(msg->get_topic(), msg->to_string(), traceparent);
+    handler_(msg->get_topic(), msg->get_payload_str(), traceparent);
   });
 }
 
@@ -283,7 +290,7 @@ Result<MqttClient::Ack> MqttClient::Publish(const std::string& topic, const std:
     if (!traceparent.empty()) {
       mqtt::properties props;
       props.add({mqtt::property::USER_PROPERTY, "traceparent", traceparent});
-      msg->set_properties(props);
+      msg->set_properties(std::move(props));  // a copy costs Paho C allocations
     }
     Ack ack;
     ack.token_ = client_->publish(msg);
@@ -310,14 +317,15 @@ void MqttClient::Disconnect() {
 }
 
 Status PublishWindowed(MqttClient& client, const std::string& topic,
-                       const std::vector<std::string>& payloads, size_t window) {
+                       const std::vector<std::string>& payloads, size_t window,
+                       const std::string& traceparent) {
   std::deque<MqttClient::Ack> acks;
   for (const auto& p : payloads) {
     if (acks.size() >= window) {
       PP_RETURN_IF_ERROR(acks.front().Wait(std::chrono::seconds(60)));
       acks.pop_front();
     }
-    PP_ASSIGN_OR_RETURN(auto ack, client.Publish(topic, p));
+    PP_ASSIGN_OR_RETURN(auto ack, client.Publish(topic, p, traceparent));
     acks.push_back(std::move(ack));
   }
   for (auto& a : acks) PP_RETURN_IF_ERROR(a.Wait(std::chrono::seconds(60)));

@@ -149,8 +149,10 @@ class MqttClient {
 // Publishes every payload on `topic` with at most `window` awaiting their
 // PUBACK, as a draining device queue does (Paho C++ keeps each pending
 // token in a list it scans per acknowledgement: thousands at once make it
-// erratic). Returns after the last PUBACK, or the first failure.
+// erratic). Each carries `traceparent` (none if empty), as a device's
+// ops do. Returns after the last PUBACK, or the first failure.
 Status PublishWindowed(MqttClient& client, const std::string& topic,
-                       const std::vector<std::string>& payloads, size_t window);
+                       const std::vector<std::string>& payloads, size_t window,
+                       const std::string& traceparent = "");
 
 }  // namespace pp::sync

@@ -3,9 +3,11 @@
 //
 //   packaging/broker.sh start /tmp/ppb            # a broker as in production
 //   pp-sync-bench --broker-dir /tmp/ppb [--ops N] [--workers N] [--rounds N]
+//                 [--traceparent on|off]
 //
 // broker-only: one device publishes N QoS 1 messages (the same bytes as the
-//   signed posts below) to its up topic; a subscriber on the hub's shared
+//   signed posts below, with the same traceparent user property) to its up
+//   topic; a subscriber on the hub's shared
 //   subscription receives them. Rate = N / time until the last arrived.
 // hub: the same device publishes N signed post_surplus ops; an in-process
 //   hub (SQLite, synchronous=FULL, group commit; ingest on `workers` threads
@@ -33,6 +35,7 @@
 #include "common/domain_json.h"
 #include "common/process_cpu.h"
 #include "common/time_format.h"
+#include "common/trace.h"
 #include "sync/broker_admin.h"
 #include "common/cli.h"
 #include "sync/mqtt_client.h"
@@ -43,7 +46,8 @@ namespace {
 using namespace pp;
 using Steady = std::chrono::steady_clock;
 
-constexpr const char* kUsage = "pp-sync-bench --broker-dir DIR [--ops N] [--workers N] [--rounds N]";
+constexpr const char* kUsage =
+    "pp-sync-bench --broker-dir DIR [--ops N] [--workers N] [--rounds N] [--traceparent on|off]";
 [[noreturn]] void Die(const std::string& m) { DieWithUsage("pp-sync-bench", kUsage, m); }
 std::string ReadFile(const std::string& p) { return FirstLineOrDie("pp-sync-bench", kUsage, p); }
 
@@ -71,12 +75,16 @@ CpuMark MarkCpu(const std::string& dir) {
 int main(int argc, char** argv) {
   std::string dir;
   int ops = 20000, workers = 2, rounds = 1;
+  bool with_traceparent = true;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string f = argv[i];
     if (f == "--broker-dir") dir = argv[i + 1];
     else if (f == "--ops") ops = std::atoi(argv[i + 1]);
     else if (f == "--workers") workers = std::atoi(argv[i + 1]);
     else if (f == "--rounds") rounds = std::atoi(argv[i + 1]);
+    else if (f == "--traceparent" && (std::string(argv[i + 1]) == "on" || std::string(argv[i + 1]) == "off"))
+      with_traceparent = std::string(argv[i + 1]) == "on";
+    else if (f == "--traceparent") Die("--traceparent takes on or off, not " + std::string(argv[i + 1]));
     else Die("unknown option " + f);
   }
   if (dir.empty() || ops <= 0 || workers <= 0 || rounds <= 0)
@@ -120,9 +128,13 @@ int main(int argc, char** argv) {
   // device's first attempts may be refused.
   if (!WaitFor([&] { return dev.Connect(std::chrono::seconds(2)).ok(); }, std::chrono::seconds(10)))
     Die("device cannot connect to " + uri);
-  // At most 100 publishes awaiting their PUBACK, as a device's queue drains them.
+  // At most 100 publishes awaiting their PUBACK, as a device's queue drains
+  // them, each with a traceparent as pp-agent's ops carry (an MQTT v5 user
+  // property, which both receivers read out of every message; "--traceparent
+  // off" measures bare messages, as this bench did before session 17).
+  const std::string traceparent = with_traceparent ? NewTraceparent() : "";
   auto publish_all = [&] {
-    if (auto st = sync::PublishWindowed(dev, topic, messages, 100); !st.ok())
+    if (auto st = sync::PublishWindowed(dev, topic, messages, 100, traceparent); !st.ok())
       Die(st.error().ToString());
   };
 

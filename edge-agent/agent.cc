@@ -88,11 +88,13 @@ void InFlight::Answered(uint64_t seq) {
   if (it == ops_.end()) return;
   if (auto p = posts_.find(it->second.surplus_id); p != posts_.end() && --p->second == 0) posts_.erase(p);
   ops_.erase(it);
+  if (!ops_.empty() && ops_.begin()->first < seq) overtaken_ = true;
 }
 
 void InFlight::Clear() {
   ops_.clear();
   posts_.clear();
+  overtaken_ = false;
 }
 
 std::optional<std::pair<uint64_t, Timestamp>> InFlight::Oldest() const {
@@ -437,14 +439,24 @@ void Agent::SendLoop() {
         ping_gap_ = kPingRetry;
         catchup_due_ = true;
         catchup_from_ = -1;
+        last_outcome_at_ = clock_.Now();
+        resend_after_ = kResendAfter;
       }
-      if (auto oldest = unanswered_.Oldest()) {
-        if (clock_.Now() - oldest->second > kResendAfter) {
+      // When to send everything unanswered again: see the top of agent.h.
+      const Timestamp now = clock_.Now();
+      if (auto oldest = unanswered_.Oldest(); oldest && now - oldest->second > resend_after_) {
+        const bool overtaken = unanswered_.Overtaken();
+        const bool silent = now - last_outcome_at_ > resend_after_;
+        if (overtaken || silent) {
           Log(LogLevel::kWarn, "resending",
               {{"device", config_.device_id}, {"oldest_seq", std::to_string(oldest->first)},
-               {"unanswered", std::to_string(unanswered_.size())}});
+               {"unanswered", std::to_string(unanswered_.size())},
+               {"why", overtaken ? "a later op was answered" : "no outcome came"},
+               {"next_after_s", std::to_string(std::chrono::duration_cast<std::chrono::seconds>(
+                                    std::min(resend_after_ * 2, kResendMax)).count())}});
           cursor = 0;
           unanswered_.Clear();
+          resend_after_ = std::min(resend_after_ * 2, kResendMax);
         }
       }
     }
@@ -495,11 +507,18 @@ void Agent::SendLoop() {
     }
     if (!AwaitAcks(window, 0)) broken = true;
     if (broken) {
-      // Not acknowledged: start again from the oldest unanswered op once
-      // the connection is back (or after kResendAfter if it never dropped).
+      // Not published, or not acknowledged in time. Connection gone: start
+      // again from the oldest unanswered op once it is back. Still up (a
+      // busy broker answers late): go on from here; what went missing is
+      // sent again by the resend rule above. Starting over at once here was
+      // a resend of everything per late PUBACK — 8,182 of them in one
+      // collapsed rush (docs/benchmarks.md, "Session 17").
+      const bool connected = uplink_.Connected();
       std::unique_lock lock(mu_);
-      cursor = 0;
-      unanswered_.Clear();
+      if (!connected) {
+        cursor = 0;
+        unanswered_.Clear();
+      }
       send_cv_.wait_for(lock, std::chrono::milliseconds(250), [&] { return stop_; });
     }
   }
@@ -719,6 +738,10 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
     const bool unheld = held_ && !answered.empty();  // perhaps the outcome it waits for
     if (unheld) held_ = false;
     for (uint64_t seq : answered) unanswered_.Answered(seq);
+    if (!answered.empty()) {  // the hub is working through our ops
+      last_outcome_at_ = clock_.Now();
+      resend_after_ = kResendAfter;
+    }
     if (catchup_next >= 0) {
       catchup_due_ = true;
       catchup_from_ = catchup_next;

@@ -13,9 +13,17 @@
 // before the hub subscribes again is acknowledged by the broker and
 // dropped; sent then, ops would reach the hub out of order (the lost ones
 // only after kResendAfter). After every reconnect, and when the oldest op
-// has waited kResendAfter for its outcome,
+// has waited kResendAfter for its outcome and looks lost,
 // sending starts again from the oldest queued op (same bytes: the hub
 // applies an op id once and answers a repeat with its first result).
+// "Looks lost": an op sent after it was answered (the hub answers a
+// device's ops in order, so this one went missing), or no outcome at all
+// came for that long (the hub or the way to it is down). An oldest op that
+// merely waits while outcomes keep coming is queued at a busy hub: sent
+// again, it would only add to the hub's queue, and a thousand devices doing
+// that at once turned a slow rush into a collapse (docs/benchmarks.md,
+// "Session 17"). Each resend that brings no outcome doubles the wait before
+// the next, up to kResendMax; any outcome resets it.
 // One order the hub cannot restore is kept here: an op on a post (claim,
 // accept, decline, pickup, deliver) is not sent while this device's earlier
 // op on the same post awaits its outcome, and nothing after it is sent
@@ -111,6 +119,10 @@ class InFlight {
   void Sent(uint64_t seq, Timestamp at, int64_t surplus_id);
   void Answered(uint64_t seq);  // no-op if not in flight
   void Clear();
+  // Whether an op sent after one still in flight has been answered since
+  // the last Clear(): the hub answers a device's ops in order, so the
+  // earlier one was most likely lost on the way.
+  bool Overtaken() const { return overtaken_; }
   size_t size() const { return ops_.size(); }
   // Whether an op on this post awaits its outcome.
   bool OnPost(int64_t surplus_id) const { return posts_.count(surplus_id) > 0; }
@@ -124,6 +136,7 @@ class InFlight {
   };
   std::map<uint64_t, Op> ops_;    // by seq
   std::map<int64_t, int> posts_;  // surplus id -> ops on it in ops_
+  bool overtaken_ = false;
 };
 
 class Agent {
@@ -131,6 +144,7 @@ class Agent {
   static constexpr size_t kWindow = 64;             // publishes awaiting PUBACK
   static constexpr size_t kMaxUnanswered = 2000;    // ops sent, awaiting their outcome
   static constexpr Duration kResendAfter{std::chrono::seconds(20)};
+  static constexpr Duration kResendMax{std::chrono::minutes(5)};  // the wait doubled, at most
   // A tablet asks for the posts near it every kNearbyEvery, and sooner
   // after it moved, but not more often than kNearbyAfterMove: a driving van
   // reports its position every second, and an answer of up to 50 posts each
@@ -223,6 +237,8 @@ class Agent {
   bool send_work_ = true;
   uint64_t epoch_ = 0;                       // bumped on every (re)connect
   InFlight unanswered_;                      // sent on this connection, awaiting the outcome
+  Timestamp last_outcome_at_{};              // of any op, or the connect before it
+  Duration resend_after_ = kResendAfter;     // doubled by each resend no outcome followed
   bool held_ = false;  // the sender stopped at an op whose post awaits an earlier op's outcome
   std::deque<std::string> inbox_;
   std::set<std::string> queries_;            // op ids of queries in flight

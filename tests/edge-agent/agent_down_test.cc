@@ -153,9 +153,11 @@ class Recording final : public Uplink {
   bool Connected() const override { return true; }
   bool SessionKept() const override { return session_kept; }
   std::atomic<bool> session_kept{false};  // what the broker said at the latest connect
+  std::atomic<bool> late_acks{false};     // PUBACKs do not come in time (a busy broker)
   Result<AckWait> Publish(const std::string& topic, const std::string& payload, const std::string&) override {
     std::lock_guard lock(mu_);
     sent_.emplace_back(topic, payload);
+    if (late_acks) return AckWait([](std::chrono::milliseconds) { return Status(Error::Unavailable("no PUBACK within the timeout")); });
     return AckWait([](std::chrono::milliseconds) { return OkStatus(); });
   }
   // The op id of the last publish whose topic ends with `/type`, if any yet.
@@ -314,6 +316,103 @@ TEST_F(AgentQueryTest, AnOpOnAPostWaitsForTheOutcomeOfTheDevicesEarlierOpOnIt) {
   std::vector<std::string> ops = uplink_.Types();  // without the queries
   std::erase_if(ops, [](const std::string& t) { return t == "ping" || t == "nearby"; });
   EXPECT_EQ(ops, (std::vector<std::string>{"vehicle", "claim", "vehicle", "claim", "pickup", "claim"}));
+  agent.Stop();
+}
+
+// An op's outcome is late because the hub is busy, not because the op was
+// lost: the hub answers a device's ops in order and keeps answering. Sent
+// again, every unanswered op would only lengthen the hub's queue (a
+// thousand devices doing so turned a slow rush into a collapse). Only an op
+// that a later one overtook is sent again after kResendAfter.
+TEST_F(AgentQueryTest, OpsWaitingAtABusyHubAreNotSentAgainButOneALaterOpOvertookIs) {
+  SimulatedClock clock(SystemClock::Instance().Now());
+  Agent agent(cfg_, sync::GenerateKeyPair().secret_key, *store_, clock, uplink_);
+  agent.Start();  // queues the tablet's vehicle first
+  auto claim = [&](int64_t post) {
+    auto q = agent.Submit(sync::kOpClaim, {{"surplus_id", post}, {"version", 1}});
+    EXPECT_TRUE(q.ok());
+    return q.ok() ? q->op : std::string();
+  };
+  // An outcome, applied (the agent applies down messages on its own thread).
+  auto answer = [&](const std::string& op, int64_t id) {
+    const int queued = (*agent.State())["queued"].get<int>();
+    agent.OnDown(Answer(op, "accepted", {{"id", 1}}, ToUnixMillis(clock.Now()), id).dump());
+    ASSERT_TRUE(test::Eventually([&] { return (*agent.State())["queued"] == queued - 1; }));
+  };
+  const std::string c41 = claim(41), c42 = claim(42), c43 = claim(43);
+  AnswerPing(agent, clock);
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("claim") == 3; }));
+  answer(*uplink_.OpOf("vehicle"), 1);
+  clock.Advance(std::chrono::seconds(15));
+  answer(c41, 2);
+  clock.Advance(std::chrono::seconds(15));  // 42 and 43 have waited 30 s; the last outcome came 15 s ago
+  const std::string c44 = claim(44);        // wakes the sender: it looks at what waits, then sends 44
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("claim") == 4; }));
+  clock.Advance(std::chrono::seconds(2));
+  answer(c42, 3);
+  const std::string c45 = claim(45);  // another pass over the waiting ops
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("claim") == 5; }));
+  EXPECT_EQ(uplink_.Count("vehicle"), 1u);
+
+  // 44 is answered while 43, sent before it, is not: 43 was lost on the way.
+  answer(c44, 4);
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("claim") == 7; }, std::chrono::seconds(10)))
+      << "the overtaken op was not sent again";
+  std::vector<std::string> ops = uplink_.Types();
+  std::erase_if(ops, [](const std::string& t) { return t == "ping" || t == "nearby"; });
+  EXPECT_EQ(ops, (std::vector<std::string>{"vehicle", "claim", "claim", "claim", "claim", "claim", "claim", "claim"}));
+  EXPECT_EQ(uplink_.OpOf("claim"), c45) << "sent again from the oldest unanswered op, in order";
+  agent.Stop();
+}
+
+// A hub that answers nothing is asked again after kResendAfter, then after
+// twice as long, and so on up to kResendMax; an outcome brings the wait
+// back to kResendAfter.
+TEST_F(AgentQueryTest, AHubThatAnswersNothingIsSentEverythingAgainLessAndLessOften) {
+  SimulatedClock clock(SystemClock::Instance().Now());
+  Agent agent(cfg_, sync::GenerateKeyPair().secret_key, *store_, clock, uplink_);
+  agent.Start();
+  auto c41 = agent.Submit(sync::kOpClaim, {{"surplus_id", 41}, {"version", 1}});
+  ASSERT_TRUE(c41.ok());
+  AnswerPing(agent, clock);
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("claim") == 1; }));
+  clock.Advance(Agent::kResendAfter + std::chrono::seconds(1));
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("claim") == 2; }, std::chrono::seconds(10)));
+  ASSERT_EQ(uplink_.Count("vehicle"), 2u);
+  // 21 s later: the wait is 40 s now. A new op makes the sender look.
+  clock.Advance(Agent::kResendAfter + std::chrono::seconds(1));
+  ASSERT_TRUE(agent.Submit(sync::kOpClaim, {{"surplus_id", 42}, {"version", 1}}).ok());
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("claim") == 3; }));
+  EXPECT_EQ(uplink_.Count("vehicle"), 2u) << "sent everything again before twice the wait";
+  clock.Advance(Agent::kResendAfter);  // 41 s since the resend
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("vehicle") == 3; }, std::chrono::seconds(10)));
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("claim") == 5; }));
+  // An outcome: the hub works again, and the wait is back to kResendAfter.
+  agent.OnDown(Answer(c41->op, "accepted", {{"id", 1}}, ToUnixMillis(clock.Now()), 1).dump());
+  ASSERT_TRUE(test::Eventually([&] { return (*agent.State())["queued"] == 2; }));
+  clock.Advance(Agent::kResendAfter + std::chrono::seconds(1));
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("vehicle") == 4; }, std::chrono::seconds(10)));
+  EXPECT_EQ(uplink_.Count("claim"), 6u);
+  agent.Stop();
+}
+
+// A PUBACK that does not come in time on a connection still up (a busy
+// broker) is no reason to send everything again at once: sending goes on,
+// and an op that really went missing is sent again by the rule above.
+TEST_F(AgentQueryTest, ALatePubackOnAConnectionStillUpDoesNotSendEverythingAgain) {
+  SimulatedClock clock(SystemClock::Instance().Now());
+  Agent agent(cfg_, sync::GenerateKeyPair().secret_key, *store_, clock, uplink_);
+  agent.Start();
+  uplink_.late_acks = true;
+  ASSERT_TRUE(agent.Submit(sync::kOpClaim, {{"surplus_id", 41}, {"version", 1}}).ok());
+  AnswerPing(agent, clock);
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("claim") == 1; }));
+  uplink_.late_acks = false;
+  ASSERT_TRUE(agent.Submit(sync::kOpClaim, {{"surplus_id", 42}, {"version", 1}}).ok());
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("claim") >= 2; }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // real time: the sender's next passes (its 1 s timer)
+  EXPECT_EQ(uplink_.Count("claim"), 2u) << "sent again after a late PUBACK";
+  EXPECT_EQ(uplink_.Count("vehicle"), 1u);
   agent.Stop();
 }
 

@@ -448,15 +448,15 @@ void Agent::SendLoop() {
         const bool overtaken = unanswered_.Overtaken();
         const bool silent = now - last_outcome_at_ > resend_after_;
         if (overtaken || silent) {
+          resend_after_ = std::min(resend_after_ * 2, kResendMax);
           Log(LogLevel::kWarn, "resending",
               {{"device", config_.device_id}, {"oldest_seq", std::to_string(oldest->first)},
                {"unanswered", std::to_string(unanswered_.size())},
                {"why", overtaken ? "a later op was answered" : "no outcome came"},
-               {"next_after_s", std::to_string(std::chrono::duration_cast<std::chrono::seconds>(
-                                    std::min(resend_after_ * 2, kResendMax)).count())}});
+               {"next_after_s",
+                std::to_string(std::chrono::duration_cast<std::chrono::seconds>(resend_after_).count())}});
           cursor = 0;
           unanswered_.Clear();
-          resend_after_ = std::min(resend_after_ * 2, kResendMax);
         }
       }
     }

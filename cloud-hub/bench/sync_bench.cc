@@ -7,8 +7,8 @@
 //
 // broker-only: one device publishes N QoS 1 messages (the same bytes as the
 //   signed posts below, with the same traceparent user property) to its up
-//   topic; a subscriber on the hub's shared
-//   subscription receives them. Rate = N / time until the last arrived.
+//   topic; a subscriber on the hub's shared subscription receives them.
+//   Rate = N / time until the last arrived.
 // hub: the same device publishes N signed post_surplus ops; an in-process
 //   hub (SQLite, synchronous=FULL, group commit; ingest on `workers` threads
 //   as pp-hub runs it) verifies, de-duplicates and commits each with its
@@ -82,10 +82,11 @@ int main(int argc, char** argv) {
     else if (f == "--ops") ops = std::atoi(argv[i + 1]);
     else if (f == "--workers") workers = std::atoi(argv[i + 1]);
     else if (f == "--rounds") rounds = std::atoi(argv[i + 1]);
-    else if (f == "--traceparent" && (std::string(argv[i + 1]) == "on" || std::string(argv[i + 1]) == "off"))
-      with_traceparent = std::string(argv[i + 1]) == "on";
-    else if (f == "--traceparent") Die("--traceparent takes on or off, not " + std::string(argv[i + 1]));
-    else Die("unknown option " + f);
+    else if (f == "--traceparent") {
+      const std::string v = argv[i + 1];
+      if (v != "on" && v != "off") Die("--traceparent takes on or off, not " + v);
+      with_traceparent = v == "on";
+    } else Die("unknown option " + f);
   }
   if (dir.empty() || ops <= 0 || workers <= 0 || rounds <= 0)
     Die("--broker-dir is required; --ops, --workers and --rounds must be positive integers");

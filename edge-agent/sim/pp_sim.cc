@@ -102,11 +102,13 @@ struct Options {
 };
 
 // Devices a simulator process serves well. Paho serves all of a process's
-// connections from one receive thread: on the 2-core machine of
-// docs/benchmarks.md, 250 a process kept up with a 1,000-posts/s rush; 500
-// a process did not (answers and PUBACKs came later than the agents wait
-// for them, so they sent again, and the rush collapsed: 438 of 20,000 posts
-// in 3 minutes in one process). Hence the default and the warning above it.
+// connections from one receive thread and one send thread: on the 2-core
+// machine of docs/benchmarks.md, 250 a process kept up with a
+// 1,000-posts/s rush; 500 a process did not (those threads stalled past the
+// keepalive, the broker dropped nearly every connection, and the rush
+// collapsed: 438 of 20,000 posts in 3 minutes in one process, 176 in
+// 206 s in two; sessions 16 and 17). Hence the default and the warning
+// above it.
 constexpr int kDevicesPerProcess = 250;
 
 Options ParseOptions(int argc, char** argv) {

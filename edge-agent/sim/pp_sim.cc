@@ -80,7 +80,8 @@ using Steady = std::chrono::steady_clock;
 constexpr const char* kUsage =
     "pp-sim --hub URL --token JWT --broker-dir DIR [--kiosks N] [--posts-per-kiosk N] [--vehicles N]\n"
     "              [--window 10s] [--accept P] [--race P] [--delay 200ms] [--speed-kmh 25] [--speed-up 60]\n"
-    "              [--baseline N] [--data CSV] [--out DIR] [--seed N] [--device-dir DIR] [--processes N]";
+    "              [--baseline N] [--data CSV] [--out DIR] [--seed N] [--device-dir DIR] [--processes N]\n"
+    "              [--silence 30s]";
 [[noreturn]] void Die(const std::string& m, int code = 2) { DieWithUsage("pp-sim", kUsage, m, code); }
 
 // The seed's SLA for a claim (p95, p99), to compare with.
@@ -98,6 +99,11 @@ struct Options {
   int processes = 1;  // --processes, else one per kDevicesPerProcess devices (ParseOptions)
   double accept_p = 0.8, race_p = 0.2, speed_kmh = 25, speed_up = 60;
   Duration window = std::chrono::seconds(10), delay = Duration(200);
+  // A simulator process reports once a second during the rush; one that
+  // says nothing for this long (or, once told to stop, sends no results and
+  // does not exit) is taken as stuck: the run ends without it, reported
+  // incomplete. Session 17 saw the director wait forever for such a one.
+  Duration silence = std::chrono::seconds(30);
   uint64_t seed = 7;
 };
 
@@ -117,7 +123,8 @@ Options ParseOptions(int argc, char** argv) {
   std::map<std::string, std::string> opt = std::move(*flags);
   const std::set<std::string> known{"hub", "token", "broker-dir", "kiosks", "posts-per-kiosk", "vehicles",
                                     "window", "accept", "race", "delay", "speed-kmh", "speed-up",
-                                    "baseline", "data", "out", "seed", "device-dir", "processes"};
+                                    "baseline", "data", "out", "seed", "device-dir", "processes",
+                                    "silence"};
   for (const auto& [k, v] : opt)
     if (!known.count(k)) Die("unknown option --" + k);
   for (const char* need : {"hub", "token", "broker-dir"})
@@ -161,6 +168,8 @@ Options ParseOptions(int argc, char** argv) {
   o.speed_up = number("speed-up", o.speed_up, 1, 3600);
   o.window = duration("window", o.window);
   o.delay = duration("delay", o.delay);
+  o.silence = duration("silence", o.silence);
+  if (o.silence < std::chrono::seconds(1)) Die("--silence must be at least 1s");
   o.seed = uint64_t(number("seed", double(o.seed), 0, 1e12));
   return o;
 }
@@ -278,11 +287,16 @@ class ShardProcesses {
     for (int k = 0; k < count; ++k) close(inbox_read[size_t(k)]), close(status_write[size_t(k)]);
   }
   ~ShardProcesses() {
-    for (pid_t pid : pids_) kill(pid, SIGTERM);  // only those not yet waited for
-    Wait();
+    for (pid_t pid : pids_)
+      if (pid > 0) kill(pid, SIGTERM);  // only those not yet waited for
+    Wait(std::chrono::seconds(10));
   }
 
   int count() const { return int(pids_.size()); }
+  // Ends a process that stopped answering (SIGKILL also ends a stopped one).
+  void Kill(int k) {
+    if (pids_[size_t(k)] > 0) kill(pids_[size_t(k)], SIGKILL);
+  }
   void Send(int k, const json& m) {
     if (auto st = sim::WriteLine(inbox_write_[size_t(k)], m.dump()); !st.ok())
       std::fprintf(stderr, "pp-sim: to simulator process %d: %s\n", k, st.error().message.c_str());
@@ -313,16 +327,28 @@ class ShardProcesses {
     }
     return got;
   }
-  // Waits for every process; true if each exited 0.
-  bool Wait() {
+  // Waits for every process, and kills those still there after `grace`
+  // (a process stuck going off shift must not keep the director waiting);
+  // true if each exited 0 by itself.
+  bool Wait(std::chrono::seconds grace) {
     bool ok = true;
-    for (pid_t pid : pids_) {
+    const auto kill_at = Steady::now() + grace;
+    for (size_t k = 0; k < pids_.size(); ++k) {
+      if (pids_[k] <= 0) continue;
       int status = 0;
-      while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+      pid_t got;
+      while ((got = waitpid(pids_[k], &status, WNOHANG)) == 0 && Steady::now() < kill_at)
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));  // polling: waitpid has no timeout
+      if (got == 0) {
+        std::fprintf(stderr, "pp-sim: simulator process %zu had not exited %lld s after the rush: killed\n", k,
+                     (long long)grace.count());
+        kill(pids_[k], SIGKILL);
+        while ((got = waitpid(pids_[k], &status, 0)) < 0 && errno == EINTR) {
+        }
       }
-      ok = ok && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+      ok = ok && got == pids_[k] && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+      pids_[k] = 0;
     }
-    pids_.clear();
     return ok;
   }
 
@@ -485,12 +511,20 @@ int main(int argc, char** argv) {
   CityProgress progress(shards.count());
   sim::Tally tally;
   std::set<int> reported;
+  // Processes given up on: ended without their results, or silent for
+  // --silence (cut_off below). Their devices' counts are missing from the
+  // results, which then say the run is incomplete.
+  std::map<int, std::string> given_up;
+  std::vector<Steady::time_point> heard(size_t(shards.count()), Steady::now());
   int online = 0;
   auto receive = [&] {
     for (auto& [k, m] : shards.Receive(std::chrono::milliseconds(200))) {
+      heard[size_t(k)] = Steady::now();
       if (m.is_null()) {
-        if (!reported.count(k))
-          Die("simulator process " + std::to_string(k) + " ended before its results (its error is above)", 1);
+        if (!reported.count(k) && !given_up.count(k)) {
+          given_up[k] = "ended before its results";
+          std::fprintf(stderr, "\npp-sim: simulator process %d ended before its results (its error is above)\n", k);
+        }
         continue;
       }
       const std::string t = m.value("t", "");
@@ -505,7 +539,7 @@ int main(int argc, char** argv) {
     }
   };
   const auto online_from = Steady::now();
-  while (online < shards.count() && reported.empty() && !sim::StopSignal::raised()) receive();
+  while (online < shards.count() && reported.empty() && given_up.empty() && !sim::StopSignal::raised()) receive();
   std::fprintf(stderr, "%d devices online in %.1f s (%d simulator process%s)\n", o.kiosks + o.vehicles,
                std::chrono::duration<double>(Steady::now() - online_from).count(), o.processes,
                o.processes == 1 ? "" : "es");
@@ -517,9 +551,22 @@ int main(int argc, char** argv) {
   shards.SendAll({{"t", "start"}, {"at_ns", std::chrono::duration_cast<std::chrono::nanoseconds>(
                                                 start.time_since_epoch()).count()}});
   const auto give_up = start + o.window + std::chrono::seconds(180);
+  // Gives up on every process not heard from since `since` - o.silence.
+  auto cut_off = [&](Steady::time_point since, const char* doing) {
+    for (int k = 0; k < shards.count(); ++k) {
+      if (reported.count(k) || given_up.count(k) || since - heard[size_t(k)] < o.silence) continue;
+      char why[120];
+      std::snprintf(why, sizeof why, "said nothing for %.1f s %s", o.silence.count() / 1000.0, doing);
+      given_up[k] = why;
+      std::fprintf(stderr, "\npp-sim: simulator process %d %s: taken as stuck, killed\n", k, why);
+      shards.Kill(k);
+    }
+  };
   bool interrupted = false;
+  std::fill(heard.begin(), heard.end(), start);
   for (auto printed = start; !progress.Done() && Steady::now() < give_up;) {
-    if (sim::StopSignal::raised() || !reported.empty()) {
+    cut_off(Steady::now(), "during the rush");
+    if (sim::StopSignal::raised() || !reported.empty() || !given_up.empty()) {
       interrupted = true;
       shards.SendAll({{"t", "interrupt"}});
       break;
@@ -534,7 +581,13 @@ int main(int argc, char** argv) {
   std::fprintf(stderr, "\n");
   const CpuMark cpu_after = MarkCpu(hub, o.broker_dir);
   if (!interrupted) shards.SendAll({{"t", "end"}});
-  while (int(reported.size()) < shards.count()) receive();
+  // A process's results are the first thing it does when told; the clock
+  // for its silence restarts now.
+  std::fill(heard.begin(), heard.end(), Steady::now());
+  while (int(reported.size() + given_up.size()) < shards.count()) {
+    receive();
+    cut_off(Steady::now(), "after it was told to stop");
+  }
 
   // 5. Lost or doubled? The hub's store against what the kiosks were told.
   std::map<std::string, int> in_store;
@@ -555,6 +608,8 @@ int main(int argc, char** argv) {
   for (const auto& [desc, c] : in_store) doubled += c > 1;
 
   auto count = [&](const char* key) { return tally.counts.count(key) ? tally.counts.at(key) : 0; };
+  json given_up_json = json::array();
+  for (const auto& [k, why] : given_up) given_up_json.push_back({{"process", k}, {"why", why}});
   const int accepted = count("posts_accepted");
   const double seconds = std::chrono::duration<double>(Steady::now() - start).count();
   const double post_span = tally.PostSpanSeconds();
@@ -575,6 +630,9 @@ int main(int argc, char** argv) {
   json results{
       {"kiosks", o.kiosks}, {"posts_per_kiosk", o.posts_per_kiosk}, {"vehicles", o.vehicles},
       {"processes", o.processes},
+      // Processes the director gave up on (see --silence): their devices'
+      // posts are missing from every count, and "lost" checks only the rest.
+      {"complete", given_up.empty()}, {"processes_given_up", given_up_json},
       {"window_s", o.window.count() / 1000.0}, {"accept_probability", o.accept_p}, {"interrupted", interrupted},
       {"posts_scheduled", total_posts}, {"posts_sent", tally.posts_sent}, {"posts_accepted", accepted},
       {"claims", count("claims")}, {"picked_up", count("picked_up")}, {"delivered", count("delivered")},
@@ -634,6 +692,12 @@ int main(int argc, char** argv) {
   std::printf("%s\n", results.dump().c_str());
   std::fflush(stdout);
   // The processes go off shift (their vans tell the hub) and exit.
-  if (!shards.Wait()) std::fprintf(stderr, "pp-sim: a simulator process did not exit cleanly\n");
+  if (!shards.Wait(std::chrono::seconds(60)))
+    std::fprintf(stderr, "pp-sim: a simulator process did not exit cleanly\n");
+  if (!given_up.empty()) {
+    std::fprintf(stderr, "pp-sim: the run is incomplete: %zu of %d simulator processes gave no results "
+                 "(\"processes_given_up\" in %s/results.json)\n", given_up.size(), shards.count(), o.out_dir.c_str());
+    return 3;
+  }
   return lost == 0 && doubled == 0 ? 0 : 1;
 }

@@ -1,5 +1,6 @@
 // pp-sim end to end: a small London through a real mosquitto and pp-hub.
 #include <httplib.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <gtest/gtest.h>
 
@@ -192,6 +193,61 @@ TEST_F(SimTest, InterruptedItStillCountsAndWritesItsResults) {
   EXPECT_LE(r["posts_accepted"].get<int>(), r["posts_sent"].get<int>());
 }
 
+// The processes pp-sim started, by their parent's pid in /proc/PID/stat.
+std::vector<pid_t> ChildrenOf(pid_t parent) {
+  std::vector<pid_t> children;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    const std::string stat = test::ReadFile(entry.path().string() + "/stat");
+    // pid (comm) state ppid ...: comm may hold spaces, so read after the last ')'.
+    const size_t close = stat.rfind(')');
+    if (close == std::string::npos) continue;
+    char state = 0;
+    int ppid = 0;
+    if (std::sscanf(stat.c_str() + close + 1, " %c %d", &state, &ppid) == 2 && ppid == parent)
+      children.push_back(std::stoi(entry.path().filename().string()));
+  }
+  return children;
+}
+
+// A simulator process that stops answering mid-rush (here: stopped with
+// SIGSTOP) used to keep the director waiting for its results forever. Now
+// it is given up on after --silence, killed, and the run ends with the
+// others' results, marked incomplete, and a non-zero exit.
+TEST_F(SimTest, AProcessThatStopsAnsweringIsGivenUpOnAndTheRunSaysItIsIncomplete) {
+  test::Process sim(SimArgs({"--kiosks", "6", "--vehicles", "2", "--window", "60s", "--baseline", "0",
+                             "--processes", "2", "--silence", "3s"}),
+                    dir_.file("sim.err"));
+  ASSERT_TRUE(test::Eventually([&] { return test::ReadFile(dir_.file("sim.err")).find("posts ") != std::string::npos; },
+                               std::chrono::seconds(30)));
+  auto children = ChildrenOf(sim.pid());
+  ASSERT_EQ(children.size(), 2u);
+  // Should the test fail, the stopped process must not outlive it.
+  struct KillLeftovers {
+    std::vector<pid_t> pids;
+    ~KillLeftovers() {
+      for (pid_t pid : pids) kill(pid, SIGKILL);
+    }
+  } leftovers{children};
+  ASSERT_EQ(kill(children[0], SIGSTOP), 0);
+  // Without the fix this never comes: the director waits for the stopped one.
+  ASSERT_TRUE(test::Eventually([&] { return std::filesystem::exists(dir_.file("sim/results.json")); },
+                               std::chrono::seconds(40)))
+      << test::ReadFile(dir_.file("sim.err")).substr(0, 3000);
+  const int status = sim.Wait();
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 3) << status;
+  json r = json::parse(test::ReadFile(dir_.file("sim/results.json")));
+  EXPECT_FALSE(r["complete"].get<bool>());
+  ASSERT_EQ(r["processes_given_up"].size(), 1u) << r.dump();
+  EXPECT_NE(r["processes_given_up"][0]["why"].get<std::string>().find("said nothing for 3.0 s"), std::string::npos)
+      << r.dump();
+  EXPECT_TRUE(r["interrupted"].get<bool>());
+  const std::string err = test::ReadFile(dir_.file("sim.err"));
+  EXPECT_NE(err.find("taken as stuck, killed"), std::string::npos) << err.substr(0, 3000);
+  EXPECT_NE(err.find("the run is incomplete: 1 of 2 simulator processes gave no results"), std::string::npos);
+  // Nothing left behind: both processes are gone, the stopped one too.
+  for (pid_t child : children) EXPECT_TRUE(kill(child, 0) != 0 && errno == ESRCH) << child;
+}
+
 TEST_F(SimTest, BadOptionsAreNamed) {
   std::ofstream(dir_.file("broken.csv")) << "fhrsid,role,name,business_type,borough,postcode,lat,lon,rating,rating_date\n"
                                          << "1,provider,A,Restaurant,Hackney,E8,north,-0.1,5,2020-01-01\n";
@@ -200,6 +256,7 @@ TEST_F(SimTest, BadOptionsAreNamed) {
            {{"--kiosks", "many"}, "--kiosks must be a number"},
            {{"--window", "soon"}, "--window must be a duration"},
            {{"--accept", "1.5"}, "--accept must be a number in"},
+           {{"--silence", "500ms"}, "--silence must be at least 1s"},
            {{"--speed", "9"}, "unknown option --speed"},
            {{"--device-dir", "/proc/no-such-place"}, "cannot create --device-dir /proc/no-such-place"},
            {{"--data", "/nonexistent.csv"}, "cannot read /nonexistent.csv"}}) {

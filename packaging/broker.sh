@@ -4,8 +4,9 @@
 #   packaging/broker.sh stop DIR
 #   packaging/broker.sh add-user DIR NAME PASSWORD   (then reloads the broker)
 # The hub's own credentials are created at start (DIR/hub.password).
-# PP_BROKER_MAX_QUEUED: messages the broker keeps for one offline device
-# (default 10000; a test sets 1 to see what happens beyond it).
+# PP_BROKER_MAX_QUEUED: messages the broker queues for one client, an
+# offline device or a hub that pauses (default 100000, see
+# mosquitto/mosquitto.conf.in; a test sets 1 to see what happens beyond it).
 set -euo pipefail
 cmd=$1
 dir=$(realpath -m "$2")
@@ -28,7 +29,7 @@ case $cmd in
       fi
       sed -e "s|@PORT@|$port|" -e "s|@HOST@|127.0.0.1|" -e "s|@DIR@|$dir|g" \
           -e "s|@ACL@|$here/mosquitto/acl|" -e "s|@USER@|$user|" \
-          -e "s|@MAX_QUEUED@|${PP_BROKER_MAX_QUEUED:-10000}|" \
+          -e "s|@MAX_QUEUED@|${PP_BROKER_MAX_QUEUED:-100000}|" \
           "$here/mosquitto/mosquitto.conf.in" > "$dir/mosquitto.conf"
       mosquitto -c "$dir/mosquitto.conf" -d || true
       for _ in $(seq 30); do

@@ -402,6 +402,31 @@ TEST_F(SyncTest, AHubKilledMidStreamLosesNothingAndAppliesNothingTwice) {
   EXPECT_TRUE(Get(kOps + 1).is_null());
 }
 
+// A hub that stops reading for a while (a stalled disk, a starved or
+// stopped process) has the devices' ops queued for it at the broker. The
+// broker's queue limit is one for every client: at 10,000 it dropped the
+// rest, and their devices heard nothing until they sent them again 20 s
+// later (docs/benchmarks.md, "Session 18"). packaging/'s limit holds them.
+TEST_F(SyncTest, OpsSentWhileTheHubIsPausedAllReachItWhenItGoesOn) {
+  constexpr int kOps = 12500;  // more than the old limit, beyond the 200 in flight
+  auto accepted = [&]() -> int {
+    auto r = http_->Get("/metrics");
+    if (!r || r->status != 200) return -1;
+    const std::string key = "mqtt_ingest_messages_total{result=\"accepted\"} ";
+    auto at = r->body.find(key);
+    return at == std::string::npos ? -1 : std::atoi(r->body.c_str() + at + key.size());
+  };
+  ASSERT_EQ(accepted(), 0);
+  hub_->process().Kill(SIGSTOP);
+  for (int i = 0; i < kOps; ++i) kiosk_->Send("post_surplus", Post(i));  // each acknowledged by the broker
+  hub_->process().Kill(SIGCONT);
+  int last = 0;
+  EXPECT_TRUE(test::Eventually([&] { return (last = accepted()) == kOps; }, std::chrono::seconds(90)))
+      << last << " of " << kOps << " ops reached the hub";
+  EXPECT_TRUE(kiosk_->WaitOutcome(kiosk_->id() + "-op-" + std::to_string(kOps), std::chrono::seconds(30))
+                  .is_object());
+}
+
 TEST_F(SyncTest, BothSidesResumeAfterABrokerRestart) {
   auto before = kiosk_->Send("post_surplus", Post(1));
   ASSERT_EQ(kiosk_->WaitOutcome(before.op)["status"], "accepted");

@@ -329,7 +329,7 @@ TEST_F(AgentTest, AKioskWhoseBrokerQueueWasLostLearnsOnReturnWhatHappenedWhileAw
 }
 
 // A broker that kept a device's session still drops, without a word, what
-// comes for it beyond max_queued_messages while it is away (10,000 in
+// comes for it beyond max_queued_messages while it is away (100,000 in
 // packaging/; 1 here). The hub's answer to the ping the kiosk sends on
 // reconnecting names the last message the hub sent it (`last`): the kiosk
 // sees that it never got that one, and catches up, though nothing more

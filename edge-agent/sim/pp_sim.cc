@@ -551,10 +551,10 @@ int main(int argc, char** argv) {
   shards.SendAll({{"t", "start"}, {"at_ns", std::chrono::duration_cast<std::chrono::nanoseconds>(
                                                 start.time_since_epoch()).count()}});
   const auto give_up = start + o.window + std::chrono::seconds(180);
-  // Gives up on every process not heard from since `since` - o.silence.
-  auto cut_off = [&](Steady::time_point since, const char* doing) {
+  // Gives up on every process that has said nothing for o.silence.
+  auto cut_off = [&](const char* doing) {
     for (int k = 0; k < shards.count(); ++k) {
-      if (reported.count(k) || given_up.count(k) || since - heard[size_t(k)] < o.silence) continue;
+      if (reported.count(k) || given_up.count(k) || Steady::now() - heard[size_t(k)] < o.silence) continue;
       char why[120];
       std::snprintf(why, sizeof why, "said nothing for %.1f s %s", o.silence.count() / 1000.0, doing);
       given_up[k] = why;
@@ -565,7 +565,7 @@ int main(int argc, char** argv) {
   bool interrupted = false;
   std::fill(heard.begin(), heard.end(), start);
   for (auto printed = start; !progress.Done() && Steady::now() < give_up;) {
-    cut_off(Steady::now(), "during the rush");
+    cut_off("during the rush");
     if (sim::StopSignal::raised() || !reported.empty() || !given_up.empty()) {
       interrupted = true;
       shards.SendAll({{"t", "interrupt"}});
@@ -586,7 +586,7 @@ int main(int argc, char** argv) {
   std::fill(heard.begin(), heard.end(), Steady::now());
   while (int(reported.size() + given_up.size()) < shards.count()) {
     receive();
-    cut_off(Steady::now(), "after it was told to stop");
+    cut_off("after it was told to stop");
   }
 
   // 5. Lost or doubled? The hub's store against what the kiosks were told.

@@ -233,7 +233,16 @@ int main(int argc, char** argv) {
   // The device door: signed ops in through the broker, outbox out.
   std::unique_ptr<pp::DeviceIngest> ingest;
   std::unique_ptr<pp::IngestPool> pool;
-  std::unique_ptr<pp::sync::MqttClient> mqtt;
+  // Two connections to the broker: `mqtt` reads the devices' ops, `mqtt_out`
+  // writes everything down (the relay's QoS 1 publishes, query answers).
+  // Why apart: Paho C queues a QoS 1 PUBACK instead of writing it whenever
+  // its socket still has bytes to send, so on one connection the hub's
+  // acknowledgements of ops wait behind the relay's publishes, and the
+  // broker, which sends a client at most 200 unacknowledged messages,
+  // slows what it gives the hub to what the hub manages to write. Apart,
+  // reading never waits on writing. In the rushes measured the difference
+  // was within the noise (docs/benchmarks.md, "Session 19").
+  std::unique_ptr<pp::sync::MqttClient> mqtt, mqtt_out;
   std::unique_ptr<pp::OutboxRelay> relay;
   if (!args.mqtt_uri.empty()) {
     ingest = std::make_unique<pp::DeviceIngest>(hub);
@@ -251,7 +260,15 @@ int main(int argc, char** argv) {
         mo, [&pool](const std::string& topic, const std::string& payload, const std::string& tp) {
           pool->Post(topic, payload, tp);
         });
-    ingest->SetQueryReply([m = mqtt.get()](const std::string& device, const std::string& message,
+    pp::sync::MqttClient::Options out = mo;
+    out.client_id = args.mqtt_client_id + "-out";
+    out.subscriptions.clear();
+    // Nothing is ever queued for it: a session that ends with the connection.
+    out.session_expiry_s = 0;
+    out.clean_start = true;
+    mqtt_out = std::make_unique<pp::sync::MqttClient>(
+        out, [](const std::string&, const std::string&, const std::string&) {});
+    ingest->SetQueryReply([m = mqtt_out.get()](const std::string& device, const std::string& message,
                                            const std::string& tp) {
       // QoS 0: a lost answer is asked for again, and the relay's QoS 1
       // window of in-flight publishes stays its own.
@@ -259,11 +276,14 @@ int main(int argc, char** argv) {
         pp::Log(pp::LogLevel::kWarn, "query_answer_not_sent", {{"device", device}, {"error", ack.error().ToString()}});
     });
     // Made before the first message can arrive: pings name what it sent.
-    relay = std::make_unique<pp::OutboxRelay>(hub, *mqtt);
+    relay = std::make_unique<pp::OutboxRelay>(hub, *mqtt_out);
     ingest->SetLastSent([r = relay.get()](const std::string& device) { return r->LastSentTo(device); });
-    if (auto st = mqtt->Connect(std::chrono::seconds(10)); !st.ok()) {
-      std::fprintf(stderr, "pp-hub: %s\n", st.error().ToString().c_str());
-      return 1;
+    // The writer first: the first op read may be answered at once.
+    for (auto* client : {mqtt_out.get(), mqtt.get()}) {
+      if (auto st = client->Connect(std::chrono::seconds(10)); !st.ok()) {
+        std::fprintf(stderr, "pp-hub: %s\n", st.error().ToString().c_str());
+        return 1;
+      }
     }
     relay->SetMetrics(&metrics);
     hub.SetCommitHook([r = relay.get()] { r->Notify(); });
@@ -312,12 +332,13 @@ int main(int argc, char** argv) {
                              auto page = hub.ListSurplus({pp::SurplusStatus::kDeadLettered}, 0, 100000);
                              return page.ok() ? double(page->size()) : 0.0;
                            });
-  api.SetStatusProbe([&matcher, &travel, &hub, &clock, &ingest, &mqtt] {
+  auto broker_up = [&mqtt, &mqtt_out] { return mqtt->connected() && mqtt_out->connected(); };
+  api.SetStatusProbe([&matcher, &travel, &hub, &clock, &ingest, &mqtt, broker_up] {
     nlohmann::json j{{"saturation", matcher.SaturationRatio()},
                      {"routing_breaker", travel.breaker_state() == pp::CircuitBreaker::State::kOpen       ? "open"
                                          : travel.breaker_state() == pp::CircuitBreaker::State::kHalfOpen ? "half_open"
                                                                                                             : "closed"},
-                     {"broker", mqtt ? (mqtt->connected() ? "connected" : "disconnected") : "not configured"}};
+                     {"broker", mqtt ? (broker_up() ? "connected" : "disconnected") : "not configured"}};
     auto page = hub.ListUnsentOutbox(1);
     j["outbox_lag_seconds"] = mqtt && page.ok() && !page->empty()
                                   ? std::chrono::duration<double>(clock.Now() - page->front().created_at).count()
@@ -328,9 +349,9 @@ int main(int argc, char** argv) {
     }
     return j;
   });
-  api.SetReadiness([&hub, &mqtt]() -> pp::Status {
+  api.SetReadiness([&hub, &mqtt, broker_up]() -> pp::Status {
     if (auto r = hub.ListUnsentOutbox(1); !r.ok()) return pp::Error::Unavailable("store: " + r.error().message);
-    if (mqtt && !mqtt->connected()) return pp::Error::Unavailable("broker not connected");
+    if (mqtt && !broker_up()) return pp::Error::Unavailable("broker not connected");
     return pp::OkStatus();
   });
   auto port = api.Bind(args.host, args.port);
@@ -375,6 +396,7 @@ int main(int argc, char** argv) {
   if (mqtt) mqtt->Disconnect();  // stop taking ops; what was taken still commits
   pool.reset();                  // finishes the ops already queued
   if (relay) relay->Stop();
+  if (mqtt_out) mqtt_out->Disconnect();
   hub.SetCommitHook(nullptr);
   committer->reset();  // drains: every accepted write commits before exit
   pp::Log(pp::LogLevel::kInfo, "hub_stopped");

@@ -201,14 +201,14 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "pp-hub: cannot open store: %s\n", store.error().ToString().c_str());
     return 1;
   }
-  auto committer = pp::GroupCommitter::Start(**store, {});
+  pp::metrics::Registry metrics;
+  auto committer = pp::GroupCommitter::Start(**store, {.metrics = &metrics});
   if (!committer.ok()) {
     std::fprintf(stderr, "pp-hub: %s\n", committer.error().ToString().c_str());
     return 1;
   }
   const pp::Clock& clock = pp::SystemClock::Instance();
   pp::HubService hub(**store, **committer, clock);
-  pp::metrics::Registry metrics;
   hub.SetMetrics(&metrics);
   // The Prometheus convention's process CPU: what the hub costs per post or
   // claim, beside the rates (pp-sim divides it by the posts of a rush).

@@ -15,6 +15,14 @@ Result<std::unique_ptr<GroupCommitter>> GroupCommitter::Start(Store& store, Opti
   if (options.writers <= 0) options.writers = store.MaxConcurrentWriters();
   if (options.max_batch <= 0) options.max_batch = 1;
   std::unique_ptr<GroupCommitter> gc(new GroupCommitter(store, options));
+  if (options.metrics) {
+    gc->batch_seconds_ = &options.metrics->GetHistogram(
+        "store_batch_seconds",
+        "A group commit's transaction, from BEGIN to the end of COMMIT (its fsync included), retries included.",
+        metrics::LatencyBuckets());
+    gc->batch_ops_ = &options.metrics->GetHistogram("store_batch_ops", "Operations in one group commit.",
+                                                    {1, 2, 5, 10, 20, 50, 100, 200, 512});
+  }
   for (int i = 0; i < options.writers; ++i) {
     auto w = std::make_unique<Writer>();
     PP_ASSIGN_OR_RETURN(w->session, store.OpenSession());
@@ -87,28 +95,43 @@ Status GroupCommitter::EnsureSession(Writer& w) {
 void GroupCommitter::RunBatch(Writer& w, std::vector<Item>& batch) {
   batches_++;
   ops_ += batch.size();
-  if (batch.size() == 1) {
-    auto st = RunAlone(w, batch[0]);
-    batch[0].done(std::move(st));
-    return;
-  }
+  const auto began = std::chrono::steady_clock::now();
   std::vector<Status> results;
   results.reserve(batch.size());
+  if (batch.size() == 1 || !RunTogether(w, batch, results)) {
+    // One op, or something in the batch hit a store error: every op runs
+    // in its own transaction, so that only the op at fault fails.
+    results.clear();
+    for (auto& item : batch) results.push_back(RunAlone(w, item));
+  }
+  Record(began, batch.size());
+  for (size_t i = 0; i < batch.size(); ++i) batch[i].done(std::move(results[i]));
+}
+
+bool GroupCommitter::RunTogether(Writer& w, std::vector<Item>& batch, std::vector<Status>& results) {
   bool failed = !EnsureSession(w).ok() || !w.session->Begin(TxnMode::kWrite).ok();
   for (size_t i = 0; !failed && i < batch.size(); ++i) {
     results.push_back(batch[i].op(*w.session));
     if (!results.back().ok() && IsStoreFailure(results.back().error())) failed = true;
   }
   if (!failed) failed = !w.session->Commit().ok();
-  if (!failed) {
-    for (size_t i = 0; i < batch.size(); ++i) batch[i].done(std::move(results[i]));
-    return;
+  if (failed) {
+    batch_failures_++;
+    if (w.session) w.session->Rollback();
   }
-  // Something in the batch hit a store error: run every op on its own so
-  // that only the op at fault fails.
-  batch_failures_++;
-  if (w.session) w.session->Rollback();
-  for (auto& item : batch) item.done(RunAlone(w, item));
+  return !failed;
+}
+
+void GroupCommitter::Record(std::chrono::steady_clock::time_point began, size_t ops) {
+  const auto took = std::chrono::steady_clock::now() - began;
+  const double seconds = std::chrono::duration<double>(took).count();
+  if (batch_seconds_) {
+    batch_seconds_->Observe(seconds);
+    batch_ops_->Observe(double(ops));
+  }
+  if (took > options_.slow_batch) {
+    Log(LogLevel::kWarn, "slow_batch", {{"ops", std::to_string(ops)}, {"seconds", std::to_string(seconds)}});
+  }
 }
 
 Status GroupCommitter::RunAlone(Writer& w, Item& item) {

@@ -19,6 +19,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -28,6 +29,7 @@
 #include <vector>
 
 #include "cloud-hub/store/store.h"
+#include "common/metrics.h"
 
 namespace pp {
 
@@ -39,6 +41,12 @@ class GroupCommitter {
   struct Options {
     int max_batch = 512;  // ops per transaction
     int writers = 0;      // 0: the store's MaxConcurrentWriters()
+    // Where to record each batch's transaction time and size
+    // (store_batch_seconds, store_batch_ops); none if null.
+    metrics::Registry* metrics = nullptr;
+    // A batch whose transaction takes longer is logged (slow_batch): a
+    // store that stops committing stops every door, and says so.
+    std::chrono::milliseconds slow_batch{1000};
   };
 
   struct Stats {
@@ -71,8 +79,14 @@ class GroupCommitter {
   GroupCommitter(Store& store, Options options) : store_(store), options_(options) {}
   void WriterLoop(Writer& w);
   void RunBatch(Writer& w, std::vector<Item>& batch);
+  // Runs the batch in one transaction; false (rolled back) if a store
+  // error hit it. `results` gets one status an op run.
+  bool RunTogether(Writer& w, std::vector<Item>& batch, std::vector<Status>& results);
   // Runs one op in its own transaction, retrying transient store errors.
   Status RunAlone(Writer& w, Item& item);
+  // Records a batch's transaction time (BEGIN to the end of COMMIT, retries
+  // included), before its ops are acknowledged.
+  void Record(std::chrono::steady_clock::time_point began, size_t ops);
   Status EnsureSession(Writer& w);
 
   // Constant after construction.
@@ -88,6 +102,8 @@ class GroupCommitter {
   bool stopping_ = false;
 
   std::atomic<uint64_t> ops_{0}, batches_{0}, batch_failures_{0};
+  metrics::Histogram* batch_seconds_ = nullptr;  // set before the writers start
+  metrics::Histogram* batch_ops_ = nullptr;
 };
 
 // Store errors (as opposed to domain answers) make the batch roll back.

@@ -293,6 +293,43 @@ TEST_P(HubServiceTest, AStoreFailureInABatchFailsOnlyItsOwnOperation) {
   s->Rollback();
 }
 
+TEST_P(HubServiceTest, EachBatchRecordsItsTransactionTimeAndSize) {
+  metrics::Registry registry;
+  hub_.reset();
+  committer_ = std::move(*GroupCommitter::Start(*store_, {.writers = 1, .metrics = &registry}));
+  hub_ = std::make_unique<HubService>(*store_, *committer_, clock_);
+  int64_t provider = NewOrg(OrgKind::kProvider);
+  // A batch that takes 50 ms inside its transaction, holding three posts
+  // queued behind it: the histogram must see at least that long a batch.
+  std::latch holding(1), queued(1);
+  committer_->Submit(
+      [&](StoreSession&) {
+        holding.count_down();
+        queued.wait();
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        return OkStatus();
+      },
+      [](Status) {});
+  holding.wait();
+  std::vector<std::future<Result<Reply>>> results;
+  for (int i = 0; i < 3; ++i) {
+    auto p = std::make_shared<std::promise<Result<Reply>>>();
+    results.push_back(p->get_future());
+    hub_->PostSurplus(Draft(provider), "b" + std::to_string(i), [p](Result<Reply> r) { p->set_value(std::move(r)); });
+  }
+  queued.count_down();
+  for (auto& f : results) ASSERT_TRUE(f.get().ok());
+  const auto text = registry.Render();
+  auto seconds = registry.GetHistogram("store_batch_seconds", "", {}).Read();
+  auto ops = registry.GetHistogram("store_batch_ops", "", {}).Read();
+  EXPECT_EQ(seconds.count, committer_->stats().batches) << text;
+  EXPECT_EQ(ops.count, committer_->stats().batches);
+  EXPECT_DOUBLE_EQ(ops.sum, double(committer_->stats().ops));
+  EXPECT_GE(seconds.sum, 0.050);
+  // The three posts shared one batch: some batch held 3 ops (bucket <= 5, not <= 2).
+  EXPECT_GT(ops.cumulative[2], ops.cumulative[1]) << text;
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, HubServiceTest, ::testing::Values("sqlite", "postgresql"),
                          [](const auto& info) { return info.param; });
 

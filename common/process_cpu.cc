@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 
+#include <pthread.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -51,6 +52,10 @@ std::optional<double> CpuSecondsFromMetrics(const std::string& metrics_text) {
     return v;
   }
   return std::nullopt;
+}
+
+void NameThisThread(const std::string& name) {
+  pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
 }
 
 }  // namespace pp

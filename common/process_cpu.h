@@ -17,4 +17,9 @@ std::optional<double> ProcessCpuSecondsFromPidFile(const std::string& pid_file);
 // Prometheus /metrics page (pp-hub's); nullopt if absent or not a number.
 std::optional<double> CpuSecondsFromMetrics(const std::string& metrics_text);
 
+// Names the calling thread (at most 15 characters are kept), so that
+// `top -H`, perf and /proc/PID/task/*/comm tell which of a process's
+// threads costs what.
+void NameThisThread(const std::string& name);
+
 }  // namespace pp

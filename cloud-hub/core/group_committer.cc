@@ -3,6 +3,7 @@
 #include <future>
 
 #include "common/log.h"
+#include "common/process_cpu.h"
 
 namespace pp {
 
@@ -67,6 +68,7 @@ GroupCommitter::Stats GroupCommitter::stats() const {
 }
 
 void GroupCommitter::WriterLoop(Writer& w) {
+  NameThisThread("store-writer");
   std::vector<Item> batch;
   while (true) {
     {

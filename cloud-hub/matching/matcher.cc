@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "common/process_cpu.h"
+
 namespace pp {
 
 std::vector<RankedCandidate> Rank(const VehicleIndex& index, const MatchRequest& req,
@@ -57,6 +59,7 @@ Matcher::~Matcher() {
 }
 
 void Matcher::Run(Shard& s) {
+  NameThisThread("match-shard");
   while (true) {
     std::function<void(VehicleIndex&)> task;
     {

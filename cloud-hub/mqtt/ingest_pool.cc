@@ -2,6 +2,8 @@
 
 #include <functional>
 
+#include "common/process_cpu.h"
+
 namespace pp {
 
 IngestPool::IngestPool(DeviceIngest& ingest, int workers, size_t queue_limit)
@@ -36,6 +38,7 @@ void IngestPool::Post(std::string topic, std::string payload, std::string tracep
 }
 
 void IngestPool::Run(Worker& w) {
+  NameThisThread("ingest");
   std::deque<Item> batch;
   while (true) {
     {

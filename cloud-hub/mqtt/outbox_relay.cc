@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "common/log.h"
+#include "common/process_cpu.h"
 #include "sync/protocol.h"
 
 namespace pp {
@@ -107,6 +108,7 @@ void OutboxRelay::Notify() {
 }
 
 void OutboxRelay::Loop() {
+  NameThisThread("outbox-relay");
   auto backoff = std::chrono::milliseconds(50);
   while (true) {
     {

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <thread>
 
 #include "tests/support/test_support.h"
 
@@ -44,6 +45,19 @@ TEST(ProcessCpu, ReadFromAMetricsPage) {
   EXPECT_EQ(CpuSecondsFromMetrics("process_cpu_seconds_total 3\n"), 3.0) << "first line";
   EXPECT_FALSE(CpuSecondsFromMetrics("up 1\n").has_value());
   EXPECT_FALSE(CpuSecondsFromMetrics("process_cpu_seconds_total x\n").has_value());
+}
+
+TEST(ProcessCpu, AThreadNamesItselfAndLongNamesAreCut) {
+  auto comm_of_a_thread_named = [](const std::string& name) {
+    std::string comm;
+    std::thread([&] {
+      NameThisThread(name);
+      std::ifstream("/proc/self/task/" + std::to_string(gettid()) + "/comm") >> comm;
+    }).join();
+    return comm;
+  };
+  EXPECT_EQ(comm_of_a_thread_named("store-writer"), "store-writer");
+  EXPECT_EQ(comm_of_a_thread_named("a-name-longer-than-fifteen"), "a-name-longer-t");
 }
 
 }  // namespace

@@ -327,11 +327,10 @@ int main(int argc, char** argv) {
                              if (!page.ok() || page->empty()) return 0.0;
                              return std::chrono::duration<double>(clock.Now() - page->front().created_at).count();
                            });
-  metrics.AddGaugeCallback("dlq_posts", "Posts waiting in the dead-letter queue (counted up to 100000).", {},
-                           [&hub] {
-                             auto page = hub.ListSurplus({pp::SurplusStatus::kDeadLettered}, 0, 100000);
-                             return page.ok() ? double(page->size()) : 0.0;
-                           });
+  metrics.AddGaugeCallback("dlq_posts", "Posts waiting in the dead-letter queue.", {}, [&hub] {
+    auto n = hub.CountSurplusIn(pp::SurplusStatus::kDeadLettered);
+    return n.ok() ? double(*n) : 0.0;
+  });
   auto broker_up = [&mqtt, &mqtt_out] { return mqtt->connected() && mqtt_out->connected(); };
   api.SetStatusProbe([&matcher, &travel, &hub, &clock, &ingest, &mqtt, broker_up] {
     nlohmann::json j{{"saturation", matcher.SaturationRatio()},

@@ -522,6 +522,10 @@ Result<std::vector<Surplus>> HubService::ListSurplus(const std::vector<SurplusSt
       [&](StoreSession& s) { return s.ListSurplus(statuses, after_id, limit); });
 }
 
+Result<int64_t> HubService::CountSurplusIn(SurplusStatus status) {
+  return Read<int64_t>([&](StoreSession& s) { return s.CountSurplusIn(status); });
+}
+
 Result<std::vector<Surplus>> HubService::FindSurplus(const SurplusFilter& filter) {
   return Read<std::vector<Surplus>>([&](StoreSession& s) { return s.FindSurplus(filter); });
 }

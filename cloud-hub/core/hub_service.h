@@ -114,6 +114,7 @@ class HubService {
   Result<std::vector<Surplus>> ListSurplus(const std::vector<SurplusStatus>& statuses,
                                            int64_t after_id, int limit);
   Result<std::vector<Surplus>> FindSurplus(const SurplusFilter& filter);
+  Result<int64_t> CountSurplusIn(SurplusStatus status);
   Result<std::vector<Organization>> ListOrganizations(std::optional<OrgKind> kind, int64_t after_id,
                                                       int limit);
   Result<std::vector<int64_t>> ListDue(Timestamp now, int limit);

@@ -143,6 +143,9 @@ class StoreSession {
 
   // Counts for tests and /healthz-style reports.
   virtual Result<int64_t> CountSurplus() = 0;
+  // Posts in one status, from the status index (the dlq_posts gauge: a
+  // scrape must not read the posts themselves).
+  virtual Result<int64_t> CountSurplusIn(SurplusStatus status) = 0;
 };
 
 class Store {

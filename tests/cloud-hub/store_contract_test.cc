@@ -369,6 +369,10 @@ TEST_P(StoreContract, DueWorkAndListsByStatus) {
   EXPECT_EQ(open[0].id, dlq);
   EXPECT_EQ(open[1].id, fresh);
   EXPECT_EQ(s_->ListSurplus({}, dlq, 10)->size(), 2u);
+  EXPECT_EQ(*s_->CountSurplusIn(SurplusStatus::kDeadLettered), 1);
+  EXPECT_EQ(*s_->CountSurplusIn(SurplusStatus::kAvailable), 1);
+  EXPECT_EQ(*s_->CountSurplusIn(SurplusStatus::kOffered), 1);
+  EXPECT_EQ(*s_->CountSurplusIn(SurplusStatus::kDelivered), 0);
   s_->Rollback();
 }
 

@@ -247,6 +247,7 @@ std::vector<Statement> Statements() {
        "INSERT INTO idempotency (scope, key, fingerprint, result, created_at) "
        "VALUES ($1,$2,$3,$4,$5)"},
       {"surplus_count", "SELECT count(*) FROM surplus"},
+      {"surplus_count_in", "SELECT count(*) FROM surplus WHERE status = $1"},
       // Deferred append-only rows, one statement per table per transaction.
       {"history_flush",
        "INSERT INTO surplus_history (surplus_id, version, at, from_status, to_status, event, "
@@ -589,6 +590,12 @@ class PgSession final : public StoreSession {
   Result<int64_t> CountSurplus() override {
     return Exec("count surplus",
                 [&] { return txn_->exec_prepared1("surplus_count")[0].as<int64_t>(); });
+  }
+
+  Result<int64_t> CountSurplusIn(SurplusStatus status) override {
+    return Exec("count surplus in status", [&] {
+      return txn_->exec_prepared1("surplus_count_in", std::string(ToString(status)))[0].as<int64_t>();
+    });
   }
 
   Status Migrate() {

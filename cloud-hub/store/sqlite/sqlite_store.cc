@@ -410,6 +410,13 @@ class SqliteSession final : public StoreSession {
     return s.Int(0);
   }
 
+  Result<int64_t> CountSurplusIn(SurplusStatus status) override {
+    auto& s = Prepare("SELECT count(*) FROM surplus WHERE status = ?");
+    s.Reset().Bind(ToString(status));
+    PP_RETURN_IF_ERROR(s.Step("count surplus in status"));
+    return s.Int(0);
+  }
+
   Status Migrate() {
     PP_RETURN_IF_ERROR(Exec(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "

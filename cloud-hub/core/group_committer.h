@@ -44,9 +44,6 @@ class GroupCommitter {
     // Where to record each batch's transaction time and size
     // (store_batch_seconds, store_batch_ops); none if null.
     metrics::Registry* metrics = nullptr;
-    // A batch whose transaction takes longer is logged (slow_batch): a
-    // store that stops committing stops every door, and says so.
-    std::chrono::milliseconds slow_batch{1000};
   };
 
   struct Stats {

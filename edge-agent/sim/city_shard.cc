@@ -583,6 +583,7 @@ class Shard {
         tally_.mqtt_down = down_msgs_ - down_before_;
       }
       tally_.posts_sent = posts_sent_;
+      tally_.counts["ops_unanswered"] = int(awaiting_.size());
       json m = tally_.ToJson();
       m["t"] = "results";
       Report(m);

@@ -248,6 +248,42 @@ TEST_F(SimTest, AProcessThatStopsAnsweringIsGivenUpOnAndTheRunSaysItIsIncomplete
   for (pid_t child : children) EXPECT_TRUE(kill(child, 0) != 0 && errno == ESRCH) << child;
 }
 
+// A rush whose outcomes stop coming (here: the broker stopped with SIGSTOP
+// once the rush is under way) ends --overtime after its window, says it did
+// not finish and how many ops were left unanswered, and exits 4. Before,
+// such a run wrote "complete": true and exited 0.
+TEST_F(SimTest, ARushThatDoesNotSettleWithinItsOvertimeSaysSoAndExits4) {
+  test::Process sim(SimArgs({"--kiosks", "4", "--posts-per-kiosk", "3", "--vehicles", "0", "--window", "6s",
+                             "--baseline", "0", "--overtime", "2s"}),
+                    dir_.file("sim.err"));
+  const pid_t broker = std::stoi(test::ReadFile(broker_.dir() + "/mosquitto.pid"));
+  struct ContinueBroker {
+    pid_t pid;
+    ~ContinueBroker() { kill(pid, SIGCONT); }
+  } resume{broker};
+  ASSERT_TRUE(test::Eventually([&] { return test::ReadFile(dir_.file("sim.err")).find("posts ") != std::string::npos; },
+                               std::chrono::seconds(30)));
+  ASSERT_EQ(kill(broker, SIGSTOP), 0);
+  ASSERT_TRUE(test::Eventually(
+      [&] { return test::ReadFile(dir_.file("sim.err")).find("did not settle") != std::string::npos; },
+      std::chrono::seconds(30)))
+      << test::ReadFile(dir_.file("sim.err")).substr(0, 3000);
+  ASSERT_EQ(kill(broker, SIGCONT), 0);
+  const int status = sim.Wait();
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 4) << status;
+  json r = json::parse(test::ReadFile(dir_.file("sim/results.json")));
+  EXPECT_FALSE(r["finished"].get<bool>());
+  EXPECT_FALSE(r["interrupted"].get<bool>());
+  EXPECT_TRUE(r["complete"].get<bool>());  // every process answered
+  EXPECT_EQ(r["posts_sent"], 12);
+  // Posts were due over 6 s and the broker stopped within the first second or so.
+  EXPECT_LT(r["posts_accepted"].get<int>(), 12) << test::ReadFile(dir_.file("sim.err")).substr(0, 3000);
+  EXPECT_EQ(r["ops_unanswered"].get<int>(), 12 - r["posts_accepted"].get<int>()) << r.dump();
+  EXPECT_EQ(r["lost"], 0);
+  EXPECT_EQ(r["duplicated"], 0);
+  EXPECT_NE(test::ReadFile(dir_.file("sim.err")).find("the run did not finish: "), std::string::npos);
+}
+
 TEST_F(SimTest, BadOptionsAreNamed) {
   std::ofstream(dir_.file("broken.csv")) << "fhrsid,role,name,business_type,borough,postcode,lat,lon,rating,rating_date\n"
                                          << "1,provider,A,Restaurant,Hackney,E8,north,-0.1,5,2020-01-01\n";
@@ -257,6 +293,7 @@ TEST_F(SimTest, BadOptionsAreNamed) {
            {{"--window", "soon"}, "--window must be a duration"},
            {{"--accept", "1.5"}, "--accept must be a number in"},
            {{"--silence", "500ms"}, "--silence must be at least 1s"},
+           {{"--overtime", "500ms"}, "--overtime must be at least 1s"},
            {{"--speed", "9"}, "unknown option --speed"},
            {{"--device-dir", "/proc/no-such-place"}, "cannot create --device-dir /proc/no-such-place"},
            {{"--data", "/nonexistent.csv"}, "cannot read /nonexistent.csv"}}) {

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdio>
@@ -359,7 +360,7 @@ class Shard {
     std::lock_guard lock(tally_mu_);
     if (!q.ok()) return void(tally_.counts["errors"]++);
     sent_[q->op] = pressed;
-    awaiting_.insert(q->op);
+    awaiting_[q->op] = type;
     if (type == std::string(sync::kOpClaim)) tally_.counts["race_claims"]++;
     // Its outcome may have come back before we got here (Submit hands the
     // op to the sender at once): count it now.
@@ -583,7 +584,12 @@ class Shard {
         tally_.mqtt_down = down_msgs_ - down_before_;
       }
       tally_.posts_sent = posts_sent_;
+      // Ops whose outcome has not reached their device; the posts among
+      // them were all pressed within the window, the rest (a van's report
+      // or race claim) may have been pressed a moment before the end.
       tally_.counts["ops_unanswered"] = int(awaiting_.size());
+      tally_.counts["posts_unanswered"] = int(std::count_if(
+          awaiting_.begin(), awaiting_.end(), [](const auto& a) { return a.second == sync::kOpPostSurplus; }));
       json m = tally_.ToJson();
       m["t"] = "results";
       Report(m);
@@ -630,7 +636,7 @@ class Shard {
   std::mutex tally_mu_;  // tally_, sent_, settled_, rng_
   Tally tally_;
   std::map<std::string, Steady::time_point> sent_;  // op -> when the person pressed
-  std::set<std::string> awaiting_;                  // ops pressed, outcome not yet applied
+  std::map<std::string, std::string> awaiting_;     // ops pressed, outcome not yet applied -> their type
   struct EarlyOutcome {
     std::string type;
     json message;

@@ -649,9 +649,14 @@ int main(int argc, char** argv) {
       // posts are missing from every count, and "lost" checks only the rest.
       {"complete", given_up.empty()}, {"processes_given_up", given_up_json},
       // Every post answered and settled before the end; if not, the ops
-      // whose outcome had not reached their device (still queued there,
-      // not lost: "lost" checks what the kiosks were told was accepted).
+      // (and posts among them) whose outcome had not reached their device:
+      // still queued there, not lost ("lost" checks what the kiosks were
+      // told was accepted).
       {"finished", finished}, {"ops_unanswered", count("ops_unanswered")},
+      {"posts_unanswered", count("posts_unanswered")},
+      // This run's posts the hub holds, answered or not: above
+      // posts_accepted, the outcomes were what did not come back.
+      {"posts_in_hub_store", std::count_if(in_store.begin(), in_store.end(), [](const auto& p) { return p.second > 0; })},
       {"window_s", o.window.count() / 1000.0}, {"accept_probability", o.accept_p}, {"interrupted", interrupted},
       {"posts_scheduled", total_posts}, {"posts_sent", tally.posts_sent}, {"posts_accepted", accepted},
       {"claims", count("claims")}, {"picked_up", count("picked_up")}, {"delivered", count("delivered")},
@@ -720,8 +725,8 @@ int main(int argc, char** argv) {
   }
   if (lost != 0 || doubled != 0) return 1;
   if (!finished && !interrupted) {
-    std::fprintf(stderr, "pp-sim: the run did not finish: %d ops still unanswered on the devices\n",
-                 count("ops_unanswered"));
+    std::fprintf(stderr, "pp-sim: the run did not finish: %d ops (%d posts) still unanswered on the devices\n",
+                 count("ops_unanswered"), count("posts_unanswered"));
     return 4;
   }
   return 0;

@@ -68,6 +68,9 @@ TEST_P(SimRushTest, ASmallRushIsPostedClaimedDrivenAndDeliveredWithNothingLost) 
   EXPECT_EQ(r["duplicated"], 0);
   EXPECT_EQ(r["errors"], 0);
   EXPECT_FALSE(r["interrupted"].get<bool>());
+  EXPECT_TRUE(r["finished"].get<bool>());
+  EXPECT_EQ(r["posts_unanswered"], 0);
+  EXPECT_EQ(r["posts_in_hub_store"], 24);
   // Every post won by a van was driven to, picked up with the kitchen's
   // code and delivered at the van's depot.
   EXPECT_GT(r["claims"].get<int>(), 0);
@@ -278,7 +281,10 @@ TEST_F(SimTest, ARushThatDoesNotSettleWithinItsOvertimeSaysSoAndExits4) {
   EXPECT_EQ(r["posts_sent"], 12);
   // Posts were due over 6 s and the broker stopped within the first second or so.
   EXPECT_LT(r["posts_accepted"].get<int>(), 12) << test::ReadFile(dir_.file("sim.err")).substr(0, 3000);
-  EXPECT_EQ(r["ops_unanswered"].get<int>(), 12 - r["posts_accepted"].get<int>()) << r.dump();
+  EXPECT_EQ(r["posts_unanswered"].get<int>(), 12 - r["posts_accepted"].get<int>()) << r.dump();
+  EXPECT_EQ(r["ops_unanswered"], r["posts_unanswered"]);  // kiosks alone: every op a post
+  EXPECT_GE(r["posts_in_hub_store"].get<int>(), r["posts_accepted"].get<int>());
+  EXPECT_LE(r["posts_in_hub_store"].get<int>(), 12);
   EXPECT_EQ(r["lost"], 0);
   EXPECT_EQ(r["duplicated"], 0);
   EXPECT_NE(test::ReadFile(dir_.file("sim.err")).find("the run did not finish: "), std::string::npos);

@@ -13,6 +13,7 @@
 #include <queue>
 #include <random>
 #include <set>
+#include <string_view>
 #include <thread>
 
 #include "common/clock.h"
@@ -360,7 +361,7 @@ class Shard {
     std::lock_guard lock(tally_mu_);
     if (!q.ok()) return void(tally_.counts["errors"]++);
     sent_[q->op] = pressed;
-    awaiting_[q->op] = type;
+    awaiting_[q->op] = type == std::string_view(sync::kOpPostSurplus);
     if (type == std::string(sync::kOpClaim)) tally_.counts["race_claims"]++;
     // Its outcome may have come back before we got here (Submit hands the
     // op to the sender at once): count it now.
@@ -588,8 +589,8 @@ class Shard {
       // them were all pressed within the window, the rest (a van's report
       // or race claim) may have been pressed a moment before the end.
       tally_.counts["ops_unanswered"] = int(awaiting_.size());
-      tally_.counts["posts_unanswered"] = int(std::count_if(
-          awaiting_.begin(), awaiting_.end(), [](const auto& a) { return a.second == sync::kOpPostSurplus; }));
+      tally_.counts["posts_unanswered"] =
+          int(std::count_if(awaiting_.begin(), awaiting_.end(), [](const auto& a) { return a.second; }));
       json m = tally_.ToJson();
       m["t"] = "results";
       Report(m);
@@ -636,7 +637,7 @@ class Shard {
   std::mutex tally_mu_;  // tally_, sent_, settled_, rng_
   Tally tally_;
   std::map<std::string, Steady::time_point> sent_;  // op -> when the person pressed
-  std::map<std::string, std::string> awaiting_;     // ops pressed, outcome not yet applied -> their type
+  std::map<std::string, bool> awaiting_;            // ops pressed, outcome not yet applied -> is it a post
   struct EarlyOutcome {
     std::string type;
     json message;

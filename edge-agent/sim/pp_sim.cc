@@ -600,9 +600,13 @@ int main(int argc, char** argv) {
     receive();
     cut_off("after it was told to stop");
   }
-  if (!finished && !interrupted)  // said once every process has counted
-    std::fprintf(stderr, "pp-sim: the rush did not settle within --overtime %.0f s after its window\n",
-                 std::chrono::duration<double>(o.overtime).count());
+  // Said once every process has counted, before the hub's store is read.
+  const int ops_unanswered = tally.counts["ops_unanswered"], posts_unanswered = tally.counts["posts_unanswered"];
+  if (!finished && !interrupted)
+    std::fprintf(stderr,
+                 "pp-sim: the rush did not settle within --overtime %.0f s after its window: %d ops (%d posts) "
+                 "still unanswered on the devices\n",
+                 std::chrono::duration<double>(o.overtime).count(), ops_unanswered, posts_unanswered);
 
   // 5. Lost or doubled? The hub's store against what the kiosks were told.
   std::map<std::string, int> in_store;
@@ -652,8 +656,7 @@ int main(int argc, char** argv) {
       // (and posts among them) whose outcome had not reached their device:
       // still queued there, not lost ("lost" checks what the kiosks were
       // told was accepted).
-      {"finished", finished}, {"ops_unanswered", count("ops_unanswered")},
-      {"posts_unanswered", count("posts_unanswered")},
+      {"finished", finished}, {"ops_unanswered", ops_unanswered}, {"posts_unanswered", posts_unanswered},
       // This run's posts the hub holds, answered or not: above
       // posts_accepted, the outcomes were what did not come back.
       {"posts_in_hub_store", std::count_if(in_store.begin(), in_store.end(), [](const auto& p) { return p.second > 0; })},
@@ -724,10 +727,5 @@ int main(int argc, char** argv) {
     return 3;
   }
   if (lost != 0 || doubled != 0) return 1;
-  if (!finished && !interrupted) {
-    std::fprintf(stderr, "pp-sim: the run did not finish: %d ops (%d posts) still unanswered on the devices\n",
-                 count("ops_unanswered"), count("posts_unanswered"));
-    return 4;
-  }
-  return 0;
+  return finished || interrupted ? 0 : 4;
 }

@@ -118,6 +118,11 @@ Result<Envelope> Decode(std::string_view bytes) {
   if (bytes.size() > kMaxMessageBytes)
     return Error{Code::kResourceExhausted, "message exceeds " + std::to_string(kMaxMessageBytes) + " bytes", {}, {}};
   PP_ASSIGN_OR_RETURN(nlohmann::json j, ParseJsonObject(bytes, "message"));
+  return DecodeJson(j);
+}
+
+Result<Envelope> DecodeJson(const nlohmann::json& j) {
+  if (!j.is_object()) return Error::Invalid("malformed envelope: not a JSON object");
   std::vector<FieldError> bad;
   for (const auto& [k, v] : j.items())
     if (k != "v" && k != "device" && k != "seq" && k != "op" && k != "type" && k != "ts" &&
@@ -155,6 +160,52 @@ Result<Envelope> Decode(std::string_view bytes) {
     bad.push_back({"op", "must be 1-64 characters"});
   if (!bad.empty()) return Error::Invalid("malformed envelope", std::move(bad));
   return e;
+}
+
+std::string EncodeUpBatch(const std::vector<std::string_view>& envelopes,
+                          const std::vector<std::string_view>& traceparents) {
+  std::string out = R"({"v":)" + std::to_string(kProtocolVersion) + R"(,"kind":"batch","ops":[)";
+  for (size_t i = 0; i < envelopes.size(); ++i) {
+    if (i) out += ',';
+    out += R"({"env":)";
+    out += envelopes[i];
+    if (i < traceparents.size() && !traceparents[i].empty()) {
+      out += R"(,"tp":")";
+      out += traceparents[i];  // W3C traceparents are hex and dashes: nothing to escape
+      out += '"';
+    }
+    out += '}';
+  }
+  out += "]}";
+  return out;
+}
+
+Result<std::vector<UpBatchItem>> DecodeUpBatch(std::string_view payload) {
+  if (payload.size() > kMaxMessageBytes)
+    return Error{Code::kResourceExhausted, "batch exceeds " + std::to_string(kMaxMessageBytes) + " bytes", {}, {}};
+  PP_ASSIGN_OR_RETURN(nlohmann::json j, ParseJsonObject(payload, "batch"));
+  std::vector<FieldError> bad;
+  for (const auto& [k, v] : j.items())
+    if (k != "v" && k != "kind" && k != "ops") bad.push_back({k, "unknown field"});
+  if (!j.contains("v") || !j["v"].is_number_integer() || j["v"].get<int64_t>() != kProtocolVersion)
+    bad.push_back({"v", "must be " + std::to_string(kProtocolVersion)});
+  if (!j.contains("kind") || j["kind"] != "batch") bad.push_back({"kind", "must be \"batch\""});
+  if (!j.contains("ops") || !j["ops"].is_array() || j["ops"].empty() || j["ops"].size() > kMaxUpBatchOps)
+    bad.push_back({"ops", "must be an array of 1 to " + std::to_string(kMaxUpBatchOps) + " ops"});
+  if (!bad.empty()) return Error::Invalid("malformed batch", std::move(bad));
+  std::vector<UpBatchItem> items;
+  items.reserve(j["ops"].size());
+  for (const auto& e : j["ops"]) {
+    UpBatchItem item{Error::Invalid("malformed batch element", {{"ops", "each must be {\"env\": an envelope, \"tp\": a traceparent}"}}), ""};
+    const bool shaped = e.is_object() && e.contains("env") &&
+                        (!e.contains("tp") || e["tp"].is_string()) && e.size() == (e.contains("tp") ? 2u : 1u);
+    if (shaped) {
+      item.env = DecodeJson(e["env"]);
+      if (e.contains("tp")) item.traceparent = e["tp"].get<std::string>();
+    }
+    items.push_back(std::move(item));
+  }
+  return items;
 }
 
 std::string_view ToString(OutcomeStatus s) {

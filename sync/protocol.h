@@ -92,6 +92,34 @@ bool Verify(const Envelope& e, const PublicKey& key);
 std::string Encode(const Envelope& e);
 // Strict: size, JSON shape, field types, version, id syntax. Names what is wrong.
 Result<Envelope> Decode(std::string_view bytes);
+// The same checks on an envelope already parsed (an element of a batch).
+Result<Envelope> DecodeJson(const nlohmann::json& j);
+
+// Several queued ops of one device in one MQTT publish, on the topic
+// pp/v1/up/{device}/batch: {"v":1,"kind":"batch","ops":[{"env":E,"tp":T},...]}
+// with each E exactly the signed envelope a lone publish would carry (so
+// each op keeps its own signature, sequence number and op id) and T its
+// traceparent (omitted when none), in sequence order. A device whose queue
+// holds several ops sends them together: under load each MQTT message
+// costs the device, the broker and the hub far more than its bytes
+// (docs/benchmarks.md, "Session 21").
+constexpr const char* kUpBatch = "batch";          // the topic's type level for a batch
+constexpr size_t kMaxUpBatchOps = 64;
+// `envelopes` are Encode()d JSON texts, spliced in; `traceparents` has one
+// entry per envelope ("" for none).
+std::string EncodeUpBatch(const std::vector<std::string_view>& envelopes,
+                          const std::vector<std::string_view>& traceparents);
+// The bytes EncodeUpBatch adds to its envelopes and traceparents.
+constexpr size_t UpBatchOverhead(size_t n) { return 48 + n * 24; }
+// One element of a batch: its envelope, or what is wrong with it.
+struct UpBatchItem {
+  Result<Envelope> env;
+  std::string traceparent;
+};
+// Fails as a whole (naming what is wrong) when the payload is too large, not
+// a JSON object of that shape, empty, or holds more than kMaxUpBatchOps;
+// otherwise an element that is malformed fails alone.
+Result<std::vector<UpBatchItem>> DecodeUpBatch(std::string_view payload);
 
 // The hub's answer to one operation.
 enum class OutcomeStatus { kAccepted, kConflict, kRejected };

@@ -205,14 +205,35 @@ void DeviceIngest::OnMessage(const std::string& topic, const std::string& payloa
     return;
   }
   const auto& [topic_device, topic_type] = *where;
-  auto decoded = sync::Decode(payload);
-  if (!decoded.ok()) {
-    sync::Envelope shell;
-    shell.device = topic_device;
-    shell.type = topic_type;
-    return Refuse(topic_device, shell, decoded.take_error(), traceparent);
+  // What cannot be decoded is answered with an outcome naming no op: the
+  // device learns that something it sent was refused, and why.
+  auto shell = [&](const std::string& type) {
+    sync::Envelope e;
+    e.device = topic_device;
+    e.type = type;
+    return e;
+  };
+  if (topic_type == sync::kUpBatch) {
+    auto items = sync::DecodeUpBatch(payload);
+    if (!items.ok()) return Refuse(topic_device, shell(topic_type), items.take_error(), traceparent);
+    received_ += items->size() - 1;  // counted per op
+    for (auto& item : *items) {
+      if (!item.env.ok()) {
+        Refuse(topic_device, shell(topic_type), item.env.take_error(), item.traceparent);
+        continue;
+      }
+      OnEnvelope(topic_device, "", std::move(*item.env), item.traceparent, received_at);
+    }
+    return;
   }
-  sync::Envelope env = std::move(*decoded);
+  auto decoded = sync::Decode(payload);
+  if (!decoded.ok()) return Refuse(topic_device, shell(topic_type), decoded.take_error(), traceparent);
+  OnEnvelope(topic_device, topic_type, std::move(*decoded), traceparent, received_at);
+}
+
+void DeviceIngest::OnEnvelope(const std::string& topic_device, const std::string& topic_type,
+                              sync::Envelope env, const std::string& traceparent,
+                              std::chrono::steady_clock::time_point received_at) {
   // A device speaks only for itself: the topic (which the broker's ACL ties
   // to the authenticated user) and the signed envelope must agree.
   if (env.device != topic_device)
@@ -220,7 +241,7 @@ void DeviceIngest::OnMessage(const std::string& topic, const std::string& payloa
                   Refusal(Code::kPermissionDenied, "envelope device " + env.device +
                                                        " does not match topic device " + topic_device),
                   traceparent);
-  if (env.type != topic_type || !sync::KnownOpType(env.type))
+  if ((!topic_type.empty() && env.type != topic_type) || !sync::KnownOpType(env.type))
     return Refuse(topic_device, env,
                   Error::Invalid("type \"" + env.type + "\" does not match the topic or is unknown"),
                   traceparent);

@@ -1,7 +1,8 @@
 // The hub's MQTT door: turns a device's signed operation into the same
 // HubService command the HTTP door runs, and answers it with an outcome.
 //
-// For every message on pp/v1/up/{device}/{type}:
+// For every message on pp/v1/up/{device}/{type} (and every op of a batch on
+// pp/v1/up/{device}/batch, in order, as if each had come alone):
 //   decode strictly -> the topic's device must be the envelope's device ->
 //   the device must be registered and not revoked -> the Ed25519 signature
 //   must verify -> the sequence number must be within the replay window ->
@@ -72,9 +73,14 @@ class DeviceIngest {
     uint64_t received = 0, accepted = 0, refused = 0, dropped = 0;
     uint64_t queries = 0;  // of the accepted: queries answered (ping, nearby, catchup), not ops applied
   };
+  // Counted per op: a batch of n ops is n received.
   Stats stats() const { return {received_, accepted_, refused_, dropped_, queries_}; }
 
  private:
+  // One op, from a lone publish (`topic_type` its topic's type level) or
+  // from a batch (`topic_type` empty: any known type).
+  void OnEnvelope(const std::string& topic_device, const std::string& topic_type, sync::Envelope env,
+                  const std::string& traceparent, std::chrono::steady_clock::time_point received_at);
   // Writes the outcome for `device` (its own transaction).
   void Answer(const std::string& device, const sync::Outcome& outcome,
               const std::string& traceparent);

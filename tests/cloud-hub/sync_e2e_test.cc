@@ -330,6 +330,67 @@ TEST_F(SyncTest, ForgeriesForeignDevicesAndReplaysAreRefusedAndChangeNothing) {
   EXPECT_TRUE(tablet_->WaitOutcome("as-other", std::chrono::milliseconds(300)).is_null());
 }
 
+// A device's queued ops in one publish (docs/protocol.md, "Batch up"):
+// each is judged as if it had come alone, in order, and a bad one fails
+// alone; a batch that is not one fails whole, and ingest goes on.
+TEST_F(SyncTest, ABatchOfOpsIsAnsweredOpByOpAndABadOpInItFailsAlone) {
+  const auto& key = kiosk_->keys().secret_key;
+  auto first = Envelope(kiosk_->id(), 1, "b-first", Post(1), key);
+  auto forged = Envelope(kiosk_->id(), 2, "b-forged", Post(2), sync::GenerateKeyPair().secret_key);
+  auto foreign = Envelope(tablet_->id(), 3, "b-foreign", Post(3), key);
+  auto last = Envelope(kiosk_->id(), 4, "b-last", Post(4), key);
+  sync::Envelope claim;  // a kiosk may not claim, in a batch or not
+  claim.device = kiosk_->id();
+  claim.seq = 5;
+  claim.op = "b-claim";
+  claim.type = "claim";
+  claim.body = {{"surplus_id", 1}, {"version", 1}};
+  sync::Sign(claim, key);
+  const std::string tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+  std::vector<std::string> envs{sync::Encode(first), sync::Encode(forged), sync::Encode(foreign),
+                                sync::Encode(last), sync::Encode(claim)};
+  std::string batch = sync::EncodeUpBatch({envs[0], envs[1], envs[2], envs[3], envs[4]}, {"", "", "", tp, ""});
+  // One element that is no envelope: refused alone (an outcome naming no op).
+  batch.insert(batch.size() - 2, R"(,{"env":5})");
+  kiosk_->SendRaw(sync::UpTopic(kiosk_->id(), sync::kUpBatch), batch);
+  json a = kiosk_->WaitOutcome("b-first"), z = kiosk_->WaitOutcome("b-last");
+  ASSERT_EQ(a["status"], "accepted") << a;
+  ASSERT_EQ(z["status"], "accepted") << z;
+  EXPECT_LT(a["data"]["id"].get<int64_t>(), z["data"]["id"].get<int64_t>()) << "applied out of order";
+  EXPECT_EQ(z["data"]["traceparent"].get<std::string>().substr(3, 32), tp.substr(3, 32))
+      << "the op's own traceparent was not carried";
+  EXPECT_EQ(kiosk_->WaitOutcome("b-forged")["code"], "unauthenticated");
+  EXPECT_EQ(kiosk_->WaitOutcome("b-foreign")["code"], "forbidden");
+  EXPECT_EQ(kiosk_->WaitOutcome("b-claim")["code"], "forbidden");
+  json element = kiosk_->WaitEvent("", [&](const json& j) {
+    return j.value("kind", "") == "outcome" && j.value("op", "x").empty() &&
+           j.value("message", "") == "malformed envelope: not a JSON object";
+  });
+  EXPECT_FALSE(element.is_null()) << "the malformed element was not answered";
+
+  // Not a batch at all: refused whole, naming what is wrong; none of its ops is applied.
+  std::vector<std::string> many;
+  for (int i = 0; i < int(sync::kMaxUpBatchOps) + 1; ++i)
+    many.push_back(sync::Encode(Envelope(kiosk_->id(), 10 + i, "b-many-" + std::to_string(i), Post(10 + i), key)));
+  kiosk_->SendRaw(sync::UpTopic(kiosk_->id(), sync::kUpBatch),
+                  sync::EncodeUpBatch(std::vector<std::string_view>(many.begin(), many.end()), {}));
+  kiosk_->SendRaw(sync::UpTopic(kiosk_->id(), sync::kUpBatch), R"({"v":1,"kind":"batch","ops":[]})");
+  kiosk_->SendRaw(sync::UpTopic(kiosk_->id(), sync::kUpBatch), "{not json");
+  int whole = 0;
+  json refusal = kiosk_->WaitEvent("", [&](const json& j) {
+    if (j.value("kind", "") != "outcome" || j.value("code", "") != "invalid" || j.value("op", "x") != "") return false;
+    whole += j.value("message", "") == "malformed batch";
+    return whole == 2;  // the 65 ops and the empty one; "{not json" is named as not JSON
+  });
+  EXPECT_FALSE(refusal.is_null()) << "a malformed batch was not answered";
+  auto after = kiosk_->Send("post_surplus", Post(99));
+  json o = kiosk_->WaitOutcome(after.op);
+  ASSERT_EQ(o["status"], "accepted") << "ingest stopped after a bad batch";
+  EXPECT_EQ(o["data"]["id"].get<int64_t>(), z["data"]["id"].get<int64_t>() + 1)
+      << "an op of a refused batch was applied";
+  EXPECT_TRUE(kiosk_->WaitOutcome("b-many-0", std::chrono::milliseconds(300)).is_null());
+}
+
 // Signed ops whose body fields hold values of every other JSON type: the
 // hub answers every one (an exception on an ingest worker would end the
 // process) and goes on.

@@ -141,6 +141,68 @@ TEST(Protocol, DownBatchesCarryTheirMessagesAsTheyWere) {
   EXPECT_FALSE(DecodeDown(R"({"kind":"batch","messages":[{},2]})").ok());
 }
 
+// A device's queued ops in one publish: each envelope as it was signed,
+// with its traceparent; a malformed element fails alone, a malformed batch
+// as a whole, naming the field.
+TEST(Protocol, UpBatchesCarryEachSignedOpAndItsTraceparent) {
+  KeyPair keys = GenerateKeyPair();
+  std::vector<std::string> envs;
+  for (int i = 1; i <= 3; ++i) {
+    Envelope e;
+    e.device = "kiosk-1";
+    e.seq = uint64_t(i);
+    e.op = "op-" + std::to_string(i);
+    e.type = kOpPostSurplus;
+    e.body = {{"n", i}};
+    Sign(e, keys.secret_key);
+    envs.push_back(Encode(e));
+  }
+  const std::string tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+  std::string batch = EncodeUpBatch({envs[0], envs[1], envs[2]}, {tp, "", tp});
+  EXPECT_LE(batch.size(), envs[0].size() + envs[1].size() + envs[2].size() + 2 * tp.size() + UpBatchOverhead(3));
+  auto got = DecodeUpBatch(batch);
+  ASSERT_TRUE(got.ok()) << got.error().ToString();
+  ASSERT_EQ(got->size(), 3u);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE((*got)[i].env.ok()) << i;
+    EXPECT_EQ((*got)[i].env->op, "op-" + std::to_string(i + 1));
+    EXPECT_TRUE(Verify(*(*got)[i].env, keys.public_key)) << "the signature did not survive the batch";
+  }
+  EXPECT_EQ((*got)[0].traceparent, tp);
+  EXPECT_EQ((*got)[1].traceparent, "");
+
+  // One bad element among good ones fails alone.
+  auto mixed = DecodeUpBatch(R"({"v":1,"kind":"batch","ops":[{"env":)" + envs[0] +
+                             R"(},{"env":{"v":1}},{"env":)" + envs[1] + R"(,"tp":7},{"env":)" + envs[2] +
+                             R"(,"extra":1}]})");
+  ASSERT_TRUE(mixed.ok()) << mixed.error().ToString();
+  ASSERT_EQ(mixed->size(), 4u);
+  EXPECT_TRUE((*mixed)[0].env.ok());
+  EXPECT_FALSE((*mixed)[1].env.ok());
+  EXPECT_EQ((*mixed)[1].env.error().message, "malformed envelope");
+  EXPECT_FALSE((*mixed)[2].env.ok()) << "a traceparent that is not a string";
+  EXPECT_FALSE((*mixed)[3].env.ok()) << "an unknown field beside the envelope";
+
+  // A batch that is not one.
+  auto field_of = [](std::string_view payload) {
+    auto r = DecodeUpBatch(payload);
+    return r.ok() ? std::string("(accepted)") : r.error().fields.empty() ? r.error().message : r.error().fields.at(0).field;
+  };
+  EXPECT_EQ(field_of(R"({"v":1,"kind":"batch","ops":[]})"), "ops");
+  EXPECT_EQ(field_of(R"({"v":1,"kind":"batch","ops":{}})"), "ops");
+  EXPECT_EQ(field_of(R"({"v":2,"kind":"batch","ops":[{"env":{}}]})"), "v");
+  EXPECT_EQ(field_of(R"({"v":1,"kind":"post","ops":[{"env":{}}]})"), "kind");
+  EXPECT_EQ(field_of(R"({"v":1,"kind":"batch","ops":[{"env":{}}],"x":1})"), "x");
+  std::vector<std::string_view> too_many(kMaxUpBatchOps + 1, envs[0]);
+  EXPECT_EQ(field_of(EncodeUpBatch(too_many, {})), "ops");
+  EXPECT_FALSE(DecodeUpBatch("[1]").ok());
+  EXPECT_FALSE(DecodeUpBatch(std::string(kMaxMessageBytes + 1, ' ')).ok());
+  std::vector<std::string_view> most(kMaxUpBatchOps, envs[0]);
+  auto full = DecodeUpBatch(EncodeUpBatch(most, {}));
+  ASSERT_TRUE(full.ok()) << full.error().ToString();
+  EXPECT_EQ(full->size(), kMaxUpBatchOps);
+}
+
 // `prev` names the last message of the hub's previous publish to the device:
 // on a batch, or spliced into a message sent alone (the same bytes go to
 // every device of an organisation, so the relay does not parse them again).

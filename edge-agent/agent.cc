@@ -79,14 +79,18 @@ int64_t SurplusOf(const QueuedOp& op) {
 
 }  // namespace
 
-void InFlight::Sent(uint64_t seq, Timestamp at, int64_t surplus_id) {
-  if (ops_.try_emplace(seq, Op{at, surplus_id}).second && surplus_id != 0) ++posts_[surplus_id];
+void InFlight::Sent(uint64_t seq, Timestamp at, int64_t surplus_id, uint64_t publish) {
+  if (!ops_.try_emplace(seq, Op{at, surplus_id, publish}).second) return;
+  if (surplus_id != 0) ++posts_[surplus_id];
+  ++publishes_[publish];
 }
 
 void InFlight::Answered(uint64_t seq) {
   auto it = ops_.find(seq);
   if (it == ops_.end()) return;
   if (auto p = posts_.find(it->second.surplus_id); p != posts_.end() && --p->second == 0) posts_.erase(p);
+  if (auto p = publishes_.find(it->second.publish); p != publishes_.end() && --p->second == 0)
+    publishes_.erase(p);
   ops_.erase(it);
   if (!ops_.empty() && ops_.begin()->first < seq) overtaken_ = true;
 }
@@ -94,6 +98,7 @@ void InFlight::Answered(uint64_t seq) {
 void InFlight::Clear() {
   ops_.clear();
   posts_.clear();
+  publishes_.clear();
   overtaken_ = false;
 }
 
@@ -402,6 +407,17 @@ void Agent::SendQuery(const char* type, const json& body, std::string* op_to) {
   }
 }
 
+Result<Uplink::AckWait> Agent::PublishBatch(const std::vector<QueuedOp>& ops, size_t n) {
+  std::vector<std::string_view> envelopes, traceparents;
+  for (size_t i = 0; i < n; ++i) {
+    envelopes.push_back(ops[i].envelope);
+    traceparents.push_back(ops[i].traceparent);
+  }
+  // Each op carries its own traceparent inside the batch; the publish none.
+  return uplink_.Publish(sync::UpTopic(config_.device_id, sync::kUpBatch),
+                         sync::EncodeUpBatch(envelopes, traceparents), "");
+}
+
 bool Agent::AwaitAcks(std::deque<Uplink::AckWait>& window, size_t keep) {
   // One deadline for the lot: a connection that died with publishes in
   // flight must not cost kAckTimeout per publish before we start over.
@@ -470,39 +486,54 @@ void Agent::SendLoop() {
         std::lock_guard lock(mu_);
         if (stop_) return;
         room = unanswered_.size() < kMaxUnanswered ? kMaxUnanswered - unanswered_.size() : 0;
+        // Under load the next ops wait for an outcome here, and go
+        // together (see the top of agent.h, "Batches").
+        if (room > 0 && unanswered_.Publishes() >= kPublishesAwaiting) {
+          room = 0;
+          awaiting_outcomes_ = true;
+        }
       }
       if (room == 0) break;
       std::vector<QueuedOp> ops;
       Status read = store_.Read([&](AgentTxn& tx) -> Status {
-        PP_ASSIGN_OR_RETURN(ops, tx.OpsAfter(cursor, int(std::min<size_t>(room, 256))));
+        PP_ASSIGN_OR_RETURN(ops, tx.OpsAfter(cursor, int(std::min(room, kMaxBatchOps))));
         return OkStatus();
       });
       if (!read.ok() || ops.empty()) break;
+      // The ops of one publish: in sequence order, up to an op held back
+      // (an op on a post whose earlier op awaits its outcome) or the size
+      // limit. Recorded as sent before publishing: the outcome may come
+      // back before Publish returns.
+      size_t n = 0, bytes = 0;
       bool held = false;
-      for (const auto& op : ops) {
-        const int64_t post = SurplusOf(op);
-        {
-          std::lock_guard lock(mu_);
-          // An op on a post waits for the outcome of this device's earlier
-          // op on it (see the top of agent.h); the next outcome wakes us.
+      {
+        std::lock_guard lock(mu_);
+        const uint64_t publish = ++publishes_;
+        const Timestamp now = clock_.Now();
+        for (const auto& op : ops) {
+          const int64_t post = SurplusOf(op);
           if (post != 0 && unanswered_.OnPost(post)) {
             held = held_ = true;
             break;
           }
-          // Before publishing: the outcome may come back before Publish returns.
-          unanswered_.Sent(op.seq, clock_.Now(), post);
+          const size_t more = op.envelope.size() + op.traceparent.size();
+          if (n > 0 && bytes + more + sync::UpBatchOverhead(n + 1) > sync::kMaxBatchBytes) break;
+          bytes += more;
+          unanswered_.Sent(op.seq, now, post, publish);
+          ++n;
         }
-        auto ack = uplink_.Publish(sync::UpTopic(config_.device_id, op.type), op.envelope,
-                                   op.traceparent);
-        if (!ack.ok()) {
-          broken = true;
-          break;
-        }
-        cursor = op.seq;
-        window.push_back(std::move(*ack));
-        if (window.size() >= kWindow) broken = !AwaitAcks(window, kWindow - 1);
-        if (broken) break;
       }
+      if (n == 0) break;  // the first op is held
+      auto ack = n == 1 ? uplink_.Publish(sync::UpTopic(config_.device_id, ops[0].type), ops[0].envelope,
+                                          ops[0].traceparent)
+                        : PublishBatch(ops, n);
+      if (!ack.ok()) {
+        broken = true;
+        break;
+      }
+      cursor = ops[n - 1].seq;
+      window.push_back(std::move(*ack));
+      if (window.size() >= kWindow) broken = !AwaitAcks(window, kWindow - 1);
       if (held) break;
     }
     if (!AwaitAcks(window, 0)) broken = true;
@@ -735,9 +766,13 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
     // message down cost a thread switch and a read of the queue each (seen
     // in perf of pp-sim's thousand agents).
     const bool room_freed = unanswered_.size() >= kMaxUnanswered && !answered.empty();
+    for (uint64_t seq : answered) unanswered_.Answered(seq);
+    // The sender holds ops back while kPublishesAwaiting publishes await
+    // their outcomes: wake it when one no longer does.
+    const bool publish_answered = awaiting_outcomes_ && unanswered_.Publishes() < kPublishesAwaiting;
+    if (publish_answered) awaiting_outcomes_ = false;
     const bool unheld = held_ && !answered.empty();  // perhaps the outcome it waits for
     if (unheld) held_ = false;
-    for (uint64_t seq : answered) unanswered_.Answered(seq);
     if (!answered.empty()) {  // the hub is working through our ops
       last_outcome_at_ = clock_.Now();
       resend_after_ = kResendAfter;
@@ -751,7 +786,7 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
       catchup_due_ = gap_owed_ = true;
       catchup_from_ = -1;
     }
-    wake = room_freed || unheld || heard || catchup_next >= 0 || gap || still_owed;
+    wake = room_freed || publish_answered || unheld || heard || catchup_next >= 0 || gap || still_owed;
     if (wake) send_work_ = true;
   }
   if (wake) send_cv_.notify_all();

@@ -32,6 +32,14 @@
 // of the shared subscription and sent again later — could otherwise let a
 // pickup reach it before its claim and come back a conflict.
 //
+// Batches. Ops that are waiting together go in one publish (a batch,
+// docs/protocol.md "Batch up"): each MQTT message costs this device, the
+// broker and the hub far more than its bytes. And the sender lets at most
+// kPublishesAwaiting publishes await their outcomes: while the hub is slow
+// to answer, the ops a person queues meanwhile wait here and then go
+// together, so the busier the hub, the fewer messages carry its work
+// (like a group commit). An idle device's op goes at once, alone.
+//
 // Receiving. Down messages are applied by one thread in batches, each batch
 // one transaction: outcomes remove ops and are kept for the person to see;
 // events and results update the mirror of posts; ids already applied are
@@ -114,9 +122,9 @@ class OfflineUplink final : public Uplink {
 // they act on. Not thread-safe: the Agent holds its mutex.
 class InFlight {
  public:
-  // Sent (again) at `at`; `surplus_id` 0 for an op on no post. A repeat
-  // keeps the first time.
-  void Sent(uint64_t seq, Timestamp at, int64_t surplus_id);
+  // Sent (again) at `at` in the publish numbered `publish`; `surplus_id` 0
+  // for an op on no post. A repeat keeps the first time and publish.
+  void Sent(uint64_t seq, Timestamp at, int64_t surplus_id, uint64_t publish);
   void Answered(uint64_t seq);  // no-op if not in flight
   void Clear();
   // Whether an op sent after one still in flight has been answered since
@@ -124,6 +132,8 @@ class InFlight {
   // earlier one was most likely lost on the way.
   bool Overtaken() const { return overtaken_; }
   size_t size() const { return ops_.size(); }
+  // Publishes with an op still awaiting its outcome.
+  size_t Publishes() const { return publishes_.size(); }
   // Whether an op on this post awaits its outcome.
   bool OnPost(int64_t surplus_id) const { return posts_.count(surplus_id) > 0; }
   // The op that has waited longest: its seq and when it was sent.
@@ -133,9 +143,11 @@ class InFlight {
   struct Op {
     Timestamp at;
     int64_t surplus_id;
+    uint64_t publish;
   };
-  std::map<uint64_t, Op> ops_;    // by seq
-  std::map<int64_t, int> posts_;  // surplus id -> ops on it in ops_
+  std::map<uint64_t, Op> ops_;         // by seq
+  std::map<int64_t, int> posts_;       // surplus id -> ops on it in ops_
+  std::map<uint64_t, int> publishes_;  // publish number -> its ops in ops_
   bool overtaken_ = false;
 };
 
@@ -143,6 +155,11 @@ class Agent {
  public:
   static constexpr size_t kWindow = 64;             // publishes awaiting PUBACK
   static constexpr size_t kMaxUnanswered = 2000;    // ops sent, awaiting their outcome
+  static constexpr size_t kMaxBatchOps = sync::kMaxUpBatchOps;  // ops in one publish
+  // Publishes awaiting their outcomes before the next ops wait (see
+  // "Batches" above). Two, so that one can travel while the hub answers
+  // the other.
+  static constexpr size_t kPublishesAwaiting = 2;
   static constexpr Duration kResendAfter{std::chrono::seconds(20)};
   static constexpr Duration kResendMax{std::chrono::minutes(5)};  // the wait doubled, at most
   // A tablet asks for the posts near it every kNearbyEvery, and sooner
@@ -204,6 +221,8 @@ class Agent {
   // Waits for PUBACKs until at most `keep` are outstanding; false (window
   // dropped) if one failed or kAckTimeout passed.
   bool AwaitAcks(std::deque<Uplink::AckWait>& window, size_t keep);
+  // The first `n` of `ops` in one publish (sync::EncodeUpBatch).
+  Result<Uplink::AckWait> PublishBatch(const std::vector<QueuedOp>& ops, size_t n);
   void ApplyLoop();
   Status ApplyBatch(std::vector<std::string>& batch);
   Status MergePost(AgentTxn& tx, const nlohmann::json& post);
@@ -240,6 +259,8 @@ class Agent {
   Timestamp last_outcome_at_{};              // of any op, or the connect before it
   Duration resend_after_ = kResendAfter;     // doubled by each resend no outcome followed
   bool held_ = false;  // the sender stopped at an op whose post awaits an earlier op's outcome
+  bool awaiting_outcomes_ = false;  // the sender waits for a publish's outcomes (kPublishesAwaiting)
+  uint64_t publishes_ = 0;          // publishes made, numbering them for InFlight
   std::deque<std::string> inbox_;
   std::set<std::string> queries_;            // op ids of queries in flight
   std::string ping_op_;                      // this connection's ping awaiting its answer

@@ -161,14 +161,24 @@ struct ClaimWire {
   std::mutex mu;
   std::map<std::string, Steady::time_point> published, received;
 
-  static bool IsClaim(const std::string& topic) {
-    return topic.ends_with(std::string("/") + sync::kOpClaim) || topic.ends_with(std::string("/") + sync::kOpAccept);
-  }
-  void Published(const std::string& envelope) {
-    auto j = json::parse(envelope, nullptr, false);
-    if (!j.is_object() || !j["op"].is_string()) return;
+  static bool IsClaim(std::string_view type) { return type == sync::kOpClaim || type == sync::kOpAccept; }
+  // A publish of a device: a claim alone, or a batch that may hold claims.
+  void Published(const std::string& topic, const std::string& payload) {
+    const auto where = sync::ParseUpTopic(topic);
+    if (!where) return;
+    const auto at = Steady::now();
+    std::vector<std::string> ops;
+    if (where->second == sync::kUpBatch) {
+      auto items = sync::DecodeUpBatch(payload);
+      if (!items.ok()) return;
+      for (const auto& item : *items)
+        if (item.env.ok() && IsClaim(item.env->type)) ops.push_back(item.env->op);
+    } else if (IsClaim(where->second)) {
+      auto j = json::parse(payload, nullptr, false);
+      if (j.is_object() && j["op"].is_string()) ops.push_back(j["op"].get<std::string>());
+    }
     std::lock_guard lock(mu);
-    published.emplace(j["op"].get<std::string>(), Steady::now());  // a resend keeps the first
+    for (auto& op : ops) published.emplace(std::move(op), at);  // a resend keeps the first
   }
   void Received(const std::string& down) {
     if (down.find("\"kind\":\"outcome\"") == std::string::npos) return;
@@ -186,23 +196,24 @@ struct ClaimWire {
 
 // Counts what a device publishes (every MQTT message through the broker
 // has a device at one end: its publishes up, its deliveries down), and
-// notes when claims leave (ClaimWire).
+// notes when a van's claims leave (ClaimWire; null for a kiosk, which
+// does not claim: its publishes are not parsed).
 class CountingUplink final : public agent::Uplink {
  public:
-  CountingUplink(sync::MqttClient& client, std::atomic<uint64_t>& count, ClaimWire& claims)
+  CountingUplink(sync::MqttClient& client, std::atomic<uint64_t>& count, ClaimWire* claims)
       : inner_(client), count_(count), claims_(claims) {}
   bool Connected() const override { return inner_.Connected(); }
   Result<AckWait> Publish(const std::string& topic, const std::string& payload,
                           const std::string& traceparent) override {
     count_++;
-    if (ClaimWire::IsClaim(topic)) claims_.Published(payload);
+    if (claims_) claims_->Published(topic, payload);
     return inner_.Publish(topic, payload, traceparent);
   }
 
  private:
   agent::MqttUplink inner_;
   std::atomic<uint64_t>& count_;
-  ClaimWire& claims_;
+  ClaimWire* claims_;
 };
 
 struct SimDevice {
@@ -274,7 +285,7 @@ class Shard {
         if (!d->kiosk()) claim_wire_.Received(p);
         if (d->agent) d->agent->OnDown(p);
       });
-      d->uplink = std::make_unique<CountingUplink>(*d->mqtt, up_msgs_, claim_wire_);
+      d->uplink = std::make_unique<CountingUplink>(*d->mqtt, up_msgs_, d->kiosk() ? nullptr : &claim_wire_);
       d->agent = std::make_unique<agent::Agent>(cfg, d->plan.secret, *d->store, SystemClock::Instance(), *d->uplink);
       d->agent->SetObserver([this, d](const std::string& kind, const std::string& type, const json& m) {
         Observe(d, kind, type, m);
@@ -467,6 +478,9 @@ class Shard {
   bool ReportProgress(size_t& claims_reported) {
     json m{{"t", "progress"}};
     bool done;
+    // No race claim is pressed while we judge, and none after we say done
+    // (see racing_).
+    std::lock_guard race_lock(race_mu_);
     {
       std::lock_guard lock(tally_mu_);
       m["counts"] = tally_.counts;
@@ -481,6 +495,7 @@ class Shard {
              Steady::now() - Start() > std::chrono::milliseconds(plan_.window_ms + 2 * plan_.delay_ms);
     }
     m["done"] = done && later_.pending() == 0 && RoutesIdle();
+    racing_ = !m["done"].get<bool>();
     return Report(m);
   }
 
@@ -554,6 +569,8 @@ class Shard {
           const json& pick = (*st)["nearby"][size_t(race_rng() % (*st)["nearby"].size())];
           int64_t id = pick.value("id", int64_t{0});
           if (!id || tried[id]++ > 1) continue;  // at most two of our vans race for one post
+          std::lock_guard race_lock(race_mu_);
+          if (!racing_) continue;  // this process said it is done: a claim now might go undriven
           Press(d.get(), sync::kOpClaim, {{"surplus_id", id}, {"version", pick.value("version", int64_t{1})}});
         }
       }
@@ -632,6 +649,13 @@ class Shard {
   std::condition_variable cv_;
   bool ended_ = false;
   std::atomic<int64_t> start_ns_{0};  // the rush's start (steady clock, ns); 0 until "start" arrives
+  // A race claim pressed just after this process reported itself done
+  // could be won after the director ended the run, its van never driving
+  // (seen once: 22 claims, 21 picked up). The racer presses only while
+  // racing_, under race_mu_, and each report judges "done" under it too,
+  // turning racing_ off for as long as it says done. Taken before tally_mu_.
+  std::mutex race_mu_;
+  bool racing_ = true;
   std::mutex route_mu_;  // every van's route
   std::atomic<int> stops_received_{0};
   std::mutex tally_mu_;  // tally_, sent_, settled_, rng_

@@ -156,7 +156,18 @@ class Recording final : public Uplink {
   std::atomic<bool> late_acks{false};     // PUBACKs do not come in time (a busy broker)
   Result<AckWait> Publish(const std::string& topic, const std::string& payload, const std::string&) override {
     std::lock_guard lock(mu_);
-    sent_.emplace_back(topic, payload);
+    publishes_.emplace_back(topic, payload);
+    if (Of(topic, sync::kUpBatch)) {  // recorded op by op, as the hub takes it
+      auto items = sync::DecodeUpBatch(payload);
+      EXPECT_TRUE(items.ok()) << payload;
+      if (items.ok())
+        for (auto& item : *items) {
+          EXPECT_TRUE(item.env.ok()) << payload;
+          if (item.env.ok()) sent_.emplace_back(sync::UpTopic(item.env->device, item.env->type), sync::Encode(*item.env));
+        }
+    } else {
+      sent_.emplace_back(topic, payload);
+    }
     if (late_acks) return AckWait([](std::chrono::milliseconds) { return Status(Error::Unavailable("no PUBACK within the timeout")); });
     return AckWait([](std::chrono::milliseconds) { return OkStatus(); });
   }
@@ -185,11 +196,17 @@ class Recording final : public Uplink {
     std::lock_guard lock(mu_);
     return size_t(std::count_if(sent_.begin(), sent_.end(), [&](const auto& s) { return Of(s.first, type); }));
   }
+  // The MQTT publishes as made: (topic, payload), a batch as one.
+  std::vector<std::pair<std::string, std::string>> Publishes() {
+    std::lock_guard lock(mu_);
+    return publishes_;
+  }
 
  private:
   static bool Of(const std::string& topic, const std::string& type) { return topic.ends_with("/" + type); }
   std::mutex mu_;
-  std::vector<std::pair<std::string, std::string>> sent_;
+  std::vector<std::pair<std::string, std::string>> sent_;       // op by op
+  std::vector<std::pair<std::string, std::string>> publishes_;  // as published
 };
 
 // A tablet's store and config, and an uplink that records what it sends.
@@ -217,6 +234,63 @@ class AgentQueryTest : public DeviceTest {
 
   Recording uplink_;
 };
+
+// Under load a device's ops go together (agent.h, "Batches"): while two
+// publishes await their outcomes the next ops wait, and the first outcome
+// sends them all in one publish, in order, each as it was signed. An idle
+// device's op goes at once, alone.
+TEST_F(AgentQueryTest, OpsQueuedWhileTwoPublishesAwaitTheirOutcomesGoTogetherInOrder) {
+  ASSERT_NO_FATAL_FAILURE(OpenDevice("kiosk-1", "kiosk", 7, GeoPoint{51.5, -0.1}));
+  sync::KeyPair keys = sync::GenerateKeyPair();
+  Agent agent(cfg_, keys.secret_key, *store_, SystemClock::Instance(), uplink_);
+  agent.Start();
+  AnswerPing(agent, SystemClock::Instance());
+  auto post = [&](int i) {
+    auto q = agent.Submit(sync::kOpPostSurplus, {{"category", "bakery"},
+                                                 {"description", "roti " + std::to_string(i)},
+                                                 {"best_before_in_min", 60}});
+    EXPECT_TRUE(q.ok()) << q.error().ToString();
+    return q.ok() ? *q : QueuedOp{};
+  };
+  auto published = [&] { return uplink_.Publishes().size(); };
+  const size_t pings = published();
+  QueuedOp a = post(1);
+  ASSERT_TRUE(test::Eventually([&] { return published() == pings + 1; })) << "an idle device's op did not go";
+  QueuedOp b = post(2);
+  ASSERT_TRUE(test::Eventually([&] { return published() == pings + 2; }));
+  std::vector<QueuedOp> held{post(3), post(4), post(5)};
+  auto all = uplink_.Publishes();
+  EXPECT_TRUE(all[pings].first.ends_with("/post_surplus")) << all[pings].first;
+  EXPECT_EQ(all[pings].second, a.envelope) << "a lone op is not its signed envelope as queued";
+
+  // A's outcome: one publish of A and B is answered; C, D and E go now, together.
+  const int64_t now_ms = ToUnixMillis(SystemClock::Instance().Now());
+  agent.OnDown(Answer(a.op, "accepted", {{"id", 41}, {"version", 1}, {"provider_id", 7}}, now_ms, 1).dump());
+  ASSERT_TRUE(test::Eventually([&] { return published() == pings + 3; })) << "the held ops did not go";
+  all = uplink_.Publishes();
+  ASSERT_EQ(all.size(), pings + 3) << "the held ops went in more than one publish";
+  EXPECT_EQ(all.back().first, sync::UpTopic("kiosk-1", sync::kUpBatch));
+  auto items = sync::DecodeUpBatch(all.back().second);
+  ASSERT_TRUE(items.ok()) << items.error().ToString();
+  ASSERT_EQ(items->size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    ASSERT_TRUE((*items)[i].env.ok());
+    EXPECT_EQ((*items)[i].env->op, held[i].op) << "out of order at " << i;
+    EXPECT_EQ(sync::Encode(*(*items)[i].env), held[i].envelope);
+    EXPECT_TRUE(sync::Verify(*(*items)[i].env, keys.public_key));
+    EXPECT_EQ((*items)[i].traceparent, held[i].traceparent);
+  }
+  // Every outcome in: the queue is empty, and a new op goes at once, alone.
+  int64_t id = 2;
+  for (const auto& op : {b, held[0], held[1], held[2]})
+    agent.OnDown(Answer(op.op, "accepted", {{"id", 40 + id}, {"version", 1}, {"provider_id", 7}}, now_ms, id).dump()),
+        ++id;
+  ASSERT_TRUE(test::Eventually([&] { return (*agent.State())["queued"] == 0; }));
+  QueuedOp f = post(6);
+  ASSERT_TRUE(test::Eventually([&] { return published() == pings + 4; }));
+  EXPECT_EQ(uplink_.Publishes().back().second, f.envelope);
+  agent.Stop();
+}
 
 // A restarted broker forgets the hub's shared subscription until the hub
 // subscribes again, and drops what devices publish meanwhile: after every
@@ -350,18 +424,25 @@ TEST_F(AgentQueryTest, OpsWaitingAtABusyHubAreNotSentAgainButOneALaterOpOvertook
   ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("claim") == 4; }));
   clock.Advance(std::chrono::seconds(2));
   answer(c42, 3);
-  const std::string c45 = claim(45);  // another pass over the waiting ops
-  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("claim") == 5; }));
+  // Another pass over the waiting ops; 45 itself waits, as two publishes
+  // (43's and 44's) await their outcomes (agent.h, "Batches").
+  const std::string c45 = claim(45);
   EXPECT_EQ(uplink_.Count("vehicle"), 1u);
 
-  // 44 is answered while 43, sent before it, is not: 43 was lost on the way.
+  // 44 is answered while 43, sent before it, is not: 43 was lost on the
+  // way, and goes again with 45, from the oldest, in order, in one publish.
   answer(c44, 4);
-  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("claim") == 7; }, std::chrono::seconds(10)))
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("claim") == 6; }, std::chrono::seconds(10)))
       << "the overtaken op was not sent again";
   std::vector<std::string> ops = uplink_.Types();
   std::erase_if(ops, [](const std::string& t) { return t == "ping" || t == "nearby"; });
-  EXPECT_EQ(ops, (std::vector<std::string>{"vehicle", "claim", "claim", "claim", "claim", "claim", "claim", "claim"}));
+  EXPECT_EQ(ops, (std::vector<std::string>{"vehicle", "claim", "claim", "claim", "claim", "claim", "claim"}));
   EXPECT_EQ(uplink_.OpOf("claim"), c45) << "sent again from the oldest unanswered op, in order";
+  auto last = sync::DecodeUpBatch(uplink_.Publishes().back().second);
+  ASSERT_TRUE(last.ok()) << "43 and 45 did not go together";
+  ASSERT_EQ(last->size(), 2u);
+  EXPECT_EQ((*last)[0].env->op, c43);
+  EXPECT_EQ((*last)[1].env->op, c45);
   agent.Stop();
 }
 
@@ -651,21 +732,26 @@ TEST_F(AgentQueryTest, EveryFewMinutesAPingAsksWhatTheHubSentLastAndALossStartsA
 TEST(AgentInFlight, CountsTheOpsOnEachPostUntilAnswered) {
   InFlight f;
   const Timestamp t0 = SystemClock::Instance().Now();
-  f.Sent(1, t0, 0);
-  f.Sent(2, t0 + std::chrono::seconds(1), 41);
-  f.Sent(3, t0 + std::chrono::seconds(2), 41);
-  f.Sent(2, t0 + std::chrono::seconds(9), 41);  // sent again: keeps its first time, counted once
+  f.Sent(1, t0, 0, 1);
+  f.Sent(2, t0 + std::chrono::seconds(1), 41, 2);  // ops 2 and 3 in one publish
+  f.Sent(3, t0 + std::chrono::seconds(2), 41, 2);
+  f.Sent(2, t0 + std::chrono::seconds(9), 41, 3);  // sent again: keeps its first time and publish, counted once
   EXPECT_TRUE(f.OnPost(41));
   EXPECT_FALSE(f.OnPost(0)) << "ops on no post are not a post";
+  EXPECT_EQ(f.Publishes(), 2u);
   f.Answered(2);
   EXPECT_TRUE(f.OnPost(41));
+  EXPECT_EQ(f.Publishes(), 2u) << "publish 2 still awaits op 3's outcome";
   f.Answered(3);
   EXPECT_FALSE(f.OnPost(41));
+  EXPECT_EQ(f.Publishes(), 1u);
   f.Answered(3);  // a repeat changes nothing
+  EXPECT_EQ(f.Publishes(), 1u);
   ASSERT_TRUE(f.Oldest().has_value());
   EXPECT_EQ(f.Oldest()->first, 1u);
   f.Clear();
   EXPECT_EQ(f.size(), 0u);
+  EXPECT_EQ(f.Publishes(), 0u);
   EXPECT_FALSE(f.Oldest().has_value());
 }
 
@@ -740,9 +826,18 @@ TEST_F(AgentQueryTest, AMovingVanAsksForNearbyPostsAtMostEveryFewSeconds) {
   AnswerPing(agent, clock);
   ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("nearby") == 1 && uplink_.Count("vehicle") == 1; }))
       << "the tablet did not ask on connecting, or did not send its vehicle";
+  // The hub answers each op, so none waits behind unanswered publishes.
+  int64_t outbox_id = 0;
+  auto answer_last = [&](const std::string& type) {
+    const int queued = (*agent.State())["queued"].get<int>();
+    agent.OnDown(Answer(*uplink_.OpOf(type), "accepted", {{"id", 1}}, ToUnixMillis(clock.Now()), ++outbox_id).dump());
+    ASSERT_TRUE(test::Eventually([&] { return (*agent.State())["queued"] == queued - 1; }));
+  };
+  answer_last("vehicle");
   auto move_to = [&](double lat, size_t vehicles_sent) {
     ASSERT_TRUE(agent.Submit(sync::kOpVehicle, {{"lat", lat}, {"lon", -0.10}, {"free_kg", 100}}).ok());
     ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("vehicle") == vehicles_sent; }));
+    answer_last("vehicle");
   };
   move_to(51.53, 2);
   EXPECT_EQ(uplink_.Count("nearby"), 1u) << "asked again at once after moving";

@@ -150,8 +150,9 @@ void HubService::CreateOrganization(NewOrganization org, std::string key, Callba
                    });
 }
 
-HubService::Effect HubService::PostEffect(SurplusDraft draft, std::string traceparent) {
-  return [this, draft = std::move(draft), traceparent = std::move(traceparent)](StoreSession& s) -> Result<Reply> {
+HubService::Effect HubService::PostEffect(SurplusDraft draft, std::string traceparent, std::string source_device) {
+  return [this, draft = std::move(draft), traceparent = std::move(traceparent),
+          source_device = std::move(source_device)](StoreSession& s) -> Result<Reply> {
     PP_ASSIGN_OR_RETURN(auto provider, FindOrganization(s, draft.provider_id));
     if (!provider || provider->kind != OrgKind::kProvider)
       return Error::Invalid("request has invalid fields",
@@ -168,7 +169,12 @@ HubService::Effect HubService::PostEffect(SurplusDraft draft, std::string tracep
     PP_RETURN_IF_ERROR(
         s.AppendHistory({x->id, 1, now, std::nullopt, x->status, "post", draft.provider_id}));
     std::string body = ToJson(*x).dump();
-    PP_RETURN_IF_ERROR(s.AppendOutbox({0, "surplus.posted", x->id, body, now, std::nullopt}));
+    std::string event = body;
+    if (!source_device.empty()) {  // spliced: body is a JSON object
+      event.pop_back();
+      event += ",\"source_device\":" + nlohmann::json(source_device).dump() + "}";
+    }
+    PP_RETURN_IF_ERROR(s.AppendOutbox({0, "surplus.posted", x->id, std::move(event), now, std::nullopt}));
     return Reply{std::move(body), false, x, false, nullptr, nullptr};
   };
 }

@@ -142,7 +142,7 @@ void DeviceIngest::AnswerCatchUp(const Device& device, const sync::Envelope& env
   const int64_t now_ms = ToUnixMillis(hub_.clock().Now());
   // Whether an event is this device's, judged before its bytes are made.
   const WantedBy mine = [&](const EventWire& w) {
-    return w.device.empty() ? w.orgs.count(device.org_id) > 0 : w.device == device.id;
+    return w.device.empty() ? w.orgs.count(device.org_id) > 0 && w.except != device.id : w.device == device.id;
   };
   // The messages are spliced in as the relay made them, not parsed and
   // serialised again.
@@ -195,9 +195,13 @@ void DeviceIngest::SetMetrics(metrics::Registry* r) {
 }
 
 void DeviceIngest::OnMessage(const std::string& topic, const std::string& payload,
-                             const std::string& traceparent,
+                             const std::string& raw_traceparent,
                              std::chrono::steady_clock::time_point received_at) {
   received_++;
+  // A device's traceparent is copied onto its outcome in the outbox: one
+  // that is not a W3C traceparent (up to 64 KB of anything) is dropped.
+  auto valid = [](const std::string& tp) { return ValidTraceparent(tp) ? tp : std::string(); };
+  const std::string traceparent = valid(raw_traceparent);
   auto where = sync::ParseUpTopic(topic);
   if (!where) {  // nobody to answer: the broker's ACL should not have let it through
     dropped_++;
@@ -219,10 +223,10 @@ void DeviceIngest::OnMessage(const std::string& topic, const std::string& payloa
     received_ += items->size() - 1;  // counted per op
     for (auto& item : *items) {
       if (!item.env.ok()) {
-        Refuse(topic_device, shell(topic_type), item.env.take_error(), item.traceparent);
+        Refuse(topic_device, shell(topic_type), item.env.take_error(), valid(item.traceparent));
         continue;
       }
-      OnEnvelope(topic_device, "", std::move(*item.env), item.traceparent, received_at);
+      OnEnvelope(topic_device, "", std::move(*item.env), valid(item.traceparent), received_at);
     }
     return;
   }
@@ -298,7 +302,7 @@ void DeviceIngest::OnEnvelope(const std::string& topic_device, const std::string
     body["provider_id"] = org;
     auto draft = ParseSurplusDraftJson(body, hub_.clock().Now());
     if (!draft.ok()) return Refuse(topic_device, env, draft.take_error(), traceparent);
-    effect = hub_.PostEffect(std::move(*draft), ValidTraceparent(traceparent) ? traceparent : "");
+    effect = hub_.PostEffect(std::move(*draft), traceparent, device.id);
   } else if (env.type == sync::kOpVehicle) {
     effect = hub_.VehicleEffect(org, env.body.dump());
   } else {

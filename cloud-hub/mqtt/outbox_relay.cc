@@ -46,6 +46,10 @@ std::optional<EventWire> WireOf(const OutboxEvent& e, int64_t now_ms, const Want
     return w;
   }
   w.orgs = OrgsOf(e.type, payload);
+  if (payload.contains("source_device")) {  // the hub's own note (PostEffect), not the post's
+    if (payload["source_device"].is_string()) w.except = payload["source_device"].get<std::string>();
+    payload.erase("source_device");
+  }
   w.provider = payload.contains("provider_id") && payload["provider_id"].is_number_integer()
                    ? payload["provider_id"].get<int64_t>()
                    : 0;
@@ -200,7 +204,8 @@ Result<bool> OutboxRelay::RelayPage() {
     }
     for (int64_t org : w->orgs) {
       PP_ASSIGN_OR_RETURN(auto devices, devices_of_org(org));
-      for (const auto& device : *devices) send(device, w->BytesFor(org), w->traceparent, i);
+      for (const auto& device : *devices)
+        if (device != w->except) send(device, w->BytesFor(org), w->traceparent, i);
     }
   }
 

@@ -55,7 +55,8 @@ namespace pp {
 // who reads it. The relay publishes it; the `catchup` query answers with it.
 struct EventWire {
   std::string device;      // device.outcome: the one device it is for
-  std::set<int64_t> orgs;  // any other event: the organisations whose devices get it
+  std::set<int64_t> orgs;  // any other event: the organisations whose devices get it,
+  std::string except;      // but this one (the device whose op made the post: its outcome carries it)
   int64_t provider = 0;    // its devices get provider_bytes (with the handover code)
   std::string bytes, provider_bytes, traceparent;
   const std::string& BytesFor(int64_t org) const { return org == provider ? provider_bytes : bytes; }

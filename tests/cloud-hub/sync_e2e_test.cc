@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <tuple>
 #include <nlohmann/json.hpp>
 
@@ -118,6 +119,39 @@ TEST_F(SyncTest, PostOfferClaimOutcomeEndToEnd) {
   EXPECT_EQ(lost["status"], "conflict");
   EXPECT_EQ(lost["code"], "conflict");
   EXPECT_EQ(lost["data"]["claimed_by"], ngo_);
+}
+
+// A kiosk learns its own post from the outcome; the surplus.posted event
+// goes to its organisation's other devices only (protocol.md, section 5),
+// by the relay and by catch-up alike. The hub writes each post's outcome
+// after its event, and relays a device's messages in outbox order: once
+// the outcome is in, an event meant for the device would have come first.
+TEST_F(SyncTest, APostsEventGoesToTheKitchensOtherDevicesNotToTheOneThatPosted) {
+  auto other = Device("kiosk-2", "kiosk", provider_);
+  auto posted_ids = [](const std::vector<json>& messages) {
+    std::set<int64_t> ids;
+    for (const auto& m : messages)
+      if (m.value("type", "") == "surplus.posted") ids.insert(m["data"]["id"].get<int64_t>());
+    return ids;
+  };
+  json mine = kiosk_->WaitOutcome(kiosk_->Send("post_surplus", Post(1)).op);
+  ASSERT_EQ(mine["status"], "accepted") << mine;
+  const int64_t a = mine["data"]["id"].get<int64_t>();
+  EXPECT_EQ(mine["data"]["description"], "nasi 1") << "the outcome does not carry the post";
+  EXPECT_FALSE(mine["data"].contains("source_device"));
+  json seen = other->WaitEvent("surplus.posted", [&](const json& e) { return e["data"]["id"] == a; });
+  ASSERT_FALSE(seen.is_null()) << "the kitchen's other kiosk did not hear of the post";
+  EXPECT_FALSE(seen["data"].contains("source_device")) << "the hub's note leaked to a device";
+  json theirs = other->WaitOutcome(other->Send("post_surplus", Post(2)).op);
+  ASSERT_EQ(theirs["status"], "accepted");
+  const int64_t b = theirs["data"]["id"].get<int64_t>();
+  ASSERT_FALSE(kiosk_->WaitEvent("surplus.posted", [&](const json& e) { return e["data"]["id"] == b; }).is_null());
+  EXPECT_EQ(posted_ids(kiosk_->messages()), std::set<int64_t>{b}) << "the kiosk that posted got its own post's event";
+  EXPECT_EQ(posted_ids(other->messages()), std::set<int64_t>{a});
+  // Catch-up gives each device the same share as the relay did.
+  json page = kiosk_->WaitOutcome(kiosk_->Send("catchup", {{"after", 0}}).op);
+  ASSERT_EQ(page["status"], "accepted") << page;
+  EXPECT_EQ(posted_ids(page["data"]["messages"].get<std::vector<json>>()), std::set<int64_t>{b});
 }
 
 // Queries change nothing: the hub answers them at once, straight to the

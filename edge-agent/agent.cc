@@ -501,26 +501,27 @@ void Agent::SendLoop() {
       });
       if (!read.ok() || ops.empty()) break;
       // The ops of one publish: in sequence order, up to an op held back
-      // (an op on a post whose earlier op awaits its outcome) or the size
-      // limit. Recorded as sent before publishing: the outcome may come
-      // back before Publish returns.
+      // (an op on a post whose earlier op awaits its outcome, see the top
+      // of agent.h; the next outcome wakes us) or the size limit. Recorded
+      // as sent before publishing: the outcome may come back before
+      // Publish returns.
+      std::vector<int64_t> posts;
+      for (const auto& op : ops) posts.push_back(SurplusOf(op));  // parses: outside the lock
       size_t n = 0, bytes = 0;
       bool held = false;
       {
         std::lock_guard lock(mu_);
         const uint64_t publish = ++publishes_;
         const Timestamp now = clock_.Now();
-        for (const auto& op : ops) {
-          const int64_t post = SurplusOf(op);
-          if (post != 0 && unanswered_.OnPost(post)) {
+        for (; n < ops.size(); ++n) {
+          if (posts[n] != 0 && unanswered_.OnPost(posts[n])) {
             held = held_ = true;
             break;
           }
-          const size_t more = op.envelope.size() + op.traceparent.size();
+          const size_t more = ops[n].envelope.size() + ops[n].traceparent.size();
           if (n > 0 && bytes + more + sync::UpBatchOverhead(n + 1) > sync::kMaxBatchBytes) break;
           bytes += more;
-          unanswered_.Sent(op.seq, now, post, publish);
-          ++n;
+          unanswered_.Sent(ops[n].seq, now, posts[n], publish);
         }
       }
       if (n == 0) break;  // the first op is held

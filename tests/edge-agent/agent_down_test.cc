@@ -292,6 +292,40 @@ TEST_F(AgentQueryTest, OpsQueuedWhileTwoPublishesAwaitTheirOutcomesGoTogetherInO
   agent.Stop();
 }
 
+// A batch is cut to fit the broker's packet size: 64 posts of 1,000-character
+// descriptions (~1.5 KB each) queued while the hub was not yet listening
+// leave in two publishes, each within sync::kMaxBatchBytes, every op once,
+// in sequence order.
+TEST_F(AgentQueryTest, ABacklogOfLargeOpsIsCutIntoBatchesThatFitAPacket) {
+  ASSERT_NO_FATAL_FAILURE(OpenDevice("kiosk-1", "kiosk", 7, GeoPoint{51.5, -0.1}));
+  Agent agent(cfg_, sync::GenerateKeyPair().secret_key, *store_, SystemClock::Instance(), uplink_);
+  agent.Start();
+  std::vector<std::string> queued;
+  for (int i = 0; i < int(sync::kMaxUpBatchOps); ++i) {
+    auto q = agent.Submit(sync::kOpPostSurplus, {{"category", "bakery"},
+                                                 {"description", std::string(1000, 'a' + char(i % 26))},
+                                                 {"best_before_in_min", 60}});
+    ASSERT_TRUE(q.ok()) << q.error().ToString();
+    queued.push_back(q->op);
+  }
+  AnswerPing(agent, SystemClock::Instance());
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("post_surplus") == queued.size(); }))
+      << "the backlog did not go";
+  std::vector<std::string> sent;
+  size_t batches = 0;
+  for (const auto& [topic, payload] : uplink_.Publishes()) {
+    if (!topic.ends_with("/batch")) continue;
+    ++batches;
+    EXPECT_LE(payload.size(), sync::kMaxBatchBytes);
+    auto items = sync::DecodeUpBatch(payload);
+    ASSERT_TRUE(items.ok()) << items.error().ToString();
+    for (auto& item : *items) sent.push_back(item.env->op);
+  }
+  EXPECT_EQ(batches, 2u);
+  EXPECT_EQ(sent, queued) << "an op went twice, not at all, or out of order";
+  agent.Stop();
+}
+
 // A restarted broker forgets the hub's shared subscription until the hub
 // subscribes again, and drops what devices publish meanwhile: after every
 // connect the agent pings until the hub answers, and only then sends its

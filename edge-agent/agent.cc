@@ -511,7 +511,7 @@ void Agent::SendLoop() {
       bool held = false;
       {
         std::lock_guard lock(mu_);
-        const uint64_t publish = ++publishes_;
+        const uint64_t publish = ++publishes_made_;
         const Timestamp now = clock_.Now();
         for (; n < ops.size(); ++n) {
           if (posts[n] != 0 && unanswered_.OnPost(posts[n])) {

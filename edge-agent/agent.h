@@ -260,7 +260,7 @@ class Agent {
   Duration resend_after_ = kResendAfter;     // doubled by each resend no outcome followed
   bool held_ = false;  // the sender stopped at an op whose post awaits an earlier op's outcome
   bool awaiting_outcomes_ = false;  // the sender waits for a publish's outcomes (kPublishesAwaiting)
-  uint64_t publishes_ = 0;          // publishes made, numbering them for InFlight
+  uint64_t publishes_made_ = 0;     // publishes made, numbering them for InFlight
   std::deque<std::string> inbox_;
   std::set<std::string> queries_;            // op ids of queries in flight
   std::string ping_op_;                      // this connection's ping awaiting its answer

@@ -114,9 +114,14 @@ std::string Encode(const Envelope& e) {
       .dump();
 }
 
+// Up messages, lone or batched, are at most the broker's packet size.
+static Status CheckSize(std::string_view bytes, const char* what) {
+  if (bytes.size() <= kMaxMessageBytes) return OkStatus();
+  return Error{Code::kResourceExhausted, std::string(what) + " exceeds " + std::to_string(kMaxMessageBytes) + " bytes", {}, {}};
+}
+
 Result<Envelope> Decode(std::string_view bytes) {
-  if (bytes.size() > kMaxMessageBytes)
-    return Error{Code::kResourceExhausted, "message exceeds " + std::to_string(kMaxMessageBytes) + " bytes", {}, {}};
+  PP_RETURN_IF_ERROR(CheckSize(bytes, "message"));
   PP_ASSIGN_OR_RETURN(nlohmann::json j, ParseJsonObject(bytes, "message"));
   return DecodeJson(j);
 }
@@ -181,8 +186,7 @@ std::string EncodeUpBatch(const std::vector<std::string_view>& envelopes,
 }
 
 Result<std::vector<UpBatchItem>> DecodeUpBatch(std::string_view payload) {
-  if (payload.size() > kMaxMessageBytes)
-    return Error{Code::kResourceExhausted, "batch exceeds " + std::to_string(kMaxMessageBytes) + " bytes", {}, {}};
+  PP_RETURN_IF_ERROR(CheckSize(payload, "batch"));
   PP_ASSIGN_OR_RETURN(nlohmann::json j, ParseJsonObject(payload, "batch"));
   std::vector<FieldError> bad;
   for (const auto& [k, v] : j.items())

@@ -141,9 +141,7 @@ void DeviceIngest::AnswerCatchUp(const Device& device, const sync::Envelope& env
   // only to the provider's devices.
   const int64_t now_ms = ToUnixMillis(hub_.clock().Now());
   // Whether an event is this device's, judged before its bytes are made.
-  const WantedBy mine = [&](const EventWire& w) {
-    return w.device.empty() ? w.orgs.count(device.org_id) > 0 && w.except != device.id : w.device == device.id;
-  };
+  const WantedBy mine = [&](const EventWire& w) { return w.Reaches(device.id, device.org_id); };
   // The messages are spliced in as the relay made them, not parsed and
   // serialised again.
   std::string messages = "[";

@@ -205,7 +205,7 @@ Result<bool> OutboxRelay::RelayPage() {
     for (int64_t org : w->orgs) {
       PP_ASSIGN_OR_RETURN(auto devices, devices_of_org(org));
       for (const auto& device : *devices)
-        if (device != w->except) send(device, w->BytesFor(org), w->traceparent, i);
+        if (w->Reaches(device, org)) send(device, w->BytesFor(org), w->traceparent, i);
     }
   }
 

@@ -60,6 +60,11 @@ struct EventWire {
   int64_t provider = 0;    // its devices get provider_bytes (with the handover code)
   std::string bytes, provider_bytes, traceparent;
   const std::string& BytesFor(int64_t org) const { return org == provider ? provider_bytes : bytes; }
+  // Whether `device` (of organisation `org`) gets it: the relay and the
+  // catch-up answer decide with this one rule.
+  bool Reaches(const std::string& device_id, int64_t org) const {
+    return device.empty() ? orgs.count(org) > 0 && device_id != except : device_id == device;
+  }
 };
 // nullopt for an event nobody receives (a payload that is not an object),
 // or that `wanted` (given the recipients, before any bytes are made) turns

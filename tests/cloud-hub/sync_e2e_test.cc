@@ -422,7 +422,6 @@ TEST_F(SyncTest, ABatchOfOpsIsAnsweredOpByOpAndABadOpInItFailsAlone) {
   ASSERT_EQ(o["status"], "accepted") << "ingest stopped after a bad batch";
   EXPECT_EQ(o["data"]["id"].get<int64_t>(), z["data"]["id"].get<int64_t>() + 1)
       << "an op of a refused batch was applied";
-  EXPECT_TRUE(kiosk_->WaitOutcome("b-many-0", std::chrono::milliseconds(300)).is_null());
 }
 
 // Signed ops whose body fields hold values of every other JSON type: the

@@ -25,7 +25,9 @@ CREATE TABLE IF NOT EXISTS outcomes (
   data    TEXT    NOT NULL,
   at      INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS outcomes_by_time ON outcomes (at);
+-- Files from before the outcomes were trimmed by rowid kept an index on
+-- "at": one more page written for every outcome, read only for the screen.
+DROP INDEX IF EXISTS outcomes_by_time;
 CREATE TABLE IF NOT EXISTS posts (id INTEGER PRIMARY KEY, json TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS nearby (id INTEGER PRIMARY KEY, json TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS applied (id INTEGER PRIMARY KEY);
@@ -33,7 +35,12 @@ CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 )sql";
 
 // Kept for the person to read; older answers are of no use on the device.
+// Trimmed to kKeepOutcomes once every kTrimOutcomesEvery recorded (so
+// between 500 and 563 are kept): trimming each time walked 500 index
+// entries and rewrote the oldest rows' pages in every transaction that
+// applied an outcome, half of its cost (docs/benchmarks.md, "Session 22").
 constexpr int kKeepOutcomes = 500;
+constexpr int kTrimOutcomesEvery = 64;
 // Down-message ids are increasing; a repeat older than this many is not
 // possible (the hub republishes only what it had not marked sent).
 constexpr int64_t kKeepApplied = 100000;
@@ -124,9 +131,12 @@ Status AgentTxn::PutOutcome(const OutcomeRecord& o) {
   s.Reset().Bind(o.op).Bind(int64_t(o.seq)).Bind(o.type).Bind(o.status).Bind(o.code)
       .Bind(o.message).Bind(o.data.dump()).Bind(o.at);
   PP_RETURN_IF_ERROR(s.Run("record outcome"));
+  // Rowids grow with each outcome recorded (a replaced one is recorded
+  // anew), so the newest are the highest.
+  if (db_.LastInsertId() % kTrimOutcomesEvery != 0) return OkStatus();
   auto& trim = db_.Prepare(
-      "DELETE FROM outcomes WHERE at < (SELECT at FROM outcomes ORDER BY at DESC LIMIT 1 OFFSET ?)");
-  trim.Reset().Bind(int64_t(kKeepOutcomes));
+      "DELETE FROM outcomes WHERE rowid < (SELECT rowid FROM outcomes ORDER BY rowid DESC LIMIT 1 OFFSET ?)");
+  trim.Reset().Bind(int64_t(kKeepOutcomes - 1));
   return trim.Run("trim outcomes");
 }
 

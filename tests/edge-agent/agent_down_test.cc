@@ -928,5 +928,55 @@ TEST(AgentStoreFile, IsRefusedToASecondOpenWhileInUseAndKeepsWhatWasCommitted) {
   EXPECT_EQ(count(**again), 2u);
 }
 
+// A device keeps the newest 500 outcomes for the person to read, and trims
+// the older ones once every 64 recorded rather than in every transaction.
+TEST(AgentStoreFile, KeepsTheNewestOutcomesAndTrimsTheOlderOnesNowAndThen) {
+  test::TempDir dir;
+  const std::string path = dir.file("kiosk-1.db");
+  {  // a file from before: its outcomes had an index on "at"
+    auto old = SqliteDb::Open(path);
+    ASSERT_TRUE(old.ok());
+    ASSERT_TRUE((*old)->Exec("CREATE TABLE outcomes (op TEXT PRIMARY KEY, seq INTEGER NOT NULL, type TEXT NOT NULL, "
+                             "status TEXT NOT NULL, code TEXT NOT NULL, message TEXT NOT NULL, data TEXT NOT NULL, "
+                             "at INTEGER NOT NULL); CREATE INDEX outcomes_by_time ON outcomes (at);")
+                    .ok());
+  }
+  auto store = AgentStore::Open(path);
+  ASSERT_TRUE(store.ok()) << store.error().ToString();
+  auto all = [&] {
+    std::vector<OutcomeRecord> out;
+    EXPECT_TRUE((*store)->Read([&](AgentTxn& tx) -> Status {
+      PP_ASSIGN_OR_RETURN(out, tx.RecentOutcomes(100000));
+      return OkStatus();
+    }).ok());
+    return out;
+  };
+  size_t most = 0;
+  for (uint64_t i = 1; i <= 1000; ++i) {
+    OutcomeRecord o{"op-" + std::to_string(i), i, "post_surplus", "accepted", "ok", "", {{"id", i}},
+                    FromUnixMillis(int64_t(1000 + i))};
+    ASSERT_TRUE((*store)->Write([&](AgentTxn& tx) { return tx.PutOutcome(o); }).ok());
+    const auto kept = all();
+    ASSERT_GE(kept.size(), std::min<size_t>(i, 500)) << "after " << i;
+    ASSERT_LE(kept.size(), 563u) << "after " << i;
+    ASSERT_EQ(kept.front().op, "op-" + std::to_string(i)) << "newest first";
+    most = std::max(most, kept.size());
+  }
+  EXPECT_EQ(most, 563u);  // trimmed now and then, not each time
+  // The newest 500 are all there, newest first.
+  const auto kept = all();
+  for (size_t k = 0; k < 500; ++k) ASSERT_EQ(kept[k].seq, 1000 - k);
+  // An outcome recorded again (a repeat of the hub's answer) is kept as the newest.
+  OutcomeRecord again{"op-600", 600, "post_surplus", "accepted", "ok", "", {{"id", 600}}, FromUnixMillis(5000)};
+  ASSERT_TRUE((*store)->Write([&](AgentTxn& tx) { return tx.PutOutcome(again); }).ok());
+  EXPECT_EQ(all().front().op, "op-600");
+  store->reset();
+  auto db = SqliteDb::Open(path);
+  ASSERT_TRUE(db.ok());
+  auto& q = (*db)->Prepare("SELECT count(*) FROM sqlite_master WHERE name='outcomes_by_time'");
+  ASSERT_TRUE(q.Reset().Step("index").ok());
+  EXPECT_EQ(q.Int(0), 0) << "the old index is dropped";
+}
+
 }  // namespace
 }  // namespace pp::agent

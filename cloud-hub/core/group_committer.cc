@@ -56,6 +56,18 @@ void GroupCommitter::Submit(Op op, Done done) {
   if (wake) cv_.notify_one();
 }
 
+void GroupCommitter::SubmitLazy(Op op, Done done) {
+  bool wake;
+  {
+    std::lock_guard lock(mu_);
+    // An idle writer waits without a deadline until there is a lazy op.
+    wake = lazy_.empty() && idle_writers_ > 0;
+    if (lazy_.empty()) lazy_due_ = std::chrono::steady_clock::now() + options_.lazy_wait;
+    lazy_.push_back({std::move(op), std::move(done)});
+  }
+  if (wake) cv_.notify_one();
+}
+
 Status GroupCommitter::Run(Op op) {
   std::promise<Status> p;
   auto f = p.get_future();
@@ -74,13 +86,25 @@ void GroupCommitter::WriterLoop(Writer& w) {
     {
       std::unique_lock lock(mu_);
       ++idle_writers_;
-      cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      while (!stopping_ && queue_.empty()) {
+        if (lazy_.empty()) {
+          cv_.wait(lock);
+        } else {
+          if (std::chrono::steady_clock::now() >= lazy_due_) break;  // waited long enough: alone
+          cv_.wait_until(lock, lazy_due_);
+        }
+      }
       --idle_writers_;
-      if (queue_.empty()) return;  // stopping, and everything is done
+      if (queue_.empty() && lazy_.empty()) return;  // stopping, and everything is done
       size_t n = std::min(queue_.size(), size_t(options_.max_batch));
       for (size_t i = 0; i < n; ++i) {
         batch.push_back(std::move(queue_.front()));
         queue_.pop_front();
+      }
+      // Lazy ops ride along, as many as the batch has room for.
+      while (!lazy_.empty() && batch.size() < size_t(options_.max_batch)) {
+        batch.push_back(std::move(lazy_.front()));
+        lazy_.pop_front();
       }
     }
     RunBatch(w, batch);

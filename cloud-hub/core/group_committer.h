@@ -14,8 +14,15 @@
 // therefore run more than once before they commit; they must only touch the
 // session and state they own.
 //
-// Thread safety: Submit() and Run() may be called from any thread. `done`
-// runs on a writer thread; it must not block for long.
+// Some writes need not be durable soon, only eventually: the relay's "sent"
+// marks (a mark lost in a crash means a message sent again, which devices
+// drop by id). SubmitLazy() queues such an op to ride in the next batch of
+// other ops, or alone once it has waited `lazy_wait`: at light load each
+// mark had a transaction and an fsync of its own, a third of the hub's
+// commits, in the way of the claims committing beside them.
+//
+// Thread safety: Submit(), SubmitLazy() and Run() may be called from any
+// thread. `done` runs on a writer thread; it must not block for long.
 #pragma once
 
 #include <atomic>
@@ -44,6 +51,8 @@ class GroupCommitter {
     // Where to record each batch's transaction time and size
     // (store_batch_seconds, store_batch_ops); none if null.
     metrics::Registry* metrics = nullptr;
+    // How long a lazy op waits for company before it commits alone.
+    std::chrono::milliseconds lazy_wait{100};
   };
 
   struct Stats {
@@ -58,6 +67,8 @@ class GroupCommitter {
   ~GroupCommitter();
 
   void Submit(Op op, Done done);
+  // Committed with the next ops submitted, or alone after lazy_wait.
+  void SubmitLazy(Op op, Done done);
   // Submit and wait for the commit.
   Status Run(Op op);
 
@@ -95,6 +106,8 @@ class GroupCommitter {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Item> queue_;
+  std::deque<Item> lazy_;                          // SubmitLazy's, oldest first
+  std::chrono::steady_clock::time_point lazy_due_;  // when the oldest of lazy_ goes alone
   int idle_writers_ = 0;  // waiting on cv_: Submit() wakes one only if any
   bool stopping_ = false;
 

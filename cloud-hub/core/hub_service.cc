@@ -429,8 +429,11 @@ Result<std::vector<OutboxEvent>> HubService::ListOutbox(int64_t after_id, int li
 
 void HubService::MarkOutboxSent(std::vector<int64_t> ids, std::function<void(Status)> done) {
   Timestamp now = clock_.Now();
-  committer_.Submit([ids = std::move(ids), now](StoreSession& s) { return s.MarkOutboxSent(ids, now); },
-                    std::move(done));
+  // Lazy: a mark lost in a crash only sends the events again (devices drop
+  // repeats by id), so it waits for the next ops' commit rather than paying
+  // for one of its own.
+  committer_.SubmitLazy([ids = std::move(ids), now](StoreSession& s) { return s.MarkOutboxSent(ids, now); },
+                        std::move(done));
 }
 
 Result<std::vector<Device>> HubService::ListDevicesOfOrg(int64_t org_id) {

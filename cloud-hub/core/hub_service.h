@@ -152,7 +152,9 @@ class HubService {
   Result<std::vector<OutboxEvent>> ListUnsentOutbox(int limit, int64_t after_id = 0);
   // Sent or not, after `after_id`, in id order (a device catching up).
   Result<std::vector<OutboxEvent>> ListOutbox(int64_t after_id, int limit);
-  // Marks events sent in the next group commit; `done` runs after it.
+  // Marks events sent with the next ops' group commit, or alone once the
+  // committer's lazy_wait has passed (GroupCommitter::SubmitLazy); `done`
+  // runs after it.
   void MarkOutboxSent(std::vector<int64_t> ids, std::function<void(Status)> done);
 
   const Clock& clock() const { return clock_; }

@@ -330,6 +330,54 @@ TEST_P(HubServiceTest, EachBatchRecordsItsTransactionTimeAndSize) {
   EXPECT_GT(ops.cumulative[2], ops.cumulative[1]) << text;
 }
 
+// The relay's marks are lazy: they ride in the next batch of other ops, and
+// commit alone only once they have waited the committer's lazy_wait.
+TEST_P(HubServiceTest, ALazyOpRidesInTheNextBatchOrCommitsAloneAfterItsWait) {
+  hub_.reset();
+  // A wait no test run reaches: the lazy op can only go with the next post.
+  committer_ = std::move(*GroupCommitter::Start(*store_, {.writers = 1, .lazy_wait = std::chrono::hours(1)}));
+  hub_ = std::make_unique<HubService>(*store_, *committer_, clock_);
+  int64_t provider = NewOrg(OrgKind::kProvider);
+  std::promise<Status> lazy_done;
+  auto lazy = lazy_done.get_future();
+  const auto before = committer_->stats();
+  committer_->SubmitLazy([](StoreSession&) { return OkStatus(); },
+                         [&](Status st) { lazy_done.set_value(std::move(st)); });
+  NewPost(provider, "company");  // acknowledged after its commit
+  ASSERT_EQ(lazy.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  EXPECT_TRUE(lazy.get().ok());
+  EXPECT_EQ(committer_->stats().batches, before.batches + 1) << "one transaction for both";
+  EXPECT_EQ(committer_->stats().ops, before.ops + 2);
+
+  // Alone, it waits its lazy_wait, then commits.
+  hub_.reset();
+  committer_ = std::move(*GroupCommitter::Start(*store_, {.writers = 1, .lazy_wait = std::chrono::milliseconds(200)}));
+  hub_ = std::make_unique<HubService>(*store_, *committer_, clock_);
+  const int64_t id = NewPost(provider, "alone");
+  auto page = hub_->ListUnsentOutbox(100);
+  ASSERT_TRUE(page.ok());
+  std::vector<int64_t> ids;
+  for (const auto& e : *page) ids.push_back(e.id);
+  ASSERT_FALSE(ids.empty());
+  std::promise<Status> marked;
+  auto marked_f = marked.get_future();
+  const auto asked = std::chrono::steady_clock::now();
+  hub_->MarkOutboxSent(ids, [&](Status st) { marked.set_value(std::move(st)); });
+  ASSERT_EQ(marked_f.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  EXPECT_GE(std::chrono::steady_clock::now() - asked, std::chrono::milliseconds(200));
+  EXPECT_TRUE(marked_f.get().ok());
+  EXPECT_TRUE(hub_->ListUnsentOutbox(100)->empty()) << "post " << id << "'s events are marked";
+
+  // One left waiting when the committer stops is committed before it ends.
+  hub_.reset();
+  committer_ = std::move(*GroupCommitter::Start(*store_, {.writers = 1, .lazy_wait = std::chrono::hours(1)}));
+  bool ran = false, done = false;
+  committer_->SubmitLazy([&](StoreSession&) { ran = true; return OkStatus(); }, [&](Status st) { done = st.ok(); });
+  committer_.reset();
+  EXPECT_TRUE(ran);
+  EXPECT_TRUE(done);
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, HubServiceTest, ::testing::Values("sqlite", "postgresql"),
                          [](const auto& info) { return info.param; });
 

@@ -77,6 +77,15 @@ int64_t SurplusOf(const QueuedOp& op) {
   return body["surplus_id"].get<int64_t>();
 }
 
+// The ops the hub takes in one publish, from its answer to a ping: its
+// `batch_ops`, at most ours; 1 (no batches) from a hub that names none.
+size_t BatchOpsOf(const json& ping_answer) {
+  if (!ping_answer.is_object() || !ping_answer.contains("batch_ops") ||
+      !ping_answer["batch_ops"].is_number_unsigned())
+    return 1;
+  return std::clamp<size_t>(ping_answer["batch_ops"].get<uint64_t>(), 1, Agent::kMaxBatchOps);
+}
+
 }  // namespace
 
 void InFlight::Sent(uint64_t seq, Timestamp at, int64_t surplus_id, uint64_t publish) {
@@ -487,16 +496,18 @@ void Agent::SendLoop() {
         if (stop_) return;
         room = unanswered_.size() < kMaxUnanswered ? kMaxUnanswered - unanswered_.size() : 0;
         // Under load the next ops wait for an outcome here, and go
-        // together (see the top of agent.h, "Batches").
-        if (room > 0 && unanswered_.Publishes() >= kPublishesAwaiting) {
+        // together (see the top of agent.h, "Batches"); not to a hub that
+        // takes no batches: they would only wait.
+        if (room > 0 && hub_batch_ops_ > 1 && unanswered_.Publishes() >= kPublishesAwaiting) {
           room = 0;
           awaiting_outcomes_ = true;
         }
+        room = std::min(room, hub_batch_ops_);
       }
       if (room == 0) break;
       std::vector<QueuedOp> ops;
       Status read = store_.Read([&](AgentTxn& tx) -> Status {
-        PP_ASSIGN_OR_RETURN(ops, tx.OpsAfter(cursor, int(std::min(room, kMaxBatchOps))));
+        PP_ASSIGN_OR_RETURN(ops, tx.OpsAfter(cursor, int(room)));
         return OkStatus();
       });
       if (!read.ok() || ops.empty()) break;
@@ -657,8 +668,10 @@ Status Agent::ApplyBatch(std::vector<std::string>& batch) {
           std::lock_guard lock(mu_);
           const std::string& op = m["op"].get_ref<const std::string&>();
           query = queries_.erase(op) > 0;
-          if (query && (op == ping_op_ || std::erase(earlier_pings_, op) > 0))
+          if (query && (op == ping_op_ || std::erase(earlier_pings_, op) > 0)) {
             hub_listening_ = heard = ping = true;
+            hub_batch_ops_ = BatchOpsOf(data);
+          }
           if (query && op == catchup_op_) {
             catchup = true;
             catchup_op_.clear();

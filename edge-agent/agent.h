@@ -38,7 +38,10 @@
 // kPublishesAwaiting publishes await their outcomes: while the hub is slow
 // to answer, the ops a person queues meanwhile wait here and then go
 // together, so the busier the hub, the fewer messages carry its work
-// (like a group commit). An idle device's op goes at once, alone.
+// (like a group commit). An idle device's op goes at once, alone. Only a
+// hub whose answer to the connection's ping names `batch_ops` gets
+// batches (up to that many ops); to one from before batches every op goes
+// alone, as it did then, without the two-publish hold.
 //
 // Receiving. Down messages are applied by one thread in batches, each batch
 // one transaction: outcomes remove ops and are kept for the person to see;
@@ -268,6 +271,7 @@ class Agent {
   Timestamp pinged_at_{};
   Duration ping_gap_ = kPingRetry;           // before the next ping, if unanswered
   bool hub_listening_ = false;               // the hub answered a ping on this connection
+  size_t hub_batch_ops_ = 1;                 // ops the hub takes in one publish (its ping answer's batch_ops)
   bool catchup_due_ = true;                  // decide once the hub listens
   bool connected_before_ = false;            // a catch-up was decided in this process
   bool catching_up_ = false;                 // asked, and no answer said "no more" yet

@@ -277,7 +277,10 @@ void DeviceIngest::OnEnvelope(const std::string& topic_device, const std::string
     if (!env.body.empty())
       return Refuse(topic_device, env, Error::Invalid("ping takes an empty body"), traceparent);
     accepted_++;
-    nlohmann::json data{{"now", FormatRfc3339(hub_.clock().Now())}};
+    // "batch_ops": this hub takes batches up of that many ops; a device
+    // sends one only to a hub whose answer says so (docs/protocol.md,
+    // "Batch up").
+    nlohmann::json data{{"now", FormatRfc3339(hub_.clock().Now())}, {"batch_ops", sync::kMaxUpBatchOps}};
     if (last_sent_)
       if (auto last = last_sent_(device.id)) data["last"] = *last;
     return AnswerQuery(device.id, {env.op, env.seq, sync::OutcomeStatus::kAccepted, "ok", "", std::move(data)},

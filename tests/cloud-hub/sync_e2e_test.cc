@@ -174,6 +174,8 @@ TEST_F(SyncTest, QueriesAreAnsweredAtOnceOutsideTheOutbox) {
   json pong = kiosk_->WaitOutcome(kiosk_->Send("ping", json::object()).op);
   ASSERT_FALSE(pong.is_null());
   EXPECT_TRUE(pong["data"]["now"].is_string());
+  // The hub takes batches up, of this many ops (docs/protocol.md, "Batch up").
+  EXPECT_EQ(pong["data"]["batch_ops"], sync::kMaxUpBatchOps) << pong.dump();
   EXPECT_FALSE(pong.contains("id"));
   // "last": the id of the last message the relay sent this device (its
   // post's outcome at least), which the device receives; none for a device

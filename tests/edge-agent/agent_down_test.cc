@@ -224,12 +224,16 @@ class AgentQueryTest : public DeviceTest {
     if (id) a["id"] = *id;
     return a;
   }
-  // Waits for the agent's latest ping and answers it, as the hub would.
-  void AnswerPing(Agent& agent, const Clock& clock) {
+  // Waits for the agent's latest ping and answers it, as the hub would:
+  // taking batches up of `batch_ops` ops (0: a hub from before batches,
+  // whose answer does not name them).
+  void AnswerPing(Agent& agent, const Clock& clock, int batch_ops = int(sync::kMaxUpBatchOps)) {
     std::optional<std::string> ping;
     ASSERT_TRUE(test::Eventually([&] { return (ping = uplink_.OpOf("ping")).has_value(); }))
         << "the agent did not ping on connecting";
-    agent.OnDown(Answer(*ping, "accepted", json::object(), ToUnixMillis(clock.Now())).dump());
+    json data = json::object();
+    if (batch_ops > 0) data["batch_ops"] = batch_ops;
+    agent.OnDown(Answer(*ping, "accepted", data, ToUnixMillis(clock.Now())).dump());
   }
 
   Recording uplink_;
@@ -290,6 +294,68 @@ TEST_F(AgentQueryTest, OpsQueuedWhileTwoPublishesAwaitTheirOutcomesGoTogetherInO
   ASSERT_TRUE(test::Eventually([&] { return published() == pings + 4; }));
   EXPECT_EQ(uplink_.Publishes().back().second, f.envelope);
   agent.Stop();
+}
+
+// A hub from before batches refuses one as a malformed op, and the ops in
+// it would wait unanswered forever: the agent batches only for a hub whose
+// answer to its ping names batch_ops, and only up to that many ops. To one
+// that names none, every op goes alone on its own type's topic, as before
+// batches, without waiting for outcomes; to one that takes 2, by twos.
+TEST_F(AgentQueryTest, OpsGoAloneToAHubThatTakesNoBatchesAndByItsCountToOneThatDoes) {
+  ASSERT_NO_FATAL_FAILURE(OpenDevice("kiosk-1", "kiosk", 7, GeoPoint{51.5, -0.1}));
+  sync::KeyPair keys = sync::GenerateKeyPair();
+  Agent agent(cfg_, keys.secret_key, *store_, SystemClock::Instance(), uplink_);
+  std::vector<QueuedOp> queued;
+  for (int i = 0; i < 6; ++i) {  // queued before the hub listens: a backlog
+    auto q = agent.Submit(sync::kOpPostSurplus, {{"category", "bakery"},
+                                                 {"description", "roti " + std::to_string(i)},
+                                                 {"best_before_in_min", 60}});
+    ASSERT_TRUE(q.ok()) << q.error().ToString();
+    queued.push_back(*q);
+  }
+  agent.Start();
+  ASSERT_NO_FATAL_FAILURE(AnswerPing(agent, SystemClock::Instance(), /*batch_ops=*/0));
+  // No outcome comes, yet all six go: nothing holds them for a batch.
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count(sync::kOpPostSurplus) == 6; }))
+      << uplink_.Count(sync::kOpPostSurplus);
+  auto all = uplink_.Publishes();
+  std::vector<std::string> sent;
+  for (const auto& [topic, payload] : all) {
+    EXPECT_FALSE(topic.ends_with("/" + std::string(sync::kUpBatch))) << "a batch to a hub that takes none";
+    if (topic.ends_with("/post_surplus")) sent.push_back(payload);
+  }
+  ASSERT_EQ(sent.size(), 6u);
+  for (size_t i = 0; i < 6; ++i) EXPECT_EQ(sent[i], queued[i].envelope) << "out of order at " << i;
+  agent.Stop();
+
+  // The same backlog (unanswered: still queued) to a hub that takes 2 in a
+  // publish: three publishes of two, in order.
+  Recording second;
+  Agent again(cfg_, keys.secret_key, *store_, SystemClock::Instance(), second);
+  again.Start();
+  std::optional<std::string> ping;
+  ASSERT_TRUE(test::Eventually([&] { return (ping = second.OpOf("ping")).has_value(); }));
+  again.OnDown(Answer(*ping, "accepted", {{"batch_ops", 2}}, ToUnixMillis(SystemClock::Instance().Now())).dump());
+  ASSERT_TRUE(test::Eventually([&] { return second.Count(sync::kOpPostSurplus) >= 4; }));
+  // Two publishes await their outcomes: the last two wait for one.
+  const int64_t now_ms = ToUnixMillis(SystemClock::Instance().Now());
+  again.OnDown(Answer(queued[0].op, "accepted", {{"id", 41}, {"version", 1}, {"provider_id", 7}}, now_ms, 1).dump());
+  again.OnDown(Answer(queued[1].op, "accepted", {{"id", 42}, {"version", 1}, {"provider_id", 7}}, now_ms, 2).dump());
+  ASSERT_TRUE(test::Eventually([&] { return second.Count(sync::kOpPostSurplus) == 6; }));
+  size_t batches = 0, k = 0;
+  for (const auto& [topic, payload] : second.Publishes()) {
+    if (!topic.ends_with("/" + std::string(sync::kUpBatch))) continue;
+    auto items = sync::DecodeUpBatch(payload);
+    ASSERT_TRUE(items.ok());
+    ASSERT_EQ(items->size(), 2u) << "more ops in a publish than the hub takes";
+    for (const auto& item : *items) {
+      ASSERT_TRUE(item.env.ok());
+      EXPECT_EQ(item.env->op, queued[k++].op);
+    }
+    ++batches;
+  }
+  EXPECT_EQ(batches, 3u);
+  again.Stop();
 }
 
 // A batch is cut to fit the broker's packet size: 64 posts of 1,000-character

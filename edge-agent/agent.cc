@@ -77,6 +77,10 @@ int64_t SurplusOf(const QueuedOp& op) {
   return body["surplus_id"].get<int64_t>();
 }
 
+// Ops that race other NGOs for the same food, where the first commit wins:
+// held for a batch, one could lose (see the top of agent.h, "Batches").
+bool Races(const std::string& type) { return type == sync::kOpClaim || type == sync::kOpAccept; }
+
 // The ops the hub takes in one publish, from its answer to a ping: its
 // `batch_ops`, at most ours; 1 (no batches) from a hub that names none.
 size_t BatchOpsOf(const json& ping_answer) {
@@ -291,6 +295,7 @@ Result<QueuedOp> Agent::Submit(const std::string& type, json body) {
     std::lock_guard lock(mu_);
     send_work_ = true;
     if (type == sync::kOpVehicle) moved_ = true;  // ask again from the new position, soon
+    if (Races(type)) race_queued_ = true;
   }
   send_cv_.notify_all();
   return queued;
@@ -491,16 +496,19 @@ void Agent::SendLoop() {
     bool broken = false;
     while (!broken) {
       size_t room;
+      bool races_only = false;  // held for a batch: only claims and accepts at the head may go
       {
         std::lock_guard lock(mu_);
         if (stop_) return;
         room = unanswered_.size() < kMaxUnanswered ? kMaxUnanswered - unanswered_.size() : 0;
         // Under load the next ops wait for an outcome here, and go
         // together (see the top of agent.h, "Batches"); not to a hub that
-        // takes no batches: they would only wait.
+        // takes no batches: they would only wait. A claim or accept at the
+        // head of the queue goes all the same.
         if (room > 0 && hub_batch_ops_ > 1 && unanswered_.Publishes() >= kPublishesAwaiting) {
-          room = 0;
           awaiting_outcomes_ = true;
+          races_only = std::exchange(race_queued_, false);  // else not worth a look at the queue
+          if (!races_only) room = 0;
         }
         room = std::min(room, hub_batch_ops_);
       }
@@ -525,6 +533,7 @@ void Agent::SendLoop() {
         const uint64_t publish = ++publishes_made_;
         const Timestamp now = clock_.Now();
         for (; n < ops.size(); ++n) {
+          if (races_only && !Races(ops[n].type)) break;
           if (posts[n] != 0 && unanswered_.OnPost(posts[n])) {
             held = held_ = true;
             break;

@@ -38,7 +38,10 @@
 // kPublishesAwaiting publishes await their outcomes: while the hub is slow
 // to answer, the ops a person queues meanwhile wait here and then go
 // together, so the busier the hub, the fewer messages carry its work
-// (like a group commit). An idle device's op goes at once, alone. Only a
+// (like a group commit). An idle device's op goes at once, alone; so does
+// a claim or an accept at the head of the queue, held or not: it races
+// other NGOs for the same food (the first commit wins), and one held for
+// a batch could lose. Only a
 // hub whose answer to the connection's ping names `batch_ops` gets
 // batches (up to that many ops); to one from before batches every op goes
 // alone, as it did then, without the two-publish hold.
@@ -263,6 +266,7 @@ class Agent {
   Duration resend_after_ = kResendAfter;     // doubled by each resend no outcome followed
   bool held_ = false;  // the sender stopped at an op whose post awaits an earlier op's outcome
   bool awaiting_outcomes_ = false;  // the sender waits for a publish's outcomes (kPublishesAwaiting)
+  bool race_queued_ = false;        // a claim or accept was queued since the sender last looked
   uint64_t publishes_made_ = 0;     // publishes made, numbering them for InFlight
   std::deque<std::string> inbox_;
   std::set<std::string> queries_;            // op ids of queries in flight

@@ -296,6 +296,59 @@ TEST_F(AgentQueryTest, OpsQueuedWhileTwoPublishesAwaitTheirOutcomesGoTogetherInO
   agent.Stop();
 }
 
+// A claim races other NGOs for the same food: while two publishes await
+// their outcomes a claim at the head of the queue goes at once, alone,
+// where any other op waits to go in a batch; one queued behind a held op
+// keeps its place and goes with it.
+TEST_F(AgentQueryTest, AClaimAtTheHeadOfTheQueueIsNotHeldForABatch) {
+  Agent agent(cfg_, sync::GenerateKeyPair().secret_key, *store_, SystemClock::Instance(), uplink_);
+  agent.Start();  // queues the tablet's vehicle first
+  ASSERT_NO_FATAL_FAILURE(AnswerPing(agent, SystemClock::Instance()));
+  auto published = [&] {  // the queue's publishes, without queries (ping, nearby)
+    auto all = uplink_.Publishes();
+    return size_t(std::count_if(all.begin(), all.end(), [](const auto& p) {
+      return !p.first.ends_with("/ping") && !p.first.ends_with("/nearby");
+    }));
+  };
+  auto vehicle = [&](double lat) {
+    auto q = agent.Submit(sync::kOpVehicle, {{"lat", lat}, {"lon", -0.10}, {"free_kg", 100}});
+    EXPECT_TRUE(q.ok()) << q.error().ToString();
+    return q.ok() ? *q : QueuedOp{};
+  };
+  auto claim = [&](int64_t id) {
+    auto q = agent.Submit(sync::kOpClaim, {{"surplus_id", id}, {"version", 1}});
+    EXPECT_TRUE(q.ok()) << q.error().ToString();
+    return q.ok() ? *q : QueuedOp{};
+  };
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("vehicle") == 1; }));
+  const std::string v1 = *uplink_.OpOf("vehicle");
+  QueuedOp v2 = vehicle(51.53);
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("vehicle") == 2; }));
+  // Two publishes await their outcomes: a claim goes all the same, alone.
+  const size_t before = published();
+  QueuedOp c1 = claim(41);
+  ASSERT_TRUE(test::Eventually([&] { return published() == before + 1; })) << "the claim was held for a batch";
+  EXPECT_EQ(uplink_.Publishes().back().first, sync::UpTopic("tablet-1", sync::kOpClaim));
+  EXPECT_EQ(uplink_.Publishes().back().second, c1.envelope);
+  // A vehicle report is held; a claim behind it waits with it.
+  QueuedOp v3 = vehicle(51.54);
+  QueuedOp c2 = claim(42);
+  const int64_t now_ms = ToUnixMillis(SystemClock::Instance().Now());
+  agent.OnDown(Answer(v1, "accepted", {{"lat", 51.52}, {"lon", -0.10}}, now_ms, 1).dump());
+  agent.OnDown(Answer(v2.op, "accepted", {{"lat", 51.53}, {"lon", -0.10}}, now_ms, 2).dump());
+  ASSERT_TRUE(test::Eventually([&] { return published() == before + 2; })) << "the held ops did not go";
+  const auto last = uplink_.Publishes().back();
+  EXPECT_EQ(published(), before + 2) << "the held vehicle report went alone before the outcomes";
+  ASSERT_EQ(last.first, sync::UpTopic("tablet-1", sync::kUpBatch));
+  auto items = sync::DecodeUpBatch(last.second);
+  ASSERT_TRUE(items.ok()) << items.error().ToString();
+  ASSERT_EQ(items->size(), 2u);
+  ASSERT_TRUE((*items)[0].env.ok() && (*items)[1].env.ok());
+  EXPECT_EQ((*items)[0].env->op, v3.op);
+  EXPECT_EQ((*items)[1].env->op, c2.op);
+  agent.Stop();
+}
+
 // A hub from before batches refuses one as a malformed op, and the ops in
 // it would wait unanswered forever: the agent batches only for a hub whose
 // answer to its ping names batch_ops, and only up to that many ops. To one
@@ -524,25 +577,29 @@ TEST_F(AgentQueryTest, OpsWaitingAtABusyHubAreNotSentAgainButOneALaterOpOvertook
   ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("claim") == 4; }));
   clock.Advance(std::chrono::seconds(2));
   answer(c42, 3);
-  // Another pass over the waiting ops; 45 itself waits, as two publishes
-  // (43's and 44's) await their outcomes (agent.h, "Batches").
-  const std::string c45 = claim(45);
+  // Another pass over the waiting ops; a decline of 45 itself waits, as two
+  // publishes (43's and 44's) await their outcomes (agent.h, "Batches"; a
+  // claim would not: it races).
+  auto d45 = agent.Submit(sync::kOpDecline, {{"surplus_id", 45}});
+  ASSERT_TRUE(d45.ok()) << d45.error().ToString();
   EXPECT_EQ(uplink_.Count("vehicle"), 1u);
 
   // 44 is answered while 43, sent before it, is not: 43 was lost on the
-  // way, and goes again with 45, from the oldest, in order, in one publish.
+  // way, and goes again with 45's decline, from the oldest, in order, in
+  // one publish.
   answer(c44, 4);
-  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("claim") == 6; }, std::chrono::seconds(10)))
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("claim") == 5 && uplink_.Count("decline") == 1; },
+                               std::chrono::seconds(10)))
       << "the overtaken op was not sent again";
   std::vector<std::string> ops = uplink_.Types();
   std::erase_if(ops, [](const std::string& t) { return t == "ping" || t == "nearby"; });
-  EXPECT_EQ(ops, (std::vector<std::string>{"vehicle", "claim", "claim", "claim", "claim", "claim", "claim"}));
-  EXPECT_EQ(uplink_.OpOf("claim"), c45) << "sent again from the oldest unanswered op, in order";
+  EXPECT_EQ(ops, (std::vector<std::string>{"vehicle", "claim", "claim", "claim", "claim", "claim", "decline"}));
+  EXPECT_EQ(uplink_.OpOf("claim"), c43) << "sent again from the oldest unanswered op, in order";
   auto last = sync::DecodeUpBatch(uplink_.Publishes().back().second);
   ASSERT_TRUE(last.ok()) << "43 and 45 did not go together";
   ASSERT_EQ(last->size(), 2u);
   EXPECT_EQ((*last)[0].env->op, c43);
-  EXPECT_EQ((*last)[1].env->op, c45);
+  EXPECT_EQ((*last)[1].env->op, d45->op);
   agent.Stop();
 }
 

@@ -92,6 +92,26 @@ double CpuSeconds() {
   return double(t.tv_sec) + double(t.tv_nsec) / 1e9;
 }
 
+// The post a kiosk queues in every figure, and that post as the hub sends
+// it down (its outcome's or an event's data).
+nlohmann::json PostBody() {
+  return {{"category", "prepared_meals"}, {"description", "nasi goreng, 20 boxes"},
+          {"quantity_kg", 6}, {"storage", "hot"}, {"allergens", {"eggs", "soya"}},
+          {"best_before_in_min", 240}, {"instructions", "back door, ask for Sri"}};
+}
+nlohmann::json PostAsSent(int64_t provider) {
+  return {{"id", 0}, {"status", "available"}, {"version", 1}, {"provider_id", provider},
+          {"category", "prepared_meals"}, {"description", "nasi goreng, 20 boxes"},
+          {"quantity_kg", 6.0}, {"storage", "hot"}, {"allergens", {"eggs", "soya"}},
+          {"best_before", "2026-11-30T23:00:00.000Z"}, {"lat", 51.5138}, {"lon", -0.0984},
+          {"instructions", "back door, ask for Sri"}};
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
 // The "apply" figure (see the top of this file): µs of CPU per publish,
 // without and with `prev`, medians over `rounds` alternating rounds.
 void MeasureApply(const std::string& dir, int n, int64_t provider) {
@@ -125,11 +145,7 @@ void MeasureApply(const std::string& dir, int n, int64_t provider) {
     });
     sides[k].agent->Start();
   }
-  nlohmann::json data{{"id", 0}, {"status", "available"}, {"version", 1}, {"provider_id", provider},
-                      {"category", "prepared_meals"}, {"description", "nasi goreng, 20 boxes"},
-                      {"quantity_kg", 6.0}, {"storage", "hot"}, {"allergens", {"eggs", "soya"}},
-                      {"best_before", "2026-11-30T23:00:00.000Z"}, {"lat", 51.5138}, {"lon", -0.0984},
-                      {"instructions", "back door, ask for Sri"}};
+  nlohmann::json data = PostAsSent(provider);
   int64_t id = 0;
   const int per_round = std::max(1, n / rounds);
   for (int r = 0; r < rounds; ++r) {
@@ -154,13 +170,9 @@ void MeasureApply(const std::string& dir, int n, int64_t provider) {
       side.us.push_back((CpuSeconds() - c0) * 1e6 / per_round);
     }
   }
-  auto median = [](std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
-  };
   std::printf("apply: %d publishes a side, %d rounds: CPU per publish without prev %.1f us, with prev %.1f us "
               "(medians; rounds without:",
-              per_round * rounds, rounds, median(sides[0].us), median(sides[1].us));
+              per_round * rounds, rounds, Median(sides[0].us), Median(sides[1].us));
   for (double u : sides[0].us) std::printf(" %.1f", u);
   std::printf("; with:");
   for (double u : sides[1].us) std::printf(" %.1f", u);
@@ -194,20 +206,14 @@ void MeasureOutcomes(const std::string& dir, int n, int64_t provider) {
     cv.notify_one();
   });
   agent.Start();
-  nlohmann::json post{{"category", "prepared_meals"}, {"description", "nasi goreng, 20 boxes"},
-                      {"quantity_kg", 6}, {"storage", "hot"}, {"allergens", {"eggs", "soya"}},
-                      {"best_before_in_min", 240}, {"instructions", "back door, ask for Sri"}};
+  nlohmann::json post = PostBody();
   std::vector<agent::QueuedOp> queued;
   for (int i = 0; i < per_round * rounds; ++i) {
     auto q = agent.Submit(sync::kOpPostSurplus, post);
     if (!q.ok()) Die(q.error().ToString());
     queued.push_back(std::move(*q));
   }
-  nlohmann::json data{{"id", 0}, {"status", "available"}, {"version", 1}, {"provider_id", provider},
-                      {"category", "prepared_meals"}, {"description", "nasi goreng, 20 boxes"},
-                      {"quantity_kg", 6.0}, {"storage", "hot"}, {"allergens", {"eggs", "soya"}},
-                      {"best_before", "2026-11-30T23:00:00.000Z"}, {"lat", 51.5138}, {"lon", -0.0984},
-                      {"instructions", "back door, ask for Sri"}};
+  nlohmann::json data = PostAsSent(provider);
   std::vector<double> us;
   size_t next = 0;
   for (int r = 0; r < rounds; ++r) {
@@ -223,10 +229,8 @@ void MeasureOutcomes(const std::string& dir, int n, int64_t provider) {
     }
     us.push_back((CpuSeconds() - c0) * 1e6 / per_round);
   }
-  std::vector<double> sorted = us;
-  std::sort(sorted.begin(), sorted.end());
   std::printf("outcomes: %d applied, %d rounds: CPU per outcome %.1f us (median; rounds:", per_round * rounds,
-              rounds, sorted[sorted.size() / 2]);
+              rounds, Median(us));
   for (double u : us) std::printf(" %.1f", u);
   std::printf(")\n");
   agent.Stop();
@@ -294,9 +298,7 @@ int main(int argc, char** argv) {
   agent_ptr = &agent;
   agent.Start();
 
-  nlohmann::json post{{"category", "prepared_meals"}, {"description", "nasi goreng, 20 boxes"},
-                      {"quantity_kg", 6}, {"storage", "hot"}, {"allergens", {"eggs", "soya"}},
-                      {"best_before_in_min", 240}, {"instructions", "back door, ask for Sri"}};
+  nlohmann::json post = PostBody();
   auto t0 = Steady::now();
   for (int i = 0; i < ops; ++i)
     if (auto q = agent.Submit(sync::kOpPostSurplus, post); !q.ok()) Die(q.error().ToString());

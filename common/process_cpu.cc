@@ -6,6 +6,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -18,10 +19,10 @@ double SelfCpuSeconds() {
          double(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
 }
 
-std::optional<double> ProcessCpuSeconds(long pid) {
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  if (!std::getline(stat, line)) return std::nullopt;
+namespace {
+
+// utime + stime of one line of /proc/.../stat, in seconds.
+std::optional<double> CpuSecondsOfStatLine(const std::string& line) {
   auto close = line.rfind(')');  // the command name may hold spaces and ')'
   if (close == std::string::npos || close + 2 > line.size()) return std::nullopt;
   std::istringstream rest(line.substr(close + 2));
@@ -32,6 +33,29 @@ std::optional<double> ProcessCpuSeconds(long pid) {
     if (i == 14 || i == 15) ticks += std::stod(field), ++fields;
   if (fields != 2) return std::nullopt;
   return ticks / double(sysconf(_SC_CLK_TCK));
+}
+
+}  // namespace
+
+std::optional<double> ProcessCpuSeconds(long pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line)) return std::nullopt;
+  return CpuSecondsOfStatLine(line);
+}
+
+std::map<std::string, double> SelfCpuSecondsByThreadName() {
+  std::map<std::string, double> by_name;
+  std::error_code ec;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task", ec)) {
+    std::ifstream stat(task.path() / "stat");
+    std::string line;
+    if (!std::getline(stat, line)) continue;  // the thread ended meanwhile
+    const auto open = line.find('('), close = line.rfind(')');
+    if (open == std::string::npos || close == std::string::npos || close < open) continue;
+    if (auto s = CpuSecondsOfStatLine(line)) by_name[line.substr(open + 1, close - open - 1)] += *s;
+  }
+  return by_name;
 }
 
 std::optional<double> ProcessCpuSecondsFromPidFile(const std::string& pid_file) {

@@ -2,6 +2,7 @@
 // process_cpu_seconds_total: what a run cost, not just how long it took.
 #pragma once
 
+#include <map>
 #include <optional>
 #include <string>
 
@@ -13,6 +14,9 @@ double SelfCpuSeconds();
 std::optional<double> ProcessCpuSeconds(long pid);
 // The process whose pid is the first line of `pid_file` (mosquitto.pid).
 std::optional<double> ProcessCpuSecondsFromPidFile(const std::string& pid_file);
+// This process's threads by name (/proc/self/task/*/stat): CPU seconds of
+// all threads sharing a name, summed. A thread that ended is not counted.
+std::map<std::string, double> SelfCpuSecondsByThreadName();
 // A process's own report: process_cpu_seconds_total in the text of its
 // Prometheus /metrics page (pp-hub's); nullopt if absent or not a number.
 std::optional<double> CpuSecondsFromMetrics(const std::string& metrics_text);

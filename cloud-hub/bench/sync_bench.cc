@@ -26,6 +26,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <map>
 #include <thread>
 
 #include "cloud-hub/bench/bench_hub.h"
@@ -68,6 +69,28 @@ struct CpuMark {
 };
 CpuMark MarkCpu(const std::string& dir) {
   return {SelfCpuSeconds(), ProcessCpuSecondsFromPidFile(dir + "/mosquitto.pid").value_or(0)};
+}
+
+// CPU µs per message of each of this process's threads (by name) between
+// two readings: which thread of the hub's path costs what.
+using ThreadCpu = std::map<std::string, double>;
+ThreadCpu PerMessage(const ThreadCpu& before, const ThreadCpu& after, int messages) {
+  ThreadCpu d;
+  for (const auto& [name, s] : after) {
+    auto b = before.find(name);
+    const double used = s - (b == before.end() ? 0 : b->second);
+    if (used > 0) d[name] = used * 1e6 / messages;
+  }
+  return d;
+}
+std::string Format(const ThreadCpu& t) {
+  std::string out;
+  char buf[96];
+  for (const auto& [name, us] : t) {
+    std::snprintf(buf, sizeof buf, "%s%s=%.1f", out.empty() ? "" : " ", name.c_str(), us);
+    out += buf;
+  }
+  return out;
 }
 
 }  // namespace
@@ -148,6 +171,7 @@ int main(int argc, char** argv) {
     double broker_rate, hub_rate;
     CpuMark broker_cpu,
         hub_cpu;  // CPU µs per message: this process (device + subscriber or hub), the broker
+    ThreadCpu broker_threads, hub_threads;  // the process's part, by thread
   };
   std::vector<Round> done;
   for (int round = 0; round < rounds; ++round) {
@@ -162,10 +186,12 @@ int main(int argc, char** argv) {
       std::this_thread::sleep_for(std::chrono::milliseconds(300));  // subscription in place
       auto t0 = Steady::now();
       auto c0 = MarkCpu(dir);
+      auto threads0 = SelfCpuSecondsByThreadName();
       publish_all();
       if (!WaitFor([&] { return got >= ops; }, std::chrono::seconds(120)))
         Die("broker-only run stalled");
       r.broker_rate = ops / std::chrono::duration<double>(Steady::now() - t0).count();
+      r.broker_threads = PerMessage(threads0, SelfCpuSecondsByThreadName(), ops);
       auto c1 = MarkCpu(dir);
       r.broker_cpu = {(c1.self - c0.self) * 1e6 / ops, (c1.broker - c0.broker) * 1e6 / ops};
       sub.Disconnect();
@@ -185,11 +211,13 @@ int main(int argc, char** argv) {
       const uint64_t target = uint64_t(round + 1) * uint64_t(ops);
       auto t0 = Steady::now();
       auto c0 = MarkCpu(dir);
+      auto threads0 = SelfCpuSecondsByThreadName();
       publish_all();
       if (!WaitFor([&] { return ingest.stats().accepted + ingest.stats().refused >= target; },
                    std::chrono::seconds(300)))
         Die("hub run stalled");
       r.hub_rate = ops / std::chrono::duration<double>(Steady::now() - t0).count();
+      r.hub_threads = PerMessage(threads0, SelfCpuSecondsByThreadName(), ops);
       auto c1 = MarkCpu(dir);
       r.hub_cpu = {(c1.self - c0.self) * 1e6 / ops, (c1.broker - c0.broker) * 1e6 / ops};
       hub_mqtt.Disconnect();
@@ -206,6 +234,7 @@ int main(int argc, char** argv) {
   // 3. The hub's ingest alone, the same ops handed straight to it (no
   // broker): where the time goes when the ratio is low.
   double direct_rate = 0, direct_cpu = 0;
+  ThreadCpu direct_threads;
   {
     DeviceIngest direct(hub);
     // Fresh op ids and higher sequence numbers: new ops, not replays.
@@ -219,11 +248,13 @@ int main(int argc, char** argv) {
     }
     auto t0 = Steady::now();
     auto c0 = MarkCpu(dir);
+    auto threads0 = SelfCpuSecondsByThreadName();
     for (const auto& m : fresh) direct.OnMessage(topic, m, "");
     if (!WaitFor([&] { return direct.stats().accepted + direct.stats().refused >= uint64_t(ops); },
                  std::chrono::seconds(300)))
       Die("direct run stalled");
     direct_rate = ops / std::chrono::duration<double>(Steady::now() - t0).count();
+    direct_threads = PerMessage(threads0, SelfCpuSecondsByThreadName(), ops);
     direct_cpu = (MarkCpu(dir).self - c0.self) * 1e6 / ops;
   }
   // 4. The signature check alone (decode excluded), as the ingest makes it
@@ -322,5 +353,9 @@ int main(int argc, char** argv) {
       double(committer.stats().ops) / double(std::max<uint64_t>(1, committer.stats().batches)),
       m.broker_cpu.self, m.broker_cpu.broker, m.hub_cpu.self, m.hub_cpu.broker, direct_cpu,
       verify_us);
+  std::printf("cpu_us_per_msg by thread (median round): broker_only %s | through_hub %s | "
+              "ingest_without_broker %s\n",
+              Format(m.broker_threads).c_str(), Format(m.hub_threads).c_str(),
+              Format(direct_threads).c_str());
   return st.refused == 0 ? 0 : 1;
 }

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <fstream>
 #include <thread>
@@ -58,6 +59,39 @@ TEST(ProcessCpu, AThreadNamesItselfAndLongNamesAreCut) {
   };
   EXPECT_EQ(comm_of_a_thread_named("store-writer"), "store-writer");
   EXPECT_EQ(comm_of_a_thread_named("a-name-longer-than-fifteen"), "a-name-longer-t");
+}
+
+TEST(ProcessCpu, ThreadsAreCountedByNameAndOnlyTheBusyOneGrows) {
+  // Two threads named alike are summed; an idle one by another name stays
+  // where it was while the busy pair burns 60 ms (ticks are 10 ms).
+  std::atomic<bool> stop{false}, idle_named{false};
+  std::atomic<int> busy_named{0};
+  auto burn = [&] {
+    NameThisThread("pp-test-busy");
+    busy_named++;
+    volatile double x = 0;
+    while (!stop) x = x + 1;
+  };
+  std::thread idle([&] {
+    NameThisThread("pp-test-idle");
+    idle_named = true;
+    while (!stop) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  });
+  std::thread a(burn), b(burn);
+  while (busy_named < 2 || !idle_named) std::this_thread::yield();
+  const auto before = SelfCpuSecondsByThreadName();
+  ASSERT_EQ(before.count("pp-test-busy"), 1u);
+  ASSERT_EQ(before.count("pp-test-idle"), 1u);
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  auto after = before;
+  while (after["pp-test-busy"] - before.at("pp-test-busy") < 0.06 && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    after = SelfCpuSecondsByThreadName();
+  }
+  stop = true;
+  a.join(), b.join(), idle.join();
+  EXPECT_GE(after["pp-test-busy"] - before.at("pp-test-busy"), 0.06);
+  EXPECT_LT(after["pp-test-idle"] - before.at("pp-test-idle"), 0.03);
 }
 
 }  // namespace

@@ -427,13 +427,23 @@ Result<std::vector<OutboxEvent>> HubService::ListOutbox(int64_t after_id, int li
   return Read<std::vector<OutboxEvent>>([&](StoreSession& s) { return s.ListOutbox(after_id, limit); });
 }
 
-void HubService::MarkOutboxSent(std::vector<int64_t> ids, std::function<void(Status)> done) {
+void HubService::MarkOutboxSent(std::vector<int64_t> ids, LastSentByDevice last_sent,
+                                std::function<void(Status)> done) {
   Timestamp now = clock_.Now();
   // Lazy: a mark lost in a crash only sends the events again (devices drop
   // repeats by id), so it waits for the next ops' commit rather than paying
-  // for one of its own.
-  committer_.SubmitLazy([ids = std::move(ids), now](StoreSession& s) { return s.MarkOutboxSent(ids, now); },
-                        std::move(done));
+  // for one of its own. The devices' last ids go with it: a restarted hub
+  // names what was marked, and republishes what was not.
+  committer_.SubmitLazy(
+      [ids = std::move(ids), last_sent = std::move(last_sent), now](StoreSession& s) -> Status {
+        PP_RETURN_IF_ERROR(s.MarkOutboxSent(ids, now));
+        return s.RecordLastSent(last_sent);
+      },
+      std::move(done));
+}
+
+Result<int64_t> HubService::LastSentTo(const std::string& device) {
+  return Read<int64_t>([&](StoreSession& s) { return s.GetLastSent(device); });
 }
 
 Result<std::vector<Device>> HubService::ListDevicesOfOrg(int64_t org_id) {

@@ -14,6 +14,7 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -154,8 +155,12 @@ class HubService {
   Result<std::vector<OutboxEvent>> ListOutbox(int64_t after_id, int limit);
   // Marks events sent with the next ops' group commit, or alone once the
   // committer's lazy_wait has passed (GroupCommitter::SubmitLazy); `done`
-  // runs after it.
-  void MarkOutboxSent(std::vector<int64_t> ids, std::function<void(Status)> done);
+  // runs after it. `last_sent`: per device, the last message these events
+  // made (StoreSession::RecordLastSent), recorded in the same transaction.
+  using LastSentByDevice = std::map<std::string, int64_t>;
+  void MarkOutboxSent(std::vector<int64_t> ids, LastSentByDevice last_sent, std::function<void(Status)> done);
+  // What the marks recorded for a device so far (0: nothing).
+  Result<int64_t> LastSentTo(const std::string& device);
 
   const Clock& clock() const { return clock_; }
   // Set once, before traffic.

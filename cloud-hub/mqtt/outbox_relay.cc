@@ -75,8 +75,9 @@ std::optional<EventWire> WireOf(const OutboxEvent& e, int64_t now_ms, const Want
 OutboxRelay::OutboxRelay(HubService& hub, sync::MqttClient& mqtt, Mark mark)
     : hub_(hub), mqtt_(mqtt), mark_(std::move(mark)) {
   if (!mark_)
-    mark_ = [this](std::vector<int64_t> ids, std::function<void(Status)> done) {
-      hub_.MarkOutboxSent(std::move(ids), std::move(done));
+    mark_ = [this](std::vector<int64_t> ids, HubService::LastSentByDevice last_sent,
+                   std::function<void(Status)> done) {
+      hub_.MarkOutboxSent(std::move(ids), std::move(last_sent), std::move(done));
     };
 }
 
@@ -133,11 +134,27 @@ void OutboxRelay::Loop() {
   }
 }
 
-std::optional<int64_t> OutboxRelay::LastSentTo(const std::string& device) const {
-  std::lock_guard lock(last_mu_);
-  auto it = last_sent_.find(device);
-  if (it == last_sent_.end()) return std::nullopt;
-  return it->second;
+std::optional<int64_t> OutboxRelay::LastSentTo(const std::string& device) {
+  auto known = [&]() -> std::optional<int64_t> {
+    auto it = last_sent_.find(device);
+    if (it == last_sent_.end()) return std::nullopt;
+    return it->second;
+  };
+  std::optional<int64_t> last;
+  {
+    std::lock_guard lock(last_mu_);
+    last = known();
+  }
+  if (!last) {
+    // Not sent to in this run: what the marks recorded before (read outside
+    // the lock; a publish acknowledged meanwhile is newer and wins).
+    auto stored = hub_.LastSentTo(device);
+    if (!stored.ok()) return std::nullopt;  // asked again next time
+    std::lock_guard lock(last_mu_);
+    last = last_sent_.try_emplace(device, *stored).first->second;
+  }
+  if (*last == 0) return std::nullopt;
+  return last;
 }
 
 Result<bool> OutboxRelay::RelayPage() {
@@ -288,7 +305,7 @@ Result<bool> OutboxRelay::RelayPage() {
     unmarked_.insert(ids.begin(), ids.end());
     ++marks_pending_;
   }
-  mark_(ids, [this, ids](Status st) {
+  mark_(ids, std::move(last_now), [this, ids](Status st) {
     if (!st.ok())
       Log(LogLevel::kWarn, "outbox_mark_failed",
           {{"events", std::to_string(ids.size())}, {"error", st.error().ToString()}});

@@ -74,10 +74,12 @@ std::optional<EventWire> WireOf(const OutboxEvent& event, int64_t now_ms, const 
 
 class OutboxRelay {
  public:
-  // How a page is marked sent: `done` runs once the marks are committed or
-  // have failed. By default HubService::MarkOutboxSent. A test may fail it
-  // to stand for a crash between publish and mark.
-  using Mark = std::function<void(std::vector<int64_t> ids, std::function<void(Status)> done)>;
+  // How a page is marked sent, with each device's last message in it:
+  // `done` runs once the marks are committed or have failed. By default
+  // HubService::MarkOutboxSent. A test may fail it to stand for a crash
+  // between publish and mark.
+  using Mark = std::function<void(std::vector<int64_t> ids, HubService::LastSentByDevice last_sent,
+                                  std::function<void(Status)> done)>;
   OutboxRelay(HubService& hub, sync::MqttClient& mqtt, Mark mark = nullptr);
   ~OutboxRelay();
   void Start();
@@ -88,10 +90,12 @@ class OutboxRelay {
   // outbox_relay_delay_seconds: from an event's commit to the broker's
   // PUBACK of its last publish, i.e. the relay's share of what devices wait.
   void SetMetrics(metrics::Registry* registry);
-  // The last id of the last publish to `device` the broker acknowledged in
-  // this run, if any: named in the hub's answer to a ping, so that a device
-  // that has heard nothing since can still see what it lost.
-  std::optional<int64_t> LastSentTo(const std::string& device) const;
+  // The last id of the last publish to `device` the broker acknowledged:
+  // named in the hub's answer to a ping, so that a device that has heard
+  // nothing since can still see what it lost. For a device this run has
+  // sent nothing yet, what the marks of earlier runs recorded (read once,
+  // then kept): a restarted hub still names it.
+  std::optional<int64_t> LastSentTo(const std::string& device);
 
   static constexpr size_t kWindow = 100;  // publishes awaiting PUBACK
   static constexpr int kPage = 500;       // events a pass takes
@@ -117,10 +121,11 @@ class OutboxRelay {
   std::set<int64_t> unmarked_;        // published, mark not yet committed; guarded by mu_
   int marks_pending_ = 0;             // guarded by mu_
   bool mark_failed_ = false;          // since the last pass; guarded by mu_
-  // Per device, the last id of the last publish the broker acknowledged, in
-  // this run (a publish's `prev`). Written by the relay's thread, read by the
-  // ingest workers answering pings. One entry per device that received
-  // anything: under 100 bytes each.
+  // Per device, the last id of the last publish the broker acknowledged (a
+  // publish's `prev`), or what the store recorded before this run (0: none).
+  // Written by the relay's thread and by LastSentTo's first read, read by
+  // the ingest workers answering pings. One entry per device heard of:
+  // under 100 bytes each.
   mutable std::mutex last_mu_;
   std::unordered_map<std::string, int64_t> last_sent_;  // guarded by last_mu_
 };

@@ -19,6 +19,7 @@
 #pragma once
 
 #include <memory>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -124,6 +125,13 @@ class StoreSession {
   // max_seq = max(max_seq, seq)
   virtual Status AdvanceDeviceSeq(std::string_view id, uint64_t seq) = 0;
   virtual Result<std::vector<Device>> ListDevicesOfOrg(int64_t org_id) = 0;
+  // The id of the last message the outbox relay published to a device, as
+  // of its committed marks (0: none, or no such device). A restarted hub
+  // names it to the device (`prev`, a ping's `last`) so that a loss from
+  // before the restart still shows. Per device of `last`: last_sent =
+  // max(last_sent, id); a device that is gone is skipped.
+  virtual Status RecordLastSent(const std::map<std::string, int64_t>& last) = 0;
+  virtual Result<int64_t> GetLastSent(std::string_view device) = 0;
 
   virtual Status AppendHistory(const HistoryEntry& entry) = 0;
   virtual Result<std::vector<HistoryEntry>> GetHistory(int64_t surplus_id) = 0;

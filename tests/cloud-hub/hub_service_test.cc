@@ -362,7 +362,7 @@ TEST_P(HubServiceTest, ALazyOpRidesInTheNextBatchOrCommitsAloneAfterItsWait) {
   std::promise<Status> marked;
   auto marked_f = marked.get_future();
   const auto asked = std::chrono::steady_clock::now();
-  hub_->MarkOutboxSent(ids, [&](Status st) { marked.set_value(std::move(st)); });
+  hub_->MarkOutboxSent(ids, {}, [&](Status st) { marked.set_value(std::move(st)); });
   ASSERT_EQ(marked_f.wait_for(std::chrono::seconds(10)), std::future_status::ready);
   EXPECT_GE(std::chrono::steady_clock::now() - asked, std::chrono::milliseconds(200));
   EXPECT_TRUE(marked_f.get().ok());

@@ -67,9 +67,10 @@ class OutboxRelayTest : public ::testing::Test {
 
 TEST_F(OutboxRelayTest, RepublishesWhatWasNotMarkedAndDevicesDropRepeats) {
   std::atomic<int> marks{0};
-  OutboxRelay relay(hub_, *mqtt_, [&](std::vector<int64_t> ids, std::function<void(Status)> done) {
+  OutboxRelay relay(hub_, *mqtt_, [&](std::vector<int64_t> ids, HubService::LastSentByDevice last,
+                                       std::function<void(Status)> done) {
     if (marks++ == 0) return done(Error::Unavailable("crash between publish and mark"));
-    hub_.MarkOutboxSent(std::move(ids), std::move(done));
+    hub_.MarkOutboxSent(std::move(ids), std::move(last), std::move(done));
   });
   int64_t id = Post("roti");
   metrics::Registry registry;
@@ -92,11 +93,17 @@ TEST_F(OutboxRelayTest, APendingMarkHoldsNothingUpAndRepublishesNothing) {
   // Marks are held back until the test lets them go; from then on they pass.
   std::mutex mu;
   bool released = false;
-  std::vector<std::pair<std::vector<int64_t>, std::function<void(Status)>>> held;
-  OutboxRelay relay(hub_, *mqtt_, [&](std::vector<int64_t> ids, std::function<void(Status)> done) {
+  struct Held {
+    std::vector<int64_t> ids;
+    HubService::LastSentByDevice last;
+    std::function<void(Status)> done;
+  };
+  std::vector<Held> held;
+  OutboxRelay relay(hub_, *mqtt_, [&](std::vector<int64_t> ids, HubService::LastSentByDevice last,
+                                       std::function<void(Status)> done) {
     std::lock_guard lock(mu);
-    if (released) return hub_.MarkOutboxSent(std::move(ids), std::move(done));
-    held.emplace_back(std::move(ids), std::move(done));
+    if (released) return hub_.MarkOutboxSent(std::move(ids), std::move(last), std::move(done));
+    held.push_back({std::move(ids), std::move(last), std::move(done)});
   });
   auto held_marks = [&] {
     std::lock_guard lock(mu);
@@ -105,7 +112,7 @@ TEST_F(OutboxRelayTest, APendingMarkHoldsNothingUpAndRepublishesNothing) {
   auto release = [&] {
     std::lock_guard lock(mu);
     released = true;
-    for (auto& [ids, done] : held) hub_.MarkOutboxSent(std::move(ids), std::move(done));
+    for (auto& h : held) hub_.MarkOutboxSent(std::move(h.ids), std::move(h.last), std::move(h.done));
     held.clear();
   };
   // Whatever happens below, the marks are let go before Stop() waits for them.
@@ -204,9 +211,10 @@ TEST_F(OutboxRelayTest, ADevicesMessagesInAPageComeBatchedInOrderUnderThePacketS
 
 // Each publish names the last message of the relay's previous publish to
 // the device (`prev`): that is how a device sees that its broker dropped
-// some (docs/protocol.md, section 6, "Gaps"). A relay just started knows
-// none, and says so by naming none.
-TEST_F(OutboxRelayTest, EveryPublishNamesTheLastMessageOfTheOneBeforeIt) {
+// some (docs/protocol.md, section 6, "Gaps"). A restarted relay names the
+// last one the marks of the run before recorded, and a ping's answer
+// (LastSentTo) names it too, before anything new was sent.
+TEST_F(OutboxRelayTest, EveryPublishNamesTheLastMessageOfTheOneBeforeItAcrossARestart) {
   auto relay = std::make_unique<OutboxRelay>(hub_, *mqtt_);
   relay->Start();
   std::vector<int64_t> posts;
@@ -217,6 +225,8 @@ TEST_F(OutboxRelayTest, EveryPublishNamesTheLastMessageOfTheOneBeforeIt) {
   }
   relay->Stop();
   relay = std::make_unique<OutboxRelay>(hub_, *mqtt_);  // a restarted hub
+  const auto before_any_publish = relay->LastSentTo(kiosk_.id());
+  EXPECT_FALSE(relay->LastSentTo("kiosk-never-sent-to").has_value());
   posts.push_back(Post("d"));
   posts.push_back(Post("e"));
   relay->Start();
@@ -231,7 +241,9 @@ TEST_F(OutboxRelayTest, EveryPublishNamesTheLastMessageOfTheOneBeforeIt) {
   EXPECT_EQ(log[0].prev, 0);
   EXPECT_EQ(log[1].prev, log[0].ids.back());
   EXPECT_EQ(log[2].prev, log[1].ids.back());
-  EXPECT_EQ(log[3].prev, 0) << "a new relay cannot know what the old one sent";
+  EXPECT_EQ(before_any_publish, std::optional<int64_t>(log[2].ids.back()))
+      << "a restarted hub's ping answer names what the last run sent";
+  EXPECT_EQ(log[3].prev, log[2].ids.back()) << "a restarted relay names what the last run sent";
   EXPECT_EQ(log[3].ids.size(), 2u);
   EXPECT_EQ(log[4].prev, log[3].ids.back());
   EXPECT_EQ(kiosk_.messages().size(), posts.size());

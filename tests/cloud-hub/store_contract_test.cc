@@ -429,6 +429,33 @@ TEST_P(StoreContract, DevicesRegisterRevokeAndTrackTheirSequence) {
   s_->Rollback();
 }
 
+TEST_P(StoreContract, ADevicesLastSentMessageOnlyGrows) {
+  int64_t org = Org(OrgKind::kNgo);
+  Write([&](StoreSession& s) {
+    ASSERT_TRUE(s.InsertDevice({"tablet-1", "tablet", org, "cHVibGlj", false, 0, kT0}).ok());
+    ASSERT_TRUE(s.InsertDevice({"tablet-2", "tablet", org, "cHVibGlj", false, 0, kT0}).ok());
+  });
+  auto last = [&](const char* device) {
+    EXPECT_TRUE(s_->Begin(TxnMode::kRead).ok());
+    auto got = s_->GetLastSent(device);
+    s_->Rollback();
+    EXPECT_TRUE(got.ok());
+    return got.ok() ? *got : -1;
+  };
+  EXPECT_EQ(last("tablet-1"), 0) << "nothing sent yet";
+  Write([&](StoreSession& s) {
+    ASSERT_TRUE(s.RecordLastSent({{"tablet-1", 40}, {"nobody", 9}}).ok());  // nobody: a device gone
+    ASSERT_TRUE(s.RecordLastSent({{"tablet-1", 12}}).ok());  // an older page's mark, committed late
+    ASSERT_TRUE(s.RecordLastSent({}).ok());
+  });
+  EXPECT_EQ(last("tablet-1"), 40);
+  EXPECT_EQ(last("tablet-2"), 0) << "another device's record is its own";
+  Write([&](StoreSession& s) { ASSERT_TRUE(s.RecordLastSent({{"tablet-1", 41}, {"tablet-2", 7}}).ok()); });
+  EXPECT_EQ(last("tablet-1"), 41);
+  EXPECT_EQ(last("tablet-2"), 7);
+  EXPECT_EQ(last("nobody"), 0);
+}
+
 TEST_P(StoreContract, OutboxSentMarks) {
   Write([&](StoreSession& s) {
     for (int i = 0; i < 4; ++i) ASSERT_TRUE(s.AppendOutbox({0, "e", i, "{}", kT0, std::nullopt}).ok());

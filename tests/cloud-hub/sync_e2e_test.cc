@@ -198,6 +198,41 @@ TEST_F(SyncTest, QueriesAreAnsweredAtOnceOutsideTheOutbox) {
   EXPECT_EQ(bad["data"][0]["field"], "lat");
 }
 
+// A device learns of a loss from before a hub restart too: the restarted
+// hub's ping answer names the last message the hub sent it before
+// (recorded with the relay's marks), not nothing (docs/protocol.md,
+// section 6, "Gaps").
+TEST_F(SyncTest, ARestartedHubsPingAnswerNamesTheLastMessageSentBeforeTheRestart) {
+  auto posted = kiosk_->WaitOutcome(kiosk_->Send("post_surplus", Post(1)).op);
+  ASSERT_FALSE(posted.is_null());
+  // The relay notes a message sent once its PUBACK is in, which may be
+  // just after the device has it.
+  json pong;
+  ASSERT_TRUE(test::Eventually([&] {
+    pong = kiosk_->WaitOutcome(kiosk_->Send("ping", json::object()).op);
+    return pong.is_object() && pong["data"].contains("last");
+  })) << pong.dump();
+  const json last = pong["data"]["last"];
+  // Stopped as an operator stops it: the relay's marks still waiting are
+  // committed on the way out. (A crash leaves them uncommitted, and the
+  // restarted relay sends those events again, naming the last one marked.)
+  hub_->process().Kill(SIGTERM);
+  ASSERT_EQ(hub_->process().Wait(), 0);
+  StartHub();
+  json again;
+  ASSERT_TRUE(test::Eventually([&] {  // the hub's MQTT door opens just after its HTTP one
+    again = kiosk_->WaitOutcome(kiosk_->Send("ping", json::object()).op, std::chrono::milliseconds(500));
+    return !again.is_null();
+  }, std::chrono::seconds(10)));
+  // The same message, or one sent after it (the post's later events).
+  ASSERT_TRUE(again["data"].contains("last") && again["data"]["last"].is_number_integer()) << again.dump();
+  const int64_t named = again["data"]["last"].get<int64_t>();
+  EXPECT_GE(named, last.get<int64_t>());
+  bool received = false;
+  for (const json& m : kiosk_->messages()) received |= m.contains("id") && m["id"] == named;
+  EXPECT_TRUE(received) << "the restarted hub named " << named << ", a message the device never received";
+}
+
 // `catchup` answers with what the relay sent (or will send) this device
 // after an outbox id, as it sent it: the device's own outcomes and its
 // organisation's events, the handover code only to the provider's devices;

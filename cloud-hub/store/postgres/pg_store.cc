@@ -111,6 +111,9 @@ ALTER TABLE surplus ADD COLUMN picked_up_kg DOUBLE PRECISION;
     {5, "the trace a post was created in", R"sql(
 ALTER TABLE surplus ADD COLUMN traceparent TEXT NOT NULL DEFAULT '';
 )sql"},
+    {6, "the last message the relay sent each device", R"sql(
+ALTER TABLE devices ADD COLUMN last_sent BIGINT NOT NULL DEFAULT 0;
+)sql"},
 };
 
 // Any stable number: the advisory lock that serialises migrations of hubs
@@ -219,6 +222,10 @@ std::vector<Statement> Statements() {
        "SELECT id, role, org_id, public_key, revoked, max_seq, created_at FROM devices WHERE id=$1"},
       {"device_revoke", "UPDATE devices SET revoked=true WHERE id=$1"},
       {"device_seq", "UPDATE devices SET max_seq=GREATEST(max_seq, $1) WHERE id=$2"},
+      {"device_last_sent_set",
+       "UPDATE devices d SET last_sent=GREATEST(d.last_sent, v.id) "
+       "FROM unnest($1::text[], $2::bigint[]) AS v(device, id) WHERE d.id=v.device"},
+      {"device_last_sent_get", "SELECT last_sent FROM devices WHERE id=$1"},
       {"device_list_org",
        "SELECT id, role, org_id, public_key, revoked, max_seq, created_at FROM devices "
        "WHERE org_id=$1 ORDER BY id"},
@@ -460,6 +467,23 @@ class PgSession final : public StoreSession {
     return Exec("advance device seq", [&] {
       txn_->exec_prepared("device_seq", int64_t(seq), std::string(id));
       return Ok{};
+    });
+  }
+
+  Status RecordLastSent(const std::map<std::string, int64_t>& last) override {
+    if (last.empty()) return OkStatus();
+    return Exec("record last sent", [&] {
+      ArrayLiteral devices, ids;  // one statement for the page, not a round trip per device
+      for (const auto& [device, id] : last) devices.Add(device), ids.Add(id);
+      txn_->exec_prepared("device_last_sent_set", devices.str(), ids.str());
+      return Ok{};
+    });
+  }
+
+  Result<int64_t> GetLastSent(std::string_view device) override {
+    return Exec("get last sent", [&] {
+      auto r = txn_->exec_prepared("device_last_sent_get", std::string(device));
+      return r.empty() ? int64_t{0} : r[0][0].as<int64_t>();
     });
   }
 

@@ -114,6 +114,9 @@ ALTER TABLE surplus ADD COLUMN picked_up_kg REAL;
     {5, "the trace a post was created in", R"sql(
 ALTER TABLE surplus ADD COLUMN traceparent TEXT NOT NULL DEFAULT '';
 )sql"},
+    {6, "the last message the relay sent each device", R"sql(
+ALTER TABLE devices ADD COLUMN last_sent INTEGER NOT NULL DEFAULT 0;
+)sql"},
 };
 
 class SqliteSession final : public StoreSession {
@@ -271,6 +274,22 @@ class SqliteSession final : public StoreSession {
     s.Reset().Bind(int64_t(seq)).Bind(id);
     PP_RETURN_IF_ERROR(s.Step("advance device seq"));
     return OkStatus();
+  }
+
+  Status RecordLastSent(const std::map<std::string, int64_t>& last) override {
+    auto& s = Prepare("UPDATE devices SET last_sent=max(last_sent, ?) WHERE id=?");
+    for (const auto& [device, id] : last) {
+      s.Reset().Bind(id).Bind(device);
+      PP_RETURN_IF_ERROR(s.Step("record last sent"));
+    }
+    return OkStatus();
+  }
+
+  Result<int64_t> GetLastSent(std::string_view device) override {
+    auto& s = Prepare("SELECT last_sent FROM devices WHERE id=?");
+    s.Reset().Bind(device);
+    PP_ASSIGN_OR_RETURN(bool row, s.Step("get last sent"));
+    return row ? s.Int(0) : int64_t{0};
   }
 
   Result<std::vector<Device>> ListDevicesOfOrg(int64_t org_id) override {

@@ -135,17 +135,13 @@ void OutboxRelay::Loop() {
 }
 
 std::optional<int64_t> OutboxRelay::LastSentTo(const std::string& device) {
-  auto known = [&]() -> std::optional<int64_t> {
-    auto it = last_sent_.find(device);
-    if (it == last_sent_.end()) return std::nullopt;
-    return it->second;
-  };
-  std::optional<int64_t> last;
+  int64_t last = 0;
+  bool known = false;
   {
     std::lock_guard lock(last_mu_);
-    last = known();
+    if (auto it = last_sent_.find(device); it != last_sent_.end()) last = it->second, known = true;
   }
-  if (!last) {
+  if (!known) {
     // Not sent to in this run: what the marks recorded before (read outside
     // the lock; a publish acknowledged meanwhile is newer and wins).
     auto stored = hub_.LastSentTo(device);
@@ -153,7 +149,7 @@ std::optional<int64_t> OutboxRelay::LastSentTo(const std::string& device) {
     std::lock_guard lock(last_mu_);
     last = last_sent_.try_emplace(device, *stored).first->second;
   }
-  if (*last == 0) return std::nullopt;
+  if (last == 0) return std::nullopt;  // 0: nothing ever sent
   return last;
 }
 

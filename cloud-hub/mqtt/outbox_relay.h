@@ -126,7 +126,7 @@ class OutboxRelay {
   // Written by the relay's thread and by LastSentTo's first read, read by
   // the ingest workers answering pings. One entry per device heard of:
   // under 100 bytes each.
-  mutable std::mutex last_mu_;
+  std::mutex last_mu_;
   std::unordered_map<std::string, int64_t> last_sent_;  // guarded by last_mu_
 };
 

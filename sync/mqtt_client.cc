@@ -96,6 +96,35 @@ Status MqttClient::Ack::Wait(std::chrono::milliseconds timeout) const {
   }
 }
 
+bool MqttClient::Ack::Done() const {
+  try {
+    return token_->wait_for(std::chrono::milliseconds(0));
+  } catch (const mqtt::exception&) {
+    return true;  // failed: Wait says how
+  }
+}
+
+// Every publish's: Paho marks the token complete before it calls these.
+class MqttClient::DoneListener : public mqtt::iaction_listener {
+ public:
+  void Set(std::function<void()> done) {
+    std::lock_guard lock(mu_);
+    done_ = std::move(done);
+  }
+  void on_success(const mqtt::token&) override { Tell(); }
+  void on_failure(const mqtt::token&) override { Tell(); }
+
+ private:
+  void Tell() {
+    std::lock_guard lock(mu_);
+    if (done_) done_();
+  }
+  std::mutex mu_;
+  std::function<void()> done_;  // guarded by mu_
+};
+
+void MqttClient::OnPublishDone(std::function<void()> done) { done_listener_->Set(std::move(done)); }
+
 MqttClient::Options MqttClient::CleanSession(std::string uri, std::string client_id,
                                              std::string username, std::string password,
                                              std::vector<std::string> subscriptions,
@@ -113,7 +142,10 @@ MqttClient::Options MqttClient::CleanSession(std::string uri, std::string client
 }
 
 MqttClient::MqttClient(Options options, Handler handler)
-    : options_(std::move(options)), handler_(std::move(handler)), broker_port_(PortOf(options_.uri)) {
+    : options_(std::move(options)),
+      handler_(std::move(handler)),
+      done_listener_(std::make_unique<DoneListener>()),
+      broker_port_(PortOf(options_.uri)) {
   KeepPahoSetUp();
   mqtt::create_options create(MQTTVERSION_5);
   create.set_max_buffered_messages(options_.max_buffered);
@@ -293,7 +325,7 @@ Result<MqttClient::Ack> MqttClient::Publish(const std::string& topic, const std:
       msg->set_properties(std::move(props));  // a copy costs Paho C allocations
     }
     Ack ack;
-    ack.token_ = client_->publish(msg);
+    ack.token_ = client_->publish(msg, nullptr, *done_listener_);
     return ack;
   } catch (const mqtt::exception& e) {
     return Error::Unavailable(std::string("publish failed: ") + e.what());

@@ -86,6 +86,8 @@ class MqttClient {
   class Ack {
    public:
     Status Wait(std::chrono::milliseconds timeout) const;
+    // Acknowledged or failed (Wait then returns at once).
+    bool Done() const;
 
    private:
     friend class MqttClient;
@@ -113,6 +115,11 @@ class MqttClient {
   // broker's in-flight limit.
   Result<Ack> Publish(const std::string& topic, const std::string& payload,
                       const std::string& traceparent = "", int qos = 1);
+  // Told each time a publish is acknowledged or has failed, on Paho's
+  // thread (must not block, must not call this client): a publisher can
+  // then wait for "a PUBACK or something else" on one condition variable
+  // of its own. Replaces the one before; nullptr: none.
+  void OnPublishDone(std::function<void()> done);
   bool connected() const;
   // Whether the broker still held this client's session at the latest
   // connect (the CONNACK's "session present"): if not, whatever it had
@@ -135,6 +142,9 @@ class MqttClient {
 
   const Options options_;
   Handler handler_;
+  // Before client_: Paho's tokens point at it until the client is gone.
+  class DoneListener;
+  std::unique_ptr<DoneListener> done_listener_;
   std::unique_ptr<mqtt::async_client> client_;
   int broker_port_ = 0;
 

@@ -72,8 +72,43 @@ std::optional<EventWire> WireOf(const OutboxEvent& e, int64_t now_ms, const Want
   return w;
 }
 
+struct OutboxRelay::InFlight {
+  std::vector<int64_t> ids;            // the page's events, in id order
+  std::vector<Timestamp> committed;    // and when each was committed (for the delay metric)
+  bool full = false;                   // the listing was full: more may wait
+  std::vector<sync::MqttClient::Ack> acks;
+  size_t acked = 0;
+  Status failed = OkStatus();          // a PUBACK that did not come: the page is not marked
+  // Per event, how many publishes must be acknowledged before all of its
+  // are; events in that order (for the delay metric), and how many of them
+  // have been counted.
+  std::vector<size_t> last_publish, settle_order;
+  size_t settled = 0;
+  std::map<std::string, int64_t> last_now;  // this page's last id per device
+
+  size_t outstanding() const { return failed.ok() ? acks.size() - acked : 0; }
+  // Waits for the oldest PUBACK still out; counts the events it completes.
+  Status AwaitNext(metrics::Histogram* delay, const Clock& clock) {
+    if (!failed.ok()) return failed;
+    if (Status st = acks[acked].Wait(std::chrono::seconds(10)); !st.ok()) return failed = st;
+    SettleThrough(++acked, delay, clock);
+    return OkStatus();
+  }
+  void SettleThrough(size_t acks_done, metrics::Histogram* delay, const Clock& clock) {
+    for (; settled < settle_order.size() && last_publish[settle_order[settled]] <= acks_done; ++settled)
+      if (delay)
+        delay->Observe(std::chrono::duration<double>(clock.Now() - committed[settle_order[settled]]).count());
+  }
+};
+
 OutboxRelay::OutboxRelay(HubService& hub, sync::MqttClient& mqtt, Mark mark)
     : hub_(hub), mqtt_(mqtt), mark_(std::move(mark)) {
+  // Under the lock, so that a waiter cannot check a PUBACK, find it
+  // missing and then miss its notice.
+  mqtt_.OnPublishDone([signal = signal_] {
+    std::lock_guard lock(signal->mu);
+    signal->cv.notify_all();
+  });
   if (!mark_)
     mark_ = [this](std::vector<int64_t> ids, HubService::LastSentByDevice last_sent,
                    std::function<void(Status)> done) {
@@ -102,6 +137,9 @@ void OutboxRelay::SetMetrics(metrics::Registry* registry) {
   delay_ = &registry->GetHistogram("outbox_relay_delay_seconds",
                                    "From an outbox event's commit to the PUBACK of its last publish.",
                                    metrics::LatencyBuckets());
+  const char* help = "Pages of outbox events published, and whether the page before still awaited PUBACKs.";
+  pages_alone_ = &registry->GetCounter("outbox_relay_pages_total", help, {{"overlapped", "false"}});
+  pages_overlapped_ = &registry->GetCounter("outbox_relay_pages_total", help, {{"overlapped", "true"}});
 }
 
 void OutboxRelay::Notify() {
@@ -115,23 +153,49 @@ void OutboxRelay::Notify() {
 void OutboxRelay::Loop() {
   NameThisThread("outbox-relay");
   auto backoff = std::chrono::milliseconds(50);
+  auto failed = [&](const Error& e) {
+    // Nothing of a page whose PUBACKs did not all come is marked, nor of
+    // the pages after it: all of it goes again, from the start.
+    Log(LogLevel::kWarn, "relay_failed", {{"error", e.ToString()}});
+    in_flight_.clear();
+    passes_to_start_ = 0;
+    backoff = std::min(backoff * 2, std::chrono::milliseconds(5000));
+  };
   while (true) {
     {
       std::lock_guard lock(mu_);
-      if (stop_) return;
+      if (stop_) break;
     }
-    auto more = RelayPage();
-    if (!more.ok()) {
-      Log(LogLevel::kWarn, "relay_failed", {{"error", more.error().ToString()}});
-      backoff = std::min(backoff * 2, std::chrono::milliseconds(5000));
+    auto page = PublishPage();
+    if (!page.ok()) {
+      failed(page.error());
     } else {
       backoff = std::chrono::milliseconds(50);
-      if (*more) continue;  // a full page: go on at once
+      const bool full = *page && (*page)->full;
+      if (*page) in_flight_.push_back(std::move(*page));
+      // Mark the pages whose PUBACKs are all in, oldest first, until one
+      // still awaits some and something new was committed meanwhile (or
+      // Stop): then publish that at once rather than wait. After a full
+      // page, list the next at once.
+      Status st = OkStatus();
+      while (st.ok() && !in_flight_.empty()) {
+        auto all_in = AwaitAcksOrNews(*in_flight_.front(), /*wait=*/!full);
+        if (all_in.ok() && !*all_in) break;
+        st = all_in.ok() ? Finish(*in_flight_.front()) : Status(all_in.take_error());
+        if (st.ok()) in_flight_.pop_front();
+      }
+      if (!st.ok()) {
+        failed(st.error());
+      } else if (full || !in_flight_.empty()) {
+        continue;  // more than a page waiting, or news
+      }
     }
     std::unique_lock lock(mu_);
     cv_.wait_for(lock, backoff, [&] { return stop_ || poke_; });
     poke_ = false;
   }
+  // What is acknowledged in time is marked; the rest goes again next run.
+  while (!in_flight_.empty() && Finish(*in_flight_.front()).ok()) in_flight_.pop_front();
 }
 
 std::optional<int64_t> OutboxRelay::LastSentTo(const std::string& device) {
@@ -153,31 +217,31 @@ std::optional<int64_t> OutboxRelay::LastSentTo(const std::string& device) {
   return last;
 }
 
-Result<bool> OutboxRelay::RelayPage() {
-  std::set<int64_t> unmarked;
+Result<std::unique_ptr<OutboxRelay::InFlight>> OutboxRelay::PublishPage() {
+  std::set<int64_t> skip;  // published, not yet marked
   {
     std::lock_guard lock(mu_);
-    if (std::exchange(mark_failed_, false)) {
-      passes_to_start_ = 0;  // what failed to mark lies below the cursor
+    if (std::exchange(mark_failed_, false))
       return Error::Unavailable("marking published events sent failed");
-    }
-    unmarked = unmarked_;
+    skip = unmarked_;
   }
+  for (const auto& f : in_flight_) skip.insert(f->ids.begin(), f->ids.end());
   if (!mqtt_.connected()) return Error::Unavailable("broker not connected");
   // Everything awaiting its mark lies at or below the cursor: a pass after
   // it has nothing to skip (the header comment says when to start over).
   const bool from_start = passes_to_start_ == 0;
-  const int limit = kPage + (from_start ? int(unmarked.size()) : 0);
+  const int limit = kPage + (from_start ? int(skip.size()) : 0);
   auto page = hub_.ListUnsentOutbox(limit, from_start ? 0 : cursor_);
   if (!page.ok()) return page.take_error();
   const bool full = int(page->size()) == limit;  // more may wait: go on at once
   // Caught up after the cursor: look below it once.
   passes_to_start_ = from_start ? kRescanEvery : full ? passes_to_start_ - 1 : 0;
-  std::erase_if(*page, [&](const OutboxEvent& e) { return unmarked.count(e.id) > 0; });
-  if (page->empty()) return false;
+  std::erase_if(*page, [&](const OutboxEvent& e) { return skip.count(e.id) > 0; });
+  if (page->empty()) return std::unique_ptr<InFlight>();
 
+  auto out = std::make_unique<InFlight>();
+  out->full = full;
   std::map<int64_t, std::vector<std::string>> devices_of;  // per org, this page
-  std::vector<int64_t> ids;
   auto devices_of_org = [&](int64_t org) -> Result<const std::vector<std::string>*> {
     auto it = devices_of.find(org);
     if (it == devices_of.end()) {
@@ -208,7 +272,8 @@ Result<bool> OutboxRelay::RelayPage() {
   const int64_t now_ms = ToUnixMillis(hub_.clock().Now());
   for (size_t i = 0; i < page->size(); ++i) {
     const OutboxEvent& e = (*page)[i];
-    ids.push_back(e.id);
+    out->ids.push_back(e.id);
+    out->committed.push_back(e.created_at);
     auto w = WireOf(e, now_ms);
     if (!w) continue;
     if (!w->device.empty()) {
@@ -229,53 +294,51 @@ Result<bool> OutboxRelay::RelayPage() {
     std::vector<Message>::const_iterator from, to;
   };
   std::vector<Publish> plan;
-  std::vector<size_t> last_publish(page->size(), 0);  // per event: publishes before all of its are out
+  out->last_publish.assign(page->size(), 0);
   for (const auto& device : order) {
     const auto& messages = inbox[device];
     std::vector<size_t> sizes;
     for (const auto& m : messages) sizes.push_back(m.bytes.size());
     for (auto [first, last] : sync::CutIntoBatches(sizes)) {
       plan.push_back({&device, messages.begin() + first, messages.begin() + last});
-      for (size_t i = first; i < last; ++i) last_publish[messages[i].event] = plan.size();
+      for (size_t i = first; i < last; ++i) out->last_publish[messages[i].event] = plan.size();
     }
   }
-  // For the delay metric: events in the order their last publish is acknowledged.
-  std::vector<size_t> settle_order(page->size());
-  for (size_t i = 0; i < settle_order.size(); ++i) settle_order[i] = i;
-  std::stable_sort(settle_order.begin(), settle_order.end(),
-                   [&](size_t a, size_t b) { return last_publish[a] < last_publish[b]; });
-  size_t settled = 0;
-  auto settle_through = [&](size_t acks_done) {
-    for (; settled < settle_order.size() && last_publish[settle_order[settled]] <= acks_done; ++settled)
-      if (delay_)
-        delay_->Observe(std::chrono::duration<double>(hub_.clock().Now() -
-                                                      (*page)[settle_order[settled]].created_at).count());
-  };
-  // At most kWindow publishes awaiting PUBACK. The broker allows 200 in
+  out->settle_order.resize(page->size());
+  for (size_t i = 0; i < page->size(); ++i) out->settle_order[i] = i;
+  std::stable_sort(out->settle_order.begin(), out->settle_order.end(),
+                   [&](size_t a, size_t b) { return out->last_publish[a] < out->last_publish[b]; });
+  out->SettleThrough(0, delay_, hub_.clock());  // events nobody was to receive
+  if (auto* pages = in_flight_.empty() ? pages_alone_ : pages_overlapped_) pages->Inc();
+  // At most kWindow publishes awaiting PUBACK, this page's and those of the
+  // pages still in flight, the oldest first. The broker allows 200 in
   // flight (its MQTT v5 Receive Maximum); beyond that Paho C 1.3 parks
   // publishes and resumes them only on its 1-second timer, which showed as
   // whole-second stalls per page.
-  std::vector<sync::MqttClient::Ack> acks;
-  std::map<std::string, int64_t> last_now;  // this page's last id per device, once all are acknowledged
-  size_t acked = 0;
-  auto await_next_ack = [&]() -> Status {
-    PP_RETURN_IF_ERROR(acks[acked++].Wait(std::chrono::seconds(10)));
-    settle_through(acked);
-    return OkStatus();
+  auto outstanding = [&] {
+    size_t n = out->outstanding();
+    for (const auto& f : in_flight_) n += f->outstanding();
+    return n;
   };
-  settle_through(0);  // events nobody was to receive
+  auto await_oldest = [&]() -> Status {
+    for (auto& f : in_flight_)
+      if (f->outstanding() > 0) return f->AwaitNext(delay_, hub_.clock());
+    return out->AwaitNext(delay_, hub_.clock());
+  };
   for (const auto& p : plan) {
-    while (acks.size() - acked >= kWindow) PP_RETURN_IF_ERROR(await_next_ack());
+    while (outstanding() >= kWindow) PP_RETURN_IF_ERROR(await_oldest());
     // Each publish names the last message of the one before it to this
-    // device, so that a device whose broker dropped some (its queue over
-    // max_queued_messages while away) sees the gap and catches up.
+    // device (perhaps in a page still in flight), so that a device whose
+    // broker dropped some (its queue over max_queued_messages while away)
+    // sees the gap and catches up.
     int64_t prev = 0;
-    if (auto it = last_now.find(*p.device); it != last_now.end()) {
-      prev = it->second;
-    } else if (auto was = LastSentTo(*p.device)) {
-      prev = *was;
-    }
-    last_now[*p.device] = (*page)[(p.to - 1)->event].id;
+    auto last_in = [&](const InFlight& f) {
+      if (auto it = f.last_now.find(*p.device); it != f.last_now.end()) prev = it->second;
+      return prev != 0;
+    };
+    if (!last_in(*out) && std::none_of(in_flight_.rbegin(), in_flight_.rend(), [&](auto& f) { return last_in(*f); }))
+      prev = LastSentTo(*p.device).value_or(0);
+    out->last_now[*p.device] = (*page)[(p.to - 1)->event].id;
     std::string bytes;
     if (p.to - p.from == 1) {
       bytes = sync::WithPrev(p.from->bytes, prev);
@@ -285,23 +348,48 @@ Result<bool> OutboxRelay::RelayPage() {
       bytes = sync::EncodeDownBatch(parts, prev);
     }
     PP_ASSIGN_OR_RETURN(auto ack, mqtt_.Publish(sync::DownTopic(*p.device), bytes, p.from->traceparent));
-    acks.push_back(std::move(ack));
+    out->acks.push_back(std::move(ack));
   }
+  cursor_ = std::max(cursor_, page->back().id);  // a page is in id order
+  return out;
+}
+
+Result<bool> OutboxRelay::AwaitAcksOrNews(InFlight& page, bool wait) {
+  while (page.outstanding() > 0) {
+    {
+      std::unique_lock lock(mu_);
+      const auto& next = page.acks[page.acked];
+      const auto timeout = wait ? std::chrono::seconds(10) : std::chrono::seconds(0);
+      if (!cv_.wait_for(lock, timeout, [&] { return stop_ || poke_ || next.Done(); }) && wait) {
+        page.failed = Error::Unavailable("no PUBACK within the timeout");
+        return page.failed.error();
+      }
+      if (!next.Done()) {
+        if (!stop_) poke_ = false;  // the next pass lists what it was told of
+        return false;
+      }
+    }
+    PP_RETURN_IF_ERROR(page.AwaitNext(delay_, hub_.clock()));  // done: at once
+  }
+  return true;
+}
+
+Status OutboxRelay::Finish(InFlight& page) {
   // Mark only what the broker has acknowledged, all of it or nothing.
-  while (acked < acks.size()) PP_RETURN_IF_ERROR(await_next_ack());
+  while (page.outstanding() > 0) PP_RETURN_IF_ERROR(page.AwaitNext(delay_, hub_.clock()));
+  PP_RETURN_IF_ERROR(page.failed);
   // Only now: a page that failed half-way is published again naming the
   // same prev as the first time.
   {
     std::lock_guard lock(last_mu_);
-    for (auto& [device, id] : last_now) last_sent_[device] = id;
+    for (auto& [device, id] : page.last_now) last_sent_[device] = id;
   }
-  cursor_ = std::max(cursor_, page->back().id);  // a page is in id order
   {
     std::lock_guard lock(mu_);
-    unmarked_.insert(ids.begin(), ids.end());
+    unmarked_.insert(page.ids.begin(), page.ids.end());
     ++marks_pending_;
   }
-  mark_(ids, std::move(last_now), [this, ids](Status st) {
+  mark_(page.ids, std::move(page.last_now), [this, ids = page.ids](Status st) {
     if (!st.ok())
       Log(LogLevel::kWarn, "outbox_mark_failed",
           {{"events", std::to_string(ids.size())}, {"error", st.error().ToString()}});
@@ -312,7 +400,7 @@ Result<bool> OutboxRelay::RelayPage() {
     // Under the lock: once Stop() sees no mark pending it may destroy us.
     cv_.notify_all();
   });
-  return full;
+  return OkStatus();
 }
 
 }  // namespace pp

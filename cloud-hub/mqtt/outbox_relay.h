@@ -27,6 +27,16 @@
 // and every kRescanEvery passes: an event that commits late with an id below
 // the cursor (PostgreSQL with several writers) still goes out.
 //
+// Pages overlap: while a page's PUBACKs are coming, the relay lists and
+// publishes the next as soon as something is committed (or at once if the
+// page was full), the window of kWindow publishes shared by every page in
+// flight; each is marked, oldest first, as soon as its PUBACKs are in.
+// Otherwise every event committed during a page's round trip to the
+// broker waits for it: with the broker on another host that is most of
+// the relay's delay (docs/benchmarks.md, "Session 24"). If a PUBACK fails,
+// no page from it on is marked: all of them are listed again from the
+// start.
+//
 // Each publish names (`prev`) the last message of this relay's previous
 // publish to the same device: a device that never got it knows it lost
 // something (docs/protocol.md, section 6, "Gaps").
@@ -38,7 +48,9 @@
 #pragma once
 
 #include <condition_variable>
+#include <deque>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -89,6 +101,8 @@ class OutboxRelay {
   void Notify();
   // outbox_relay_delay_seconds: from an event's commit to the broker's
   // PUBACK of its last publish, i.e. the relay's share of what devices wait.
+  // outbox_relay_pages_total{overlapped}: pages published, and whether the
+  // page before still awaited PUBACKs.
   void SetMetrics(metrics::Registry* registry);
   // The last id of the last publish to `device` the broker acknowledged:
   // named in the hub's answer to a ping, so that a device that has heard
@@ -102,21 +116,42 @@ class OutboxRelay {
   static constexpr int kRescanEvery = 20; // passes after the cursor between passes from the start
 
  private:
+  struct InFlight;  // a page published, its PUBACKs not all in
   void Loop();
-  // One pass: publish up to a page of unsent events; false if nothing to do.
-  Result<bool> RelayPage();
+  // Lists the next page of unsent events (after those in flight) and
+  // publishes it, sharing the window with the pages in flight. nullptr:
+  // nothing to send.
+  Result<std::unique_ptr<InFlight>> PublishPage();
+  // Waits for the page's PUBACKs, or until something new is committed
+  // (Notify) or Stop(): true once they are all in. Without `wait`, only
+  // takes what has come.
+  Result<bool> AwaitAcksOrNews(InFlight& page, bool wait);
+  // Waits for the rest of the page's PUBACKs; then records its devices'
+  // last messages and asks for its mark.
+  Status Finish(InFlight& page);
 
   HubService& hub_;
   sync::MqttClient& mqtt_;
   Mark mark_;
   metrics::Histogram* delay_ = nullptr;  // set before Start()
+  metrics::Counter* pages_alone_ = nullptr;       // set before Start()
+  metrics::Counter* pages_overlapped_ = nullptr;  // set before Start()
   std::thread thread_;
-  // The relay's thread only: the highest id a pass published in full, and
-  // how many passes after it may go before one from the start (0: the next).
+  // The relay's thread only: the highest id a pass published, and how many
+  // passes after it may go before one from the start (0: the next; set
+  // after any failure, as what failed lies below the cursor).
   int64_t cursor_ = 0;
   int passes_to_start_ = 0;
-  std::mutex mu_;
-  std::condition_variable cv_;
+  std::deque<std::unique_ptr<InFlight>> in_flight_;  // published, oldest first, not yet marked
+  // mu_ and cv_ live apart from the relay: Paho tells cv_ of PUBACKs
+  // (MqttClient::OnPublishDone) and may do so after the relay is gone.
+  struct Signal {
+    std::mutex mu;
+    std::condition_variable cv;
+  };
+  std::shared_ptr<Signal> signal_ = std::make_shared<Signal>();
+  std::mutex& mu_ = signal_->mu;
+  std::condition_variable& cv_ = signal_->cv;
   bool stop_ = false, poke_ = false;  // guarded by mu_
   std::set<int64_t> unmarked_;        // published, mark not yet committed; guarded by mu_
   int marks_pending_ = 0;             // guarded by mu_

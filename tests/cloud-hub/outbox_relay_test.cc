@@ -249,6 +249,90 @@ TEST_F(OutboxRelayTest, EveryPublishNamesTheLastMessageOfTheOneBeforeItAcrossARe
   EXPECT_EQ(kiosk_.messages().size(), posts.size());
 }
 
+// While a page's PUBACKs are out, what is committed meanwhile goes out in
+// the next page rather than waiting for them (the broker frozen: nothing
+// is acknowledged). Every page is marked once its PUBACKs come, the device
+// gets each message once, in order, and each publish names the message of
+// the one before as its `prev`.
+TEST_F(OutboxRelayTest, TheNextPageGoesOutWhileThePageBeforeAwaitsItsPubacks) {
+  OutboxRelay relay(hub_, *mqtt_);
+  metrics::Registry registry;
+  relay.SetMetrics(&registry);
+  auto pages = [&](const char* overlapped) {
+    return registry.GetCounter("outbox_relay_pages_total", "", {{"overlapped", overlapped}}).Value();
+  };
+  hub_.SetCommitHook([&] { relay.Notify(); });
+  relay.Start();
+  struct Cleanup {
+    std::function<void()> run;
+    ~Cleanup() { run(); }
+  } cleanup{[&] {
+    broker_.Thaw();
+    relay.Stop();
+    hub_.SetCommitHook(nullptr);
+  }};
+
+  broker_.Freeze();
+  int64_t first = Post("onde-onde");
+  ASSERT_TRUE(test::Eventually([&] { return pages("false") == 1; })) << "the first page was not published";
+  int64_t second = Post("klepon");
+  EXPECT_TRUE(test::Eventually([&] { return pages("true") == 1; }))
+      << "the second page waited for the first page's PUBACKs";
+  int64_t third = Post("lapis");
+  EXPECT_TRUE(test::Eventually([&] { return pages("true") == 2; }))
+      << "the third page waited for the PUBACKs of the two before";
+  EXPECT_EQ(hub_.ListUnsentOutbox(10)->size(), 3u) << "marked before its PUBACK";
+  broker_.Thaw();
+
+  ASSERT_TRUE(KioskHeardOf(third));
+  EXPECT_TRUE(AllMarked());
+  auto log = kiosk_.publish_log();
+  ASSERT_EQ(log.size(), 3u) << "one page, one publish each";
+  for (const auto& publish : log) ASSERT_EQ(publish.ids.size(), 1u);
+  EXPECT_LT(log[0].ids[0], log[1].ids[0]);
+  EXPECT_LT(log[1].ids[0], log[2].ids[0]);
+  EXPECT_EQ(log[1].prev, log[0].ids[0]) << "each publish names the one before, not yet acknowledged when it went";
+  EXPECT_EQ(log[2].prev, log[1].ids[0]);
+  EXPECT_EQ(kiosk_.duplicates_dropped(), 0);
+  EXPECT_EQ(relay.LastSentTo(kiosk_.id()), std::optional<int64_t>(log[2].ids[0]));
+  EXPECT_TRUE(KioskHeardOf(first));
+  EXPECT_TRUE(KioskHeardOf(second));
+}
+
+// The broker dies (kill -9) with pages in flight, unacknowledged: none of
+// them is marked, and once it is back every event goes out again and is
+// marked; the device has each message, however often it came.
+TEST_F(OutboxRelayTest, PagesInFlightWhenTheBrokerDiesAreAllPublishedAgain) {
+  OutboxRelay relay(hub_, *mqtt_);
+  metrics::Registry registry;
+  relay.SetMetrics(&registry);
+  auto pages = [&](const char* overlapped) {
+    return registry.GetCounter("outbox_relay_pages_total", "", {{"overlapped", overlapped}}).Value();
+  };
+  hub_.SetCommitHook([&] { relay.Notify(); });
+  relay.Start();
+  struct Cleanup {
+    std::function<void()> run;
+    ~Cleanup() { run(); }
+  } cleanup{[&] {
+    relay.Stop();
+    hub_.SetCommitHook(nullptr);
+  }};
+
+  broker_.Freeze();
+  std::vector<int64_t> posts{Post("serabi")};
+  ASSERT_TRUE(test::Eventually([&] { return pages("false") == 1; }));
+  posts.push_back(Post("getuk"));
+  ASSERT_TRUE(test::Eventually([&] { return pages("true") == 1; }));
+  broker_.Kill();  // what it had not read is gone
+  EXPECT_EQ(hub_.ListUnsentOutbox(10)->size(), 2u) << "marked without a PUBACK";
+  broker_.Start();
+
+  for (int64_t id : posts) EXPECT_TRUE(KioskHeardOf(id)) << "post " << id << " never reached the kiosk";
+  EXPECT_TRUE(test::Eventually([&] { return hub_.ListUnsentOutbox(10)->empty(); }, std::chrono::seconds(30)))
+      << "the events were not marked after the broker came back";
+}
+
 TEST_F(OutboxRelayTest, ABatchOfTheLargestSizeTheRelaySendsPassesTheBroker) {
   // The broker's max_packet_size (64 KiB) counts topic, properties and
   // headers too: a payload of exactly 64 KiB ends the sender's connection.

@@ -345,7 +345,10 @@ void Broker::AddUser(const std::string& name, const std::string& password) {
 
 void Broker::Stop() {
   RunOrFail({"/bin/bash", SourceDir() + "/packaging/broker.sh", "stop", dir_.path().string()});
-  // Wait until the port is free again.
+  WaitForPortFree();
+}
+
+void Broker::WaitForPortFree() {
   Eventually([&] {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in a{};
@@ -368,6 +371,20 @@ void Broker::Start(int max_queued) {
 }
 
 std::string Broker::Log() const { return ReadFile(dir_.file("mosquitto.log")); }
+
+namespace {
+void SignalBroker(const TempDir& dir, int sig) {
+  const int pid = std::atoi(ReadFile(dir.file("mosquitto.pid")).c_str());
+  if (pid <= 0 || kill(pid, sig) != 0) ADD_FAILURE() << "cannot signal mosquitto in " << dir.path();
+}
+}  // namespace
+
+void Broker::Freeze() { SignalBroker(dir_, SIGSTOP); }
+void Broker::Thaw() { SignalBroker(dir_, SIGCONT); }
+void Broker::Kill() {
+  SignalBroker(dir_, SIGKILL);
+  WaitForPortFree();
+}
 
 TestDevice::TestDevice(const Broker& broker, std::string id)
     : id_(std::move(id)), password_("pw-" + id_), keys_(sync::GenerateKeyPair()) {

@@ -175,8 +175,16 @@ class Broker {
   // messages it keeps for an offline client (else packaging's default).
   void Start(int max_queued = 0);
   std::string Log() const;  // mosquitto's log: for a failing test's message
+  // Freezes the broker (SIGSTOP) and lets it go on (SIGCONT): connections
+  // stay open, nothing is read or acknowledged meanwhile. Keep it under
+  // the clients' keepalive.
+  void Freeze();
+  void Thaw();
+  // kill -9, frozen or not; then Start() on the same port.
+  void Kill();
 
  private:
+  void WaitForPortFree();
   TempDir dir_;
   int port_ = 0;
 };

@@ -234,8 +234,14 @@ Result<std::unique_ptr<OutboxRelay::InFlight>> OutboxRelay::PublishPage() {
   auto page = hub_.ListUnsentOutbox(limit, from_start ? 0 : cursor_);
   if (!page.ok()) return page.take_error();
   const bool full = int(page->size()) == limit;  // more may wait: go on at once
-  // Caught up after the cursor: look below it once.
-  passes_to_start_ = from_start ? kRescanEvery : full ? passes_to_start_ - 1 : 0;
+  // Caught up after the cursor with nothing in flight: look below it once.
+  // With pages in flight the relay is back at once (on the next commit or
+  // PUBACK), and listing everything they hold again each time doubled its
+  // reads of the outbox (docs/benchmarks.md, "Session 24"): kRescanEvery
+  // still bounds the wait.
+  passes_to_start_ = from_start                     ? kRescanEvery
+                     : full || !in_flight_.empty()  ? passes_to_start_ - 1
+                                                    : 0;
   std::erase_if(*page, [&](const OutboxEvent& e) { return skip.count(e.id) > 0; });
   if (page->empty()) return std::unique_ptr<InFlight>();
 

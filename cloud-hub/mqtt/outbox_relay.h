@@ -23,9 +23,10 @@
 // read again page after page. In a rush thousands of marks wait behind the
 // ingest in the group committer, and listing them again cost the relay more
 // than its publishing did. From the start instead (skipping what awaits its
-// mark) on the first pass, after a failed mark, once a pass has caught up,
-// and every kRescanEvery passes: an event that commits late with an id below
-// the cursor (PostgreSQL with several writers) still goes out.
+// mark) on the first pass, after a failure, once a pass has caught up with
+// no page in flight, and every kRescanEvery passes: an event that commits
+// late with an id below the cursor (PostgreSQL with several writers) still
+// goes out.
 //
 // Pages overlap: while a page's PUBACKs are coming, the relay lists and
 // publishes the next as soon as something is committed (or at once if the

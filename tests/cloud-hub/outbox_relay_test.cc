@@ -55,6 +55,28 @@ class OutboxRelayTest : public ::testing::Test {
     return test::Eventually([&] { return hub_.ListUnsentOutbox(10)->empty(); }, std::chrono::seconds(10));
   }
 
+  // A relay that every commit wakes, as in pp-hub, counting its pages
+  // (outbox_relay_pages_total); when it goes, the broker is thawed (a
+  // test may have frozen it), the relay stopped and unhooked.
+  struct HookedRelay {
+    explicit HookedRelay(OutboxRelayTest& test) : t(test) {
+      relay.SetMetrics(&registry);
+      t.hub_.SetCommitHook([this] { relay.Notify(); });
+      relay.Start();
+    }
+    ~HookedRelay() {
+      t.broker_.Thaw();
+      relay.Stop();
+      t.hub_.SetCommitHook(nullptr);
+    }
+    double Pages(const char* overlapped) {
+      return registry.GetCounter("outbox_relay_pages_total", "", {{"overlapped", overlapped}}).Value();
+    }
+    OutboxRelayTest& t;
+    metrics::Registry registry;
+    OutboxRelay relay{t.hub_, *t.mqtt_};
+  };
+
   test::TempDir dir_;
   test::Broker broker_;
   std::unique_ptr<Store> store_ = std::move(*OpenStore("sqlite:" + dir_.file("hub.db")));
@@ -255,22 +277,9 @@ TEST_F(OutboxRelayTest, EveryPublishNamesTheLastMessageOfTheOneBeforeItAcrossARe
 // gets each message once, in order, and each publish names the message of
 // the one before as its `prev`.
 TEST_F(OutboxRelayTest, TheNextPageGoesOutWhileThePageBeforeAwaitsItsPubacks) {
-  OutboxRelay relay(hub_, *mqtt_);
-  metrics::Registry registry;
-  relay.SetMetrics(&registry);
-  auto pages = [&](const char* overlapped) {
-    return registry.GetCounter("outbox_relay_pages_total", "", {{"overlapped", overlapped}}).Value();
-  };
-  hub_.SetCommitHook([&] { relay.Notify(); });
-  relay.Start();
-  struct Cleanup {
-    std::function<void()> run;
-    ~Cleanup() { run(); }
-  } cleanup{[&] {
-    broker_.Thaw();
-    relay.Stop();
-    hub_.SetCommitHook(nullptr);
-  }};
+  HookedRelay hooked(*this);
+  auto& relay = hooked.relay;
+  auto pages = [&](const char* overlapped) { return hooked.Pages(overlapped); };
 
   broker_.Freeze();
   int64_t first = Post("onde-onde");
@@ -303,21 +312,8 @@ TEST_F(OutboxRelayTest, TheNextPageGoesOutWhileThePageBeforeAwaitsItsPubacks) {
 // them is marked, and once it is back every event goes out again and is
 // marked; the device has each message, however often it came.
 TEST_F(OutboxRelayTest, PagesInFlightWhenTheBrokerDiesAreAllPublishedAgain) {
-  OutboxRelay relay(hub_, *mqtt_);
-  metrics::Registry registry;
-  relay.SetMetrics(&registry);
-  auto pages = [&](const char* overlapped) {
-    return registry.GetCounter("outbox_relay_pages_total", "", {{"overlapped", overlapped}}).Value();
-  };
-  hub_.SetCommitHook([&] { relay.Notify(); });
-  relay.Start();
-  struct Cleanup {
-    std::function<void()> run;
-    ~Cleanup() { run(); }
-  } cleanup{[&] {
-    relay.Stop();
-    hub_.SetCommitHook(nullptr);
-  }};
+  HookedRelay hooked(*this);
+  auto pages = [&](const char* overlapped) { return hooked.Pages(overlapped); };
 
   broker_.Freeze();
   std::vector<int64_t> posts{Post("serabi")};

@@ -2,6 +2,8 @@
 // and against a real PostgreSQL 15 (started by the ctest fixture).
 #include <gtest/gtest.h>
 
+#include <future>
+
 #include "cloud-hub/store/store.h"
 #include "common/time_format.h"
 #include "tests/support/test_support.h"
@@ -454,6 +456,40 @@ TEST_P(StoreContract, ADevicesLastSentMessageOnlyGrows) {
   EXPECT_EQ(last("tablet-1"), 41);
   EXPECT_EQ(last("tablet-2"), 7);
   EXPECT_EQ(last("nobody"), 0);
+}
+
+// The relay's record of what it sent a device is best effort and must not
+// wait for a device row that another writer holds (PostgreSQL's several
+// writers: the ingest's sequence updates lock the same rows, and waiting
+// deadlocked). SQLite has one writer at a time: nothing to wait for.
+TEST_P(StoreContract, RecordingWhatWasSentDoesNotWaitForADeviceRowAnotherWriterHolds) {
+  if (GetParam() == "sqlite") GTEST_SKIP() << "one writer at a time";
+  int64_t org = Org(OrgKind::kNgo);
+  Write([&](StoreSession& s) {
+    ASSERT_TRUE(s.InsertDevice({"tablet-1", "tablet", org, "cHVibGlj", false, 0, kT0}).ok());
+    ASSERT_TRUE(s.InsertDevice({"tablet-2", "tablet", org, "cHVibGlj", false, 0, kT0}).ok());
+  });
+  auto other = store_->OpenSession();
+  ASSERT_TRUE(other.ok());
+  ASSERT_TRUE((*other)->Begin(TxnMode::kWrite).ok());
+  ASSERT_TRUE((*other)->AdvanceDeviceSeq("tablet-1", 5).ok());  // holds tablet-1's row
+
+  auto recorded = std::async(std::launch::async, [&] {
+    Write([&](StoreSession& s) { ASSERT_TRUE(s.RecordLastSent({{"tablet-1", 40}, {"tablet-2", 8}}).ok()); });
+  });
+  const bool waited = recorded.wait_for(std::chrono::seconds(20)) != std::future_status::ready;
+  ASSERT_TRUE((*other)->Commit().ok());
+  recorded.get();
+  EXPECT_FALSE(waited) << "the record waited for a row another transaction held";
+
+  EXPECT_TRUE(s_->Begin(TxnMode::kRead).ok());
+  EXPECT_EQ(*s_->GetLastSent("tablet-2"), 8);
+  EXPECT_EQ(*s_->GetLastSent("tablet-1"), 0) << "skipped while held; a later page records it";
+  s_->Rollback();
+  Write([&](StoreSession& s) { ASSERT_TRUE(s.RecordLastSent({{"tablet-1", 41}}).ok()); });
+  EXPECT_TRUE(s_->Begin(TxnMode::kRead).ok());
+  EXPECT_EQ(*s_->GetLastSent("tablet-1"), 41);
+  s_->Rollback();
 }
 
 TEST_P(StoreContract, OutboxSentMarks) {

@@ -222,9 +222,16 @@ std::vector<Statement> Statements() {
        "SELECT id, role, org_id, public_key, revoked, max_seq, created_at FROM devices WHERE id=$1"},
       {"device_revoke", "UPDATE devices SET revoked=true WHERE id=$1"},
       {"device_seq", "UPDATE devices SET max_seq=GREATEST(max_seq, $1) WHERE id=$2"},
+      // Skips the rows another transaction holds: the ingest's max_seq
+      // updates lock the same rows in op order, and waiting for them
+      // deadlocked (PostgreSQL ends one side after deadlock_timeout, 1 s:
+      // 42 times in a 400-post rush, claims waiting seconds;
+      // docs/benchmarks.md, "Session 24"). A device skipped now is recorded
+      // by a later page's mark; the record only ever grows.
       {"device_last_sent_set",
        "UPDATE devices d SET last_sent=GREATEST(d.last_sent, v.id) "
-       "FROM unnest($1::text[], $2::bigint[]) AS v(device, id) WHERE d.id=v.device"},
+       "FROM unnest($1::text[], $2::bigint[]) AS v(device, id) WHERE d.id=v.device "
+       "AND d.id IN (SELECT id FROM devices WHERE id=ANY($1::text[]) FOR UPDATE SKIP LOCKED)"},
       {"device_last_sent_get", "SELECT last_sent FROM devices WHERE id=$1"},
       {"device_list_org",
        "SELECT id, role, org_id, public_key, revoked, max_seq, created_at FROM devices "

@@ -337,13 +337,13 @@ Result<std::unique_ptr<OutboxRelay::InFlight>> OutboxRelay::PublishPage() {
     // device (perhaps in a page still in flight), so that a device whose
     // broker dropped some (its queue over max_queued_messages while away)
     // sees the gap and catches up.
-    int64_t prev = 0;
-    auto last_in = [&](const InFlight& f) {
-      if (auto it = f.last_now.find(*p.device); it != f.last_now.end()) prev = it->second;
-      return prev != 0;
+    auto last_sent = [&]() -> std::optional<int64_t> {
+      if (auto it = out->last_now.find(*p.device); it != out->last_now.end()) return it->second;
+      for (auto f = in_flight_.rbegin(); f != in_flight_.rend(); ++f)  // newest first
+        if (auto it = (*f)->last_now.find(*p.device); it != (*f)->last_now.end()) return it->second;
+      return LastSentTo(*p.device);
     };
-    if (!last_in(*out) && std::none_of(in_flight_.rbegin(), in_flight_.rend(), [&](auto& f) { return last_in(*f); }))
-      prev = LastSentTo(*p.device).value_or(0);
+    const int64_t prev = last_sent().value_or(0);
     out->last_now[*p.device] = (*page)[(p.to - 1)->event].id;
     std::string bytes;
     if (p.to - p.from == 1) {
@@ -366,11 +366,13 @@ Result<bool> OutboxRelay::AwaitAcksOrNews(InFlight& page, bool wait) {
       std::unique_lock lock(mu_);
       const auto& next = page.acks[page.acked];
       const auto timeout = wait ? std::chrono::seconds(10) : std::chrono::seconds(0);
-      if (!cv_.wait_for(lock, timeout, [&] { return stop_ || poke_ || next.Done(); }) && wait) {
+      bool done = false;  // checked once a wake-up: a check not yet done costs a system call
+      const bool woke = cv_.wait_for(lock, timeout, [&] { return (done = next.Done()) || stop_ || poke_; });
+      if (!woke && wait) {
         page.failed = Error::Unavailable("no PUBACK within the timeout");
         return page.failed.error();
       }
-      if (!next.Done()) {
+      if (!done) {
         if (!stop_) poke_ = false;  // the next pass lists what it was told of
         return false;
       }

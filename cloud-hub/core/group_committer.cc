@@ -44,11 +44,11 @@ GroupCommitter::~GroupCommitter() {
   for (auto& w : writers_) w->thread.join();
 }
 
-void GroupCommitter::Submit(Op op, Done done) {
+void GroupCommitter::Submit(Op op, Done done, std::string lane) {
   bool wake;
   {
     std::lock_guard lock(mu_);
-    queue_.push_back({std::move(op), std::move(done)});
+    queue_.push_back({std::move(op), std::move(done), std::move(lane)});
     // A busy writer looks at the queue again when its batch is done; a
     // futex wake-up per op would only cost CPU.
     wake = idle_writers_ > 0;
@@ -63,7 +63,7 @@ void GroupCommitter::SubmitLazy(Op op, Done done) {
     // An idle writer waits without a deadline until there is a lazy op.
     wake = lazy_.empty() && idle_writers_ > 0;
     if (lazy_.empty()) lazy_due_ = std::chrono::steady_clock::now() + options_.lazy_wait;
-    lazy_.push_back({std::move(op), std::move(done)});
+    lazy_.push_back({std::move(op), std::move(done), {}});
   }
   if (wake) cv_.notify_one();
 }
@@ -82,25 +82,29 @@ GroupCommitter::Stats GroupCommitter::stats() const {
 void GroupCommitter::WriterLoop(Writer& w) {
   NameThisThread("store-writer");
   std::vector<Item> batch;
+  std::vector<std::string> lanes;
   while (true) {
     {
       std::unique_lock lock(mu_);
       ++idle_writers_;
-      while (!stopping_ && queue_.empty()) {
+      while (true) {
+        TakeFromQueue(batch, lanes);
+        if (!batch.empty()) break;
+        // Nothing we may run: the queue is empty, or its ops wait for lanes
+        // another writer holds (its batch's end wakes us).
+        if (!lazy_.empty() && (stopping_ || std::chrono::steady_clock::now() >= lazy_due_))
+          break;  // the lazy ops waited long enough: alone
+        if (stopping_ && queue_.empty() && lazy_.empty()) {
+          --idle_writers_;
+          return;  // everything is done
+        }
         if (lazy_.empty()) {
           cv_.wait(lock);
         } else {
-          if (std::chrono::steady_clock::now() >= lazy_due_) break;  // waited long enough: alone
           cv_.wait_until(lock, lazy_due_);
         }
       }
       --idle_writers_;
-      if (queue_.empty() && lazy_.empty()) return;  // stopping, and everything is done
-      size_t n = std::min(queue_.size(), size_t(options_.max_batch));
-      for (size_t i = 0; i < n; ++i) {
-        batch.push_back(std::move(queue_.front()));
-        queue_.pop_front();
-      }
       // Lazy ops ride along, as many as the batch has room for.
       while (!lazy_.empty() && batch.size() < size_t(options_.max_batch)) {
         batch.push_back(std::move(lazy_.front()));
@@ -109,6 +113,48 @@ void GroupCommitter::WriterLoop(Writer& w) {
     }
     RunBatch(w, batch);
     batch.clear();
+    if (!lanes.empty()) {
+      std::lock_guard lock(mu_);
+      for (const auto& lane : lanes) busy_lanes_.erase(lane);
+      lanes.clear();
+      // Ops left behind for these lanes may run now.
+      if (!queue_.empty() && idle_writers_ > 0) cv_.notify_all();
+    }
+  }
+}
+
+void GroupCommitter::TakeFromQueue(std::vector<Item>& batch, std::vector<std::string>& lanes) {
+  const size_t max = size_t(options_.max_batch);
+  if (writers_.size() == 1) {  // no other writer to keep lanes from
+    while (!queue_.empty() && batch.size() < max) {
+      batch.push_back(std::move(queue_.front()));
+      queue_.pop_front();
+    }
+    return;
+  }
+  std::unordered_set<std::string> left_behind;  // a lane's later ops stay behind its earlier ones
+  std::unordered_set<std::string> taken;
+  std::deque<Item> rest;
+  while (!queue_.empty() && batch.size() < max) {
+    Item& item = queue_.front();
+    const bool free = item.lane.empty() || taken.count(item.lane) ||
+                      (!busy_lanes_.count(item.lane) && !left_behind.count(item.lane));
+    if (free) {
+      if (!item.lane.empty() && taken.insert(item.lane).second) {
+        busy_lanes_.insert(item.lane);
+        lanes.push_back(item.lane);
+      }
+      batch.push_back(std::move(item));
+    } else {
+      if (!item.lane.empty()) left_behind.insert(item.lane);
+      rest.push_back(std::move(item));
+    }
+    queue_.pop_front();
+  }
+  // What was left behind goes back in front of what was not looked at.
+  while (!rest.empty()) {
+    queue_.push_front(std::move(rest.back()));
+    rest.pop_back();
   }
 }
 

@@ -21,6 +21,14 @@
 // mark had a transaction and an fsync of its own, a third of the hub's
 // commits, in the way of the claims committing beside them.
 //
+// Ops may name a lane (HubService passes the idempotency scope: a device,
+// an organisation's door). Ops of one lane commit in the order submitted and
+// never sit in two writers' batches at once. With one writer (SQLite) that
+// is always so; PostgreSQL runs four, and two batches each updating the
+// same two devices' rows in opposite orders deadlocked (a second lost to
+// deadlock_timeout each time), and a device's later op could commit before
+// an earlier one in a batch that started sooner.
+//
 // Thread safety: Submit(), SubmitLazy() and Run() may be called from any
 // thread. `done` runs on a writer thread; it must not block for long.
 #pragma once
@@ -32,7 +40,9 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
+#include <unordered_set>
 #include <vector>
 
 #include "cloud-hub/store/store.h"
@@ -66,7 +76,8 @@ class GroupCommitter {
   // Finishes every op already submitted, then stops the writers.
   ~GroupCommitter();
 
-  void Submit(Op op, Done done);
+  // `lane`: see above; empty for none.
+  void Submit(Op op, Done done, std::string lane = {});
   // Committed with the next ops submitted, or alone after lazy_wait.
   void SubmitLazy(Op op, Done done);
   // Submit and wait for the commit.
@@ -78,6 +89,7 @@ class GroupCommitter {
   struct Item {
     Op op;
     Done done;
+    std::string lane;
   };
   struct Writer {
     std::unique_ptr<StoreSession> session;
@@ -86,6 +98,10 @@ class GroupCommitter {
 
   GroupCommitter(Store& store, Options options) : store_(store), options_(options) {}
   void WriterLoop(Writer& w);
+  // Moves into `batch` the oldest queued ops, up to max_batch, leaving
+  // behind those whose lane another writer's batch holds (and every later op
+  // of that lane); the lanes taken go into busy_lanes_ and `lanes`. mu_ held.
+  void TakeFromQueue(std::vector<Item>& batch, std::vector<std::string>& lanes);
   void RunBatch(Writer& w, std::vector<Item>& batch);
   // Runs the batch in one transaction; false (rolled back) if a store
   // error hit it. `results` gets one status an op run.
@@ -107,6 +123,7 @@ class GroupCommitter {
   std::condition_variable cv_;
   std::deque<Item> queue_;
   std::deque<Item> lazy_;                          // SubmitLazy's, oldest first
+  std::unordered_set<std::string> busy_lanes_;     // lanes in batches being run (several writers only)
   std::chrono::steady_clock::time_point lazy_due_;  // when the oldest of lazy_ goes alone
   int idle_writers_ = 0;  // waiting on cv_: Submit() wakes one only if any
   bool stopping_ = false;

@@ -84,6 +84,9 @@ void HubService::Submit(std::string scope, std::string key, std::string fingerpr
     *reply = std::move(result);
     return OkStatus();
   };
+  // The scope names who acts (a device, an organisation at a door): its ops
+  // commit in the order they came, one writer at a time (GroupCommitter).
+  std::string lane = scope;
   committer_.Submit(std::move(op), [this, reply, done = std::move(done)](Status st) {
     if (!st.ok()) return done(st.take_error());
     if (commit_hook_) commit_hook_();
@@ -94,7 +97,7 @@ void HubService::Submit(std::string scope, std::string key, std::string fingerpr
       if ((*reply)->vehicle) listener_->OnVehicleChanged(*(*reply)->vehicle);
     }
     done(std::move(*reply));
-  });
+  }, std::move(lane));
 }
 
 void HubService::SetMetrics(metrics::Registry* registry) {

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <future>
 #include <latch>
 #include <numeric>
@@ -376,6 +377,47 @@ TEST_P(HubServiceTest, ALazyOpRidesInTheNextBatchOrCommitsAloneAfterItsWait) {
   committer_.reset();
   EXPECT_TRUE(ran);
   EXPECT_TRUE(done);
+}
+
+// Ops of one lane (a device) never run in two writers' batches at once and
+// commit in the order submitted: on PostgreSQL two batches updating the same
+// devices' rows in opposite orders deadlocked. The other lane goes past.
+TEST_P(HubServiceTest, AnOpWaitsWhileAnotherWritersBatchHoldsItsLaneAndOtherLanesGoPast) {
+  if (store_->MaxConcurrentWriters() < 2) GTEST_SKIP() << "one writer: batches never run concurrently";
+  hub_.reset();
+  committer_ = std::move(*GroupCommitter::Start(*store_, {.writers = 2}));
+  std::latch hold(1), holding(1);
+  std::atomic<bool> released{false}, second_ran_early{false}, second_ran{false};
+  committer_->Submit(
+      [&](StoreSession&) {
+        holding.count_down();
+        hold.wait();
+        return OkStatus();
+      },
+      [](Status) {}, "device:a");
+  holding.wait();  // one writer is inside device:a's batch
+  std::promise<Status> second, other;
+  committer_->Submit(
+      [&](StoreSession&) {
+        second_ran = true;
+        if (!released) second_ran_early = true;
+        return OkStatus();
+      },
+      [&](Status st) { second.set_value(std::move(st)); }, "device:a");
+  committer_->Submit([](StoreSession&) { return OkStatus(); },
+                     [&](Status st) { other.set_value(std::move(st)); }, "device:b");
+  auto other_f = other.get_future();
+  ASSERT_EQ(other_f.wait_for(std::chrono::seconds(10)), std::future_status::ready)
+      << "the free writer takes device:b past the op left waiting";
+  EXPECT_TRUE(other_f.get().ok());
+  EXPECT_FALSE(second_ran) << "device:a's second op ran beside its first";
+  released = true;
+  hold.count_down();
+  auto second_f = second.get_future();
+  ASSERT_EQ(second_f.wait_for(std::chrono::seconds(10)), std::future_status::ready);
+  EXPECT_TRUE(second_f.get().ok());
+  EXPECT_FALSE(second_ran_early);
+  committer_.reset();  // stops with nothing left
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, HubServiceTest, ::testing::Values("sqlite", "postgresql"),

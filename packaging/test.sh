@@ -16,8 +16,10 @@ cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$(nproc)"
 ctest --test-dir build --output-on-failure -j2 --timeout 600
 
-# Sanitizers: the suites that need no PostgreSQL, and the sync suite (its
-# own mosquitto; the relay's and the MQTT client's threads and callbacks).
+# Sanitizers: the suites that need no PostgreSQL, the sync suite (its own
+# mosquitto; the relay's and the MQTT client's threads and callbacks), and
+# the hub core (the group committer's writers; ctest starts the PostgreSQL
+# fixture it needs).
 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Asan >/dev/null
-cmake --build build-asan -j"$(nproc)" --target common_test http_api_test matching_test sync_test
-ctest --test-dir build-asan --output-on-failure -R '^(common_test|http_api_test|matching_test|sync_test)$' --timeout 600
+cmake --build build-asan -j"$(nproc)" --target common_test http_api_test matching_test sync_test hub_service_test
+ctest --test-dir build-asan --output-on-failure -R '^(common_test|http_api_test|matching_test|sync_test|hub_service_test)$' --timeout 600

@@ -21,9 +21,9 @@
 // mark had a transaction and an fsync of its own, a third of the hub's
 // commits, in the way of the claims committing beside them.
 //
-// Ops may name a lane (HubService passes the idempotency scope: a device,
-// an organisation's door). Ops of one lane commit in the order submitted and
-// never sit in two writers' batches at once. With one writer (SQLite) that
+// Ops may name a lane (the MQTT door passes the device's). Ops of one lane
+// commit in the order submitted and never sit in two writers' batches at
+// once. With one writer (SQLite) that
 // is always so; PostgreSQL runs four, and two batches each updating the
 // same two devices' rows in opposite orders deadlocked (a second lost to
 // deadlock_timeout each time), and a device's later op could commit before

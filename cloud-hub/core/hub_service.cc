@@ -52,7 +52,7 @@ HubService::HubService(Store& store, GroupCommitter& committer, const Clock& clo
 }
 
 void HubService::Submit(std::string scope, std::string key, std::string fingerprint,
-                        Effect effect, Also also, Callback done) {
+                        Effect effect, Also also, Callback done, std::string lane) {
   // Filled by the op (possibly more than once, if its batch is retried) and
   // read by `done` after the commit.
   auto reply = std::make_shared<Result<Reply>>(Error::Internal("operation did not run"));
@@ -84,9 +84,6 @@ void HubService::Submit(std::string scope, std::string key, std::string fingerpr
     *reply = std::move(result);
     return OkStatus();
   };
-  // The scope names who acts (a device, an organisation at a door): its ops
-  // commit in the order they came, one writer at a time (GroupCommitter).
-  std::string lane = scope;
   committer_.Submit(std::move(op), [this, reply, done = std::move(done)](Status st) {
     if (!st.ok()) return done(st.take_error());
     if (commit_hook_) commit_hook_();

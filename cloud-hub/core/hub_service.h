@@ -145,8 +145,10 @@ class HubService {
   Effect DecisionEffect(int64_t surplus_id, std::optional<int64_t> ngo, Decide decide);
   Effect VehicleEffect(int64_t ngo_id, std::string body);
   Effect PickUpEffect(int64_t surplus_id, int64_t ngo, std::string code, double kg);
+  // `lane`: ops of one lane commit in the order submitted (GroupCommitter);
+  // the MQTT door passes the device's.
   void Submit(std::string scope, std::string key, std::string fingerprint, Effect effect, Also also,
-              Callback done);
+              Callback done, std::string lane = {});
   // Appends one outbox event in its own transaction.
   void Emit(OutboxEvent event, std::function<void(Status)> done);
   // The relay's side of the outbox: unsent events after `after_id`, in id order.

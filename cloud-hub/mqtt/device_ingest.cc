@@ -351,7 +351,11 @@ void DeviceIngest::OnEnvelope(const std::string& topic_device, const std::string
   };
   std::string fingerprint = Fingerprint(env.type + "\n" + env.body.dump());
   const bool is_claim = env.type == sync::kOpClaim || env.type == sync::kOpAccept;
-  hub_.Submit("device:" + device_id, op, fingerprint, std::move(effect), also,
+  std::string scope = "device:" + device_id;
+  // The device's ops commit in the order they came, and never sit in two
+  // store writers' batches at once (its row's max_seq: no deadlocks).
+  std::string lane = scope;
+  hub_.Submit(std::move(scope), op, fingerprint, std::move(effect), also,
               [this, device_id, env = std::move(env), traceparent, is_claim,
                received_at](Result<Reply> r) {
                 if (is_claim && claim_latency_ && (r.ok() || r.error().code == Code::kAborted))
@@ -367,7 +371,8 @@ void DeviceIngest::OnEnvelope(const std::string& topic_device, const std::string
                   return;
                 }
                 Refuse(device_id, env, r.take_error(), traceparent);
-              });
+              },
+              std::move(lane));
 }
 
 }  // namespace pp

@@ -23,11 +23,11 @@
 //
 // Ops may name a lane (the MQTT door passes the device's). Ops of one lane
 // commit in the order submitted and never sit in two writers' batches at
-// once. With one writer (SQLite) that
-// is always so; PostgreSQL runs four, and two batches each updating the
-// same two devices' rows in opposite orders deadlocked (a second lost to
-// deadlock_timeout each time), and a device's later op could commit before
-// an earlier one in a batch that started sooner.
+// once. With one writer (SQLite) that is always so; PostgreSQL runs four,
+// and two batches each updating the same two devices' rows in opposite
+// orders deadlocked (a second lost to deadlock_timeout each time), and a
+// device's later op could commit before an earlier one in a batch that
+// started sooner.
 //
 // Thread safety: Submit(), SubmitLazy() and Run() may be called from any
 // thread. `done` runs on a writer thread; it must not block for long.

@@ -82,7 +82,7 @@ GroupCommitter::Stats GroupCommitter::stats() const {
 void GroupCommitter::WriterLoop(Writer& w) {
   NameThisThread("store-writer");
   std::vector<Item> batch;
-  std::vector<std::string> lanes;
+  std::unordered_set<std::string> lanes;  // this batch's, held in busy_lanes_ until it is done
   while (true) {
     {
       std::unique_lock lock(mu_);
@@ -123,7 +123,7 @@ void GroupCommitter::WriterLoop(Writer& w) {
   }
 }
 
-void GroupCommitter::TakeFromQueue(std::vector<Item>& batch, std::vector<std::string>& lanes) {
+void GroupCommitter::TakeFromQueue(std::vector<Item>& batch, std::unordered_set<std::string>& lanes) {
   const size_t max = size_t(options_.max_batch);
   if (writers_.size() == 1) {  // no other writer to keep lanes from
     while (!queue_.empty() && batch.size() < max) {
@@ -133,17 +133,13 @@ void GroupCommitter::TakeFromQueue(std::vector<Item>& batch, std::vector<std::st
     return;
   }
   std::unordered_set<std::string> left_behind;  // a lane's later ops stay behind its earlier ones
-  std::unordered_set<std::string> taken;
   std::deque<Item> rest;
   while (!queue_.empty() && batch.size() < max) {
     Item& item = queue_.front();
-    const bool free = item.lane.empty() || taken.count(item.lane) ||
+    const bool free = item.lane.empty() || lanes.count(item.lane) ||
                       (!busy_lanes_.count(item.lane) && !left_behind.count(item.lane));
     if (free) {
-      if (!item.lane.empty() && taken.insert(item.lane).second) {
-        busy_lanes_.insert(item.lane);
-        lanes.push_back(item.lane);
-      }
+      if (!item.lane.empty() && lanes.insert(item.lane).second) busy_lanes_.insert(item.lane);
       batch.push_back(std::move(item));
     } else {
       if (!item.lane.empty()) left_behind.insert(item.lane);

@@ -100,8 +100,9 @@ class GroupCommitter {
   void WriterLoop(Writer& w);
   // Moves into `batch` the oldest queued ops, up to max_batch, leaving
   // behind those whose lane another writer's batch holds (and every later op
-  // of that lane); the lanes taken go into busy_lanes_ and `lanes`. mu_ held.
-  void TakeFromQueue(std::vector<Item>& batch, std::vector<std::string>& lanes);
+  // of that lane); the lanes taken go into busy_lanes_ and `lanes` (empty on
+  // entry). mu_ held.
+  void TakeFromQueue(std::vector<Item>& batch, std::unordered_set<std::string>& lanes);
   void RunBatch(Writer& w, std::vector<Item>& batch);
   // Runs the batch in one transaction; false (rolled back) if a store
   // error hit it. `results` gets one status an op run.

@@ -58,6 +58,9 @@ constexpr const char* kUsage =
     "  --mqtt-user NAME           broker user (default pp-hub)\n"
     "  --mqtt-password-file PATH  file holding the broker password (or env PP_MQTT_PASSWORD)\n"
     "  --mqtt-client-id ID        this replica's MQTT client id (default pp-hub)\n"
+    "  --mqtt-session-expiry DUR  how long the broker keeps queueing devices' ops for this hub\n"
+    "                             while it is away (default 168h); 0: not at all — with several\n"
+    "                             replicas, else a dead one keeps taking its share of the ops\n"
     "  --ingest-workers N         threads verifying and applying device ops (default 2)\n"
     "DUR is a number and a unit: 250ms, 30s, 5m, 2h.\n";
 
@@ -76,6 +79,7 @@ struct Args {
   pp::Duration routing_deadline{300};
   pp::MatchOptions match;
   std::string mqtt_uri, mqtt_user = "pp-hub", mqtt_password, mqtt_client_id = "pp-hub";
+  int mqtt_session_expiry_s = 7 * 24 * 3600;
   int ingest_workers = 2;
   pp::ImpactOptions impact;
   std::string jwt_public_key;
@@ -172,6 +176,16 @@ Args ParseArgs(int argc, char** argv) {
         a.mqtt_password.pop_back();
     } else if (flag == "--mqtt-client-id") {
       a.mqtt_client_id = v;
+    } else if (flag == "--mqtt-session-expiry") {
+      // MQTT's Session Expiry Interval: whole seconds, 0 for none.
+      if (v == "0" || v == "0s") {
+        a.mqtt_session_expiry_s = 0;
+      } else {
+        const auto d = Dur(flag, v);
+        if (d < std::chrono::seconds(1) || d > std::chrono::hours(24 * 30))
+          Die(flag + " must be 0 or from 1s to 720h, got \"" + v + "\"");
+        a.mqtt_session_expiry_s = int(std::chrono::duration_cast<std::chrono::seconds>(d).count());
+      }
     } else if (flag == "--ingest-workers") {
       a.ingest_workers = int(Number(flag, v, 1, 32));
     } else {
@@ -256,6 +270,13 @@ int main(int argc, char** argv) {
     mo.username = args.mqtt_user;
     mo.password = args.mqtt_password;
     mo.subscriptions = {pp::sync::kHubSubscription};
+    // A session the broker keeps queues devices' ops while this hub is
+    // away. But mosquitto goes on handing an away member of a shared
+    // subscription its share (eclipse/mosquitto#1747): with several
+    // replicas, a dead one's session would hold 1/N of the ops until it came
+    // back, so replicas run with none (docs/operations.md, "Several hubs").
+    mo.session_expiry_s = args.mqtt_session_expiry_s;
+    mo.clean_start = args.mqtt_session_expiry_s == 0;
     mqtt = std::make_unique<pp::sync::MqttClient>(
         mo, [&pool](const std::string& topic, const std::string& payload, const std::string& tp) {
           pool->Post(topic, payload, tp);

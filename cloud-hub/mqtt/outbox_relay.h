@@ -42,8 +42,8 @@
 // publish to the same device: a device that never got it knows it lost
 // something (docs/protocol.md, section 6, "Gaps").
 //
-// One relay per store: with several hub replicas run it in one of them
-// (--relay), or accept duplicates, which receivers drop anyway.
+// Every hub replica runs one: with several on one store, two may publish
+// the same event before either marks it sent; receivers drop the repeat.
 //
 // Thread safety: Start/Stop from one thread; Notify from any.
 #pragma once

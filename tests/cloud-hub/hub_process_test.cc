@@ -8,7 +8,9 @@
 #include <latch>
 #include <map>
 #include <mutex>
+#include <set>
 #include <nlohmann/json.hpp>
+#include <pqxx/pqxx>
 #include <thread>
 
 #include "tests/support/test_support.h"
@@ -119,6 +121,128 @@ TEST(HubProcess, TwoHubsOnOnePostgresGiveExactlyOneWinnerPerPost) {
   }
 }
 
+// The counter `name` with labels `labels` in a hub's /metrics; -1 if absent.
+double Metric(int port, const std::string& name_and_labels) {
+  httplib::Client c("127.0.0.1", port);
+  auto r = c.Get("/metrics");
+  if (!r || r->status != 200) return -1;
+  const std::string key = "\n" + name_and_labels + " ";
+  auto at = r->body.find(key);
+  return at == std::string::npos ? -1 : std::atof(r->body.c_str() + at + key.size());
+}
+
+// Several hub replicas split the devices' ops through the shared
+// subscription ($share/hub/...): each op reaches one replica and is applied
+// once, whichever replica commits it. One replica killed mid-stream, the
+// other carries the rest at once: the ops the dead one had taken are sent
+// again by their devices and answered by the live one the first time, and
+// nothing is applied twice. Replicas run with `--mqtt-session-expiry 0`:
+// mosquitto keeps handing a kept session its share of a shared
+// subscription while its hub is dead (eclipse/mosquitto#1747), and with the
+// default (a session kept 7 days) every second op sent again went to the
+// dead replica and was lost again. The replicas' store writers meet on the
+// same devices' rows (max_seq): none of their batches may deadlock.
+TEST(HubProcess, TwoReplicasSplitTheDevicesOpsAndApplyEachOnce) {
+  std::string db = test::NewPostgresDatabase("replicas");
+  ASSERT_FALSE(db.empty());
+  test::TempDir logs;
+  test::Broker broker;
+  ASSERT_GT(broker.port(), 0);
+  auto replica = [&](const std::string& name) {
+    return std::make_unique<test::Hub>(
+        db,
+        std::vector<std::string>{"--mqtt", broker.uri(), "--mqtt-password-file", broker.hub_password_file(),
+                                 "--mqtt-client-id", name, "--mqtt-session-expiry", "0"},
+        logs.file(name + ".log"));
+  };
+  auto a = replica("pp-hub-a"), b = replica("pp-hub-b");
+  ASSERT_GT(a->port(), 0);
+  ASSERT_GT(b->port(), 0);
+  Api admin(a->port());
+  const int64_t provider = admin.Org("provider");
+  constexpr int kKiosks = 6, kFirst = 150, kSecond = 100;
+  std::vector<std::unique_ptr<test::TestDevice>> kiosks;
+  for (int k = 0; k < kKiosks; ++k) {
+    const std::string id = "kiosk-" + std::to_string(k);
+    auto d = std::make_unique<test::TestDevice>(broker, id);
+    auto r = admin.Post("/api/v1/devices",
+                        {{"id", id}, {"role", "kiosk"}, {"org_id", provider}, {"public_key", d->public_key()}});
+    ASSERT_TRUE(r && r->status == 201) << (r ? r->body : "no answer");
+    broker.AddUser(id, d->password());
+    ASSERT_TRUE(d->Connect().ok());
+    kiosks.push_back(std::move(d));
+  }
+  auto body = [](int k, int i) {
+    return json{{"category", "prepared_meals"},
+                {"description", "k" + std::to_string(k) + " " + std::to_string(i)},
+                {"quantity_kg", 1.5},
+                {"best_before", BestBefore()}};
+  };
+  // Every kiosk sends at once; `kill_after` ops into the stream (all
+  // kiosks together), replica a is killed.
+  std::vector<std::vector<sync::Envelope>> sent(kKiosks);
+  auto stream = [&](int from, int count, int kill_after) {
+    std::atomic<int> sent_so_far{0};
+    std::once_flag killed;
+    std::vector<std::thread> threads;
+    for (int k = 0; k < kKiosks; ++k)
+      threads.emplace_back([&, k] {
+        for (int i = from; i < from + count; ++i) {
+          sent[k].push_back(kiosks[k]->Send("post_surplus", body(k, i)));
+          if (kill_after > 0 && ++sent_so_far == kill_after)
+            std::call_once(killed, [&] {
+              a->process().Kill(SIGKILL);
+              a->process().Wait();
+            });
+        }
+      });
+    for (auto& t : threads) t.join();
+  };
+  // Each op's outcome, waiting `wait` for it before sending the op again
+  // (same bytes) as a device's queue does; the post ids of the accepted
+  // ones. Returns how many ops had to be sent more than once again.
+  auto answers = [&](std::set<int64_t>& ids, std::chrono::milliseconds wait) {
+    int resent_twice = 0;
+    for (int k = 0; k < kKiosks; ++k)
+      for (const auto& e : sent[k]) {
+        json o = kiosks[k]->WaitOutcome(e.op, wait);
+        for (int attempt = 0; o.is_null() && attempt < 10; ++attempt) {
+          if (attempt > 0) resent_twice++;
+          kiosks[k]->SendRaw(sync::UpTopic(e.device, e.type), sync::Encode(e));
+          o = kiosks[k]->WaitOutcome(e.op, std::chrono::seconds(5));
+        }
+        EXPECT_FALSE(o.is_null()) << "op " << e.op << " never answered";
+        if (o.is_null()) continue;
+        EXPECT_EQ(o["status"], "accepted") << o.dump();
+        ids.insert(o["data"]["id"].get<int64_t>());
+      }
+    return resent_twice;
+  };
+
+  stream(0, kFirst, 0);
+  std::set<int64_t> ids;
+  EXPECT_EQ(answers(ids, std::chrono::seconds(10)), 0);
+  ASSERT_EQ(ids.size(), size_t(kKiosks * kFirst)) << "an op applied twice, or two ops as one";
+  const std::string accepted = "mqtt_ingest_messages_total{result=\"accepted\"}";
+  const double on_a = Metric(a->port(), accepted), on_b = Metric(b->port(), accepted);
+  EXPECT_GT(on_a, 0) << "replica a got none of the ops";
+  EXPECT_GT(on_b, 0) << "replica b got none of the ops";
+  EXPECT_EQ(on_a + on_b, kKiosks * kFirst) << "each op reached one replica";
+
+  stream(kFirst, kSecond, kKiosks * kSecond / 3);
+  EXPECT_EQ(answers(ids, std::chrono::milliseconds(300)), 0)
+      << "ops sent again still went to the dead replica";
+  EXPECT_EQ(ids.size(), size_t(kKiosks * (kFirst + kSecond)));
+  // The store holds exactly those posts: nothing applied twice.
+  pqxx::connection store(db);
+  pqxx::work read(store);
+  EXPECT_EQ(read.exec1("SELECT count(*) FROM surplus")[0].as<int64_t>(), int64_t(kKiosks * (kFirst + kSecond)));
+  for (const char* name : {"pp-hub-a", "pp-hub-b"}) {
+    const std::string log = test::ReadFile(logs.file(std::string(name) + ".log"));
+    EXPECT_EQ(log.find("deadlock detected"), std::string::npos) << name << "'s store writers deadlocked";
+  }
+}
+
 class CrashTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(CrashTest, EveryAcknowledgedPostSurvivesKillDashNine) {
@@ -185,7 +309,9 @@ TEST(HubProcess, BadCommandLineIsNamedAndExitsNonZero) {
   for (std::vector<std::string> args : {std::vector<std::string>{"--http", "nowhere"},
                                         {"--db", "mysql://x", "--http", "127.0.0.1:0"},
                                         {"--frobnicate", "1"},
-                                        {"--max-body", "12abc"}}) {
+                                        {"--max-body", "12abc"},
+                                        {"--mqtt-session-expiry", "5d"},
+                                        {"--mqtt-session-expiry", "800h"}}) {
     std::vector<std::string> argv{test::BinPath("pp-hub")};
     argv.insert(argv.end(), args.begin(), args.end());
     test::Process p(argv);

@@ -1,5 +1,6 @@
 #include "cloud-hub/core/group_committer.h"
 
+#include <algorithm>
 #include <future>
 
 #include "common/log.h"
@@ -73,6 +74,11 @@ Status GroupCommitter::Run(Op op) {
   auto f = p.get_future();
   Submit(std::move(op), [&p](Status s) { p.set_value(std::move(s)); });
   return f.get();
+}
+
+void GroupCommitter::SetLanePrologue(LanePrologue prologue) {
+  std::lock_guard lock(mu_);
+  lane_prologue_ = std::move(prologue);
 }
 
 GroupCommitter::Stats GroupCommitter::stats() const {
@@ -177,7 +183,8 @@ void GroupCommitter::RunBatch(Writer& w, std::vector<Item>& batch) {
 }
 
 bool GroupCommitter::RunTogether(Writer& w, std::vector<Item>& batch, std::vector<Status>& results) {
-  bool failed = !EnsureSession(w).ok() || !w.session->Begin(TxnMode::kWrite).ok();
+  bool failed = !EnsureSession(w).ok() || !w.session->Begin(TxnMode::kWrite).ok() ||
+                !LockLanes(w, batch).ok();
   for (size_t i = 0; !failed && i < batch.size(); ++i) {
     results.push_back(batch[i].op(*w.session));
     if (!results.back().ok() && IsStoreFailure(results.back().error())) failed = true;
@@ -188,6 +195,23 @@ bool GroupCommitter::RunTogether(Writer& w, std::vector<Item>& batch, std::vecto
     if (w.session) w.session->Rollback();
   }
   return !failed;
+}
+
+Status GroupCommitter::LockLanes(Writer& w, const std::vector<Item>& batch) {
+  if (store_.MaxConcurrentWriters() < 2) return OkStatus();  // one writer: nothing to wait for
+  LanePrologue prologue;
+  {
+    std::lock_guard lock(mu_);
+    prologue = lane_prologue_;
+  }
+  if (!prologue) return OkStatus();
+  std::vector<std::string> lanes;
+  for (const auto& item : batch)
+    if (!item.lane.empty()) lanes.push_back(item.lane);
+  if (lanes.empty()) return OkStatus();
+  std::sort(lanes.begin(), lanes.end());
+  lanes.erase(std::unique(lanes.begin(), lanes.end()), lanes.end());
+  return prologue(*w.session, lanes);
 }
 
 void GroupCommitter::Record(std::chrono::steady_clock::time_point began, size_t ops) {

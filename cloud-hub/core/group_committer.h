@@ -29,6 +29,12 @@
 // device's later op could commit before an earlier one in a batch that
 // started sooner.
 //
+// Lanes keep one hub's writers apart, not several hubs': on PostgreSQL two
+// replicas' batches can still hold the same devices. A lane prologue (set
+// by HubService) runs first in each batch's transaction with the batch's
+// lanes sorted, and locks their rows in that one order: batches that share
+// rows then wait for each other instead of deadlocking.
+//
 // Thread safety: Submit(), SubmitLazy() and Run() may be called from any
 // thread. `done` runs on a writer thread; it must not block for long.
 #pragma once
@@ -82,6 +88,13 @@ class GroupCommitter {
   void SubmitLazy(Op op, Done done);
   // Submit and wait for the commit.
   Status Run(Op op);
+  // Runs at the start of each batch's transaction, on a store that allows
+  // several writers (in this process or others), with the batch's lanes
+  // sorted and without repeats; none if the batch has no lane. Its error
+  // fails the batch like an op's store error. Set it before the first
+  // Submit.
+  using LanePrologue = std::function<Status(StoreSession&, const std::vector<std::string>& lanes)>;
+  void SetLanePrologue(LanePrologue prologue);
 
   Stats stats() const;
 
@@ -107,6 +120,8 @@ class GroupCommitter {
   // Runs the batch in one transaction; false (rolled back) if a store
   // error hit it. `results` gets one status an op run.
   bool RunTogether(Writer& w, std::vector<Item>& batch, std::vector<Status>& results);
+  // The lane prologue, if set and the batch has lanes.
+  Status LockLanes(Writer& w, const std::vector<Item>& batch);
   // Runs one op in its own transaction, retrying transient store errors.
   Status RunAlone(Writer& w, Item& item);
   // Records a batch's transaction time (BEGIN to the end of COMMIT, retries
@@ -126,6 +141,7 @@ class GroupCommitter {
   std::deque<Item> lazy_;                          // SubmitLazy's, oldest first
   std::unordered_set<std::string> busy_lanes_;     // lanes in batches being run (several writers only)
   std::chrono::steady_clock::time_point lazy_due_;  // when the oldest of lazy_ goes alone
+  LanePrologue lane_prologue_;
   int idle_writers_ = 0;  // waiting on cv_: Submit() wakes one only if any
   bool stopping_ = false;
 

@@ -49,6 +49,13 @@ Vehicle DepotVehicle(const Organization& ngo) {
 HubService::HubService(Store& store, GroupCommitter& committer, const Clock& clock)
     : store_(store), committer_(committer), clock_(clock) {
   if (sodium_init() < 0) std::abort();  // no CSPRNG: handover codes would be guessable
+  committer_.SetLanePrologue([](StoreSession& s, const std::vector<std::string>& lanes) -> Status {
+    static const std::string prefix = DeviceLane("");
+    std::vector<std::string> devices;
+    for (const auto& lane : lanes)
+      if (lane.starts_with(prefix)) devices.push_back(lane.substr(prefix.size()));
+    return s.LockDevices(devices);
+  });
 }
 
 void HubService::Submit(std::string scope, std::string key, std::string fingerprint,

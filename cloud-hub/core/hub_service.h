@@ -146,7 +146,10 @@ class HubService {
   Effect VehicleEffect(int64_t ngo_id, std::string body);
   Effect PickUpEffect(int64_t surplus_id, int64_t ngo, std::string code, double kg);
   // `lane`: ops of one lane commit in the order submitted (GroupCommitter);
-  // the MQTT door passes the device's.
+  // the MQTT door passes the device's, DeviceLane(id). A batch holding
+  // device lanes locks those devices' rows first, in one order (on
+  // PostgreSQL: replicas' batches on the same devices then never deadlock).
+  static std::string DeviceLane(const std::string& device_id) { return "device:" + device_id; }
   void Submit(std::string scope, std::string key, std::string fingerprint, Effect effect, Also also,
               Callback done, std::string lane = {});
   // Appends one outbox event in its own transaction.

@@ -353,8 +353,10 @@ void DeviceIngest::OnEnvelope(const std::string& topic_device, const std::string
   const bool is_claim = env.type == sync::kOpClaim || env.type == sync::kOpAccept;
   std::string scope = "device:" + device_id;
   // The device's ops commit in the order they came, and never sit in two
-  // store writers' batches at once (its row's max_seq: no deadlocks).
-  std::string lane = scope;
+  // store writers' batches at once (its row's max_seq: no deadlocks); a
+  // batch locks its devices' rows in one order before its ops run (other
+  // replicas' batches on the same devices wait, not deadlock).
+  std::string lane = HubService::DeviceLane(device_id);
   hub_.Submit(std::move(scope), op, fingerprint, std::move(effect), also,
               [this, device_id, env = std::move(env), traceparent, is_claim,
                received_at](Result<Reply> r) {

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "common/time_format.h"
+#include "sync/protocol.h"
 #include "tests/support/test_support.h"
 
 namespace pp {
@@ -453,6 +454,70 @@ TEST_P(HubServiceTest, EachLanesOpsRunInTheOrderSubmittedWhileFourWritersShareTh
     ADD_FAILURE() << "lane " << lane << ": " << ran[lane].size() << " ops ran; out of order at position "
                   << (at - ran[lane].begin());
   }
+}
+
+// Two hub replicas on one PostgreSQL: their lanes keep each process's
+// writers apart, not the two processes'. Each replica's batch updates the
+// same ten devices' rows (max_seq), one in the order d0..d9, the other
+// d9..d0, both begun at once: without the lane prologue's ordered locks they
+// deadlocked (PostgreSQL ended one after deadlock_timeout, and its batch
+// was run again op by op). With it, the second batch waits for the first.
+TEST_P(HubServiceTest, TwoReplicasBatchesOnTheSameDevicesInOppositeOrdersDoNotDeadlock) {
+  if (store_->MaxConcurrentWriters() < 2) GTEST_SKIP() << "one writer: batches never run concurrently";
+  constexpr int kDevices = 10;
+  const int64_t provider = NewOrg(OrgKind::kProvider);
+  auto keys = sync::GenerateKeyPair();
+  for (int d = 0; d < kDevices; ++d)
+    ASSERT_TRUE(hub_->RegisterDevice({"d" + std::to_string(d), "kiosk", provider, sync::ToBase64(keys.public_key),
+                                      false, 0, {}})
+                    .ok());
+  // Replica a: this fixture's store and committer; replica b: its own.
+  hub_.reset();
+  committer_ = std::move(*GroupCommitter::Start(*store_, {.writers = 1}));
+  HubService a(*store_, *committer_, clock_);
+  auto other_store = OpenStore(url_);
+  ASSERT_TRUE(other_store.ok());
+  auto other_committer = std::move(*GroupCommitter::Start(**other_store, {.writers = 1}));
+  HubService b(**other_store, *other_committer, clock_);
+
+  // Each writer is held in a first batch while the ten ops queue behind it,
+  // so that they make one batch; both are let go together. The first op of
+  // each batch waits (up to 2 s) for the other batch's first op, so that
+  // both hold a row before either goes on.
+  std::latch go(1);
+  std::atomic<int> first_ops{0};
+  auto wait_for_other = [&first_ops] {
+    first_ops++;
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    while (first_ops < 2 && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+  };
+  std::atomic<int> done{0}, failed{0};
+  auto queue = [&](GroupCommitter& c, std::vector<int> order, uint64_t seq) {
+    c.Submit([&go](StoreSession&) { go.wait(); return OkStatus(); }, [](Status) {});
+    bool first = true;
+    for (int d : order) {
+      const std::string id = "d" + std::to_string(d);
+      c.Submit(
+          [&, id, seq, first](StoreSession& s) -> Status {
+            if (first) wait_for_other();
+            return s.AdvanceDeviceSeq(id, seq);
+          },
+          [&](Status st) { (st.ok() ? done : failed)++; }, HubService::DeviceLane(id));
+      first = false;
+    }
+  };
+  std::vector<int> up(kDevices), down(kDevices);
+  std::iota(up.begin(), up.end(), 0);
+  std::reverse_copy(up.begin(), up.end(), down.begin());
+  queue(*committer_, up, 5);
+  queue(*other_committer, down, 7);
+  go.count_down();
+  ASSERT_TRUE(test::Eventually([&] { return done + failed == 2 * kDevices; }, std::chrono::seconds(30)));
+  EXPECT_EQ(failed, 0);
+  EXPECT_EQ(committer_->stats().batch_failures + other_committer->stats().batch_failures, 0u)
+      << "a batch was rolled back (deadlock) and run again op by op";
+  for (int d = 0; d < kDevices; ++d) EXPECT_EQ((*a.FindDevice("d" + std::to_string(d)))->max_seq, 7u);
+  other_committer.reset();
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, HubServiceTest, ::testing::Values("sqlite", "postgresql"),

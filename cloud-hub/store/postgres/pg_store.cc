@@ -222,6 +222,9 @@ std::vector<Statement> Statements() {
        "SELECT id, role, org_id, public_key, revoked, max_seq, created_at FROM devices WHERE id=$1"},
       {"device_revoke", "UPDATE devices SET revoked=true WHERE id=$1"},
       {"device_seq", "UPDATE devices SET max_seq=GREATEST(max_seq, $1) WHERE id=$2"},
+      // The rows are locked as the sort returns them (LockRows runs above
+      // the Sort): in id order, whichever order the caller named them in.
+      {"device_lock", "SELECT id FROM devices WHERE id=ANY($1::text[]) ORDER BY id FOR UPDATE"},
       // Skips the rows another transaction holds: the ingest's max_seq
       // updates lock the same rows in op order, and waiting for them
       // deadlocked (PostgreSQL ends one side after deadlock_timeout, 1 s:
@@ -473,6 +476,16 @@ class PgSession final : public StoreSession {
   Status AdvanceDeviceSeq(std::string_view id, uint64_t seq) override {
     return Exec("advance device seq", [&] {
       txn_->exec_prepared("device_seq", int64_t(seq), std::string(id));
+      return Ok{};
+    });
+  }
+
+  Status LockDevices(const std::vector<std::string>& ids) override {
+    if (ids.empty()) return OkStatus();
+    return Exec("lock devices", [&] {
+      ArrayLiteral a;
+      for (const auto& id : ids) a.Add(id);
+      txn_->exec_prepared("device_lock", a.str());
       return Ok{};
     });
   }

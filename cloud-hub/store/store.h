@@ -147,6 +147,8 @@ class StoreSession {
   virtual Result<std::vector<OutboxEvent>> ListOutbox(int64_t after_id, int limit) = 0;
   // Unsent events with id > after_id, oldest first (the relay's work).
   virtual Result<std::vector<OutboxEvent>> ListUnsentOutbox(int64_t after_id, int limit) = 0;
+  // An event already marked keeps its first time; one that another
+  // transaction is marking is left to it (PostgreSQL: no waiting).
   virtual Status MarkOutboxSent(const std::vector<int64_t>& ids, Timestamp at) = 0;
 
   virtual Result<std::optional<IdempotencyRecord>> GetIdempotency(std::string_view scope,

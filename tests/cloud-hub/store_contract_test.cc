@@ -492,6 +492,51 @@ TEST_P(StoreContract, RecordingWhatWasSentDoesNotWaitForADeviceRowAnotherWriterH
   s_->Rollback();
 }
 
+// Every hub replica runs a relay, and two may mark the same events sent,
+// each in its own batch, in different orders: waiting for the other's row
+// locks deadlocked (4-5 times in a two-replica rush, docs/benchmarks.md,
+// "Session 26"). A mark skips the rows another transaction is marking —
+// that one marks them, or rolls back and runs again — and leaves the first
+// mark's time on a row already marked. SQLite: one writer at a time.
+TEST_P(StoreContract, MarkingSentDoesNotWaitForAnEventAnotherTransactionIsMarking) {
+  if (GetParam() == "sqlite") GTEST_SKIP() << "one writer at a time";
+  Write([&](StoreSession& s) {
+    for (int i = 0; i < 3; ++i) ASSERT_TRUE(s.AppendOutbox({0, "e", i, "{}", kT0, std::nullopt}).ok());
+  });
+  ASSERT_TRUE(s_->Begin(TxnMode::kRead).ok());
+  auto all = *s_->ListUnsentOutbox(0, 10);
+  s_->Rollback();
+  ASSERT_EQ(all.size(), 3u);
+  auto other = store_->OpenSession();
+  ASSERT_TRUE(other.ok());
+  ASSERT_TRUE((*other)->Begin(TxnMode::kWrite).ok());
+  ASSERT_TRUE((*other)->MarkOutboxSent({all[0].id}, kT0).ok());  // the other replica's batch holds it
+
+  const Timestamp later = kT0 + std::chrono::seconds(1);
+  auto marked = std::async(std::launch::async, [&] {
+    Write([&](StoreSession& s) { ASSERT_TRUE(s.MarkOutboxSent({all[0].id, all[1].id}, later).ok()); });
+  });
+  const bool waited = marked.wait_for(std::chrono::seconds(20)) != std::future_status::ready;
+  ASSERT_TRUE((*other)->Commit().ok());
+  marked.get();
+  EXPECT_FALSE(waited) << "the mark waited for a row another transaction held";
+
+  ASSERT_TRUE(s_->Begin(TxnMode::kRead).ok());
+  auto left = *s_->ListUnsentOutbox(0, 10);
+  auto events = *s_->ListOutbox(0, 10);
+  s_->Rollback();
+  ASSERT_EQ(left.size(), 1u);
+  EXPECT_EQ(left[0].id, all[2].id);
+  ASSERT_EQ(events.size(), 3u);
+  EXPECT_EQ(events[0].sent_at, kT0) << "marked once, by the transaction that held it";
+  EXPECT_EQ(events[1].sent_at, later);
+  // A row already marked keeps its first time.
+  Write([&](StoreSession& s) { ASSERT_TRUE(s.MarkOutboxSent({all[1].id}, later + std::chrono::seconds(1)).ok()); });
+  ASSERT_TRUE(s_->Begin(TxnMode::kRead).ok());
+  EXPECT_EQ((*s_->ListOutbox(0, 10))[1].sent_at, later);
+  s_->Rollback();
+}
+
 TEST_P(StoreContract, OutboxSentMarks) {
   Write([&](StoreSession& s) {
     for (int i = 0; i < 4; ++i) ASSERT_TRUE(s.AppendOutbox({0, "e", i, "{}", kT0, std::nullopt}).ok());

@@ -242,7 +242,14 @@ std::vector<Statement> Statements() {
       {"outbox_unsent",
        "SELECT id, type, aggregate_id, payload, created_at, sent_at FROM outbox "
        "WHERE id > $1 AND sent_at IS NULL ORDER BY id LIMIT $2"},
-      {"outbox_mark", "UPDATE outbox SET sent_at=$1 WHERE id = ANY($2::bigint[])"},
+      // Skips the events another transaction is marking: every replica runs
+      // a relay, two may mark the same events in batches of their own, and
+      // waiting for each other's row locks deadlocked (docs/benchmarks.md,
+      // "Session 26"). The other marks them, or rolls back and runs again.
+      // An event keeps the time of its first mark.
+      {"outbox_mark",
+       "UPDATE outbox SET sent_at=$1 WHERE id IN (SELECT id FROM outbox WHERE id = ANY($2::bigint[]) "
+       "AND sent_at IS NULL FOR UPDATE SKIP LOCKED)"},
       {"vehicle_get",
        "SELECT ngo_id, lat, lon, free_kg, accepts, open_from_min, open_to_min, online, reported, "
        "updated_at FROM vehicles WHERE ngo_id=$1"},

@@ -316,7 +316,7 @@ class SqliteSession final : public StoreSession {
   }
 
   Status MarkOutboxSent(const std::vector<int64_t>& ids, Timestamp at) override {
-    auto& s = Prepare("UPDATE outbox SET sent_at=? WHERE id=?");
+    auto& s = Prepare("UPDATE outbox SET sent_at=? WHERE id=? AND sent_at IS NULL");  // the first mark's time stays
     for (int64_t id : ids) {
       s.Reset().Bind(at).Bind(id);
       PP_RETURN_IF_ERROR(s.Step("mark outbox sent"));

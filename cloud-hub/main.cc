@@ -258,6 +258,7 @@ int main(int argc, char** argv) {
   // was within the noise (docs/benchmarks.md, "Session 19").
   std::unique_ptr<pp::sync::MqttClient> mqtt, mqtt_out;
   std::unique_ptr<pp::OutboxRelay> relay;
+  std::unique_ptr<pp::RelayLeader> relay_leader;
   if (!args.mqtt_uri.empty()) {
     ingest = std::make_unique<pp::DeviceIngest>(hub);
     ingest->SetMetrics(&metrics);
@@ -308,7 +309,9 @@ int main(int argc, char** argv) {
     }
     relay->SetMetrics(&metrics);
     hub.SetCommitHook([r = relay.get()] { r->Notify(); });
-    relay->Start();
+    // One replica's relay publishes; the others wait to take over.
+    relay_leader = std::make_unique<pp::RelayLeader>(**store, *relay);
+    relay_leader->Start();
   }
 
   pp::HttpOptions http_options;
@@ -340,6 +343,9 @@ int main(int argc, char** argv) {
                            [&travel] {
                              return travel.breaker_state() == pp::CircuitBreaker::State::kOpen ? 1.0 : 0.0;
                            });
+  metrics.AddGaugeCallback("outbox_relay_leading",
+                           "1 while this replica's outbox relay publishes (it holds the relay lease).", {},
+                           [&relay_leader] { return relay_leader && relay_leader->leading() ? 1.0 : 0.0; });
   metrics.AddGaugeCallback("outbox_lag_seconds",
                            "Age of the oldest outbox event not yet published (0 when none).", {},
                            [&hub, &clock, &mqtt] {
@@ -415,7 +421,7 @@ int main(int argc, char** argv) {
   hub.SetListener(nullptr);
   if (mqtt) mqtt->Disconnect();  // stop taking ops; what was taken still commits
   pool.reset();                  // finishes the ops already queued
-  if (relay) relay->Stop();
+  relay_leader.reset();  // stops the relay if this replica ran it
   if (mqtt_out) mqtt_out->Disconnect();
   hub.SetCommitHook(nullptr);
   committer->reset();  // drains: every accepted write commits before exit

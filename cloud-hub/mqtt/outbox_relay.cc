@@ -119,6 +119,17 @@ OutboxRelay::OutboxRelay(HubService& hub, sync::MqttClient& mqtt, Mark mark)
 OutboxRelay::~OutboxRelay() { Stop(); }
 
 void OutboxRelay::Start() {
+  {
+    std::lock_guard lock(mu_);
+    stop_ = false;
+    // After a Stop(): what a page left unmarked is listed and sent again
+    // (receivers drop repeats); no mark is pending (Stop waited for them).
+    unmarked_.clear();
+    mark_failed_ = false;
+  }
+  in_flight_.clear();
+  cursor_ = 0;
+  passes_to_start_ = 0;
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -380,6 +391,49 @@ Result<bool> OutboxRelay::AwaitAcksOrNews(InFlight& page, bool wait) {
     PP_RETURN_IF_ERROR(page.AwaitNext(delay_, hub_.clock()));  // done: at once
   }
   return true;
+}
+
+RelayLeader::RelayLeader(Store& store, OutboxRelay& relay, std::chrono::milliseconds retry)
+    : store_(store), relay_(relay), retry_(retry) {}
+
+RelayLeader::~RelayLeader() {
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void RelayLeader::Start() {
+  thread_ = std::thread([this] { Loop(); });
+}
+
+void RelayLeader::Loop() {
+  NameThisThread("relay-leader");
+  std::unique_ptr<StoreLease> lease;
+  while (true) {
+    if (!lease) {
+      auto got = store_.TryLease(kLeaseKey);
+      if (!got.ok()) {
+        Log(LogLevel::kWarn, "relay_lease_failed", {{"error", got.error().ToString()}});
+      } else if (*got) {
+        lease = std::move(*got);
+        relay_.Start();
+        leading_ = true;
+        Log(LogLevel::kInfo, "relay_leading");
+      }
+    } else if (!lease->StillHeld()) {
+      Log(LogLevel::kWarn, "relay_lease_lost", {});
+      relay_.Stop();
+      leading_ = false;
+      lease.reset();
+    }
+    std::unique_lock lock(mu_);
+    if (cv_.wait_for(lock, retry_, [&] { return stop_; })) break;
+  }
+  if (leading_) relay_.Stop();
+  leading_ = false;
 }
 
 Status OutboxRelay::Finish(InFlight& page) {

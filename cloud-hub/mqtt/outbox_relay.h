@@ -42,12 +42,16 @@
 // publish to the same device: a device that never got it knows it lost
 // something (docs/protocol.md, section 6, "Gaps").
 //
-// Every hub replica runs one: with several on one store, two may publish
-// the same event before either marks it sent; receivers drop the repeat.
+// One relay publishes among several hub replicas on one store: RelayLeader
+// runs it only while this process holds the store's relay lease, and
+// another replica's takes over when its holder dies. (Every replica ran
+// one before: ~1.8 times the down messages in a two-replica rush, each
+// device's `prev` chain split between two relays.)
 //
 // Thread safety: Start/Stop from one thread; Notify from any.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -95,6 +99,7 @@ class OutboxRelay {
                                   std::function<void(Status)> done)>;
   OutboxRelay(HubService& hub, sync::MqttClient& mqtt, Mark mark = nullptr);
   ~OutboxRelay();
+  // Again after Stop() too: from the start of the unsent events.
   void Start();
   // Returns once the loop has ended and every mark it started has finished.
   void Stop();
@@ -164,6 +169,31 @@ class OutboxRelay {
   // under 100 bytes each.
   std::mutex last_mu_;
   std::unordered_map<std::string, int64_t> last_sent_;  // guarded by last_mu_
+};
+
+// Runs `relay` only while this process holds the store's relay lease
+// (Store::TryLease): with several hub replicas, one publishes; if it dies,
+// PostgreSQL releases its lease and another replica's relay starts within
+// `retry`, from the oldest unsent event. With SQLite the lease is always
+// held.
+class RelayLeader {
+ public:
+  static constexpr int64_t kLeaseKey = 7201002;  // any stable number
+  RelayLeader(Store& store, OutboxRelay& relay, std::chrono::milliseconds retry = std::chrono::seconds(1));
+  ~RelayLeader();  // stops the relay if it runs
+  void Start();
+  bool leading() const { return leading_; }
+
+ private:
+  void Loop();
+  Store& store_;
+  OutboxRelay& relay_;
+  const std::chrono::milliseconds retry_;
+  std::atomic<bool> leading_{false};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;  // guarded by mu_
+  std::thread thread_;
 };
 
 }  // namespace pp

@@ -163,10 +163,24 @@ class StoreSession {
   virtual Result<int64_t> CountSurplusIn(SurplusStatus status) = 0;
 };
 
+// Something one process among several does at a time (the outbox relay),
+// held for as long as its holder stays connected to the store.
+class StoreLease {
+ public:
+  virtual ~StoreLease() = default;  // releases it
+  // False once the lease is lost (its connection broke): stop the work.
+  virtual bool StillHeld() = 0;
+};
+
 class Store {
  public:
   virtual ~Store() = default;
   virtual Result<std::unique_ptr<StoreSession>> OpenSession() = 0;
+  // The lease named `key`, or nullptr while another process holds it.
+  // PostgreSQL: a session advisory lock on a connection of its own, which
+  // PostgreSQL releases when the holder's connection ends, a crash
+  // included. SQLite: always granted (one hub process per file).
+  virtual Result<std::unique_ptr<StoreLease>> TryLease(int64_t key) = 0;
   // "sqlite" or "postgresql".
   virtual std::string_view Backend() const = 0;
   // How many transactions may usefully commit at once: SQLite has one writer.

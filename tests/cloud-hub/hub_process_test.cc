@@ -140,8 +140,11 @@ double Metric(int port, const std::string& name_and_labels) {
 // mosquitto keeps handing a kept session its share of a shared
 // subscription while its hub is dead (eclipse/mosquitto#1747), and with the
 // default (a session kept 7 days) every second op sent again went to the
-// dead replica and was lost again. The replicas' store writers meet on the
-// same devices' rows (max_seq): none of their batches may deadlock.
+// dead replica and was lost again. One replica's outbox relay publishes
+// (the relay lease; every replica's did before, and devices got each
+// message about twice); the live one's takes over. The replicas' store
+// writers meet on the same devices' rows (max_seq): none of their batches
+// may deadlock.
 TEST(HubProcess, TwoReplicasSplitTheDevicesOpsAndApplyEachOnce) {
   std::string db = test::NewPostgresDatabase("replicas");
   ASSERT_FALSE(db.empty());
@@ -219,6 +222,12 @@ TEST(HubProcess, TwoReplicasSplitTheDevicesOpsAndApplyEachOnce) {
     return resent_twice;
   };
 
+  // One replica's outbox relay publishes (it holds the store's relay lease).
+  const std::string leading = "outbox_relay_leading";
+  ASSERT_TRUE(test::Eventually([&] { return Metric(a->port(), leading) + Metric(b->port(), leading) == 1; }))
+      << "a: " << Metric(a->port(), leading) << " b: " << Metric(b->port(), leading);
+  const bool a_leads = Metric(a->port(), leading) == 1;
+
   stream(0, kFirst, 0);
   std::set<int64_t> ids;
   EXPECT_EQ(answers(ids, std::chrono::seconds(10)), 0);
@@ -228,11 +237,15 @@ TEST(HubProcess, TwoReplicasSplitTheDevicesOpsAndApplyEachOnce) {
   EXPECT_GT(on_a, 0) << "replica a got none of the ops";
   EXPECT_GT(on_b, 0) << "replica b got none of the ops";
   EXPECT_EQ(on_a + on_b, kKiosks * kFirst) << "each op reached one replica";
+  int repeats = 0;
+  for (const auto& k : kiosks) repeats += k->duplicates_dropped();
+  EXPECT_EQ(repeats, 0) << "down messages published twice: more than one relay at work";
 
   stream(kFirst, kSecond, kKiosks * kSecond / 3);
   EXPECT_EQ(answers(ids, std::chrono::milliseconds(300)), 0)
       << "ops sent again still went to the dead replica";
   EXPECT_EQ(ids.size(), size_t(kKiosks * (kFirst + kSecond)));
+  EXPECT_EQ(Metric(b->port(), leading), 1) << "the live replica's relay took over (a led: " << a_leads << ")";
   // The store holds exactly those posts: nothing applied twice.
   pqxx::connection store(db);
   pqxx::work read(store);

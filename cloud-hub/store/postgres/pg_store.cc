@@ -794,6 +794,35 @@ class PgStore final : public Store {
   std::string_view Backend() const override { return "postgresql"; }
   // Several transactions in flight hide the round trips of each.
   int MaxConcurrentWriters() const override { return 4; }
+  Result<std::unique_ptr<StoreLease>> TryLease(int64_t key) override {
+    // The lock belongs to the connection: PostgreSQL drops it when the
+    // connection ends, however the holder died.
+    class Lease final : public StoreLease {
+     public:
+      explicit Lease(std::unique_ptr<pqxx::connection> conn) : conn_(std::move(conn)) {}
+      bool StillHeld() override {
+        return Guard("check lease", [&] {
+                 pqxx::nontransaction n(*conn_);
+                 n.exec1("SELECT 1");
+                 return true;
+               })
+            .ok();
+      }
+
+     private:
+      std::unique_ptr<pqxx::connection> conn_;
+    };
+    return Guard("try lease", [&]() -> std::unique_ptr<StoreLease> {
+      auto conn = std::make_unique<pqxx::connection>(url_);
+      bool got = false;
+      {
+        pqxx::nontransaction n(*conn);
+        got = n.exec1("SELECT pg_try_advisory_lock(" + std::to_string(key) + ")")[0].as<bool>();
+      }
+      if (!got) return nullptr;
+      return std::make_unique<Lease>(std::move(conn));
+    });
+  }
 
  private:
   std::string url_;

@@ -530,6 +530,12 @@ class SqliteStore final : public Store {
 
   std::string_view Backend() const override { return "sqlite"; }
   int MaxConcurrentWriters() const override { return 1; }
+  Result<std::unique_ptr<StoreLease>> TryLease(int64_t) override {
+    struct Held final : StoreLease {
+      bool StillHeld() override { return true; }
+    };
+    return std::unique_ptr<StoreLease>(std::make_unique<Held>());
+  }
 
  private:
   std::string path_;

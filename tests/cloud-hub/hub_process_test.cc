@@ -121,16 +121,6 @@ TEST(HubProcess, TwoHubsOnOnePostgresGiveExactlyOneWinnerPerPost) {
   }
 }
 
-// The counter `name` with labels `labels` in a hub's /metrics; -1 if absent.
-double Metric(int port, const std::string& name_and_labels) {
-  httplib::Client c("127.0.0.1", port);
-  auto r = c.Get("/metrics");
-  if (!r || r->status != 200) return -1;
-  const std::string key = "\n" + name_and_labels + " ";
-  auto at = r->body.find(key);
-  return at == std::string::npos ? -1 : std::atof(r->body.c_str() + at + key.size());
-}
-
 // Several hub replicas split the devices' ops through the shared
 // subscription ($share/hub/...): each op reaches one replica and is applied
 // once, whichever replica commits it. One replica killed mid-stream, the
@@ -223,17 +213,19 @@ TEST(HubProcess, TwoReplicasSplitTheDevicesOpsAndApplyEachOnce) {
   };
 
   // One replica's outbox relay publishes (it holds the store's relay lease).
-  const std::string leading = "outbox_relay_leading";
-  ASSERT_TRUE(test::Eventually([&] { return Metric(a->port(), leading) + Metric(b->port(), leading) == 1; }))
-      << "a: " << Metric(a->port(), leading) << " b: " << Metric(b->port(), leading);
-  const bool a_leads = Metric(a->port(), leading) == 1;
+  auto leads = [](const std::unique_ptr<test::Hub>& h) {
+    return test::MetricValue(h->port(), "outbox_relay_leading");
+  };
+  ASSERT_TRUE(test::Eventually([&] { return leads(a) + leads(b) == 1; }))
+      << "a: " << leads(a) << " b: " << leads(b);
+  const bool a_leads = leads(a) == 1;
 
   stream(0, kFirst, 0);
   std::set<int64_t> ids;
   EXPECT_EQ(answers(ids, std::chrono::seconds(10)), 0);
   ASSERT_EQ(ids.size(), size_t(kKiosks * kFirst)) << "an op applied twice, or two ops as one";
   const std::string accepted = "mqtt_ingest_messages_total{result=\"accepted\"}";
-  const double on_a = Metric(a->port(), accepted), on_b = Metric(b->port(), accepted);
+  const double on_a = test::MetricValue(a->port(), accepted), on_b = test::MetricValue(b->port(), accepted);
   EXPECT_GT(on_a, 0) << "replica a got none of the ops";
   EXPECT_GT(on_b, 0) << "replica b got none of the ops";
   EXPECT_EQ(on_a + on_b, kKiosks * kFirst) << "each op reached one replica";
@@ -245,7 +237,7 @@ TEST(HubProcess, TwoReplicasSplitTheDevicesOpsAndApplyEachOnce) {
   EXPECT_EQ(answers(ids, std::chrono::milliseconds(300)), 0)
       << "ops sent again still went to the dead replica";
   EXPECT_EQ(ids.size(), size_t(kKiosks * (kFirst + kSecond)));
-  EXPECT_EQ(Metric(b->port(), leading), 1) << "the live replica's relay took over (a led: " << a_leads << ")";
+  EXPECT_EQ(leads(b), 1) << "the live replica's relay took over (a led: " << a_leads << ")";
   // The store holds exactly those posts: nothing applied twice.
   pqxx::connection store(db);
   pqxx::work read(store);

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <future>
 #include <latch>
 #include <mutex>
@@ -485,11 +486,14 @@ TEST_P(HubServiceTest, TwoReplicasBatchesOnTheSameDevicesInOppositeOrdersDoNotDe
   // each batch waits (up to 2 s) for the other batch's first op, so that
   // both hold a row before either goes on.
   std::latch go(1);
-  std::atomic<int> first_ops{0};
-  auto wait_for_other = [&first_ops] {
-    first_ops++;
-    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
-    while (first_ops < 2 && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+  std::mutex first_mu;
+  std::condition_variable first_cv;
+  int first_ops = 0;  // guarded by first_mu
+  auto wait_for_other = [&] {
+    std::unique_lock lock(first_mu);
+    ++first_ops;
+    first_cv.notify_all();
+    first_cv.wait_for(lock, std::chrono::seconds(2), [&] { return first_ops >= 2; });
   };
   std::atomic<int> done{0}, failed{0};
   auto queue = [&](GroupCommitter& c, std::vector<int> order, uint64_t seq) {

@@ -540,12 +540,8 @@ TEST_F(SyncTest, AHubKilledMidStreamLosesNothingAndAppliesNothingTwice) {
 // later (docs/benchmarks.md, "Session 18"). packaging/'s limit holds them.
 TEST_F(SyncTest, OpsSentWhileTheHubIsPausedAllReachItWhenItGoesOn) {
   constexpr int kOps = 12500;  // more than the old limit, beyond the 200 in flight
-  auto accepted = [&]() -> int {
-    auto r = http_->Get("/metrics");
-    if (!r || r->status != 200) return -1;
-    const std::string key = "mqtt_ingest_messages_total{result=\"accepted\"} ";
-    auto at = r->body.find(key);
-    return at == std::string::npos ? -1 : std::atoi(r->body.c_str() + at + key.size());
+  auto accepted = [&] {
+    return int(test::MetricValue(hub_->port(), "mqtt_ingest_messages_total{result=\"accepted\"}"));
   };
   ASSERT_EQ(accepted(), 0);
   hub_->process().Kill(SIGSTOP);

@@ -1,6 +1,7 @@
 #include "tests/support/test_support.h"
 
 #include <gtest/gtest.h>
+#include <httplib.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
@@ -226,6 +227,15 @@ std::string RawHttp(int port, const std::string& request, std::chrono::milliseco
 int RawStatus(const std::string& response) {
   if (response.rfind("HTTP/1.", 0) != 0 || response.size() < 12) return 0;
   return std::atoi(response.c_str() + 9);
+}
+
+double MetricValue(int port, const std::string& series) {
+  httplib::Client c("127.0.0.1", port);
+  auto r = c.Get("/metrics");
+  if (!r || r->status != 200) return -1;
+  const std::string key = "\n" + series + " ";
+  auto at = r->body.find(key);
+  return at == std::string::npos ? -1 : std::atof(r->body.c_str() + at + key.size());
 }
 
 std::vector<int> NoDelayOfSockets(int local_port, int peer_port) {

@@ -103,6 +103,10 @@ std::string RawHttp(int port, const std::string& request,
                     std::chrono::milliseconds deadline = std::chrono::seconds(10));
 // The status code of a raw response ("HTTP/1.1 413 ..." -> 413), or 0.
 int RawStatus(const std::string& response);
+// One series of a hub's /metrics, named with its labels as scraped
+// (`mqtt_ingest_messages_total{result="accepted"}`); -1 if absent or the
+// scrape failed.
+double MetricValue(int port, const std::string& series);
 // TCP_NODELAY (0 or 1) of each IPv4 TCP socket of this process whose local
 // port is `local_port` and whose peer's port is `peer_port` (0: any), found
 // by listing /proc/self/fd: slow, for tests only.

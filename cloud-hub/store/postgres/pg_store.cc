@@ -242,11 +242,13 @@ std::vector<Statement> Statements() {
       {"outbox_unsent",
        "SELECT id, type, aggregate_id, payload, created_at, sent_at FROM outbox "
        "WHERE id > $1 AND sent_at IS NULL ORDER BY id LIMIT $2"},
-      // Skips the events another transaction is marking: every replica runs
-      // a relay, two may mark the same events in batches of their own, and
-      // waiting for each other's row locks deadlocked (docs/benchmarks.md,
-      // "Session 26"). The other marks them, or rolls back and runs again.
-      // An event keeps the time of its first mark.
+      // Skips the events another transaction is marking: two relays may
+      // mark the same events in batches of their own (every replica ran one
+      // until the relay lease; one that lost the lease may still be
+      // finishing as the next starts), and waiting for each other's row
+      // locks deadlocked (docs/benchmarks.md, "Session 26"). The other marks
+      // them, or rolls back and runs again. An event keeps the time of its
+      // first mark.
       {"outbox_mark",
        "UPDATE outbox SET sent_at=$1 WHERE id IN (SELECT id FROM outbox WHERE id = ANY($2::bigint[]) "
        "AND sent_at IS NULL FOR UPDATE SKIP LOCKED)"},

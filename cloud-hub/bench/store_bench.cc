@@ -3,9 +3,14 @@
 // acknowledged only after the transaction holding it has committed.
 //
 //   pp-store-bench --db sqlite:PATH|postgresql://... [--posts N] [--window W] [--batch B]
+//                  [--rate R]
 //
 // Prints one line per phase. `window` is the number of operations in flight
 // (clients waiting for their acknowledgement); group commit batches them.
+// With `--rate`, operations arrive at R a second, as devices' would, instead
+// of as fast as acknowledgements free the window: that measures what an op
+// waits at a given load (its latency counts from when it was due, so a
+// stalled store shows in full, not hidden by the ops it kept from starting).
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -16,6 +21,7 @@
 #include <nlohmann/json.hpp>
 #include <semaphore>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cloud-hub/core/hub_service.h"
@@ -30,12 +36,13 @@ struct Args {
   int posts = 50000;
   int window = 2048;
   int batch = 1024;
+  int rate = 0;  // ops a second; 0: as fast as the window allows
 };
 
 [[noreturn]] void Usage(const std::string& msg) {
   std::fprintf(stderr,
                "pp-store-bench: %s\nusage: pp-store-bench --db URL [--posts N] [--window W] "
-               "[--batch B]\n",
+               "[--batch B] [--rate R]\n",
                msg.c_str());
   std::exit(2);
 }
@@ -59,6 +66,7 @@ Args Parse(int argc, char** argv) {
     else if (f == "--posts") a.posts = num(1, 10'000'000);
     else if (f == "--window") a.window = num(1, 100'000);
     else if (f == "--batch") a.batch = num(1, 100'000);
+    else if (f == "--rate") a.rate = num(1, 1'000'000);
     else Usage("unknown option " + f);
   }
   if (a.db.empty()) Usage("--db is required");
@@ -71,9 +79,10 @@ struct Phase {
   std::vector<double> latency_ms;
 };
 
-// Runs `n` asynchronous operations with at most `window` in flight.
+// Runs `n` asynchronous operations with at most `window` in flight; with
+// `rate` > 0, op i is due at i / rate seconds and its latency counts from then.
 template <typename Start>
-Phase RunPhase(int n, int window, Start start) {
+Phase RunPhase(int n, int window, int rate, Start start) {
   Phase ph;
   ph.latency_ms.resize(n);
   std::counting_semaphore<> slots(window);
@@ -83,8 +92,12 @@ Phase RunPhase(int n, int window, Start start) {
   std::mutex mu;
   std::condition_variable cv;
   for (int i = 0; i < n; ++i) {
-    slots.acquire();
     auto issued = Clock::now();
+    if (rate > 0) {
+      issued = t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(double(i) / rate));
+      std::this_thread::sleep_until(issued);
+    }
+    slots.acquire();
     start(i, [&, i, issued](pp::Result<pp::Reply> r) {
       ph.latency_ms[i] = std::chrono::duration<double, std::milli>(Clock::now() - issued).count();
       (r.ok() ? ok : failed)++;
@@ -113,10 +126,11 @@ void Report(const char* what, const std::string& backend, const Phase& ph,
   double batches = double(after.batches - before.batches);
   std::printf(
       "%-6s backend=%-10s ops=%d failed=%d seconds=%.3f rate=%.0f/s avg_batch=%.1f "
-      "ack_p50=%.1fms ack_p99=%.1fms\n",
+      "ack_p50=%.1fms ack_p99=%.1fms ack_p999=%.1fms ack_max=%.1fms\n",
       what, backend.c_str(), ph.ok, ph.failed, ph.seconds, ph.ok / ph.seconds,
       batches > 0 ? double(after.ops - before.ops) / batches : 0.0,
-      Percentile(ph.latency_ms, 0.5), Percentile(ph.latency_ms, 0.99));
+      Percentile(ph.latency_ms, 0.5), Percentile(ph.latency_ms, 0.99),
+      Percentile(ph.latency_ms, 0.999), Percentile(ph.latency_ms, 1.0));
   std::fflush(stdout);
 }
 
@@ -156,7 +170,7 @@ int main(int argc, char** argv) {
 
   std::vector<int64_t> ids(args.posts);
   auto s0 = (*committer)->stats();
-  Phase posts = RunPhase(args.posts, args.window, [&](int i, pp::HubService::Callback cb) {
+  Phase posts = RunPhase(args.posts, args.window, args.rate, [&](int i, pp::HubService::Callback cb) {
     hub.PostSurplus(draft, "post-" + std::to_string(i), [&ids, i, cb](pp::Result<pp::Reply> r) {
       if (r.ok()) ids[i] = nlohmann::json::parse(r->json)["id"].get<int64_t>();
       cb(std::move(r));
@@ -165,7 +179,7 @@ int main(int argc, char** argv) {
   auto s1 = (*committer)->stats();
   Report("posts", backend, posts, s0, s1);
 
-  Phase claims = RunPhase(args.posts, args.window, [&](int i, pp::HubService::Callback cb) {
+  Phase claims = RunPhase(args.posts, args.window, args.rate, [&](int i, pp::HubService::Callback cb) {
     hub.Claim(ids[i], {ngo, 1}, "claim-" + std::to_string(i), cb);
   });
   auto s2 = (*committer)->stats();

@@ -35,6 +35,12 @@ struct Vehicle {
   bool online = true;
   bool reported = false;  // false: still placed at the depot
   Timestamp updated_at{};
+  // Which tablet's report this is, and that report's sequence number (empty
+  // and 0 when set over HTTP). Hub replicas may apply one tablet's reports
+  // out of order (the broker deals its messages to either); an older report
+  // of the same tablet then finds a newer one standing and leaves it.
+  std::string report_device;
+  uint64_t report_seq = 0;
 
   bool OpenAt(Timestamp t) const;
 };

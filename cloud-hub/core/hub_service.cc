@@ -356,11 +356,24 @@ Status HubService::UpsertVehicle(const Vehicle& v) {
   return st;
 }
 
-HubService::Effect HubService::VehicleEffect(int64_t ngo_id, std::string body) {
-  return [this, ngo_id, body = std::move(body)](StoreSession& s) -> Result<Reply> {
+HubService::Effect HubService::VehicleEffect(int64_t ngo_id, std::string body, std::string device,
+                                             uint64_t seq) {
+  return [this, ngo_id, body = std::move(body), device = std::move(device),
+          seq](StoreSession& s) -> Result<Reply> {
     PP_ASSIGN_OR_RETURN(auto current, s.GetVehicle(ngo_id));
     if (!current) return Error::NotFound("no NGO vehicle " + std::to_string(ngo_id));
     PP_ASSIGN_OR_RETURN(Vehicle v, ParseVehicleUpdate(body, *current, clock_.Now()));
+    // With several hub replicas a tablet's reports may commit out of order.
+    // Read-then-write is safe here: a device's ops never run in two
+    // transactions at once (its lane in this hub; across replicas, the lane
+    // prologue's lock on its device row, taken before this read).
+    if (!device.empty() && current->report_device == device && seq <= current->report_seq) {
+      Reply r{ToJson(*current).dump(), false, nullptr, false, nullptr, nullptr};
+      r.stale = true;
+      return r;
+    }
+    v.report_device = device;
+    v.report_seq = seq;
     PP_RETURN_IF_ERROR(s.UpsertVehicle(v));
     return Reply{ToJson(v).dump(), false, nullptr, false, std::make_shared<Vehicle>(v), nullptr};
   };

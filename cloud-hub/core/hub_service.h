@@ -46,6 +46,9 @@ struct Reply {
   std::shared_ptr<const Vehicle> vehicle;  // for vehicle reports
   // A second post the command created (the remainder of a partial pickup).
   std::shared_ptr<const Surplus> also_posted;
+  // A tablet's vehicle report older than that tablet's report standing:
+  // not applied, `json` is the vehicle as it stands (outcome code "stale").
+  bool stale = false;
 };
 
 // Told about every change after it committed (never about replays). The
@@ -143,7 +146,9 @@ class HubService {
   // a kiosk's bytes down a post, and one write to its store fewer.
   Effect PostEffect(SurplusDraft draft, std::string traceparent = "", std::string source_device = "");
   Effect DecisionEffect(int64_t surplus_id, std::optional<int64_t> ngo, Decide decide);
-  Effect VehicleEffect(int64_t ngo_id, std::string body);
+  // `device`, `seq`: the tablet whose report this is and its sequence
+  // number; empty for a report over HTTP (always applied).
+  Effect VehicleEffect(int64_t ngo_id, std::string body, std::string device = "", uint64_t seq = 0);
   Effect PickUpEffect(int64_t surplus_id, int64_t ngo, std::string code, double kg);
   // `lane`: ops of one lane commit in the order submitted (GroupCommitter);
   // the MQTT door passes the device's, DeviceLane(id). A batch holding

@@ -60,11 +60,11 @@ OutboxEvent OutcomeEvent(const std::string& device, const sync::Outcome& outcome
 }
 
 OutboxEvent AcceptedOutcomeEvent(const std::string& device, const std::string& op, uint64_t seq,
-                                 bool replayed, const std::string& result_json,
+                                 const char* code, const std::string& result_json,
                                  const std::string& traceparent, Timestamp now) {
   // The hot path: the result is already JSON.
   std::string payload = "{\"device\":" + nlohmann::json(device).dump() + ",\"message\":" +
-                        AcceptedOutcomeJson(op, seq, replayed ? "duplicate" : "ok", result_json);
+                        AcceptedOutcomeJson(op, seq, code, result_json);
   if (!traceparent.empty()) payload += ",\"traceparent\":" + nlohmann::json(traceparent).dump();
   payload += "}";
   return {0, "device.outcome", 0, std::move(payload), now, std::nullopt};
@@ -305,7 +305,7 @@ void DeviceIngest::OnEnvelope(const std::string& topic_device, const std::string
     if (!draft.ok()) return Refuse(topic_device, env, draft.take_error(), traceparent);
     effect = hub_.PostEffect(std::move(*draft), traceparent, device.id);
   } else if (env.type == sync::kOpVehicle) {
-    effect = hub_.VehicleEffect(org, env.body.dump());
+    effect = hub_.VehicleEffect(org, env.body.dump(), device.id, env.seq);
   } else {
     bool claim = env.type == sync::kOpClaim;
     auto id = claim ? SurplusIdOf(env.body, {"surplus_id", "version"})
@@ -346,7 +346,9 @@ void DeviceIngest::OnEnvelope(const std::string& topic_device, const std::string
   // In the effect's transaction: the device's outcome and its sequence mark.
   auto also = [this, device_id, seq, op, traceparent](StoreSession& s, const Reply& r) -> Status {
     PP_RETURN_IF_ERROR(s.AdvanceDeviceSeq(device_id, seq));
-    return s.AppendOutbox(AcceptedOutcomeEvent(device_id, op, seq, r.replayed, r.json, traceparent,
+    return s.AppendOutbox(AcceptedOutcomeEvent(device_id, op, seq,
+                                               r.replayed ? "duplicate" : r.stale ? "stale" : "ok",
+                                               r.json, traceparent,
                                                hub_.clock().Now()));
   };
   std::string fingerprint = Fingerprint(env.type + "\n" + env.body.dump());

@@ -105,9 +105,9 @@ class DeviceIngest {
 };
 
 // The outbox event that carries an accepted outcome, with the command's result
-// JSON as its data.
+// JSON as its data; `code` "ok", "duplicate" or "stale" (docs/protocol.md §5).
 OutboxEvent AcceptedOutcomeEvent(const std::string& device, const std::string& op, uint64_t seq,
-                                 bool replayed, const std::string& result_json,
+                                 const char* code, const std::string& result_json,
                                  const std::string& traceparent, Timestamp now);
 // The outbox event that carries an outcome to a device.
 OutboxEvent OutcomeEvent(const std::string& device, const sync::Outcome& outcome,

@@ -114,6 +114,10 @@ ALTER TABLE surplus ADD COLUMN traceparent TEXT NOT NULL DEFAULT '';
     {6, "the last message the relay sent each device", R"sql(
 ALTER TABLE devices ADD COLUMN last_sent BIGINT NOT NULL DEFAULT 0;
 )sql"},
+    {7, "which tablet's report a vehicle's position is", R"sql(
+ALTER TABLE vehicles ADD COLUMN report_device TEXT NOT NULL DEFAULT '',
+                     ADD COLUMN report_seq BIGINT NOT NULL DEFAULT 0;
+)sql"},
 };
 
 // Any stable number: the advisory lock that serialises migrations of hubs
@@ -207,14 +211,16 @@ std::vector<Statement> Statements() {
       {"due_list", store_sql::DueSql('$')},
       {"vehicle_upsert",
        "INSERT INTO vehicles (ngo_id, lat, lon, free_kg, accepts, open_from_min, open_to_min, "
-       "online, reported, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) ON CONFLICT "
+       "online, reported, updated_at, report_device, report_seq) "
+       "VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12) ON CONFLICT "
        "(ngo_id) DO UPDATE SET lat=excluded.lat, lon=excluded.lon, free_kg=excluded.free_kg, "
        "accepts=excluded.accepts, open_from_min=excluded.open_from_min, "
        "open_to_min=excluded.open_to_min, online=excluded.online, reported=excluded.reported, "
-       "updated_at=excluded.updated_at"},
+       "updated_at=excluded.updated_at, report_device=excluded.report_device, "
+       "report_seq=excluded.report_seq"},
       {"vehicle_list",
        "SELECT ngo_id, lat, lon, free_kg, accepts, open_from_min, open_to_min, online, reported, "
-       "updated_at FROM vehicles ORDER BY ngo_id"},
+       "updated_at, report_device, report_seq FROM vehicles ORDER BY ngo_id"},
       {"device_insert",
        "INSERT INTO devices (id, role, org_id, public_key, revoked, max_seq, created_at) "
        "VALUES ($1,$2,$3,$4,$5,$6,$7)"},
@@ -254,7 +260,7 @@ std::vector<Statement> Statements() {
        "AND sent_at IS NULL FOR UPDATE SKIP LOCKED)"},
       {"vehicle_get",
        "SELECT ngo_id, lat, lon, free_kg, accepts, open_from_min, open_to_min, online, reported, "
-       "updated_at FROM vehicles WHERE ngo_id=$1"},
+       "updated_at, report_device, report_seq FROM vehicles WHERE ngo_id=$1"},
       {"history_insert",
        "INSERT INTO surplus_history (surplus_id, version, at, from_status, to_status, event, "
        "actor_org) VALUES ($1,$2,$3,$4,$5,$6,$7)"},
@@ -439,7 +445,7 @@ class PgSession final : public StoreSession {
     return Exec("upsert vehicle", [&] {
       txn_->exec_prepared("vehicle_upsert", v.ngo_id, v.position.lat, v.position.lon, v.free_kg,
                           int(v.accepts), v.open_from_min, v.open_to_min, v.online, v.reported,
-                          ToUnixMillis(v.updated_at));
+                          ToUnixMillis(v.updated_at), v.report_device, int64_t(v.report_seq));
       return Ok{};
     });
   }
@@ -564,6 +570,8 @@ class PgSession final : public StoreSession {
     v.online = row[7].as<bool>();
     v.reported = row[8].as<bool>();
     v.updated_at = FromUnixMillis(row[9].as<int64_t>());
+    v.report_device = row[10].as<std::string>();
+    v.report_seq = uint64_t(row[11].as<int64_t>());
     return v;
   }
 

@@ -117,6 +117,10 @@ ALTER TABLE surplus ADD COLUMN traceparent TEXT NOT NULL DEFAULT '';
     {6, "the last message the relay sent each device", R"sql(
 ALTER TABLE devices ADD COLUMN last_sent INTEGER NOT NULL DEFAULT 0;
 )sql"},
+    {7, "which tablet's report a vehicle's position is", R"sql(
+ALTER TABLE vehicles ADD COLUMN report_device TEXT NOT NULL DEFAULT '';
+ALTER TABLE vehicles ADD COLUMN report_seq INTEGER NOT NULL DEFAULT 0;
+)sql"},
 };
 
 class SqliteSession final : public StoreSession {
@@ -213,14 +217,17 @@ class SqliteSession final : public StoreSession {
   Status UpsertVehicle(const Vehicle& v) override {
     auto& s = Prepare(
         "INSERT INTO vehicles (ngo_id, lat, lon, free_kg, accepts, open_from_min, open_to_min, "
-        "online, reported, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (ngo_id) DO "
+        "online, reported, updated_at, report_device, report_seq) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
+        "ON CONFLICT (ngo_id) DO "
         "UPDATE SET lat=excluded.lat, lon=excluded.lon, free_kg=excluded.free_kg, "
         "accepts=excluded.accepts, open_from_min=excluded.open_from_min, "
         "open_to_min=excluded.open_to_min, online=excluded.online, reported=excluded.reported, "
-        "updated_at=excluded.updated_at");
+        "updated_at=excluded.updated_at, report_device=excluded.report_device, "
+        "report_seq=excluded.report_seq");
     s.Reset().Bind(v.ngo_id).Bind(v.position.lat).Bind(v.position.lon).Bind(v.free_kg)
         .Bind(int64_t(v.accepts)).Bind(int64_t(v.open_from_min)).Bind(int64_t(v.open_to_min))
-        .Bind(int64_t(v.online)).Bind(int64_t(v.reported)).Bind(v.updated_at);
+        .Bind(int64_t(v.online)).Bind(int64_t(v.reported)).Bind(v.updated_at)
+        .Bind(v.report_device).Bind(int64_t(v.report_seq));
     PP_RETURN_IF_ERROR(s.Step("upsert vehicle"));
     return OkStatus();
   }
@@ -228,7 +235,7 @@ class SqliteSession final : public StoreSession {
   Result<std::vector<Vehicle>> ListVehicles() override {
     auto& s = Prepare(
         "SELECT ngo_id, lat, lon, free_kg, accepts, open_from_min, open_to_min, online, reported, "
-        "updated_at FROM vehicles ORDER BY ngo_id");
+        "updated_at, report_device, report_seq FROM vehicles ORDER BY ngo_id");
     s.Reset();
     return s.Rows<Vehicle>("list vehicles", [](Stmt& r) { return ReadVehicle(r); });
   }
@@ -236,7 +243,7 @@ class SqliteSession final : public StoreSession {
   Result<std::optional<Vehicle>> GetVehicle(int64_t ngo_id) override {
     auto& s = Prepare(
         "SELECT ngo_id, lat, lon, free_kg, accepts, open_from_min, open_to_min, online, reported, "
-        "updated_at FROM vehicles WHERE ngo_id=?");
+        "updated_at, report_device, report_seq FROM vehicles WHERE ngo_id=?");
     s.Reset().Bind(ngo_id);
     PP_ASSIGN_OR_RETURN(bool row, s.Step("get vehicle"));
     if (!row) return std::optional<Vehicle>();
@@ -335,6 +342,8 @@ class SqliteSession final : public StoreSession {
     v.online = s.Int(7) != 0;
     v.reported = s.Int(8) != 0;
     v.updated_at = FromUnixMillis(s.Int(9));
+    v.report_device = s.Text(10);
+    v.report_seq = uint64_t(s.Int(11));
     return v;
   }
 

@@ -64,15 +64,16 @@ class SyncTest : public ::testing::Test {
             {"quantity_kg", 2}, {"best_before", best_before_}};
   }
 
-  // A post_surplus envelope from `device` (the envelope's claim), signed
-  // with `key` — which a test may choose to be the wrong one.
+  // An envelope from `device` (the envelope's claim), signed with `key` —
+  // which a test may choose to be the wrong one.
   static sync::Envelope Envelope(const std::string& device, uint64_t seq, const std::string& op,
-                                 json body, const sync::SecretKey& key) {
+                                 json body, const sync::SecretKey& key,
+                                 const std::string& type = "post_surplus") {
     sync::Envelope e;
     e.device = device;
     e.seq = seq;
     e.op = op;
-    e.type = "post_surplus";
+    e.type = type;
     e.body = std::move(body);
     sync::Sign(e, key);
     return e;
@@ -354,14 +355,9 @@ TEST_F(SyncTest, DuplicatedAndReorderedDeliveriesApplyOnce) {
 // position that stands, and moves nothing.
 TEST_F(SyncTest, AnOlderVehicleReportIsAnsweredStaleAndMovesNothing) {
   auto report = [&](uint64_t seq, const std::string& op, double lat) {
-    sync::Envelope e;
-    e.device = tablet_->id();
-    e.seq = seq;
-    e.op = op;
-    e.type = "vehicle";
-    e.body = {{"lat", lat}, {"lon", -0.1}};
-    sync::Sign(e, tablet_->keys().secret_key);
-    tablet_->SendRaw(sync::UpTopic(tablet_->id(), "vehicle"), sync::Encode(e));
+    tablet_->SendRaw(sync::UpTopic(tablet_->id(), "vehicle"),
+                     sync::Encode(Envelope(tablet_->id(), seq, op, {{"lat", lat}, {"lon", -0.1}},
+                                           tablet_->keys().secret_key, "vehicle")));
   };
   report(101, "v-later", 51.51);
   json later = tablet_->WaitOutcome("v-later");

@@ -86,10 +86,14 @@ Result<SecretKey> SecretKeyFromBase64(std::string_view b64) {
   return FromBase64<64>(b64, "secret key");
 }
 
-std::string CanonicalBytes(const Envelope& e) {
-  return "pp1\n" + e.device + "\n" + std::to_string(e.seq) + "\n" + e.op + "\n" + e.type + "\n" +
-         std::to_string(e.ts_ms) + "\n" + e.body.dump();
+static std::string CanonicalBytes(const Envelope& e, std::string_view body_json) {
+  std::string out = "pp1\n" + e.device + "\n" + std::to_string(e.seq) + "\n" + e.op + "\n" + e.type +
+                    "\n" + std::to_string(e.ts_ms) + "\n";
+  out += body_json;
+  return out;
 }
+
+std::string CanonicalBytes(const Envelope& e) { return CanonicalBytes(e, e.body.dump()); }
 
 void Sign(Envelope& e, const SecretKey& key) {
   InitSodium();
@@ -100,10 +104,12 @@ void Sign(Envelope& e, const SecretKey& key) {
   e.sig = ToBase64(sig);
 }
 
-bool Verify(const Envelope& e, const PublicKey& key) {
+bool Verify(const Envelope& e, const PublicKey& key) { return Verify(e, e.body.dump(), key); }
+
+bool Verify(const Envelope& e, std::string_view body_json, const PublicKey& key) {
   auto sig = FromBase64<crypto_sign_BYTES>(e.sig, "sig");
   if (!sig.ok()) return false;
-  std::string bytes = CanonicalBytes(e);
+  std::string bytes = CanonicalBytes(e, body_json);
   return crypto_sign_verify_detached(sig->data(), reinterpret_cast<const unsigned char*>(bytes.data()),
                                      bytes.size(), key.data()) == 0;
 }
@@ -123,10 +129,10 @@ static Status CheckSize(std::string_view bytes, const char* what) {
 Result<Envelope> Decode(std::string_view bytes) {
   PP_RETURN_IF_ERROR(CheckSize(bytes, "message"));
   PP_ASSIGN_OR_RETURN(nlohmann::json j, ParseJsonObject(bytes, "message"));
-  return DecodeJson(j);
+  return DecodeJson(std::move(j));
 }
 
-Result<Envelope> DecodeJson(const nlohmann::json& j) {
+Result<Envelope> DecodeJson(nlohmann::json j) {
   if (!j.is_object()) return Error::Invalid("malformed envelope: not a JSON object");
   std::vector<FieldError> bad;
   for (const auto& [k, v] : j.items())
@@ -158,7 +164,7 @@ Result<Envelope> DecodeJson(const nlohmann::json& j) {
   if (!j.contains("body") || !j["body"].is_object())
     bad.push_back({"body", "must be a JSON object"});
   else
-    e.body = j["body"];
+    e.body = std::move(j["body"]);
   if (!e.device.empty() && !ValidDeviceId(e.device))
     bad.push_back({"device", "must be 1-64 of A-Z a-z 0-9 _ . -"});
   if (e.op.size() > 64 || (j.contains("op") && e.op.empty()))
@@ -199,12 +205,12 @@ Result<std::vector<UpBatchItem>> DecodeUpBatch(std::string_view payload) {
   if (!bad.empty()) return Error::Invalid("malformed batch", std::move(bad));
   std::vector<UpBatchItem> items;
   items.reserve(j["ops"].size());
-  for (const auto& e : j["ops"]) {
+  for (auto& e : j["ops"]) {
     UpBatchItem item{Error::Invalid("malformed batch element", {{"ops", "each must be {\"env\": an envelope, \"tp\": a traceparent}"}}), ""};
     const bool shaped = e.is_object() && e.contains("env") &&
                         (!e.contains("tp") || e["tp"].is_string()) && e.size() == (e.contains("tp") ? 2u : 1u);
     if (shaped) {
-      item.env = DecodeJson(e["env"]);
+      item.env = DecodeJson(std::move(e["env"]));
       if (e.contains("tp")) item.traceparent = e["tp"].get<std::string>();
     }
     items.push_back(std::move(item));

@@ -254,8 +254,10 @@ void DeviceIngest::OnEnvelope(const std::string& topic_device, const std::string
   const Device device = **found;
   if (device.revoked)
     return Refuse(topic_device, env, Refusal(Code::kUnauthenticated, "device is revoked"), traceparent);
+  // The body's compact JSON, made once: it is signed, and it is the op's fingerprint.
+  const std::string body_json = env.body.dump();
   auto key = sync::PublicKeyFromBase64(device.public_key);
-  if (!key.ok() || !sync::Verify(env, *key))
+  if (!key.ok() || !sync::Verify(env, body_json, *key))
     return Refuse(topic_device, env, Refusal(Code::kUnauthenticated, "bad signature"), traceparent);
   if (env.seq + kReplayWindow < device.max_seq)
     return Refuse(topic_device, env,
@@ -289,13 +291,13 @@ void DeviceIngest::OnEnvelope(const std::string& topic_device, const std::string
   if (env.type == sync::kOpPickUp) {
     auto id = SurplusIdOf(env.body, {"surplus_id", "handover_code", "actual_kg"});
     if (!id.ok()) return Refuse(topic_device, env, id.take_error(), traceparent);
-    nlohmann::json rest = env.body;
+    nlohmann::json rest = std::move(env.body);  // not read again: body_json stands for it
     rest.erase("surplus_id");
     auto req = ParsePickUpRequestJson(rest, org);
     if (!req.ok()) return Refuse(topic_device, env, req.take_error(), traceparent);
     effect = hub_.PickUpEffect(*id, org, req->handover_code, req->actual_kg);
   } else if (env.type == sync::kOpPostSurplus) {
-    nlohmann::json body = env.body;
+    nlohmann::json body = std::move(env.body);  // not read again: body_json stands for it
     if (body.contains("provider_id") && body["provider_id"] != org)
       return Refuse(topic_device, env,
                     Refusal(Code::kPermissionDenied, "provider_id is not this device's organisation"),
@@ -305,7 +307,7 @@ void DeviceIngest::OnEnvelope(const std::string& topic_device, const std::string
     if (!draft.ok()) return Refuse(topic_device, env, draft.take_error(), traceparent);
     effect = hub_.PostEffect(std::move(*draft), traceparent, device.id);
   } else if (env.type == sync::kOpVehicle) {
-    effect = hub_.VehicleEffect(org, env.body.dump(), device.id, env.seq);
+    effect = hub_.VehicleEffect(org, body_json, device.id, env.seq);
   } else {
     bool claim = env.type == sync::kOpClaim;
     auto id = claim ? SurplusIdOf(env.body, {"surplus_id", "version"})
@@ -351,7 +353,7 @@ void DeviceIngest::OnEnvelope(const std::string& topic_device, const std::string
                                                r.json, traceparent,
                                                hub_.clock().Now()));
   };
-  std::string fingerprint = Fingerprint(env.type + "\n" + env.body.dump());
+  std::string fingerprint = Fingerprint(env.type + "\n" + body_json);
   const bool is_claim = env.type == sync::kOpClaim || env.type == sync::kOpAccept;
   std::string scope = "device:" + device_id;
   // The device's ops commit in the order they came, and never sit in two

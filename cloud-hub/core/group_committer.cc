@@ -45,11 +45,11 @@ GroupCommitter::~GroupCommitter() {
   for (auto& w : writers_) w->thread.join();
 }
 
-void GroupCommitter::Submit(Op op, Done done, std::string lane) {
+void GroupCommitter::Submit(Op op, Done done, Lanes lanes) {
   bool wake;
   {
     std::lock_guard lock(mu_);
-    queue_.push_back({std::move(op), std::move(done), std::move(lane)});
+    queue_.push_back({std::move(op), std::move(done), std::move(lanes)});
     // A busy writer looks at the queue again when its batch is done; a
     // futex wake-up per op would only cost CPU.
     wake = idle_writers_ > 0;
@@ -69,10 +69,10 @@ void GroupCommitter::SubmitLazy(Op op, Done done) {
   if (wake) cv_.notify_one();
 }
 
-Status GroupCommitter::Run(Op op) {
+Status GroupCommitter::Run(Op op, Lanes lanes) {
   std::promise<Status> p;
   auto f = p.get_future();
-  Submit(std::move(op), [&p](Status s) { p.set_value(std::move(s)); });
+  Submit(std::move(op), [&p](Status s) { p.set_value(std::move(s)); }, std::move(lanes));
   return f.get();
 }
 
@@ -140,15 +140,19 @@ void GroupCommitter::TakeFromQueue(std::vector<Item>& batch, std::unordered_set<
   }
   std::unordered_set<std::string> left_behind;  // a lane's later ops stay behind its earlier ones
   std::deque<Item> rest;
+  // A lane is free for this batch if the batch holds it already, or if no
+  // other writer does and no earlier op of it was left behind.
+  auto free = [&](const std::string& lane) {
+    return lanes.count(lane) || (!busy_lanes_.count(lane) && !left_behind.count(lane));
+  };
   while (!queue_.empty() && batch.size() < max) {
     Item& item = queue_.front();
-    const bool free = item.lane.empty() || lanes.count(item.lane) ||
-                      (!busy_lanes_.count(item.lane) && !left_behind.count(item.lane));
-    if (free) {
-      if (!item.lane.empty() && lanes.insert(item.lane).second) busy_lanes_.insert(item.lane);
+    if (std::all_of(item.lanes.begin(), item.lanes.end(), free)) {
+      for (const auto& lane : item.lanes)
+        if (lanes.insert(lane).second) busy_lanes_.insert(lane);
       batch.push_back(std::move(item));
     } else {
-      if (!item.lane.empty()) left_behind.insert(item.lane);
+      left_behind.insert(item.lanes.begin(), item.lanes.end());
       rest.push_back(std::move(item));
     }
     queue_.pop_front();
@@ -206,8 +210,7 @@ Status GroupCommitter::LockLanes(Writer& w, const std::vector<Item>& batch) {
   }
   if (!prologue) return OkStatus();
   std::vector<std::string> lanes;
-  for (const auto& item : batch)
-    if (!item.lane.empty()) lanes.push_back(item.lane);
+  for (const auto& item : batch) lanes.insert(lanes.end(), item.lanes.begin(), item.lanes.end());
   if (lanes.empty()) return OkStatus();
   std::sort(lanes.begin(), lanes.end());
   lanes.erase(std::unique(lanes.begin(), lanes.end()), lanes.end());

@@ -21,19 +21,20 @@
 // mark had a transaction and an fsync of its own, a third of the hub's
 // commits, in the way of the claims committing beside them.
 //
-// Ops may name a lane (the MQTT door passes the device's). Ops of one lane
-// commit in the order submitted and never sit in two writers' batches at
-// once. With one writer (SQLite) that is always so; PostgreSQL runs four,
+// Ops may name lanes: the rows they will update (the MQTT door passes the
+// device's; a decision on a post, the post's). Ops of one lane commit in
+// the order submitted and never sit in two writers' batches at once; an op
+// of several lanes waits until each is free. With one writer (SQLite) that is always so; PostgreSQL runs four,
 // and two batches each updating the same two devices' rows in opposite
 // orders deadlocked (a second lost to deadlock_timeout each time), and a
 // device's later op could commit before an earlier one in a batch that
 // started sooner.
 //
 // Lanes keep one hub's writers apart, not several hubs': on PostgreSQL two
-// replicas' batches can still hold the same devices. A lane prologue (set
-// by HubService) runs first in each batch's transaction with the batch's
-// lanes sorted, and locks their rows in that one order: batches that share
-// rows then wait for each other instead of deadlocking.
+// replicas' batches can still hold the same rows. A lane prologue (set by
+// HubService) runs first in each batch's transaction with the batch's
+// lanes sorted, and locks their rows in one order: batches that share rows
+// then wait for each other instead of deadlocking.
 //
 // Thread safety: Submit(), SubmitLazy() and Run() may be called from any
 // thread. `done` runs on a writer thread; it must not block for long.
@@ -82,12 +83,13 @@ class GroupCommitter {
   // Finishes every op already submitted, then stops the writers.
   ~GroupCommitter();
 
-  // `lane`: see above; empty for none.
-  void Submit(Op op, Done done, std::string lane = {});
+  // `lanes`: see above; none for an op that updates no shared row.
+  using Lanes = std::vector<std::string>;
+  void Submit(Op op, Done done, Lanes lanes = {});
   // Committed with the next ops submitted, or alone after lazy_wait.
   void SubmitLazy(Op op, Done done);
   // Submit and wait for the commit.
-  Status Run(Op op);
+  Status Run(Op op, Lanes lanes = {});
   // Runs at the start of each batch's transaction, on a store that allows
   // several writers (in this process or others), with the batch's lanes
   // sorted and without repeats; none if the batch has no lane. Its error
@@ -102,7 +104,7 @@ class GroupCommitter {
   struct Item {
     Op op;
     Done done;
-    std::string lane;
+    Lanes lanes;
   };
   struct Writer {
     std::unique_ptr<StoreSession> session;
@@ -112,9 +114,9 @@ class GroupCommitter {
   GroupCommitter(Store& store, Options options) : store_(store), options_(options) {}
   void WriterLoop(Writer& w);
   // Moves into `batch` the oldest queued ops, up to max_batch, leaving
-  // behind those whose lane another writer's batch holds (and every later op
-  // of that lane); the lanes taken go into busy_lanes_ and `lanes` (empty on
-  // entry). mu_ held.
+  // behind those with a lane another writer's batch holds (and every later
+  // op of each of their lanes); the lanes taken go into busy_lanes_ and
+  // `lanes` (empty on entry). mu_ held.
   void TakeFromQueue(std::vector<Item>& batch, std::unordered_set<std::string>& lanes);
   void RunBatch(Writer& w, std::vector<Item>& batch);
   // Runs the batch in one transaction; false (rolled back) if a store

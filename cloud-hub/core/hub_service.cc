@@ -50,16 +50,19 @@ HubService::HubService(Store& store, GroupCommitter& committer, const Clock& clo
     : store_(store), committer_(committer), clock_(clock) {
   if (sodium_init() < 0) std::abort();  // no CSPRNG: handover codes would be guessable
   committer_.SetLanePrologue([](StoreSession& s, const std::vector<std::string>& lanes) -> Status {
-    static const std::string prefix = DeviceLane("");
-    std::vector<std::string> devices;
-    for (const auto& lane : lanes)
-      if (lane.starts_with(prefix)) devices.push_back(lane.substr(prefix.size()));
-    return s.LockDevices(devices);
+    static const std::string device = DeviceLane(""), surplus = "surplus:", vehicle = "vehicle:";
+    StoreSession::RowLocks rows;
+    for (const auto& lane : lanes) {
+      if (lane.starts_with(device)) rows.devices.push_back(lane.substr(device.size()));
+      else if (lane.starts_with(surplus)) rows.surplus.push_back(std::stoll(lane.substr(surplus.size())));
+      else if (lane.starts_with(vehicle)) rows.vehicles.push_back(std::stoll(lane.substr(vehicle.size())));
+    }
+    return s.LockRows(rows);
   });
 }
 
 void HubService::Submit(std::string scope, std::string key, std::string fingerprint,
-                        Effect effect, Also also, Callback done, std::string lane) {
+                        Effect effect, Also also, Callback done, GroupCommitter::Lanes lanes) {
   // Filled by the op (possibly more than once, if its batch is retried) and
   // read by `done` after the commit.
   auto reply = std::make_shared<Result<Reply>>(Error::Internal("operation did not run"));
@@ -101,7 +104,7 @@ void HubService::Submit(std::string scope, std::string key, std::string fingerpr
       if ((*reply)->vehicle) listener_->OnVehicleChanged(*(*reply)->vehicle);
     }
     done(std::move(*reply));
-  }, std::move(lane));
+  }, std::move(lanes));
 }
 
 void HubService::SetMetrics(metrics::Registry* registry) {
@@ -279,7 +282,7 @@ void HubService::PickUp(int64_t surplus_id, PickUpRequest req, std::string key, 
                                     {"kg", req.actual_kg}}
                          .dump()),
          PickUpEffect(surplus_id, req.ngo_id, req.handover_code, req.actual_kg), nullptr,
-         std::move(done));
+         std::move(done), {SurplusLane(surplus_id)});
 }
 
 void HubService::Deliver(int64_t surplus_id, int64_t ngo, std::string key, Callback done) {
@@ -300,7 +303,8 @@ void HubService::SubmitDecision(int64_t surplus_id, std::optional<int64_t> ngo, 
                                 std::string key, std::string fingerprint, Decide decide,
                                 Callback done) {
   Submit(std::move(scope), std::move(key), std::move(fingerprint),
-         DecisionEffect(surplus_id, ngo, std::move(decide)), nullptr, std::move(done));
+         DecisionEffect(surplus_id, ngo, std::move(decide)), nullptr, std::move(done),
+         {SurplusLane(surplus_id)});
 }
 
 void HubService::Emit(OutboxEvent event, std::function<void(Status)> done) {
@@ -351,7 +355,7 @@ Status HubService::UpsertVehicle(const Vehicle& v) {
     if (!org || org->kind != OrgKind::kNgo)
       return Error::NotFound("no NGO organisation " + std::to_string(v.ngo_id));
     return s.UpsertVehicle(v);
-  });
+  }, {VehicleLane(v.ngo_id)});
   if (st.ok() && listener_) listener_->OnVehicleChanged(v);
   return st;
 }
@@ -381,7 +385,7 @@ HubService::Effect HubService::VehicleEffect(int64_t ngo_id, std::string body, s
 
 Result<Vehicle> HubService::UpdateVehicle(int64_t ngo_id, std::string body) {
   auto r = Await([&](Callback cb) {
-    Submit("", "", "", VehicleEffect(ngo_id, std::move(body)), nullptr, cb);
+    Submit("", "", "", VehicleEffect(ngo_id, std::move(body)), nullptr, cb, {VehicleLane(ngo_id)});
   });
   if (!r.ok()) return r.take_error();
   return *r->vehicle;
@@ -417,7 +421,7 @@ Status HubService::RevokeDevice(const std::string& id) {
     PP_ASSIGN_OR_RETURN(bool found, s.RevokeDevice(id));
     if (!found) return Error::NotFound("no device " + id);
     return OkStatus();
-  });
+  }, {DeviceLane(id)});
   std::lock_guard lock(mu_);
   devices_.erase(id);
   return st;

@@ -150,13 +150,18 @@ class HubService {
   // number; empty for a report over HTTP (always applied).
   Effect VehicleEffect(int64_t ngo_id, std::string body, std::string device = "", uint64_t seq = 0);
   Effect PickUpEffect(int64_t surplus_id, int64_t ngo, std::string code, double kg);
-  // `lane`: ops of one lane commit in the order submitted (GroupCommitter);
-  // the MQTT door passes the device's, DeviceLane(id). A batch holding
-  // device lanes locks those devices' rows first, in one order (on
-  // PostgreSQL: replicas' batches on the same devices then never deadlock).
+  // `lanes`: the shared rows the op updates (GroupCommitter): a device's
+  // (its sequence mark: the MQTT door passes DeviceLane(id)), a post's
+  // (SurplusLane: every decision on it) and an NGO's vehicle's
+  // (VehicleLane). Ops of one lane commit in the order submitted; a batch
+  // locks its lanes' rows before its ops run, in one order (on PostgreSQL:
+  // batches of writers and replicas that share rows then wait for each
+  // other instead of deadlocking).
   static std::string DeviceLane(const std::string& device_id) { return "device:" + device_id; }
+  static std::string SurplusLane(int64_t surplus_id) { return "surplus:" + std::to_string(surplus_id); }
+  static std::string VehicleLane(int64_t ngo_id) { return "vehicle:" + std::to_string(ngo_id); }
   void Submit(std::string scope, std::string key, std::string fingerprint, Effect effect, Also also,
-              Callback done, std::string lane = {});
+              Callback done, GroupCommitter::Lanes lanes = {});
   // Appends one outbox event in its own transaction.
   void Emit(OutboxEvent event, std::function<void(Status)> done);
   // The relay's side of the outbox: unsent events after `after_id`, in id order.

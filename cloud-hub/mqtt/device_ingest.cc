@@ -291,9 +291,13 @@ void DeviceIngest::OnEnvelope(const std::string& topic_device, const std::string
     return AnswerQuery(device.id, {env.op, env.seq, sync::OutcomeStatus::kAccepted, "ok", "", std::move(data)},
                        traceparent);
   }
+  // The shared rows the op will update: the device's, and the post's or
+  // the vehicle's (see HubService::Submit).
+  GroupCommitter::Lanes lanes{HubService::DeviceLane(device.id)};
   if (env.type == sync::kOpPickUp) {
     auto id = SurplusIdOf(env.body, {"surplus_id", "handover_code", "actual_kg"});
     if (!id.ok()) return Refuse(topic_device, env, id.take_error(), traceparent);
+    lanes.push_back(HubService::SurplusLane(*id));
     nlohmann::json rest = std::move(env.body);  // not read again: body_json stands for it
     rest.erase("surplus_id");
     auto req = ParsePickUpRequestJson(rest, org);
@@ -311,11 +315,13 @@ void DeviceIngest::OnEnvelope(const std::string& topic_device, const std::string
     effect = hub_.PostEffect(std::move(*draft), traceparent, device.id);
   } else if (env.type == sync::kOpVehicle) {
     effect = hub_.VehicleEffect(org, body_json, device.id, env.seq);
+    lanes.push_back(HubService::VehicleLane(org));
   } else {
     bool claim = env.type == sync::kOpClaim;
     auto id = claim ? SurplusIdOf(env.body, {"surplus_id", "version"})
                     : SurplusIdOf(env.body, {"surplus_id"});
     if (!id.ok()) return Refuse(topic_device, env, id.take_error(), traceparent);
+    lanes.push_back(HubService::SurplusLane(*id));
     HubService::Decide decide;
     if (claim) {
       if (!env.body.contains("version") || !env.body["version"].is_number_unsigned())
@@ -361,9 +367,8 @@ void DeviceIngest::OnEnvelope(const std::string& topic_device, const std::string
   std::string scope = "device:" + device_id;
   // The device's ops commit in the order they came, and never sit in two
   // store writers' batches at once (its row's max_seq: no deadlocks); a
-  // batch locks its devices' rows in one order before its ops run (other
-  // replicas' batches on the same devices wait, not deadlock).
-  std::string lane = HubService::DeviceLane(device_id);
+  // batch locks its lanes' rows in one order before its ops run (other
+  // replicas' batches on the same rows wait, not deadlock).
   hub_.Submit(std::move(scope), op, fingerprint, std::move(effect), also,
               [this, device_id, env = std::move(env), traceparent, is_claim,
                received_at](Result<Reply> r) {
@@ -381,7 +386,7 @@ void DeviceIngest::OnEnvelope(const std::string& topic_device, const std::string
                 }
                 Refuse(device_id, env, r.take_error(), traceparent);
               },
-              std::move(lane));
+              std::move(lanes));
 }
 
 }  // namespace pp

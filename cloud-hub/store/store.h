@@ -124,11 +124,17 @@ class StoreSession {
   virtual Result<bool> RevokeDevice(std::string_view id) = 0;
   // max_seq = max(max_seq, seq)
   virtual Status AdvanceDeviceSeq(std::string_view id, uint64_t seq) = 0;
-  // Locks these devices' rows until the transaction ends, always in one
-  // order (the store's), so that transactions locking overlapping sets wait
-  // for each other rather than deadlock. Unknown ids are skipped. SQLite:
-  // nothing to do (one writer holds the whole database).
-  virtual Status LockDevices(const std::vector<std::string>& ids) = 0;
+  // Locks these rows until the transaction ends, always in one order (the
+  // store's: devices, then posts, then vehicles, each by key), so that
+  // transactions locking overlapping sets wait for each other rather than
+  // deadlock. Unknown keys are skipped. SQLite: nothing to do (one writer
+  // holds the whole database).
+  struct RowLocks {
+    std::vector<std::string> devices;
+    std::vector<int64_t> surplus;   // post ids
+    std::vector<int64_t> vehicles;  // NGO ids
+  };
+  virtual Status LockRows(const RowLocks& rows) = 0;
   virtual Result<std::vector<Device>> ListDevicesOfOrg(int64_t org_id) = 0;
   // The id of the last message the outbox relay published to a device, as
   // of its committed marks (0: none, or no such device). A restarted hub

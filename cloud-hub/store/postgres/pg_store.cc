@@ -231,6 +231,8 @@ std::vector<Statement> Statements() {
       // The rows are locked as the sort returns them (LockRows runs above
       // the Sort): in id order, whichever order the caller named them in.
       {"device_lock", "SELECT id FROM devices WHERE id=ANY($1::text[]) ORDER BY id FOR UPDATE"},
+      {"surplus_lock", "SELECT id FROM surplus WHERE id=ANY($1::bigint[]) ORDER BY id FOR UPDATE"},
+      {"vehicle_lock", "SELECT ngo_id FROM vehicles WHERE ngo_id=ANY($1::bigint[]) ORDER BY ngo_id FOR UPDATE"},
       // Skips the rows another transaction holds: the ingest's max_seq
       // updates lock the same rows in op order, and waiting for them
       // deadlocked (PostgreSQL ends one side after deadlock_timeout, 1 s:
@@ -495,12 +497,19 @@ class PgSession final : public StoreSession {
     });
   }
 
-  Status LockDevices(const std::vector<std::string>& ids) override {
-    if (ids.empty()) return OkStatus();
-    return Exec("lock devices", [&] {
-      ArrayLiteral a;
-      for (const auto& id : ids) a.Add(id);
-      txn_->exec_prepared("device_lock", a.str());
+  Status LockRows(const RowLocks& rows) override {
+    return Exec("lock rows", [&] {
+      // One statement a table, each in key order; the tables always in
+      // this order.
+      auto lock = [&](const char* statement, const auto& keys) {
+        if (keys.empty()) return;
+        ArrayLiteral a;
+        for (const auto& k : keys) a.Add(k);
+        txn_->exec_prepared(statement, a.str());
+      };
+      lock("device_lock", rows.devices);
+      lock("surplus_lock", rows.surplus);
+      lock("vehicle_lock", rows.vehicles);
       return Ok{};
     });
   }

@@ -283,7 +283,7 @@ class SqliteSession final : public StoreSession {
     return OkStatus();
   }
 
-  Status LockDevices(const std::vector<std::string>&) override { return OkStatus(); }
+  Status LockRows(const RowLocks&) override { return OkStatus(); }
 
   Status RecordLastSent(const std::map<std::string, int64_t>& last) override {
     auto& s = Prepare("UPDATE devices SET last_sent=max(last_sent, ?) WHERE id=?");

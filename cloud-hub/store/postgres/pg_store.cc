@@ -231,7 +231,7 @@ std::vector<Statement> Statements() {
       // The rows are locked as the sort returns them (LockRows runs above
       // the Sort): in id order, whichever order the caller named them in.
       {"device_lock", "SELECT id FROM devices WHERE id=ANY($1::text[]) ORDER BY id FOR UPDATE"},
-      {"surplus_lock", "SELECT id FROM surplus WHERE id=ANY($1::bigint[]) ORDER BY id FOR UPDATE"},
+      {"surplus_lock", "SELECT id FROM surplus WHERE id=ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE"},
       {"vehicle_lock", "SELECT ngo_id FROM vehicles WHERE ngo_id=ANY($1::bigint[]) ORDER BY ngo_id FOR UPDATE"},
       // Skips the rows another transaction holds: the ingest's max_seq
       // updates lock the same rows in op order, and waiting for them

@@ -64,6 +64,59 @@ class HubServiceTest : public ::testing::TestWithParam<std::string> {
 
   json Get(int64_t id) { return json::parse(hub_->GetSurplus(id)->json); }
 
+  // Two hub replicas on the fixture's database, one store writer each: `a`
+  // on the fixture's store (hub_ is dropped), `b` on a store of its own.
+  struct Replica {
+    std::unique_ptr<Store> own_store;
+    std::unique_ptr<HubService> hub;
+    std::unique_ptr<GroupCommitter> committer;  // destroyed first: its callbacks use the hub
+  };
+  std::pair<Replica, Replica> TwoReplicas() {
+    hub_.reset();
+    std::pair<Replica, Replica> r;
+    auto other = OpenStore(url_);
+    EXPECT_TRUE(other.ok());
+    if (!other.ok()) return r;
+    r.second.own_store = std::move(*other);
+    for (auto [replica, store] : {std::pair{&r.first, store_.get()}, std::pair{&r.second, r.second.own_store.get()}}) {
+      replica->committer = std::move(*GroupCommitter::Start(*store, {.writers = 1}));
+      replica->hub = std::make_unique<HubService>(*store, *replica->committer, clock_);
+    }
+    return r;
+  }
+
+  // Submits an op of `lanes` that keeps its writer, inside its batch, until
+  // `release` counts down; returns once the writer is in it.
+  void HoldAWriter(GroupCommitter::Lanes lanes, std::latch& release) {
+    auto inside = std::make_shared<std::latch>(1);  // outlives this call if need be
+    committer_->Submit(
+        [inside, &release](StoreSession&) {
+          inside->count_down();
+          release.wait();
+          return OkStatus();
+        },
+        [](Status) {}, std::move(lanes));
+    inside->wait();
+  }
+
+  // Two batches' first ops meet: each Arrive() returns once both have come
+  // (or after 2 s, the other one held back by a lock), so that each batch
+  // holds a row before either goes on.
+  class Rendezvous {
+   public:
+    void Arrive() {
+      std::unique_lock lock(mu_);
+      ++arrived_;
+      cv_.notify_all();
+      cv_.wait_for(lock, std::chrono::seconds(2), [&] { return arrived_ >= 2; });
+    }
+
+   private:
+    std::mutex mu_;
+    std::condition_variable cv_;
+    int arrived_ = 0;  // guarded by mu_
+  };
+
   test::TempDir dir_;
   SimulatedClock clock_{kT0};
   std::string url_;
@@ -390,16 +443,9 @@ TEST_P(HubServiceTest, AnOpWaitsWhileAnotherWritersBatchHoldsItsLaneAndOtherLane
   if (store_->MaxConcurrentWriters() < 2) GTEST_SKIP() << "one writer: batches never run concurrently";
   hub_.reset();
   committer_ = std::move(*GroupCommitter::Start(*store_, {.writers = 2}));
-  std::latch hold(1), holding(1);
+  std::latch hold(1);
   std::atomic<bool> released{false}, second_ran_early{false};
-  committer_->Submit(
-      [&](StoreSession&) {
-        holding.count_down();
-        hold.wait();
-        return OkStatus();
-      },
-      [](Status) {}, {"device:a"});
-  holding.wait();  // one writer is inside device:a's batch
+  HoldAWriter({"device:a"}, hold);
   std::promise<Status> second, other;
   committer_->Submit(
       [&](StoreSession&) {
@@ -430,7 +476,7 @@ TEST_P(HubServiceTest, AnOpOfTwoLanesWaitsForEitherAndKeepsEachInOrder) {
   if (store_->MaxConcurrentWriters() < 2) GTEST_SKIP() << "one writer: batches never run concurrently";
   hub_.reset();
   committer_ = std::move(*GroupCommitter::Start(*store_, {.writers = 2}));
-  std::latch hold(1), holding(1);
+  std::latch hold(1);
   std::mutex mu;
   std::vector<std::string> ran;  // guarded by mu
   auto record = [&](std::string name) {
@@ -440,14 +486,7 @@ TEST_P(HubServiceTest, AnOpOfTwoLanesWaitsForEitherAndKeepsEachInOrder) {
       return OkStatus();
     };
   };
-  committer_->Submit(
-      [&](StoreSession&) {
-        holding.count_down();
-        hold.wait();
-        return OkStatus();
-      },
-      [](Status) {}, {"surplus:7"});
-  holding.wait();  // one writer is inside surplus:7's batch
+  HoldAWriter({"surplus:7"}, hold);
   std::promise<void> both, past;
   std::atomic<int> left{2};
   auto one_done = [&](Status) {
@@ -483,28 +522,15 @@ TEST_P(HubServiceTest, TwoReplicasClaimingTheSamePostsInOppositeOrdersDoNotDeadl
   const int64_t ngo_a = NewOrg(OrgKind::kNgo), ngo_b = NewOrg(OrgKind::kNgo);
   std::vector<int64_t> posts;
   for (int i = 0; i < kPosts; ++i) posts.push_back(NewPost(provider, "race-post-" + std::to_string(i)));
-  hub_.reset();
-  committer_ = std::move(*GroupCommitter::Start(*store_, {.writers = 1}));
-  HubService a(*store_, *committer_, clock_);
-  auto other_store = OpenStore(url_);
-  ASSERT_TRUE(other_store.ok());
-  auto other_committer = std::move(*GroupCommitter::Start(**other_store, {.writers = 1}));
-  HubService b(**other_store, *other_committer, clock_);
+  auto [a, b] = TwoReplicas();
+  ASSERT_TRUE(b.hub);
 
   // Each writer is held in a first batch while the claims queue behind it,
   // so that they make one batch; both are let go together. Each batch's
-  // first claim decides only once the other's has come as far (or 2 s
-  // passed): without the locks both then hold a post the other will want.
+  // first claim decides only once the other's has come as far: without the
+  // locks both then hold a post the other will want.
   std::latch go(1);
-  std::mutex first_mu;
-  std::condition_variable first_cv;
-  int first_claims = 0;  // guarded by first_mu
-  auto wait_for_other = [&] {
-    std::unique_lock lock(first_mu);
-    ++first_claims;
-    first_cv.notify_all();
-    first_cv.wait_for(lock, std::chrono::seconds(2), [&] { return first_claims >= 2; });
-  };
+  Rendezvous first_claims;
   std::atomic<int> won{0}, lost{0}, failed{0};
   auto count = [&](Result<Reply> r) {
     if (r.ok()) won++;
@@ -517,7 +543,7 @@ TEST_P(HubServiceTest, TwoReplicasClaimingTheSamePostsInOppositeOrdersDoNotDeadl
       const int64_t id = posts[size_t(reverse ? kPosts - 1 - i : i)];
       if (i == 0) {  // a claim through the same path as HTTP's, with the wait in its decision
         hub.ApplyInternal(id, [&, ngo](const Surplus& cur, Timestamp) {
-          wait_for_other();
+          first_claims.Arrive();
           return DecideClaim(cur, ngo, 1);
         }, count);
       } else {
@@ -525,21 +551,20 @@ TEST_P(HubServiceTest, TwoReplicasClaimingTheSamePostsInOppositeOrdersDoNotDeadl
       }
     }
   };
-  race(*committer_, a, ngo_a, false);
-  race(*other_committer, b, ngo_b, true);
+  race(*a.committer, *a.hub, ngo_a, false);
+  race(*b.committer, *b.hub, ngo_b, true);
   go.count_down();
   ASSERT_TRUE(test::Eventually([&] { return won + lost + failed == 2 * kPosts; }, std::chrono::seconds(30)));
   EXPECT_EQ(failed, 0);
   EXPECT_EQ(won, kPosts);
   EXPECT_EQ(lost, kPosts);
-  EXPECT_EQ(committer_->stats().batch_failures + other_committer->stats().batch_failures, 0u)
+  EXPECT_EQ(a.committer->stats().batch_failures + b.committer->stats().batch_failures, 0u)
       << "a batch was rolled back (deadlock) and run again op by op";
   for (int64_t id : posts) {
-    auto x = json::parse(a.GetSurplus(id)->json);
+    auto x = json::parse(a.hub->GetSurplus(id)->json);
     EXPECT_EQ(x["status"], "claimed") << "post " << id;
     EXPECT_EQ(x["version"], 2) << "post " << id << " claimed once";
   }
-  other_committer.reset();
 }
 
 // Under load, with every writer busy: each lane's ops run in the order they
@@ -591,29 +616,14 @@ TEST_P(HubServiceTest, TwoReplicasBatchesOnTheSameDevicesInOppositeOrdersDoNotDe
     ASSERT_TRUE(hub_->RegisterDevice({"d" + std::to_string(d), "kiosk", provider, sync::ToBase64(keys.public_key),
                                       false, 0, {}})
                     .ok());
-  // Replica a: this fixture's store and committer; replica b: its own.
-  hub_.reset();
-  committer_ = std::move(*GroupCommitter::Start(*store_, {.writers = 1}));
-  HubService a(*store_, *committer_, clock_);
-  auto other_store = OpenStore(url_);
-  ASSERT_TRUE(other_store.ok());
-  auto other_committer = std::move(*GroupCommitter::Start(**other_store, {.writers = 1}));
-  HubService b(**other_store, *other_committer, clock_);
+  auto [a, b] = TwoReplicas();
+  ASSERT_TRUE(b.hub);
 
   // Each writer is held in a first batch while the ten ops queue behind it,
   // so that they make one batch; both are let go together. The first op of
-  // each batch waits (up to 2 s) for the other batch's first op, so that
-  // both hold a row before either goes on.
+  // each batch waits for the other batch's first op.
   std::latch go(1);
-  std::mutex first_mu;
-  std::condition_variable first_cv;
-  int first_ops = 0;  // guarded by first_mu
-  auto wait_for_other = [&] {
-    std::unique_lock lock(first_mu);
-    ++first_ops;
-    first_cv.notify_all();
-    first_cv.wait_for(lock, std::chrono::seconds(2), [&] { return first_ops >= 2; });
-  };
+  Rendezvous first_ops;
   std::atomic<int> done{0}, failed{0};
   auto queue = [&](GroupCommitter& c, std::vector<int> order, uint64_t seq) {
     c.Submit([&go](StoreSession&) { go.wait(); return OkStatus(); }, [](Status) {});
@@ -622,7 +632,7 @@ TEST_P(HubServiceTest, TwoReplicasBatchesOnTheSameDevicesInOppositeOrdersDoNotDe
       const std::string id = "d" + std::to_string(d);
       c.Submit(
           [&, id, seq, first](StoreSession& s) -> Status {
-            if (first) wait_for_other();
+            if (first) first_ops.Arrive();
             return s.AdvanceDeviceSeq(id, seq);
           },
           [&](Status st) { (st.ok() ? done : failed)++; }, {HubService::DeviceLane(id)});
@@ -632,15 +642,14 @@ TEST_P(HubServiceTest, TwoReplicasBatchesOnTheSameDevicesInOppositeOrdersDoNotDe
   std::vector<int> up(kDevices), down(kDevices);
   std::iota(up.begin(), up.end(), 0);
   std::reverse_copy(up.begin(), up.end(), down.begin());
-  queue(*committer_, up, 5);
-  queue(*other_committer, down, 7);
+  queue(*a.committer, up, 5);
+  queue(*b.committer, down, 7);
   go.count_down();
   ASSERT_TRUE(test::Eventually([&] { return done + failed == 2 * kDevices; }, std::chrono::seconds(30)));
   EXPECT_EQ(failed, 0);
-  EXPECT_EQ(committer_->stats().batch_failures + other_committer->stats().batch_failures, 0u)
+  EXPECT_EQ(a.committer->stats().batch_failures + b.committer->stats().batch_failures, 0u)
       << "a batch was rolled back (deadlock) and run again op by op";
-  for (int d = 0; d < kDevices; ++d) EXPECT_EQ((*a.FindDevice("d" + std::to_string(d)))->max_seq, 7u);
-  other_committer.reset();
+  for (int d = 0; d < kDevices; ++d) EXPECT_EQ((*a.hub->FindDevice("d" + std::to_string(d)))->max_seq, 7u);
 }
 
 // Hub replicas may apply one tablet's reports out of order (the broker

@@ -88,8 +88,11 @@ class HubServiceTest : public ::testing::TestWithParam<std::string> {
   // Submits an op of `lanes` that keeps its writer, inside its batch, until
   // `release` counts down; returns once the writer is in it.
   void HoldAWriter(GroupCommitter::Lanes lanes, std::latch& release) {
+    HoldAWriter(*committer_, std::move(lanes), release);
+  }
+  static void HoldAWriter(GroupCommitter& committer, GroupCommitter::Lanes lanes, std::latch& release) {
     auto inside = std::make_shared<std::latch>(1);  // outlives this call if need be
-    committer_->Submit(
+    committer.Submit(
         [inside, &release](StoreSession&) {
           inside->count_down();
           release.wait();
@@ -527,32 +530,38 @@ TEST_P(HubServiceTest, TwoReplicasClaimingTheSamePostsInOppositeOrdersDoNotDeadl
 
   // Each writer is held in a first batch while the claims queue behind it,
   // so that they make one batch; both are let go together. Each batch's
-  // first claim decides only once the other's has come as far: without the
-  // locks both then hold a post the other will want.
+  // first claim, once it has updated its post, waits for the other's (or
+  // 2 s): without the locks both then hold a post the other will want.
   std::latch go(1);
   Rendezvous first_claims;
   std::atomic<int> won{0}, lost{0}, failed{0};
-  auto count = [&](Result<Reply> r) {
-    if (r.ok()) won++;
-    else if (r.error().code == Code::kAborted) lost++;  // the other van's claim came first
+  auto count = [&](const Status& st) {
+    if (st.ok()) won++;
+    else if (st.error().code == Code::kAborted) lost++;  // the other van's claim came first
     else failed++;
   };
-  auto race = [&](GroupCommitter& c, HubService& hub, int64_t ngo, bool reverse) {
-    c.Submit([&go](StoreSession&) { go.wait(); return OkStatus(); }, [](Status) {});
+  auto race = [&](Replica& r, int64_t ngo, bool reverse) {
+    HoldAWriter(*r.committer, {}, go);
     for (int i = 0; i < kPosts; ++i) {
       const int64_t id = posts[size_t(reverse ? kPosts - 1 - i : i)];
-      if (i == 0) {  // a claim through the same path as HTTP's, with the wait in its decision
-        hub.ApplyInternal(id, [&, ngo](const Surplus& cur, Timestamp) {
-          first_claims.Arrive();
-          return DecideClaim(cur, ngo, 1);
-        }, count);
-      } else {
-        hub.Claim(id, {ngo, 1}, "race-" + std::to_string(ngo) + "-" + std::to_string(id), count);
+      if (i > 0) {  // as the HTTP and MQTT doors claim
+        r.hub->Claim(id, {ngo, 1}, "race-" + std::to_string(ngo) + "-" + std::to_string(id),
+                     [&](Result<Reply> reply) { count(reply.status()); });
+        continue;
       }
+      r.committer->Submit(
+          [&, &hub = *r.hub, id, ngo](StoreSession& s) -> Status {
+            auto claimed = hub.DecisionEffect(id, ngo, [ngo](const Surplus& cur, Timestamp) {
+              return DecideClaim(cur, ngo, 1);
+            })(s);
+            first_claims.Arrive();
+            return claimed.status();
+          },
+          count, {HubService::SurplusLane(id)});
     }
   };
-  race(*a.committer, *a.hub, ngo_a, false);
-  race(*b.committer, *b.hub, ngo_b, true);
+  race(a, ngo_a, false);
+  race(b, ngo_b, true);
   go.count_down();
   ASSERT_TRUE(test::Eventually([&] { return won + lost + failed == 2 * kPosts; }, std::chrono::seconds(30)));
   EXPECT_EQ(failed, 0);

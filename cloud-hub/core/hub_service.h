@@ -156,7 +156,8 @@ class HubService {
   // (VehicleLane). Ops of one lane commit in the order submitted; a batch
   // locks its lanes' rows before its ops run, in one order (on PostgreSQL:
   // batches of writers and replicas that share rows then wait for each
-  // other instead of deadlocking).
+  // other instead of deadlocking). An op that updates a shared row without
+  // naming it can take that row out of order: deadlocks again.
   static std::string DeviceLane(const std::string& device_id) { return "device:" + device_id; }
   static std::string SurplusLane(int64_t surplus_id) { return "surplus:" + std::to_string(surplus_id); }
   static std::string VehicleLane(int64_t ngo_id) { return "vehicle:" + std::to_string(ngo_id); }

@@ -24,11 +24,11 @@
 // Ops may name lanes: the rows they will update (the MQTT door passes the
 // device's; a decision on a post, the post's). Ops of one lane commit in
 // the order submitted and never sit in two writers' batches at once; an op
-// of several lanes waits until each is free. With one writer (SQLite) that is always so; PostgreSQL runs four,
-// and two batches each updating the same two devices' rows in opposite
-// orders deadlocked (a second lost to deadlock_timeout each time), and a
-// device's later op could commit before an earlier one in a batch that
-// started sooner.
+// of several lanes waits until each is free. With one writer (SQLite) that
+// is always so; PostgreSQL runs four, and two batches each updating the
+// same two devices' rows in opposite orders deadlocked (a second lost to
+// deadlock_timeout each time), and a device's later op could commit before
+// an earlier one in a batch that started sooner.
 //
 // Lanes keep one hub's writers apart, not several hubs': on PostgreSQL two
 // replicas' batches can still hold the same rows. A lane prologue (set by

@@ -26,6 +26,11 @@ http=${PP_HTTP:-127.0.0.1:8080}
 hub_pid="" sim_pid=""
 stop() {
   trap - INT TERM EXIT
+  # Every step, whatever the one before returned (set -e would end the
+  # cleanup at a simulator that exits non-zero, leaving hub and broker up).
+  set +e
+  # The simulator first: at its end it reads the hub's store (lost or
+  # doubled posts), so the hub stops after it.
   [[ -n "$sim_pid" ]] && kill "$sim_pid" 2>/dev/null && wait "$sim_pid" 2>/dev/null
   [[ -n "$hub_pid" ]] && kill "$hub_pid" 2>/dev/null && wait "$hub_pid" 2>/dev/null
   bash packaging/broker.sh stop "$root/var/broker"
@@ -41,9 +46,12 @@ echo "mosquitto on tcp://127.0.0.1:$port (config and users in var/broker)"
 # could read it before tee empties the file, and start the demo too early
 # (seen once: pp-sim's first request found no hub).
 rm -f var/hub.out
-build/bin/pp-hub --http "$http" --db "${PP_DB:-sqlite:$root/var/hub.db}" \
+# Ctrl-C reaches every process of the terminal's foreground group at once.
+# The hub runs in a session of its own, and its output's tee ignores
+# SIGINT, so that stop() ends it after the simulator.
+setsid build/bin/pp-hub --http "$http" --db "${PP_DB:-sqlite:$root/var/hub.db}" \
   --mqtt "tcp://127.0.0.1:$port" --mqtt-password-file "$root/var/broker/hub.password" \
-  --jwt-public-key "$root/var/jwt/jwt.pub" "$@" > >(tee var/hub.out) 2> var/hub.log &
+  --jwt-public-key "$root/var/jwt/jwt.pub" "$@" > >(trap '' INT; exec tee var/hub.out) 2> var/hub.log &
 hub_pid=$!
 until grep -q "listening" var/hub.out 2>/dev/null; do
   kill -0 "$hub_pid" 2>/dev/null || { echo "pp-hub did not start; see var/hub.log"; exit 1; }

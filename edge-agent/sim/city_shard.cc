@@ -41,7 +41,7 @@ json ShardPlan::ToJson() const {
   return {{"t", "plan"}, {"shard", shard}, {"shards", shards}, {"broker", broker_uri}, {"device_dir", device_dir},
           {"accept", accept_p}, {"race", race_p}, {"speed_kmh", speed_kmh}, {"speed_up", speed_up},
           {"delay_ms", delay_ms}, {"window_ms", window_ms}, {"seed", seed}, {"devices", devs}, {"posts", ps},
-          {"van_shard", vans}};
+          {"van_shard", vans}, {"kitchens", kitchens}};
 }
 
 Result<ShardPlan> ShardPlan::FromJson(const json& j) {
@@ -73,6 +73,7 @@ Result<ShardPlan> ShardPlan::FromJson(const json& j) {
       p.posts.push_back(post);
     }
     for (const auto& v : j.at("van_shard")) p.van_shard.push_back({v.at(0).get<int64_t>(), v.at(1).get<int>()});
+    p.kitchens = j.at("kitchens").get<std::vector<int64_t>>();
     if (p.shards < 1 || p.shards > kMaxShards || p.shard < 0 || p.shard >= p.shards)
       return Error::Invalid("plan: shard " + std::to_string(p.shard) + " of " + std::to_string(p.shards));
     return p;
@@ -235,7 +236,11 @@ double MsBetween(Steady::time_point a, Steady::time_point b) {
 
 class Shard {
  public:
-  Shard(ShardPlan plan, LineReader inbox) : plan_(std::move(plan)), inbox_(std::move(inbox)), rng_(plan_.seed) {
+  Shard(ShardPlan plan, LineReader inbox)
+      : plan_(std::move(plan)),
+        kitchens_(plan_.kitchens.begin(), plan_.kitchens.end()),
+        inbox_(std::move(inbox)),
+        rng_(plan_.seed) {
     for (const auto& [org, s] : plan_.van_shard) van_shard_[org] = s;
   }
 
@@ -419,6 +424,13 @@ class Shard {
     // A tablet: its own offer, to answer after the driver has read it.
     bool mine = type == "surplus.offered" && data["offer"].is_object() && data["offer"]["ngo_id"] == d->plan.org;
     if (!mine) return;
+    if (!kitchens_.count(data.value("provider_id", int64_t{0}))) {
+      // A post of no kitchen in this run (left in a hub kept from an earlier
+      // one): nobody here could hand it over. Declined, the hub offers it on.
+      later_.At(Steady::now() + std::chrono::milliseconds(plan_.delay_ms),
+                [this, d, id] { Press(d, sync::kOpDecline, {{"surplus_id", id}}); });
+      return;
+    }
     tally_.counts["offers"]++;
     tally_.first_offer.emplace(id, Steady::now());
     bool take = std::uniform_real_distribution<double>(0, 1)(rng_) < plan_.accept_p;
@@ -565,8 +577,12 @@ class Shard {
         for (auto& d : devices_) {
           if (d->kiosk() || coin(race_rng) >= plan_.race_p) continue;
           auto st = d->agent->State();
-          if (!st.ok() || !(*st)["nearby"].is_array() || (*st)["nearby"].empty()) continue;
-          const json& pick = (*st)["nearby"][size_t(race_rng() % (*st)["nearby"].size())];
+          if (!st.ok() || !(*st)["nearby"].is_array()) continue;
+          std::vector<const json*> ours;  // this run's posts
+          for (const auto& post : (*st)["nearby"])
+            if (post.is_object() && kitchens_.count(post.value("provider_id", int64_t{0}))) ours.push_back(&post);
+          if (ours.empty()) continue;
+          const json& pick = *ours[size_t(race_rng() % ours.size())];
           int64_t id = pick.value("id", int64_t{0});
           if (!id || tried[id]++ > 1) continue;  // at most two of our vans race for one post
           std::lock_guard race_lock(race_mu_);
@@ -640,6 +656,7 @@ class Shard {
   bool Report(const json& m) { return WriteLine(kStatusFd, m.dump()).ok(); }
 
   const ShardPlan plan_;
+  const std::set<int64_t> kitchens_;  // plan_.kitchens: the posts vans act on are theirs
   std::map<int64_t, int> van_shard_;
   std::map<int64_t, SimDevice*> van_of_org_;  // filled before the inbox reads routes
   std::vector<std::unique_ptr<SimDevice>> devices_;

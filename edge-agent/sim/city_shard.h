@@ -39,6 +39,10 @@ struct ShardPlan {
   std::vector<Device> devices;
   std::vector<Post> posts;
   std::vector<std::pair<int64_t, int>> van_shard;  // every van's organisation -> the shard that drives it
+  // Every kiosk's organisation in the run: vans race only for their posts
+  // (a hub kept from an earlier run may still offer its unclaimed posts
+  // nearby, whose kitchens no process here plays: won, never picked up).
+  std::vector<int64_t> kitchens;
 
   nlohmann::json ToJson() const;
   static Result<ShardPlan> FromJson(const nlohmann::json& j);

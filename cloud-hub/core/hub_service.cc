@@ -50,12 +50,11 @@ HubService::HubService(Store& store, GroupCommitter& committer, const Clock& clo
     : store_(store), committer_(committer), clock_(clock) {
   if (sodium_init() < 0) std::abort();  // no CSPRNG: handover codes would be guessable
   committer_.SetLanePrologue([](StoreSession& s, const std::vector<std::string>& lanes) -> Status {
-    static const std::string device = DeviceLane(""), surplus = "surplus:", vehicle = "vehicle:";
     StoreSession::RowLocks rows;
     for (const auto& lane : lanes) {
-      if (lane.starts_with(device)) rows.devices.push_back(lane.substr(device.size()));
-      else if (lane.starts_with(surplus)) rows.surplus.push_back(std::stoll(lane.substr(surplus.size())));
-      else if (lane.starts_with(vehicle)) rows.vehicles.push_back(std::stoll(lane.substr(vehicle.size())));
+      if (lane.starts_with(kDeviceLane)) rows.devices.push_back(lane.substr(kDeviceLane.size()));
+      else if (lane.starts_with(kSurplusLane)) rows.surplus.push_back(std::stoll(lane.substr(kSurplusLane.size())));
+      else if (lane.starts_with(kVehicleLane)) rows.vehicles.push_back(std::stoll(lane.substr(kVehicleLane.size())));
     }
     // One post or vehicle row besides the devices is taken by its op after
     // the devices' locks: already in the one order. Only two or more could

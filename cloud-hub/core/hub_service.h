@@ -158,9 +158,11 @@ class HubService {
   // batches of writers and replicas that share rows then wait for each
   // other instead of deadlocking). An op that updates a shared row without
   // naming it can take that row out of order: deadlocks again.
-  static std::string DeviceLane(const std::string& device_id) { return "device:" + device_id; }
-  static std::string SurplusLane(int64_t surplus_id) { return "surplus:" + std::to_string(surplus_id); }
-  static std::string VehicleLane(int64_t ngo_id) { return "vehicle:" + std::to_string(ngo_id); }
+  static constexpr std::string_view kDeviceLane = "device:", kSurplusLane = "surplus:",
+                                    kVehicleLane = "vehicle:";
+  static std::string DeviceLane(const std::string& device_id) { return std::string(kDeviceLane) + device_id; }
+  static std::string SurplusLane(int64_t surplus_id) { return std::string(kSurplusLane) + std::to_string(surplus_id); }
+  static std::string VehicleLane(int64_t ngo_id) { return std::string(kVehicleLane) + std::to_string(ngo_id); }
   void Submit(std::string scope, std::string key, std::string fingerprint, Effect effect, Also also,
               Callback done, GroupCommitter::Lanes lanes = {});
   // Appends one outbox event in its own transaction.

@@ -635,6 +635,8 @@ int main(int argc, char** argv) {
   int lost = 0, doubled = 0;
   for (const auto& desc : tally.accepted_posts) lost += in_store[desc] == 0;
   for (const auto& [desc, c] : in_store) doubled += c > 1;
+  // What the store check found; unknown (null) if it was not made.
+  auto checked = [&](json found) { return unchecked.empty() ? std::move(found) : json(nullptr); };
 
   auto count = [&](const char* key) { return tally.counts.count(key) ? tally.counts.at(key) : 0; };
   json given_up_json = json::array();
@@ -669,9 +671,8 @@ int main(int argc, char** argv) {
       {"finished", finished}, {"ops_unanswered", ops_unanswered}, {"posts_unanswered", posts_unanswered},
       // This run's posts the hub holds, answered or not: above
       // posts_accepted, the outcomes were what did not come back.
-      {"posts_in_hub_store", unchecked.empty() ? json(std::count_if(in_store.begin(), in_store.end(),
-                                                                     [](const auto& p) { return p.second > 0; }))
-                                               : json(nullptr)},
+      {"posts_in_hub_store",
+       checked(std::count_if(in_store.begin(), in_store.end(), [](const auto& p) { return p.second > 0; }))},
       {"window_s", o.window.count() / 1000.0}, {"accept_probability", o.accept_p}, {"interrupted", interrupted},
       {"posts_scheduled", total_posts}, {"posts_sent", tally.posts_sent}, {"posts_accepted", accepted},
       {"claims", count("claims")}, {"picked_up", count("picked_up")}, {"delivered", count("delivered")},
@@ -702,8 +703,7 @@ int main(int argc, char** argv) {
       {"seed_sla", {{"claim_p95_ms", kSlaClaimP95Ms}, {"claim_p99_ms", kSlaClaimP99Ms},
                     {"met", !tally.claim_ms.empty() && claim_p95 < kSlaClaimP95Ms && claim_p99 < kSlaClaimP99Ms}}},
       {"store_checked", unchecked.empty()},
-      {"lost", unchecked.empty() ? json(lost) : json(nullptr)},
-      {"duplicated", unchecked.empty() ? json(doubled) : json(nullptr)}};
+      {"lost", checked(lost)}, {"duplicated", checked(doubled)}};
   std::ofstream(o.out_dir + "/results.json") << results.dump(2) << "\n";
 
   // The timeline: posts and claims per second (bars), claim p95 (line).

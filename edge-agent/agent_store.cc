@@ -87,6 +87,23 @@ Status AgentStore::Read(const std::function<Status(AgentTxn&)>& f) {
   return st;
 }
 
+int64_t AgentStore::PagesWritten() {
+  std::lock_guard lock(mu_);
+  int current = 0, highest = 0;
+  sqlite3_db_status(db_->raw(), SQLITE_DBSTATUS_CACHE_WRITE, &current, &highest, 0);
+  return current;
+}
+
+int64_t AgentStore::PageBytes() {
+  std::lock_guard lock(mu_);
+  auto& s = db_->Prepare("PRAGMA page_size");
+  s.Reset();
+  auto row = s.Step("page size");
+  const int64_t bytes = row.ok() && *row ? s.Int(0) : 0;
+  s.Reset();
+  return bytes;
+}
+
 Result<size_t> AgentTxn::QueueSize() {
   auto& s = db_.Prepare("SELECT count(*) FROM queue");
   s.Reset();

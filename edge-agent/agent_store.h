@@ -103,6 +103,10 @@ class AgentStore {
   // OK; rolled back if `f` fails.
   Status Write(const std::function<Status(AgentTxn&)>& f);
   Status Read(const std::function<Status(AgentTxn&)>& f);
+  // Pages this connection has written to the file's WAL since it opened
+  // (SQLite's SQLITE_DBSTATUS_CACHE_WRITE): what a device's storage wears.
+  int64_t PagesWritten();
+  int64_t PageBytes();
 
  private:
   explicit AgentStore(std::unique_ptr<SqliteDb> db) : db_(std::move(db)) {}

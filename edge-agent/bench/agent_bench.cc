@@ -22,6 +22,9 @@
 //             offline agent queues N posts, then is fed the hub's answer to
 //             each, one publish per transaction, in rounds; the op leaves
 //             the queue and the outcome is kept for the screen.
+//   device storage  (with apply) the pages SQLite wrote to the agent's WAL
+//             for each post queued and each outcome applied, in that same
+//             offline agent: what a kiosk's flash wears per post.
 
 #include <dirent.h>
 #include <netinet/in.h>
@@ -208,14 +211,17 @@ void MeasureOutcomes(const std::string& dir, int n, int64_t provider) {
   agent.Start();
   nlohmann::json post = PostBody();
   std::vector<agent::QueuedOp> queued;
+  const int64_t pages_before_queue = (*store)->PagesWritten();
   for (int i = 0; i < per_round * rounds; ++i) {
     auto q = agent.Submit(sync::kOpPostSurplus, post);
     if (!q.ok()) Die(q.error().ToString());
     queued.push_back(std::move(*q));
   }
+  const int64_t pages_queued = (*store)->PagesWritten() - pages_before_queue;
   nlohmann::json data = PostAsSent(provider);
   std::vector<double> us;
   size_t next = 0;
+  const int64_t pages_before_outcomes = (*store)->PagesWritten();
   for (int r = 0; r < rounds; ++r) {
     double c0 = CpuSeconds();
     for (int i = 0; i < per_round; ++i, ++next) {
@@ -233,6 +239,10 @@ void MeasureOutcomes(const std::string& dir, int n, int64_t provider) {
               rounds, Median(us));
   for (double u : us) std::printf(" %.1f", u);
   std::printf(")\n");
+  const int64_t pages_applied = (*store)->PagesWritten() - pages_before_outcomes;
+  std::printf("device storage: %.1f pages (%.0f B) written a post queued, %.1f (%.0f B) an outcome applied\n",
+              double(pages_queued) / (per_round * rounds), double(pages_queued) * (*store)->PageBytes() / (per_round * rounds),
+              double(pages_applied) / (per_round * rounds), double(pages_applied) * (*store)->PageBytes() / (per_round * rounds));
   agent.Stop();
 }
 

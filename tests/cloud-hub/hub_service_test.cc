@@ -102,21 +102,33 @@ class HubServiceTest : public ::testing::TestWithParam<std::string> {
     inside->wait();
   }
 
-  // Two batches' first ops meet: each Arrive() returns once both have come
-  // (or after 2 s, the other one held back by a lock), so that each batch
-  // holds a row before either goes on.
+  // Two batches' first ops meet: each Arrive() returns once both have come,
+  // or once the other batch is seen waiting for a row lock (held back by
+  // this batch's lane locks, it cannot come), so that each batch holds a
+  // row before either goes on.
   class Rendezvous {
    public:
+    explicit Rendezvous(std::string url) : url_(std::move(url)) {}
     void Arrive() {
-      std::unique_lock lock(mu_);
-      ++arrived_;
-      cv_.notify_all();
-      cv_.wait_for(lock, std::chrono::seconds(2), [&] { return arrived_ >= 2; });
+      {
+        std::lock_guard lock(mu_);
+        ++arrived_;
+      }
+      EXPECT_TRUE(test::Eventually(
+          [&] {
+            {
+              std::lock_guard lock(mu_);
+              if (arrived_ >= 2) return true;
+            }
+            return test::PostgresSessionsWaitingOnALock(url_) > 0;
+          },
+          std::chrono::seconds(30)))
+          << "the other batch neither came nor waited for a lock";
     }
 
    private:
+    const std::string url_;
     std::mutex mu_;
-    std::condition_variable cv_;
     int arrived_ = 0;  // guarded by mu_
   };
 
@@ -531,9 +543,10 @@ TEST_P(HubServiceTest, TwoReplicasClaimingTheSamePostsInOppositeOrdersDoNotDeadl
   // Each writer is held in a first batch while the claims queue behind it,
   // so that they make one batch; both are let go together. Each batch's
   // first claim, once it has updated its post, waits for the other's (or
-  // 2 s): without the locks both then hold a post the other will want.
+  // for the other batch to wait on a lock): without the locks both then
+  // hold a post the other will want.
   std::latch go(1);
-  Rendezvous first_claims;
+  Rendezvous first_claims(url_);
   std::atomic<int> won{0}, lost{0}, failed{0};
   auto count = [&](const Status& st) {
     if (st.ok()) won++;
@@ -630,9 +643,11 @@ TEST_P(HubServiceTest, TwoReplicasBatchesOnTheSameDevicesInOppositeOrdersDoNotDe
 
   // Each writer is held in a first batch while the ten ops queue behind it,
   // so that they make one batch; both are let go together. The first op of
-  // each batch waits for the other batch's first op.
+  // each batch, once it has updated its device, waits for the other's (or
+  // for the other batch to wait on a lock): without the locks each then
+  // holds a device the other will want.
   std::latch go(1);
-  Rendezvous first_ops;
+  Rendezvous first_ops(url_);
   std::atomic<int> done{0}, failed{0};
   auto queue = [&](GroupCommitter& c, std::vector<int> order, uint64_t seq) {
     c.Submit([&go](StoreSession&) { go.wait(); return OkStatus(); }, [](Status) {});
@@ -641,8 +656,9 @@ TEST_P(HubServiceTest, TwoReplicasBatchesOnTheSameDevicesInOppositeOrdersDoNotDe
       const std::string id = "d" + std::to_string(d);
       c.Submit(
           [&, id, seq, first](StoreSession& s) -> Status {
+            Status st = s.AdvanceDeviceSeq(id, seq);
             if (first) first_ops.Arrive();
-            return s.AdvanceDeviceSeq(id, seq);
+            return st;
           },
           [&](Status st) { (st.ok() ? done : failed)++; }, {HubService::DeviceLane(id)});
       first = false;

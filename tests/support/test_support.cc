@@ -66,6 +66,14 @@ std::string NewPostgresDatabase(const std::string& prefix) {
   return admin_url.substr(0, slash + 1) + db;
 }
 
+int PostgresSessionsWaitingOnALock(const std::string& url) {
+  pqxx::connection c(url);
+  pqxx::nontransaction tx(c);
+  return tx
+      .exec1("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")[0]
+      .as<int>();
+}
+
 std::string StoreUrl(const std::string& backend, const TempDir& dir, const std::string& prefix) {
   return backend == "sqlite" ? "sqlite:" + dir.file("hub.db") : NewPostgresDatabase(prefix);
 }

@@ -31,6 +31,11 @@ class TempDir {
 // tests do not see each other's rows. Fails the test if none is running.
 std::string NewPostgresDatabase(const std::string& prefix);
 
+// How many sessions of the database at `url` wait for a lock another
+// transaction holds (pg_stat_activity): lets a test see a transaction
+// blocked on a row rather than wait a while and assume it.
+int PostgresSessionsWaitingOnALock(const std::string& url);
+
 // The store URL for a parameterised backend test: "sqlite" (a file in
 // `dir`) or "postgresql" (a new database on the fixture's server).
 std::string StoreUrl(const std::string& backend, const TempDir& dir, const std::string& prefix);

@@ -239,10 +239,11 @@ void MeasureOutcomes(const std::string& dir, int n, int64_t provider) {
               rounds, Median(us));
   for (double u : us) std::printf(" %.1f", u);
   std::printf(")\n");
-  const int64_t pages_applied = (*store)->PagesWritten() - pages_before_outcomes;
+  const double queued_per_post = double(pages_queued) / double(queued.size());
+  const double applied_per_post = double((*store)->PagesWritten() - pages_before_outcomes) / double(queued.size());
+  const int64_t page = (*store)->PageBytes();
   std::printf("device storage: %.1f pages (%.0f B) written a post queued, %.1f (%.0f B) an outcome applied\n",
-              double(pages_queued) / (per_round * rounds), double(pages_queued) * (*store)->PageBytes() / (per_round * rounds),
-              double(pages_applied) / (per_round * rounds), double(pages_applied) * (*store)->PageBytes() / (per_round * rounds));
+              queued_per_post, queued_per_post * double(page), applied_per_post, applied_per_post * double(page));
   agent.Stop();
 }
 

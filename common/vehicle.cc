@@ -33,4 +33,8 @@ bool Vehicle::OpenAt(Timestamp t) const {
   return m >= open_from_min || m < open_to_min;  // wraps past midnight
 }
 
+bool Vehicle::Silent(Timestamp now) const {
+  return !report_device.empty() && now - updated_at > kTabletSilentAfter;
+}
+
 }  // namespace pp

@@ -43,7 +43,20 @@ struct Vehicle {
   uint64_t report_seq = 0;
 
   bool OpenAt(Timestamp t) const;
+  // Whether its tablet has gone silent: reported before, and not heard
+  // from for longer than kTabletSilentAfter. A vehicle kept over HTTP
+  // (no report_device) has no tablet to fall silent.
+  bool Silent(Timestamp now) const;
 };
+
+// A tablet that drove into a dead zone, or whose battery died, cannot see
+// an offer: offered a post, it would only wait out the offer's timeout
+// (5 minutes) while the food cools, and so again for the next post near
+// it. pp-agent reports its vehicle at least every kTabletReportEvery while
+// the hub listens, so silence longer than kTabletSilentAfter is three
+// reports missed. Its next report makes it eligible again.
+constexpr Duration kTabletReportEvery{std::chrono::minutes(5)};
+constexpr Duration kTabletSilentAfter{std::chrono::minutes(15)};
 
 // What a post needs from a vehicle.
 struct Need {
@@ -52,10 +65,11 @@ struct Need {
   Timestamp best_before{};
 };
 
-// Eligible = online, accepts the category, has the capacity, is open now,
-// and arrives (now + eta) before best_before. Exclusion is checked by the caller.
+// Eligible = online and not silent, accepts the category, has the capacity,
+// is open now, and arrives (now + eta) before best_before. Exclusion is
+// checked by the caller.
 inline bool IsEligible(const Vehicle& v, const Need& need, Timestamp now, double eta_seconds) {
-  return v.online && (v.accepts & need.category) && v.free_kg > 0 &&
+  return v.online && !v.Silent(now) && (v.accepts & need.category) && v.free_kg > 0 &&
          (!need.kg || v.free_kg >= *need.kg) && v.OpenAt(now) &&
          now + std::chrono::milliseconds(int64_t(eta_seconds * 1000)) < need.best_before;
 }

@@ -294,11 +294,26 @@ Result<QueuedOp> Agent::Submit(const std::string& type, json body) {
   {
     std::lock_guard lock(mu_);
     send_work_ = true;
-    if (type == sync::kOpVehicle) moved_ = true;  // ask again from the new position, soon
+    if (type == sync::kOpVehicle) {
+      reported_at_ = queued.created_at;
+      if (checked.contains("lat")) moved_ = true;  // ask again from the new position, soon
+    }
     if (Races(type)) race_queued_ = true;
   }
   send_cv_.notify_all();
   return queued;
+}
+
+void Agent::MaybeReportPresence() {
+  if (config_.role != "tablet") return;
+  {
+    std::lock_guard lock(mu_);
+    if (clock_.Now() - reported_at_ < kTabletReportEvery) return;
+    reported_at_ = clock_.Now();  // once a period, even if it cannot be queued
+  }
+  // Empty: it changes nothing the driver set; the hub records when it came.
+  if (auto q = Submit(sync::kOpVehicle, json::object()); !q.ok())
+    Log(LogLevel::kWarn, "presence_not_queued", {{"device", config_.device_id}, {"error", q.error().ToString()}});
 }
 
 void Agent::MaybeAskNearby() {
@@ -493,6 +508,7 @@ void Agent::SendLoop() {
     if (!uplink_.Connected() || !HubListening()) continue;
     MaybeCatchUp();
     MaybeAskNearby();
+    MaybeReportPresence();
     bool broken = false;
     while (!broken) {
       size_t room;

@@ -72,6 +72,13 @@
 // A device that has applied nothing yet does not ask: there is nothing it
 // can have missed.
 //
+// Presence. A tablet reports its vehicle (an empty `vehicle` op if nothing
+// changed) whenever kTabletReportEvery has passed since its last report and
+// the hub listens: the hub offers nothing to a tablet silent for longer than
+// kTabletSilentAfter (common/vehicle.h). After an outage longer than
+// kTabletReportEvery, and on starting, the report goes as soon as the hub
+// answers the connection's ping.
+//
 // Time. The device clock may be wrong by hours. Nothing the hub decides
 // depends on it; times a person picks ("good for 4 hours") are converted
 // with the hub's clock, learnt from the "ts" of every down message.
@@ -233,6 +240,7 @@ class Agent {
   Status ApplyBatch(std::vector<std::string>& batch);
   Status MergePost(AgentTxn& tx, const nlohmann::json& post);
   void MaybeAskNearby();
+  void MaybeReportPresence();  // see "Presence" above
   // After a (re)connect, and after an answer that said "more": asks the hub
   // for what it sent this device that this device has not applied.
   void MaybeCatchUp();
@@ -288,6 +296,11 @@ class Agent {
   std::atomic<uint64_t> last_seq_{0};
   Timestamp last_nearby_{};
   bool moved_ = false;  // a vehicle update was queued since the last nearby query
+  // When a vehicle report was last queued (its presence). None yet in this
+  // process: one is due once the hub listens, unless Start() queued the
+  // profile; a tablet restarted after a long night is offered posts again
+  // at once.
+  Timestamp reported_at_{};
   std::thread sender_, applier_;
 };
 

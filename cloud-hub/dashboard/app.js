@@ -60,8 +60,9 @@ function drawMap(posts, vehicles) {
   const x = lon => 20 + (lon - minLon) * k * scale, y = lat => 380 - (lat - minLat) * scale;
   for (const v of vehicles)
     svg.append(el('rect', { x: x(v.lon) - 4, y: y(v.lat) - 4, width: 8, height: 8, class: 'vehicle',
-                            fill: v.online ? '#444' : '#bbb' },
-                  el('title', {}, `NGO ${v.ngo_id}: ${v.free_kg} kg free${v.online ? '' : ' (off duty)'}`)));
+                            fill: v.online && !v.silent ? '#444' : '#bbb' },
+                  el('title', {}, `NGO ${v.ngo_id}: ${v.free_kg} kg free` +
+                     (!v.online ? ' (off duty)' : v.silent ? ` (tablet silent since ${new Date(v.updated_at).toLocaleTimeString()})` : ''))));
   for (const p of posts)
     svg.append(el('circle', { cx: x(p.lon), cy: y(p.lat), r: 5, class: `post ${p.status}`, 'data-id': p.id,
                               fill: COLORS[p.status] || '#999' },
@@ -125,7 +126,9 @@ async function refresh() {
     const c = s.counts;
     document.getElementById('counters').replaceChildren(
       ...['available', 'offered', 'claimed', 'picked_up', 'dead_lettered'].map(k => counter(k.replace('_', ' '), c[k] || 0, k === 'dead_lettered' && c[k] > 0)),
-      counter('vehicles online', s.vehicles.filter(v => v.online).length));
+      counter('vehicles online', s.vehicles.filter(v => v.online && !v.silent).length),
+      counter('tablets silent', s.vehicles.filter(v => v.online && v.silent).length,
+              s.vehicles.some(v => v.online && v.silent)));
     const st = s.status || {};
     document.getElementById('health').replaceChildren(
       counter('routing breaker', st.routing_breaker || '?', st.routing_breaker === 'open'),

@@ -757,10 +757,14 @@ void HttpApi::Routes() {
     }
     auto vehicles = hub_.ListVehicles();
     if (!vehicles.ok()) return Problem(res, vehicles.error(), req.path);
+    const Timestamp now = hub_.clock().Now();
     nlohmann::json vs = nlohmann::json::array();
-    for (const auto& v : *vehicles) vs.push_back(ToJson(v));
-    nlohmann::json out{{"counts", counts}, {"posts", posts}, {"vehicles", vs},
-                       {"now", FormatRfc3339(hub_.clock().Now())}};
+    for (const auto& v : *vehicles) {
+      nlohmann::json j = ToJson(v);
+      j["silent"] = v.Silent(now);  // its tablet not heard from: offered nothing
+      vs.push_back(std::move(j));
+    }
+    nlohmann::json out{{"counts", counts}, {"posts", posts}, {"vehicles", vs}, {"now", FormatRfc3339(now)}};
     out["status"] = status_probe_ ? status_probe_() : nlohmann::json::object();
     res.set_content(out.dump(), kJson);
   });

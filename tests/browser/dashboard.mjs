@@ -30,6 +30,8 @@ await runSteps(async (context, step) => {
   await page.locator('#map circle.post.dead_lettered').waitFor();
   await page.locator('#map rect.vehicle').first().waitFor();
   await page.locator('.counter[data-name="routing breaker"] b', { hasText: 'closed' }).waitFor();
+  await page.locator('.counter[data-name="vehicles online"] b', { hasText: '1' }).waitFor();
+  await page.locator('.counter[data-name="tablets silent"] b', { hasText: '0' }).waitFor();
   await page.screenshot({ path: `${shots}/dashboard.png`, fullPage: true });
 
   step('assign it from the DLQ');

@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <future>
+
 #include <nlohmann/json.hpp>
 
 #include "common/time_format.h"
@@ -213,6 +215,29 @@ TEST_F(CascadeTest, IneligibleVehiclesAreSkipped) {
   ASSERT_TRUE(hub_->UpdateVehicle(dairy_only, R"({"categories":["dairy"]})").ok());
   int64_t id = Post();
   EXPECT_EQ(Get(id)["offer"]["ngo_id"], ok);
+}
+
+// A tablet not heard from for longer than kTabletSilentAfter is passed
+// over: its driver could not see the offer, and the post would wait out
+// the offer's timeout. Its next report, even one that changes nothing,
+// brings it back.
+TEST_F(CascadeTest, ASilentTabletIsPassedOverUntilItReportsAgain) {
+  int64_t a = Ngo(0.001), b = Ngo(0.002);
+  auto report = [&](uint64_t seq, const std::string& body) {
+    std::promise<Result<Reply>> done;
+    hub_->Submit("", "", "", hub_->VehicleEffect(a, body, "tab-a", seq), nullptr,
+                 [&done](Result<Reply> r) { done.set_value(std::move(r)); });
+    auto r = done.get_future().get();
+    ASSERT_TRUE(r.ok()) << r.error().ToString();
+    cascade_->WaitIdle();
+  };
+  ASSERT_NO_FATAL_FAILURE(report(1, R"({"lat":51.5005,"lon":-0.1})"));
+  clock_.Advance(kTabletSilentAfter);
+  EXPECT_EQ(Get(Post())["offer"]["ngo_id"], a) << "passed over before kTabletSilentAfter";
+  clock_.Advance(seconds(1));
+  EXPECT_EQ(Get(Post())["offer"]["ngo_id"], b) << "a silent tablet was offered a post";
+  ASSERT_NO_FATAL_FAILURE(report(2, "{}"));  // a presence report
+  EXPECT_EQ(Get(Post())["offer"]["ngo_id"], a);
 }
 
 TEST_F(CascadeTest, ARestartedHubRebuildsItsIndexAndResumes) {

@@ -171,6 +171,12 @@ TEST(DashboardTest, SignInSeeTheCityAndAssignFromTheDlq) {
   auto after = cli.Get(("/api/v1/surplus/" + std::to_string(id)).c_str());
   EXPECT_EQ(json::parse(after->body)["status"], "claimed");
   EXPECT_EQ(json::parse(after->body)["claimed_by"], ngo);
+  // The NGO's vehicle, at its depot, no tablet: never silent.
+  auto summary = cli.Get("/api/v1/summary");
+  ASSERT_TRUE(summary && summary->status == 200);
+  const json vehicles = json::parse(summary->body)["vehicles"];
+  ASSERT_EQ(vehicles.size(), 1u) << vehicles.dump();
+  EXPECT_EQ(vehicles[0]["silent"], false) << vehicles.dump();
 }
 
 }  // namespace

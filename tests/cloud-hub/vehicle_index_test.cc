@@ -166,6 +166,41 @@ TEST(VehicleIndex, EligibilityFilters) {
   EXPECT_TRUE(Rank(index, req, kNow, MatchOptions{}, travel).empty());
 }
 
+// A tablet not heard from for longer than kTabletSilentAfter is offered
+// nothing until it reports again; a vehicle kept over HTTP has no tablet
+// and never falls silent.
+TEST(VehicleIndex, ASilentTabletIsOfferedNothingUntilItReportsAgain) {
+  SimulatedClock clock(kNow);
+  TravelTimes travel(clock, TravelModel{}, nullptr, {});
+  VehicleIndex index;
+  auto add = [&](int64_t id, double dlat, const char* device, Duration ago) {
+    Vehicle v;
+    v.ngo_id = id;
+    v.position = {51.5 + dlat, -0.1};
+    v.reported = true;
+    v.report_device = device;
+    v.report_seq = 3;
+    v.updated_at = kNow - ago;
+    index.Upsert(v);
+    return v;
+  };
+  using std::chrono::minutes;
+  Vehicle gone = add(1, 0.001, "tablet-1", kTabletSilentAfter + minutes(1));
+  add(2, 0.002, "tablet-2", kTabletSilentAfter);  // exactly the limit: not yet silent
+  add(3, 0.003, "", std::chrono::hours(48));      // kept over HTTP
+  MatchRequest req{1, {51.5, -0.1}, {CategoryBit("bakery"), 5.0, kNow + minutes(30)}, {}};
+  auto ids = [&] {
+    std::vector<int64_t> out;
+    for (const auto& c : Rank(index, req, kNow, MatchOptions{}, travel)) out.push_back(c.ngo_id);
+    return out;
+  };
+  EXPECT_EQ(ids(), (std::vector<int64_t>{2, 3}));
+  EXPECT_TRUE(gone.Silent(kNow));
+  gone.updated_at = kNow;  // its next report
+  index.Upsert(gone);
+  EXPECT_EQ(ids(), (std::vector<int64_t>{1, 2, 3}));
+}
+
 }  // namespace
 }  // namespace pp
 

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/time_format.h"
+#include "common/vehicle.h"
 #include "edge-agent/agent.h"
 #include "tests/support/test_support.h"
 
@@ -1013,6 +1014,79 @@ TEST_F(AgentQueryTest, AMovingVanAsksForNearbyPostsAtMostEveryFewSeconds) {
   clock.Advance(Agent::kNearbyEvery - Agent::kNearbyAfterMove);  // standing still: every kNearbyEvery
   EXPECT_TRUE(test::Eventually([&] { return uplink_.Count("nearby") == 3; }));
   agent.Stop();
+}
+
+// Presence: a tablet reports its vehicle at least every
+// kTabletReportEvery while the hub listens (an empty report when nothing
+// changed), so that the hub can tell a silent tablet from a quiet one
+// (common/vehicle.h); nothing while the hub does not listen; and after a
+// silence, as soon as the hub answers the new connection's ping.
+TEST_F(AgentQueryTest, ATabletReportsItsPresenceEveryFewMinutesWhileTheHubListens) {
+  SimulatedClock clock(SystemClock::Instance().Now());
+  Agent agent(cfg_, sync::GenerateKeyPair().secret_key, *store_, clock, uplink_);
+  agent.Start();
+  AnswerPing(agent, clock);
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("vehicle") == 1; })) << "the profile was not sent";
+  // Every op is answered, so that none waits behind unanswered publishes.
+  int64_t outbox_id = 0;
+  auto answer_last = [&](const std::string& type) {
+    const int queued = (*agent.State())["queued"].get<int>();
+    agent.OnDown(Answer(*uplink_.OpOf(type), "accepted", {{"id", 1}}, ToUnixMillis(clock.Now()), ++outbox_id).dump());
+    ASSERT_TRUE(test::Eventually([&] { return (*agent.State())["queued"] == queued - 1; }));
+  };
+  // An op wakes the sender at this moment; it shows whether the sender
+  // reported as well.
+  auto send_decline = [&](size_t declines) {
+    ASSERT_TRUE(agent.Submit(sync::kOpDecline, {{"surplus_id", 1}}).ok());
+    ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("decline") == declines; }));
+    answer_last("decline");
+  };
+  answer_last("vehicle");
+
+  clock.Advance(pp::kTabletReportEvery - std::chrono::seconds(1));
+  send_decline(1);
+  EXPECT_EQ(uplink_.Count("vehicle"), 1u) << "reported again before kTabletReportEvery";
+  clock.Advance(std::chrono::seconds(1));
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("vehicle") == 2; })) << "no report after kTabletReportEvery";
+  EXPECT_EQ(uplink_.BodyOf("vehicle"), json::object()) << "a presence report must change nothing the driver set";
+  answer_last("vehicle");
+
+  // A move is a report: the next presence is due kTabletReportEvery after it.
+  clock.Advance(std::chrono::minutes(2));
+  ASSERT_TRUE(agent.Submit(sync::kOpVehicle, {{"lat", 51.53}, {"lon", -0.10}}).ok());
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("vehicle") == 3; }));
+  answer_last("vehicle");
+  clock.Advance(pp::kTabletReportEvery - std::chrono::seconds(1));
+  send_decline(2);
+  EXPECT_EQ(uplink_.Count("vehicle"), 3u) << "reported though the move was a report";
+  clock.Advance(std::chrono::seconds(1));
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("vehicle") == 4; }));
+  answer_last("vehicle");
+
+  // Reconnected, and the hub does not answer: nothing is reported, however
+  // long the silence (the sender's pings show it has passed since).
+  agent.OnConnected();
+  const size_t pings = uplink_.Count("ping");
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("ping") == pings + 1; }));
+  clock.Advance(pp::kTabletSilentAfter + std::chrono::minutes(1));
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("ping") == pings + 2; }));
+  EXPECT_EQ(uplink_.Count("vehicle"), 4u) << "reported while the hub did not listen";
+  AnswerPing(agent, clock);
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("vehicle") == 5; }))
+      << "not reported at once when the hub listened again";
+  answer_last("vehicle");
+  agent.Stop();
+
+  // Started again on the same store, its profile unchanged (not queued
+  // again): it reports as soon as the hub listens, not 5 minutes later.
+  Agent again(cfg_, sync::GenerateKeyPair().secret_key, *store_, clock, uplink_);
+  const size_t pings_before = uplink_.Count("ping");
+  again.Start();
+  ASSERT_TRUE(test::Eventually([&] { return uplink_.Count("ping") > pings_before; }));
+  AnswerPing(again, clock);
+  EXPECT_TRUE(test::Eventually([&] { return uplink_.Count("vehicle") == 6; })) << "no report on starting";
+  EXPECT_EQ(uplink_.BodyOf("vehicle"), json::object());
+  again.Stop();
 }
 
 // A device's store belongs to its agent's process: a second open (another

@@ -130,6 +130,11 @@ void OutboxRelay::Start() {
   in_flight_.clear();
   cursor_ = 0;
   passes_to_start_ = 0;
+  {
+    std::lock_guard lock(last_mu_);
+    last_sent_.clear();
+    publishing_ = true;
+  }
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -142,6 +147,8 @@ void OutboxRelay::Stop() {
   if (thread_.joinable()) thread_.join();
   std::unique_lock lock(mu_);  // their callbacks use this object
   cv_.wait(lock, [&] { return marks_pending_ == 0; });
+  std::lock_guard last_lock(last_mu_);
+  publishing_ = false;
 }
 
 void OutboxRelay::SetMetrics(metrics::Registry* registry) {
@@ -211,10 +218,16 @@ void OutboxRelay::Loop() {
 
 std::optional<int64_t> OutboxRelay::LastSentTo(const std::string& device) {
   int64_t last = 0;
-  bool known = false;
+  bool known = false, publishing;
   {
     std::lock_guard lock(last_mu_);
-    if (auto it = last_sent_.find(device); it != last_sent_.end()) last = it->second, known = true;
+    publishing = publishing_;
+    if (auto it = last_sent_.find(device); publishing && it != last_sent_.end()) last = it->second, known = true;
+  }
+  if (!publishing) {  // another replica publishes: what its marks recorded
+    auto stored = hub_.LastSentTo(device);
+    if (!stored.ok() || *stored == 0) return std::nullopt;
+    return *stored;
   }
   if (!known) {
     // Not sent to in this run: what the marks recorded before (read outside

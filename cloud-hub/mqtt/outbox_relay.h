@@ -114,7 +114,9 @@ class OutboxRelay {
   // named in the hub's answer to a ping, so that a device that has heard
   // nothing since can still see what it lost. For a device this run has
   // sent nothing yet, what the marks of earlier runs recorded (read once,
-  // then kept): a restarted hub still names it.
+  // then kept): a restarted hub still names it. While this relay is not
+  // running (another replica holds the relay lease), what the marks
+  // recorded, read each time: the replica that publishes moves it on.
   std::optional<int64_t> LastSentTo(const std::string& device);
 
   static constexpr size_t kWindow = 100;  // publishes awaiting PUBACK
@@ -166,9 +168,11 @@ class OutboxRelay {
   // publish's `prev`), or what the store recorded before this run (0: none).
   // Written by the relay's thread and by LastSentTo's first read, read by
   // the ingest workers answering pings. One entry per device heard of:
-  // under 100 bytes each.
+  // under 100 bytes each. Emptied at each Start(): while stopped, another
+  // replica's relay may have sent more.
   std::mutex last_mu_;
   std::unordered_map<std::string, int64_t> last_sent_;  // guarded by last_mu_
+  bool publishing_ = false;                             // between Start and Stop; guarded by last_mu_
 };
 
 // Runs `relay` only while this process holds the store's relay lease

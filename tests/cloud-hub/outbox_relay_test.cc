@@ -28,13 +28,17 @@ class OutboxRelayTest : public ::testing::Test {
     ASSERT_TRUE(hub_.RegisterDevice({kiosk_.id(), "kiosk", provider_, kiosk_.public_key(), false, 0, {}}).ok());
     broker_.AddUser(kiosk_.id(), kiosk_.password());
     ASSERT_TRUE(kiosk_.Connect().ok());
+    mqtt_ = HubConnection("pp-hub-relay-test");
+    ASSERT_TRUE(mqtt_->Connect(std::chrono::seconds(10)).ok());
+  }
+  // A hub replica's publishing connection.
+  std::unique_ptr<sync::MqttClient> HubConnection(const std::string& client_id) {
     std::ifstream pw_in(broker_.hub_password_file());
     std::string hub_pw;
     pw_in >> hub_pw;
-    mqtt_ = std::make_unique<sync::MqttClient>(
-        sync::MqttClient::CleanSession(broker_.uri(), "pp-hub-relay-test", "pp-hub", hub_pw, {}, 10000),
+    return std::make_unique<sync::MqttClient>(
+        sync::MqttClient::CleanSession(broker_.uri(), client_id, "pp-hub", hub_pw, {}, 10000),
         [](auto&, auto&, auto&) {});
-    ASSERT_TRUE(mqtt_->Connect(std::chrono::seconds(10)).ok());
   }
 
   // Posts a surplus; its surplus.posted event is what the relay carries.
@@ -269,6 +273,40 @@ TEST_F(OutboxRelayTest, EveryPublishNamesTheLastMessageOfTheOneBeforeItAcrossARe
   EXPECT_EQ(log[3].ids.size(), 2u);
   EXPECT_EQ(log[4].prev, log[3].ids.back());
   EXPECT_EQ(kiosk_.messages().size(), posts.size());
+}
+
+// Two hub replicas on one store, one relay lease: the replica whose relay
+// does not run answers a ping with what the publishing replica's marks
+// recorded, as they move on; and a relay that runs again after another
+// replica's ran names the other's last message as its `prev`, not what it
+// had itself sent before.
+TEST_F(OutboxRelayTest, AReplicaThatDoesNotPublishNamesWhatTheOtherSentLast) {
+  auto other_connection = HubConnection("pp-hub-relay-test-2");
+  ASSERT_TRUE(other_connection->Connect(std::chrono::seconds(10)).ok());
+  OutboxRelay first(hub_, *mqtt_), second(hub_, *other_connection);
+  auto publish_with = [&](OutboxRelay& relay, const char* what) {
+    relay.Start();
+    const int64_t id = Post(what);
+    relay.Notify();
+    EXPECT_TRUE(KioskHeardOf(id)) << what;
+    EXPECT_TRUE(AllMarked()) << what;
+    relay.Stop();
+  };
+  publish_with(first, "a");
+  auto log = kiosk_.publish_log();
+  ASSERT_EQ(log.size(), 1u);
+  EXPECT_EQ(second.LastSentTo(kiosk_.id()), std::optional<int64_t>(log[0].ids.back()));
+  publish_with(second, "b");
+  log = kiosk_.publish_log();
+  ASSERT_EQ(log.size(), 2u);
+  EXPECT_EQ(log[1].prev, log[0].ids.back());
+  EXPECT_EQ(first.LastSentTo(kiosk_.id()), std::optional<int64_t>(log[1].ids.back()))
+      << "the replica that does not publish named an old message";
+  publish_with(first, "c");  // the lease back to the first
+  log = kiosk_.publish_log();
+  ASSERT_EQ(log.size(), 3u);
+  EXPECT_EQ(log[2].prev, log[1].ids.back()) << "named what it had itself sent, not the other replica's last";
+  EXPECT_EQ(second.LastSentTo(kiosk_.id()), std::optional<int64_t>(log[2].ids.back()));
 }
 
 // While a page's PUBACKs are out, what is committed meanwhile goes out in

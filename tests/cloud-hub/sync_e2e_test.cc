@@ -23,7 +23,7 @@ class SyncTest : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_GT(broker_.port(), 0);
-    StartHub();
+    ASSERT_NO_FATAL_FAILURE(StartHub());
     provider_ = Org("provider", 51.500, -0.100);
     ngo_ = Org("ngo", 51.501, -0.101);
     kiosk_ = Device("kiosk-1", "kiosk", provider_);
@@ -219,7 +219,7 @@ TEST_F(SyncTest, ARestartedHubsPingAnswerNamesTheLastMessageSentBeforeTheRestart
   // restarted relay sends those events again, naming the last one marked.)
   hub_->process().Kill(SIGTERM);
   ASSERT_EQ(hub_->process().Wait(), 0);
-  StartHub();
+  ASSERT_NO_FATAL_FAILURE(StartHub());
   json again;
   ASSERT_TRUE(test::Eventually([&] {  // the hub's MQTT door opens just after its HTTP one
     again = kiosk_->WaitOutcome(kiosk_->Send("ping", json::object()).op, std::chrono::milliseconds(500));
@@ -542,7 +542,7 @@ TEST_F(SyncTest, AHubKilledMidStreamLosesNothingAndAppliesNothingTwice) {
       hub_->process().Wait();
     }
   }
-  StartHub();
+  ASSERT_NO_FATAL_FAILURE(StartHub());
   // The device's queue is the truth: whatever has no outcome yet is sent
   // again (same op id, same signature), as pp-agent does after a reconnect.
   std::set<int64_t> ids;

@@ -307,9 +307,10 @@ Result<QueuedOp> Agent::Submit(const std::string& type, json body) {
 void Agent::MaybeReportPresence() {
   if (config_.role != "tablet") return;
   {
+    const Timestamp now = clock_.Now();
     std::lock_guard lock(mu_);
-    if (clock_.Now() - reported_at_ < kTabletReportEvery) return;
-    reported_at_ = clock_.Now();  // once a period, even if it cannot be queued
+    if (now - reported_at_ < kTabletReportEvery) return;
+    reported_at_ = now;  // once a period, even if it cannot be queued
   }
   // Empty: it changes nothing the driver set; the hub records when it came.
   if (auto q = Submit(sync::kOpVehicle, json::object()); !q.ok())

@@ -124,11 +124,11 @@ async function refresh() {
     document.getElementById('board').hidden = false;
     document.getElementById('clock').textContent = new Date(s.now).toLocaleTimeString();
     const c = s.counts;
+    const silent = s.vehicles.filter(v => v.online && v.silent).length;
     document.getElementById('counters').replaceChildren(
       ...['available', 'offered', 'claimed', 'picked_up', 'dead_lettered'].map(k => counter(k.replace('_', ' '), c[k] || 0, k === 'dead_lettered' && c[k] > 0)),
-      counter('vehicles online', s.vehicles.filter(v => v.online && !v.silent).length),
-      counter('tablets silent', s.vehicles.filter(v => v.online && v.silent).length,
-              s.vehicles.some(v => v.online && v.silent)));
+      counter('vehicles online', s.vehicles.filter(v => v.online).length - silent),
+      counter('tablets silent', silent, silent > 0));
     const st = s.status || {};
     document.getElementById('health').replaceChildren(
       counter('routing breaker', st.routing_breaker || '?', st.routing_breaker === 'open'),

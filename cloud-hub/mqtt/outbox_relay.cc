@@ -224,18 +224,17 @@ std::optional<int64_t> OutboxRelay::LastSentTo(const std::string& device) {
     publishing = publishing_;
     if (auto it = last_sent_.find(device); publishing && it != last_sent_.end()) last = it->second, known = true;
   }
-  if (!publishing) {  // another replica publishes: what its marks recorded
-    auto stored = hub_.LastSentTo(device);
-    if (!stored.ok() || *stored == 0) return std::nullopt;
-    return *stored;
-  }
   if (!known) {
-    // Not sent to in this run: what the marks recorded before (read outside
-    // the lock; a publish acknowledged meanwhile is newer and wins).
+    // Not sent to in this run, or another replica publishes: what the marks
+    // recorded (read outside the lock). Kept only while this relay
+    // publishes; a publish acknowledged meanwhile is newer and wins.
     auto stored = hub_.LastSentTo(device);
     if (!stored.ok()) return std::nullopt;  // asked again next time
-    std::lock_guard lock(last_mu_);
-    last = last_sent_.try_emplace(device, *stored).first->second;
+    last = *stored;
+    if (publishing) {
+      std::lock_guard lock(last_mu_);
+      last = last_sent_.try_emplace(device, last).first->second;
+    }
   }
   if (last == 0) return std::nullopt;  // 0: nothing ever sent
   return last;

@@ -211,16 +211,35 @@ Result<json> Agent::CheckBody(const std::string& type, json body) {
   const bool kiosk = config_.role == "kiosk";
   if (type == sync::kOpPostSurplus) {
     if (!kiosk) return Denied("only a kiosk posts surplus");
-    // A duration the person picked, turned into the hub's time (the device
-    // clock may be hours off).
-    if (body.contains("best_before_in_min")) {
-      const auto& m = body["best_before_in_min"];
-      if (!m.is_number() || m.get<double>() < 1 || m.get<double>() > 30 * 24 * 60)
-        return Error::Invalid("request has invalid fields",
-                              {{"best_before_in_min", "must be a number of minutes from 1 to 43200"}});
-      body["best_before"] =
-          FormatRfc3339(HubNow() + std::chrono::minutes(int64_t(m.get<double>())));
-      body.erase("best_before_in_min");
+    // Durations the person picked ("good for 4 h", "pick up in 1 to 3 h"),
+    // turned into the hub's time: the device clock may be hours off.
+    const Timestamp now = HubNow();
+    std::vector<FieldError> bad;
+    auto minutes = [&](const char* field, int lo) -> std::optional<double> {
+      if (!body.contains(field)) return std::nullopt;
+      const auto& m = body[field];
+      if (!m.is_number() || !(m.get<double>() >= lo && m.get<double>() <= 30 * 24 * 60)) {
+        bad.push_back({field, "must be a number of minutes from " + std::to_string(lo) + " to 43200"});
+        return std::nullopt;
+      }
+      return m.get<double>();
+    };
+    auto at = [&](const char* field, const char* target, double m) {
+      body[target] = FormatRfc3339(now + std::chrono::minutes(int64_t(m)));
+      body.erase(field);
+    };
+    if (auto m = minutes("best_before_in_min", 1)) at("best_before_in_min", "best_before", *m);
+    // A pickup window: from `start` to `end` minutes from now, both or neither.
+    const auto start = minutes("pickup_start_in_min", 0), end = minutes("pickup_end_in_min", 1);
+    if (body.contains("pickup_start_in_min") != body.contains("pickup_end_in_min"))
+      bad.push_back({body.contains("pickup_start_in_min") ? "pickup_end_in_min" : "pickup_start_in_min",
+                     "pickup_start_in_min and pickup_end_in_min must be given together"});
+    else if (start && end && *end <= *start)
+      bad.push_back({"pickup_end_in_min", "must be after pickup_start_in_min"});
+    if (!bad.empty()) return Error::Invalid("request has invalid fields", std::move(bad));
+    if (start && end) {
+      at("pickup_start_in_min", "pickup_start", *start);
+      at("pickup_end_in_min", "pickup_end", *end);
     }
     if (body.contains("provider_id") && body["provider_id"] != config_.org_id)
       return Denied("provider_id is not this kiosk's organisation");

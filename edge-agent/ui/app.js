@@ -26,6 +26,8 @@ const T = {
     conflict: 'Someone changed this first; the screen shows what is true now.',
     rejected: 'The hub refused this', rejected_code: 'Wrong handover code: ask the restaurant again.',
     storage_v: { hot: 'Hot', chilled: 'Chilled', frozen: 'Frozen', ambient: 'Room temperature' },
+    pickup_window: 'Pickup window', win_any: 'Any time before then', win_now: 'now', win_in: 'in',
+    pickup_at: 'pick up', contains: 'contains',
   },
   id: {
     title: 'Pahlawan Pangan', post_title: 'Laporkan makanan berlebih', category: 'Kategori',
@@ -48,8 +50,13 @@ const T = {
     conflict: 'Ada yang mengubahnya lebih dulu; layar menunjukkan keadaan terkini.',
     rejected: 'Hub menolak ini', rejected_code: 'Kode serah terima salah: tanyakan lagi ke restoran.',
     storage_v: { hot: 'Panas', chilled: 'Dingin', frozen: 'Beku', ambient: 'Suhu ruang' },
+    pickup_window: 'Waktu pengambilan', win_any: 'Kapan saja sebelum itu', win_now: 'sekarang', win_in: 'dalam',
+    pickup_at: 'ambil', contains: 'mengandung',
   },
 };
+// Pickup windows a kiosk offers, in minutes from now ("" = none: any time
+// before best-before). Times windows, not exact times: what staff can promise.
+const WINDOWS = ['', '0-60', '0-120', '60-180', '120-240'];
 const CATEGORIES = ['prepared_meals', 'bakery', 'produce', 'dairy', 'meat_fish', 'dry_goods', 'beverages', 'other'];
 const ALLERGENS = ['celery', 'cereals_gluten', 'crustaceans', 'eggs', 'fish', 'lupin', 'milk', 'molluscs',
                    'mustard', 'nuts', 'peanuts', 'sesame', 'soya', 'sulphites'];
@@ -60,6 +67,7 @@ let fetchedAt = 0;       // performance.now() when state arrived
 let localNotices = [];   // answers from the local API (queued / refused)
 let rendered = '';       // what the lists were last drawn from: redraw only on change
 const drafts = {};       // what the driver is typing, by field: kept across redraws
+let formsLang = null;    // the language the form's choices were last built in
 const t = k => (T[lang] && T[lang][k]) || T.en[k] || k;
 
 function el(tag, attrs, ...children) {
@@ -143,8 +151,11 @@ function describe(p) {
   const bits = [];
   if (p.quantity_kg) bits.push(`${p.quantity_kg} kg`);
   if (p.portions) bits.push(`${p.portions} ×`);
+  if (p.storage) bits.push(t('storage_v')[p.storage] || p.storage);
   if (p.best_before && OPEN.has(p.status || 'available'))
     bits.push(`${t('best_before_in')} ${Math.max(0, minutesLeft(p.best_before))} min`);
+  if (p.pickup_start && p.pickup_end) bits.push(`${t('pickup_at')} ${hhmm(p.pickup_start)}–${hhmm(p.pickup_end)}`);
+  if (p.allergens && p.allergens.length) bits.push(`${t('contains')} ${p.allergens.map(a => a.replace('_', ' ')).join(', ')}`);
   return bits.join(' · ');
 }
 // An input whose value survives redraws.
@@ -178,6 +189,7 @@ function renderTablet() {
   list('offers', offers, p => el('li', { 'data-id': p.id },
     el('div', { class: 'title' }, p.description),
     el('div', { class: 'meta' }, dist(p) + describe(p)),
+    p.instructions ? el('div', { class: 'meta' }, p.instructions) : null,
     el('div', { class: 'meta' }, `${t('answer_in')} `,
        el('span', { class: 'countdown', 'data-until': p.offer.expires_at }, `${secondsLeft(p.offer.expires_at)} s`)),
     el('div', { class: 'actions' },
@@ -217,10 +229,23 @@ function fillForms() {
     for (const a of ALLERGENS) document.getElementById('allergens').append(
       el('label', {}, el('input', { type: 'checkbox', name: 'allergen', value: a }), a.replace('_', ' ')));
   }
+  // The translated choices are rebuilt only when the language changes: a
+  // list replaced every second would close under the person's finger.
+  if (formsLang === lang) return;
+  formsLang = lang;
   const storage = document.getElementById('storage');
   const chosen = storage.value || 'ambient';
   storage.replaceChildren(...['hot', 'chilled', 'frozen', 'ambient'].map(s => el('option', { value: s }, t('storage_v')[s])));
   storage.value = chosen;
+  const windows = document.getElementById('pickup_window');
+  const picked = windows.value;
+  const label = w => {
+    if (!w) return t('win_any');
+    const [from, to] = w.split('-').map(Number);
+    return `${from ? `${t('win_in')} ${from / 60} h` : t('win_now')} – ${to / 60} h`;
+  };
+  windows.replaceChildren(...WINDOWS.map(w => el('option', { value: w }, label(w))));
+  windows.value = picked;
 }
 
 async function refresh() {
@@ -260,6 +285,11 @@ document.getElementById('post-form').addEventListener('submit', async ev => {
   if (f.quantity_kg.value) body.quantity_kg = Number(f.quantity_kg.value);
   if (f.portions.value) body.portions = Number(f.portions.value);
   if (f.instructions.value) body.instructions = f.instructions.value;
+  if (f.pickup_window.value) {
+    const [from, to] = f.pickup_window.value.split('-').map(Number);
+    body.pickup_start_in_min = from;
+    body.pickup_end_in_min = to;
+  }
   if (await api('POST', '/api/posts', body)) f.reset();
 });
 document.getElementById('vehicle-form').addEventListener('input', ev => { ev.currentTarget.dataset.touched = '1'; });

@@ -1,6 +1,7 @@
 // The kiosk and tablet pages in headless Chromium (Debian's), as people use
-// them: post on the kiosk, see the offer on the tablet, accept it, see
-// "claimed" and the handover code on the kiosk; the language switch works.
+// them: post on the kiosk (with a pickup window), see the offer on the
+// tablet with what a driver needs to know, accept it, see "claimed" and the
+// handover code on the kiosk; the language switch works.
 //
 //   node agent_ui.mjs KIOSK_URL TABLET_URL SCREENSHOT_DIR
 // Exits 0 when every step held, 1 with the failing step otherwise.
@@ -30,14 +31,22 @@ await runSteps(async (context, step) => {
   await kiosk.fill('#quantity_kg', '6');
   await kiosk.selectOption('#storage', 'hot');
   await kiosk.check('input[value="eggs"]');
+  await kiosk.selectOption('#pickup_window', '0-120');
+  await kiosk.fill('#instructions', 'Ring at the back door');
   await kiosk.click('#post-button');
   const card = kiosk.locator('#my-posts li', { hasText: what });
   await card.waitFor();
 
-  step('the offer appears on the tablet, with a countdown');
+  step('the kiosk shows its post with the pickup window');
+  await card.getByText(/pick up .+–.+/).waitFor();
+
+  step('the offer appears on the tablet, with a countdown, storage, pickup window, allergens and instructions');
   const offer = tablet.locator('#offers li', { hasText: what });
   await offer.waitFor({ timeout: 20000 });
   await offer.locator('.countdown').waitFor();
+  const meta = await offer.locator('.meta').allTextContents();
+  for (const want of [/Hot/, /pick up .+–.+/, /contains eggs/, /Ring at the back door/])
+    if (!meta.some(m => want.test(m))) throw new Error(`the offer does not show ${want}: ${JSON.stringify(meta)}`);
 
   step('accept on the tablet');
   await offer.locator('button.accept').click();
@@ -66,5 +75,7 @@ await runSteps(async (context, step) => {
   await kiosk.click('button[data-lang="id"]');
   await kiosk.getByText('Laporkan makanan berlebih').waitFor();
   await kiosk.getByText('Sudah diambil').first().waitFor();
-  return 'post -> offer -> accept -> claimed with code -> wrong code refused -> picked up; EN/ID';
+  await kiosk.locator('#pickup_window option', { hasText: 'sekarang' }).first().waitFor({ state: 'attached' });
+  return 'post with a pickup window -> offer with storage, window, allergens, instructions -> accept -> ' +
+         'claimed with code -> wrong code refused -> picked up; EN/ID';
 });

@@ -443,6 +443,55 @@ TEST_F(AgentTest, AFullQueueIsRefusedOutLoudAndNothingAcceptedIsLost) {
   EXPECT_EQ(HubPosts().size(), 10u);
 }
 
+// A kiosk offers a pickup window in minutes from now, as it offers
+// "good for": the agent turns both into the hub's time, and names what is
+// wrong with a window before anything is queued.
+TEST_F(AgentTest, AKioskPostsAPickupWindowInMinutesFromTheHubsNow) {
+  auto kiosk = Agent("kiosk-1", "kiosk", provider_);
+  auto with_window = [](json start, json end) {
+    json p = Post("window");
+    if (!start.is_null()) p["pickup_start_in_min"] = start;
+    if (!end.is_null()) p["pickup_end_in_min"] = end;
+    return p;
+  };
+  auto field_of = [](const test::HttpAnswer& r) {
+    return r.body.contains("errors") && !r.body["errors"].empty() ? r.body["errors"][0]["field"].get<std::string>()
+                                                                  : std::string("(none) ") + r.body.dump();
+  };
+  auto only_start = kiosk->Call("POST", "/api/posts", with_window(30, nullptr));
+  EXPECT_EQ(only_start.status, 422);
+  EXPECT_EQ(field_of(only_start), "pickup_end_in_min");
+  auto backwards = kiosk->Call("POST", "/api/posts", with_window(90, 60));
+  EXPECT_EQ(backwards.status, 422);
+  EXPECT_EQ(field_of(backwards), "pickup_end_in_min");
+  auto negative = kiosk->Call("POST", "/api/posts", with_window(-5, 60));
+  EXPECT_EQ(negative.status, 422);
+  EXPECT_EQ(field_of(negative), "pickup_start_in_min");
+  auto words = kiosk->Call("POST", "/api/posts", with_window("soon", 60));
+  EXPECT_EQ(words.status, 422);
+  EXPECT_EQ(field_of(words), "pickup_start_in_min");
+  // The hub's own rule, heard at the kiosk: the window opens before the food goes off (240 min).
+  auto too_late = kiosk->Call("POST", "/api/posts", with_window(300, 360));
+  EXPECT_EQ(too_late.status, 422);
+  EXPECT_EQ(field_of(too_late), "pickup_start");
+  EXPECT_EQ(kiosk->State()["queued_ops"].size(), 0u) << "nothing refused is queued";
+
+  const auto before = pp::SystemClock::Instance().Now();
+  auto ok = kiosk->Call("POST", "/api/posts", with_window(30, 150));
+  ASSERT_EQ(ok.status, 202) << ok.body.dump();
+  const auto after = pp::SystemClock::Instance().Now();
+  std::map<int64_t, json> posts;
+  ASSERT_TRUE(test::Eventually([&] { return (posts = HubPosts()).size() == 1; }, seconds(30)));
+  const json& post = posts.begin()->second;
+  auto start = pp::ParseRfc3339(post["pickup_start"].get<std::string>());
+  auto end = pp::ParseRfc3339(post["pickup_end"].get<std::string>());
+  ASSERT_TRUE(start && end) << post.dump();
+  // The hub and the agent share this machine's clock; RFC 3339 keeps seconds.
+  EXPECT_GE(*start, before + std::chrono::minutes(30) - seconds(1));
+  EXPECT_LE(*start, after + std::chrono::minutes(30) + seconds(1));
+  EXPECT_EQ(*end - *start, std::chrono::minutes(120));
+}
+
 TEST_F(AgentTest, BadInputIsNamedAndTheAgentKeepsServing) {
   auto kiosk = Agent("kiosk-1", "kiosk", provider_);
   auto wrong_role = kiosk->Call("POST", "/api/surplus/1/claim", {{"version", 1}});

@@ -211,8 +211,9 @@ Result<json> Agent::CheckBody(const std::string& type, json body) {
   const bool kiosk = config_.role == "kiosk";
   if (type == sync::kOpPostSurplus) {
     if (!kiosk) return Denied("only a kiosk posts surplus");
-    // Durations the person picked ("good for 4 h", "pick up in 1 to 3 h"),
-    // turned into the hub's time: the device clock may be hours off.
+    // Durations the person picked ("cooked 1 h ago", "good for 4 h", "pick
+    // up in 1 to 3 h"), turned into the hub's time: the device clock may be
+    // hours off.
     const Timestamp now = HubNow();
     std::vector<FieldError> bad;
     auto minutes = [&](const char* field, int lo) -> std::optional<double> {
@@ -229,6 +230,7 @@ Result<json> Agent::CheckBody(const std::string& type, json body) {
       body.erase(field);
     };
     if (auto m = minutes("best_before_in_min", 1)) at("best_before_in_min", "best_before", *m);
+    if (auto m = minutes("prepared_min_ago", 0)) at("prepared_min_ago", "prepared_at", -*m);
     // A pickup window: from `start` to `end` minutes from now, both or neither.
     const auto start = minutes("pickup_start_in_min", 0), end = minutes("pickup_end_in_min", 1);
     if (body.contains("pickup_start_in_min") != body.contains("pickup_end_in_min"))

@@ -27,7 +27,8 @@ const T = {
     rejected: 'The hub refused this', rejected_code: 'Wrong handover code: ask the restaurant again.',
     storage_v: { hot: 'Hot', chilled: 'Chilled', frozen: 'Frozen', ambient: 'Room temperature' },
     pickup_window: 'Pickup window', win_any: 'Any time before then', win_now: 'now', win_in: 'in',
-    pickup_at: 'pick up', contains: 'contains',
+    pickup_at: 'pick up', contains: 'contains', cooked: 'Cooked', cooked_unsaid: 'Not said',
+    cooked_now: 'just now', cooked_ago: 'ago', cooked_at: 'cooked',
   },
   id: {
     title: 'Pahlawan Pangan', post_title: 'Laporkan makanan berlebih', category: 'Kategori',
@@ -51,12 +52,15 @@ const T = {
     rejected: 'Hub menolak ini', rejected_code: 'Kode serah terima salah: tanyakan lagi ke restoran.',
     storage_v: { hot: 'Panas', chilled: 'Dingin', frozen: 'Beku', ambient: 'Suhu ruang' },
     pickup_window: 'Waktu pengambilan', win_any: 'Kapan saja sebelum itu', win_now: 'sekarang', win_in: 'dalam',
-    pickup_at: 'ambil', contains: 'mengandung',
+    pickup_at: 'ambil', contains: 'mengandung', cooked: 'Dimasak', cooked_unsaid: 'Tidak disebut',
+    cooked_now: 'baru saja', cooked_ago: 'yang lalu', cooked_at: 'dimasak',
   },
 };
 // Pickup windows a kiosk offers, in minutes from now ("" = none: any time
 // before best-before). Times windows, not exact times: what staff can promise.
 const WINDOWS = ['', '0-60', '0-120', '60-180', '120-240'];
+// When it was cooked, in minutes ago ("" = not said).
+const COOKED = ['', '0', '60', '120', '240'];
 const CATEGORIES = ['prepared_meals', 'bakery', 'produce', 'dairy', 'meat_fish', 'dry_goods', 'beverages', 'other'];
 const ALLERGENS = ['celery', 'cereals_gluten', 'crustaceans', 'eggs', 'fish', 'lupin', 'milk', 'molluscs',
                    'mustard', 'nuts', 'peanuts', 'sesame', 'soya', 'sulphites'];
@@ -152,6 +156,7 @@ function describe(p) {
   if (p.quantity_kg) bits.push(`${p.quantity_kg} kg`);
   if (p.portions) bits.push(`${p.portions} ×`);
   if (p.storage) bits.push(t('storage_v')[p.storage] || p.storage);
+  if (p.prepared_at) bits.push(`${t('cooked_at')} ${hhmm(p.prepared_at)}`);
   if (p.best_before && OPEN.has(p.status || 'available'))
     bits.push(`${t('best_before_in')} ${Math.max(0, minutesLeft(p.best_before))} min`);
   if (p.pickup_start && p.pickup_end) bits.push(`${t('pickup_at')} ${hhmm(p.pickup_start)}–${hhmm(p.pickup_end)}`);
@@ -246,6 +251,11 @@ function fillForms() {
   };
   windows.replaceChildren(...WINDOWS.map(w => el('option', { value: w }, label(w))));
   windows.value = picked;
+  const cooked = document.getElementById('prepared_min_ago');
+  const was = cooked.value;
+  cooked.replaceChildren(...COOKED.map(c => el('option', { value: c },
+    c === '' ? t('cooked_unsaid') : c === '0' ? t('cooked_now') : `${Number(c) / 60} h ${t('cooked_ago')}`)));
+  cooked.value = was;
 }
 
 async function refresh() {
@@ -285,6 +295,7 @@ document.getElementById('post-form').addEventListener('submit', async ev => {
   if (f.quantity_kg.value) body.quantity_kg = Number(f.quantity_kg.value);
   if (f.portions.value) body.portions = Number(f.portions.value);
   if (f.instructions.value) body.instructions = f.instructions.value;
+  if (f.prepared_min_ago.value !== '') body.prepared_min_ago = Number(f.prepared_min_ago.value);
   if (f.pickup_window.value) {
     const [from, to] = f.pickup_window.value.split('-').map(Number);
     body.pickup_start_in_min = from;

@@ -32,6 +32,7 @@ await runSteps(async (context, step) => {
   await kiosk.selectOption('#storage', 'hot');
   await kiosk.check('input[value="eggs"]');
   await kiosk.selectOption('#pickup_window', '0-120');
+  await kiosk.selectOption('#prepared_min_ago', '60');
   await kiosk.fill('#instructions', 'Ring at the back door');
   await kiosk.click('#post-button');
   const card = kiosk.locator('#my-posts li', { hasText: what });
@@ -40,12 +41,12 @@ await runSteps(async (context, step) => {
   step('the kiosk shows its post with the pickup window');
   await card.getByText(/pick up .+–.+/).waitFor();
 
-  step('the offer appears on the tablet, with a countdown, storage, pickup window, allergens and instructions');
+  step('the offer appears on the tablet, with a countdown, storage, when cooked, pickup window, allergens and instructions');
   const offer = tablet.locator('#offers li', { hasText: what });
   await offer.waitFor({ timeout: 20000 });
   await offer.locator('.countdown').waitFor();
   const meta = await offer.locator('.meta').allTextContents();
-  for (const want of [/Hot/, /pick up .+–.+/, /contains eggs/, /Ring at the back door/])
+  for (const want of [/Hot/, /cooked \S+/, /pick up .+–.+/, /contains eggs/, /Ring at the back door/])
     if (!meta.some(m => want.test(m))) throw new Error(`the offer does not show ${want}: ${JSON.stringify(meta)}`);
 
   step('accept on the tablet');

@@ -443,9 +443,9 @@ TEST_F(AgentTest, AFullQueueIsRefusedOutLoudAndNothingAcceptedIsLost) {
   EXPECT_EQ(HubPosts().size(), 10u);
 }
 
-// A kiosk offers a pickup window in minutes from now, as it offers
-// "good for": the agent turns both into the hub's time, and names what is
-// wrong with a window before anything is queued.
+// A kiosk offers a pickup window in minutes from now and "cooked N min
+// ago", as it offers "good for": the agent turns them into the hub's time,
+// and names what is wrong before anything is queued.
 TEST_F(AgentTest, AKioskPostsAPickupWindowInMinutesFromTheHubsNow) {
   auto kiosk = Agent("kiosk-1", "kiosk", provider_);
   auto with_window = [](json start, json end) {
@@ -471,13 +471,22 @@ TEST_F(AgentTest, AKioskPostsAPickupWindowInMinutesFromTheHubsNow) {
   EXPECT_EQ(words.status, 422);
   EXPECT_EQ(field_of(words), "pickup_start_in_min");
   // The hub's own rule, heard at the kiosk: the window opens before the food goes off (240 min).
+  auto cooked_later = kiosk->Call("POST", "/api/posts", [&] {
+    json p = with_window(30, 150);
+    p["prepared_min_ago"] = -10;
+    return p;
+  }());
+  EXPECT_EQ(cooked_later.status, 422);
+  EXPECT_EQ(field_of(cooked_later), "prepared_min_ago");
   auto too_late = kiosk->Call("POST", "/api/posts", with_window(300, 360));
   EXPECT_EQ(too_late.status, 422);
   EXPECT_EQ(field_of(too_late), "pickup_start");
   EXPECT_EQ(kiosk->State()["queued_ops"].size(), 0u) << "nothing refused is queued";
 
   const auto before = pp::SystemClock::Instance().Now();
-  auto ok = kiosk->Call("POST", "/api/posts", with_window(30, 150));
+  json good = with_window(30, 150);
+  good["prepared_min_ago"] = 60;
+  auto ok = kiosk->Call("POST", "/api/posts", good);
   ASSERT_EQ(ok.status, 202) << ok.body.dump();
   const auto after = pp::SystemClock::Instance().Now();
   std::map<int64_t, json> posts;
@@ -490,6 +499,9 @@ TEST_F(AgentTest, AKioskPostsAPickupWindowInMinutesFromTheHubsNow) {
   EXPECT_GE(*start, before + std::chrono::minutes(30) - seconds(1));
   EXPECT_LE(*start, after + std::chrono::minutes(30) + seconds(1));
   EXPECT_EQ(*end - *start, std::chrono::minutes(120));
+  auto cooked = pp::ParseRfc3339(post["prepared_at"].get<std::string>());
+  ASSERT_TRUE(cooked) << post.dump();
+  EXPECT_EQ(*start - *cooked, std::chrono::minutes(90)) << "both from the same now";
 }
 
 TEST_F(AgentTest, BadInputIsNamedAndTheAgentKeepsServing) {

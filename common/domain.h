@@ -3,6 +3,7 @@
 // (cloud-hub/store, common/domain_json).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -59,6 +60,10 @@ struct SurplusDraft {
   std::optional<Timestamp> pickup_end;
   std::string instructions;  // on-arrival instructions for the driver
   std::optional<GeoPoint> position;  // defaults to the provider's
+
+  // When a driver must be there by: best_before, or the end of the pickup
+  // window if that comes first (the kitchen closes, or the food goes).
+  Timestamp ArriveBy() const { return pickup_end ? std::min(best_before, *pickup_end) : best_before; }
 };
 
 // Where a post stands in the offer cascade (issue 3). Kept in the store with

@@ -62,16 +62,19 @@ constexpr Duration kTabletSilentAfter{std::chrono::minutes(15)};
 struct Need {
   CategoryMask category = 0;
   std::optional<double> kg;  // unknown weight: any free capacity will do
-  Timestamp best_before{};
+  // When the van must be there by: best_before, or the end of the post's
+  // pickup window if that comes first — later, the kitchen has closed or
+  // the food has gone (SurplusDraft::ArriveBy).
+  Timestamp arrive_by{};
 };
 
 // Eligible = online and not silent, accepts the category, has the capacity,
-// is open now, and arrives (now + eta) before best_before. Exclusion is
+// is open now, and arrives (now + eta) before arrive_by. Exclusion is
 // checked by the caller.
 inline bool IsEligible(const Vehicle& v, const Need& need, Timestamp now, double eta_seconds) {
   return v.online && !v.Silent(now) && (v.accepts & need.category) && v.free_kg > 0 &&
          (!need.kg || v.free_kg >= *need.kg) && v.OpenAt(now) &&
-         now + std::chrono::milliseconds(int64_t(eta_seconds * 1000)) < need.best_before;
+         now + std::chrono::milliseconds(int64_t(eta_seconds * 1000)) < need.arrive_by;
 }
 
 }  // namespace pp

@@ -141,7 +141,7 @@ int main(int argc, char** argv) {
   long brute_found = 0;
   for (int q = 0; q < brute_q; ++q) {
     const auto& r = reqs[q % reqs.size()];
-    double left = std::chrono::duration<double>(r.need.best_before - kNow).count();
+    double left = std::chrono::duration<double>(r.need.arrive_by - kNow).count();
     double max_km = std::min(options.max_radius_km, travel.model().KmWithin(left));
     std::vector<std::pair<double, int64_t>> c;
     for (const auto& v : fleet) {

@@ -104,7 +104,7 @@ void Cascade::Rematch(const Surplus& post) {
   Begin(post.id);
   MatchRequest req{post.id, post.position,
                    Need{CategoryBit(post.draft.category), post.draft.quantity_kg,
-                        post.draft.best_before},
+                        post.draft.ArriveBy()},
                    post.match.excluded};
   int64_t id = post.id;
   matcher_.Match(std::move(req), [this, id](std::vector<RankedCandidate> ranked) {

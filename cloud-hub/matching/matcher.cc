@@ -11,9 +11,9 @@ std::vector<RankedCandidate> Rank(const VehicleIndex& index, const MatchRequest&
                                   TravelTimes& travel) {
   const TravelModel& model = travel.model();
   double seconds_left =
-      std::chrono::duration<double>(req.need.best_before - now).count();
+      std::chrono::duration<double>(req.need.arrive_by - now).count();
   if (seconds_left <= 0) return {};
-  // Nobody beyond what the model can drive before best_before can be eligible.
+  // Nobody beyond what the model can drive before arrive_by can be eligible.
   double max_km = std::min(options.max_radius_km, model.KmWithin(seconds_left));
   auto nearest = index.FindNearest(
       req.at, options.candidates, max_km, [&](const Vehicle& v, double km) {
@@ -33,7 +33,7 @@ std::vector<RankedCandidate> Rank(const VehicleIndex& index, const MatchRequest&
   for (size_t i = 0; i < nearest.size(); ++i) {
     double eta = times.seconds[i];
     // A routed time may be longer than the model's: re-check arrival.
-    if (now + std::chrono::milliseconds(int64_t(eta * 1000)) >= req.need.best_before) continue;
+    if (now + std::chrono::milliseconds(int64_t(eta * 1000)) >= req.need.arrive_by) continue;
     out.push_back({nearest[i].ngo_id, nearest[i].distance_km, eta});
   }
   std::stable_sort(out.begin(), out.end(), [](const RankedCandidate& a, const RankedCandidate& b) {

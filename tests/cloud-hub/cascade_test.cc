@@ -56,13 +56,19 @@ class CascadeTest : public ::testing::Test {
   // NGOs at increasing distance from the provider.
   int64_t Ngo(double dlat) { return Org(OrgKind::kNgo, {51.5000 + dlat, -0.1000}); }
 
-  int64_t Post(Duration best_before = std::chrono::hours(3), std::string category = "bakery") {
+  // `pickup_for`: a pickup window from now for that long; none if zero.
+  int64_t Post(Duration best_before = std::chrono::hours(3), std::string category = "bakery",
+               Duration pickup_for = Duration::zero()) {
     SurplusDraft d;
     d.provider_id = provider_;
     d.category = std::move(category);
     d.description = "roti";
     d.quantity_kg = 4;
     d.best_before = clock_.Now() + best_before;
+    if (pickup_for > Duration::zero()) {
+      d.pickup_start = clock_.Now();
+      d.pickup_end = clock_.Now() + pickup_for;
+    }
     auto r = hub_->PostSurplus(d, "p" + std::to_string(next_key_++));
     EXPECT_TRUE(r.ok()) << r.error().ToString();
     if (cascade_) cascade_->WaitIdle();
@@ -238,6 +244,17 @@ TEST_F(CascadeTest, ASilentTabletIsPassedOverUntilItReportsAgain) {
   EXPECT_EQ(Get(Post())["offer"]["ngo_id"], b) << "a silent tablet was offered a post";
   ASSERT_NO_FATAL_FAILURE(report(2, "{}"));  // a presence report
   EXPECT_EQ(Get(Post())["offer"]["ngo_id"], a);
+}
+
+// A van must get there before the pickup window closes, not only before
+// best-before: later, the kitchen has closed.
+TEST_F(CascadeTest, AVanThatCannotArriveWithinThePickupWindowIsPassedOver) {
+  int64_t far = Ngo(0.1);  // ~11 km: ~37 min at the travel model's 25 km/h x 1.4
+  EXPECT_EQ(Get(Post(std::chrono::hours(3), "bakery", std::chrono::minutes(60)))["offer"]["ngo_id"], far);
+  auto closes_soon = Get(Post(std::chrono::hours(3), "bakery", std::chrono::minutes(20)));
+  EXPECT_EQ(closes_soon["status"], "dead_lettered") << closes_soon.dump();
+  int64_t near = Ngo(0.01);  // ~1 km
+  EXPECT_EQ(Get(Post(std::chrono::hours(3), "bakery", std::chrono::minutes(20)))["offer"]["ngo_id"], near);
 }
 
 TEST_F(CascadeTest, ARestartedHubRebuildsItsIndexAndResumes) {

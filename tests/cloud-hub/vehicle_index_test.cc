@@ -40,7 +40,7 @@ Vehicle RandomVehicle(int64_t id, GeoPoint at, std::mt19937& rng) {
 // The answer by definition: every vehicle, the same eligibility, nearest first.
 std::vector<RankedCandidate> BruteForce(const std::vector<Vehicle>& all, const MatchRequest& req,
                                         const MatchOptions& o, const TravelModel& model) {
-  double left = std::chrono::duration<double>(req.need.best_before - kNow).count();
+  double left = std::chrono::duration<double>(req.need.arrive_by - kNow).count();
   double max_km = std::min(o.max_radius_km, model.KmWithin(left));
   std::vector<RankedCandidate> out;
   for (const auto& v : all) {
@@ -69,7 +69,7 @@ void CheckAgainstBruteForce(const World& w, uint32_t seed) {
     req.at = w.posts[i];
     req.need.category = CategoryMask(1u << (rng() % 8));
     if (rng() % 3) req.need.kg = double(rng() % 60);
-    req.need.best_before = kNow + std::chrono::minutes(5 + rng() % 240);
+    req.need.arrive_by = kNow + std::chrono::minutes(5 + rng() % 240);
     for (int e = 0; e < 3; ++e)
       if (rng() % 2) req.excluded.push_back(w.vehicles[rng() % w.vehicles.size()].ngo_id);
     auto got = Rank(index, req, kNow, options, travel);

@@ -97,7 +97,9 @@ Result<Decision> DecideOffer(const Surplus& cur, int64_t ngo, Timestamp now,
   d.event = SurplusEvent::kOffer;
   d.match = cur.match;
   d.match.offered_to = ngo;
-  d.match.offer_expires_at = std::min(now + policy.offer_ack_timeout, cur.draft.best_before);
+  // Never past the moment a van could still be useful: an answer after the
+  // pickup window closes (or the food goes off) helps nobody.
+  d.match.offer_expires_at = std::min(now + policy.offer_ack_timeout, cur.draft.ArriveBy());
   d.match.next_retry_at.reset();
   d.outbox_type = "surplus.offered";
   return d;

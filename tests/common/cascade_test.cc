@@ -26,7 +26,7 @@ Surplus Offered(int64_t ngo, Timestamp expires) {
   return s;
 }
 
-TEST(Cascade, OfferSetsADeadlineNeverPastBestBefore) {
+TEST(Cascade, OfferSetsADeadlineNeverPastBestBeforeNorThePickupWindow) {
   CascadePolicy p;
   auto d = DecideOffer(Post(), 4, kT0, p);
   ASSERT_TRUE(d.ok());
@@ -35,6 +35,10 @@ TEST(Cascade, OfferSetsADeadlineNeverPastBestBefore) {
   Surplus soon = Post();
   soon.draft.best_before = kT0 + minutes(2);
   EXPECT_EQ(DecideOffer(soon, 4, kT0, p)->match.offer_expires_at, kT0 + minutes(2));
+  Surplus closing = Post();  // good for 2 h, but the kitchen hands over only for 3 more minutes
+  closing.draft.pickup_start = kT0 - minutes(30);
+  closing.draft.pickup_end = kT0 + minutes(3);
+  EXPECT_EQ(DecideOffer(closing, 4, kT0, p)->match.offer_expires_at, kT0 + minutes(3));
 }
 
 TEST(Cascade, ExcludedNgosGetNoOffer) {

@@ -358,6 +358,12 @@ int main(int argc, char** argv) {
     auto n = hub.CountSurplusIn(pp::SurplusStatus::kDeadLettered);
     return n.ok() ? double(*n) : 0.0;
   });
+  metrics.AddGaugeCallback("pickups_overdue",
+                           "Claimed posts whose pickup window has closed with nobody collecting.", {},
+                           [&hub, &clock] {
+                             auto n = hub.CountOverduePickups(clock.Now());
+                             return n.ok() ? double(*n) : 0.0;
+                           });
   auto broker_up = [&mqtt, &mqtt_out] { return mqtt->connected() && mqtt_out->connected(); };
   api.SetStatusProbe([&matcher, &travel, &hub, &clock, &ingest, &mqtt, broker_up] {
     nlohmann::json j{{"saturation", matcher.SaturationRatio()},

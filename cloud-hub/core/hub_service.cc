@@ -572,6 +572,10 @@ Result<int64_t> HubService::CountSurplusIn(SurplusStatus status) {
   return Read<int64_t>([&](StoreSession& s) { return s.CountSurplusIn(status); });
 }
 
+Result<int64_t> HubService::CountOverduePickups(Timestamp now) {
+  return Read<int64_t>([&](StoreSession& s) { return s.CountOverduePickups(now); });
+}
+
 Result<std::vector<Surplus>> HubService::FindSurplus(const SurplusFilter& filter) {
   return Read<std::vector<Surplus>>([&](StoreSession& s) { return s.FindSurplus(filter); });
 }

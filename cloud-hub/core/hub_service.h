@@ -119,6 +119,7 @@ class HubService {
                                            int64_t after_id, int limit);
   Result<std::vector<Surplus>> FindSurplus(const SurplusFilter& filter);
   Result<int64_t> CountSurplusIn(SurplusStatus status);
+  Result<int64_t> CountOverduePickups(Timestamp now);
   Result<std::vector<Organization>> ListOrganizations(std::optional<OrgKind> kind, int64_t after_id,
                                                       int limit);
   Result<std::vector<int64_t>> ListDue(Timestamp now, int limit);

@@ -167,6 +167,10 @@ class StoreSession {
   // Posts in one status, from the status index (the dlq_posts gauge: a
   // scrape must not read the posts themselves).
   virtual Result<int64_t> CountSurplusIn(SurplusStatus status) = 0;
+  // Claimed posts whose pickup window closed before `now` with nobody
+  // collecting (the pickups_overdue gauge): from the status index, reading
+  // only the claimed posts.
+  virtual Result<int64_t> CountOverduePickups(Timestamp now) = 0;
 };
 
 // Something one process among several does at a time (the outbox relay),

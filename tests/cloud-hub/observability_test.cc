@@ -68,7 +68,7 @@ TEST_F(ObservabilityTest, MetricsFollowAClaimAndADeliveryAndPassPromtool) {
   for (const char* family : {"surplus_claim_latency_seconds", "food_waste_prevented_tons_total",
                              "matching_engine_saturation_ratio", "mqtt_ingest_messages_total",
                              "outbox_lag_seconds", "outbox_relay_delay_seconds", "routing_circuit_open",
-                             "dlq_posts", "process_cpu_seconds_total"})
+                             "dlq_posts", "pickups_overdue", "process_cpu_seconds_total"})
     EXPECT_NE(before.find("# TYPE " + std::string(family) + " "), std::string::npos) << family;
   EXPECT_EQ(Sample(before, "food_waste_prevented_tons_total"), 0);
 

@@ -389,6 +389,37 @@ TEST_P(StoreContract, DueWorkAndListsByStatus) {
   s_->Rollback();
 }
 
+// The pickups_overdue gauge: claimed posts whose pickup window has closed;
+// not an open post, not one without a window, not one picked up.
+TEST_P(StoreContract, OverduePickupsAreClaimedPostsPastTheirWindow) {
+  int64_t p = Org(OrgKind::kProvider), ngo = Org(OrgKind::kNgo);
+  int64_t claimed = Post(p), open = Post(p), no_window = 0;
+  Write([&](StoreSession& s) {
+    Surplus x = Sample(p);
+    x.draft.pickup_start.reset();
+    x.draft.pickup_end.reset();
+    no_window = *s.InsertSurplus(x);
+  });
+  Write([&](StoreSession& s) {
+    ASSERT_TRUE(*s.ApplyChange({claimed, 1, SurplusEvent::kClaim, ngo, {}, "123456", std::nullopt, kT0}));
+    ASSERT_TRUE(*s.ApplyChange({no_window, 1, SurplusEvent::kClaim, ngo, {}, "654321", std::nullopt, kT0}));
+  });
+  const Timestamp closes = kT0 + std::chrono::minutes(90);  // Sample's window
+  auto overdue = [&](Timestamp now) {
+    EXPECT_TRUE(s_->Begin(TxnMode::kRead).ok());
+    auto n = s_->CountOverduePickups(now);
+    s_->Rollback();
+    EXPECT_TRUE(n.ok()) << n.error().ToString();
+    return n.ok() ? *n : -1;
+  };
+  EXPECT_EQ(overdue(closes), 0) << "due by the end of the window, not yet overdue";
+  EXPECT_EQ(overdue(closes + std::chrono::seconds(1)), 1) << "post " << claimed << ", not " << open;
+  Write([&](StoreSession& s) {
+    ASSERT_TRUE(*s.ApplyChange({claimed, 2, SurplusEvent::kPickUp, ngo, {}, "", 6.25, closes}));
+  });
+  EXPECT_EQ(overdue(closes + std::chrono::hours(1)), 0) << "picked up, however late";
+}
+
 TEST_P(StoreContract, VehiclesUpsert) {
   int64_t ngo = Org(OrgKind::kNgo);
   Vehicle v;

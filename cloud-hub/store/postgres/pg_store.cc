@@ -282,6 +282,8 @@ std::vector<Statement> Statements() {
        "VALUES ($1,$2,$3,$4,$5)"},
       {"surplus_count", "SELECT count(*) FROM surplus"},
       {"surplus_count_in", "SELECT count(*) FROM surplus WHERE status = $1"},
+      // A post without a window (pickup_end NULL) is never overdue.
+      {"surplus_count_overdue", "SELECT count(*) FROM surplus WHERE status = 'claimed' AND pickup_end < $1"},
       // Deferred append-only rows, one statement per table per transaction.
       {"history_flush",
        "INSERT INTO surplus_history (surplus_id, version, at, from_status, to_status, event, "
@@ -665,6 +667,12 @@ class PgSession final : public StoreSession {
   Result<int64_t> CountSurplusIn(SurplusStatus status) override {
     return Exec("count surplus in status", [&] {
       return txn_->exec_prepared1("surplus_count_in", std::string(ToString(status)))[0].as<int64_t>();
+    });
+  }
+
+  Result<int64_t> CountOverduePickups(Timestamp now) override {
+    return Exec("count overdue pickups", [&] {
+      return txn_->exec_prepared1("surplus_count_overdue", ToUnixMillis(now))[0].as<int64_t>();
     });
   }
 

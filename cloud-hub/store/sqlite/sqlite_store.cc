@@ -447,6 +447,14 @@ class SqliteSession final : public StoreSession {
     return s.Int(0);
   }
 
+  Result<int64_t> CountOverduePickups(Timestamp now) override {
+    // A post without a window (pickup_end NULL) is never overdue.
+    auto& s = Prepare("SELECT count(*) FROM surplus WHERE status = 'claimed' AND pickup_end < ?");
+    s.Reset().Bind(now);
+    PP_RETURN_IF_ERROR(s.Step("count overdue pickups"));
+    return s.Int(0);
+  }
+
   Status Migrate() {
     PP_RETURN_IF_ERROR(Exec(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "

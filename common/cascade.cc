@@ -18,10 +18,11 @@ Error Stale(const Surplus& cur, const std::string& why) {
 
 bool Allowed(const Surplus& cur, SurplusEvent e) { return NextStatus(cur.status, e).has_value(); }
 
-// Back to open after an offer lapsed, with `ngo` excluded.
-Decision Lapse(const Surplus& cur, int64_t ngo, const char* outbox_type) {
+// Back to open after an offer lapsed or a claim was released (`event`),
+// with `ngo` excluded.
+Decision Reopen(const Surplus& cur, int64_t ngo, SurplusEvent event, const char* outbox_type) {
   Decision d;
-  d.event = SurplusEvent::kOfferLapsed;
+  d.event = event;
   d.match = cur.match;
   d.match.offered_to.reset();
   d.match.offer_expires_at.reset();
@@ -78,14 +79,22 @@ Result<Decision> DecideAccept(const Surplus& cur, int64_t ngo, Timestamp now) {
 Result<Decision> DecideDecline(const Surplus& cur, int64_t ngo) {
   if (cur.status != SurplusStatus::kOffered || cur.match.offered_to != ngo)
     return Stale(cur, "no open offer for NGO " + std::to_string(ngo));
-  return Lapse(cur, ngo, "surplus.offer_declined");
+  return Reopen(cur, ngo, SurplusEvent::kOfferLapsed, "surplus.offer_declined");
 }
 
 Result<Decision> DecideOfferTimeout(const Surplus& cur, Timestamp now) {
   if (cur.status != SurplusStatus::kOffered || !cur.match.offered_to ||
       !cur.match.offer_expires_at || now < *cur.match.offer_expires_at)
     return Stale(cur, "no offer has timed out");
-  return Lapse(cur, *cur.match.offered_to, "surplus.offer_timed_out");
+  return Reopen(cur, *cur.match.offered_to, SurplusEvent::kOfferLapsed, "surplus.offer_timed_out");
+}
+
+Result<Decision> DecideRelease(const Surplus& cur, int64_t ngo) {
+  if (cur.status != SurplusStatus::kClaimed || cur.claimed_by != ngo)
+    return Stale(cur, "not claimed by NGO " + std::to_string(ngo));
+  Decision d = Reopen(cur, ngo, SurplusEvent::kRelease, "surplus.released");
+  d.handover_code = "";  // the old code must not hand the food to anyone now
+  return d;
 }
 
 Result<Decision> DecideOffer(const Surplus& cur, int64_t ngo, Timestamp now,

@@ -47,6 +47,11 @@ Result<Decision> DecideAccept(const Surplus& cur, int64_t ngo, Timestamp now);
 Result<Decision> DecideDecline(const Surplus& cur, int64_t ngo);
 // The offer's deadline passed: as a decline by the silent NGO.
 Result<Decision> DecideOfferTimeout(const Surplus& cur, Timestamp now);
+// The claiming NGO cannot come after all (a van broke down, a driver is
+// ill) and says so before pickup: the post is open again with that NGO
+// excluded, its handover code void, and the cascade offers it to the next
+// best — the brief's "covering dropped-out drivers".
+Result<Decision> DecideRelease(const Surplus& cur, int64_t ngo);
 // Matching chose `ngo`: a targeted offer with an answer deadline.
 Result<Decision> DecideOffer(const Surplus& cur, int64_t ngo, Timestamp now,
                              const CascadePolicy& policy);

@@ -259,7 +259,8 @@ Result<json> Agent::CheckBody(const std::string& type, json body) {
   if (kiosk) return Denied("a kiosk only posts surplus; " + type + " is for tablets");
   if (type == sync::kOpClaim) {
     PP_RETURN_IF_ERROR(CheckIds(body, {"surplus_id", "version"}));
-  } else if (type == sync::kOpAccept || type == sync::kOpDecline || type == sync::kOpDeliver) {
+  } else if (type == sync::kOpAccept || type == sync::kOpDecline || type == sync::kOpRelease ||
+             type == sync::kOpDeliver) {
     PP_RETURN_IF_ERROR(CheckIds(body, {"surplus_id"}));
   } else if (type == sync::kOpPickUp) {
     PP_RETURN_IF_ERROR(CheckIds(body, {"surplus_id"}, {"handover_code", "actual_kg"}));

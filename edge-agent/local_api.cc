@@ -90,7 +90,7 @@ LocalApi::LocalApi(Agent& agent) : agent_(agent), server_(std::make_unique<httpl
   s.Put("/api/vehicle", [submit, parse](const Request& req, Response& res) {
     if (auto body = parse(req, res, false)) submit(req, res, sync::kOpVehicle, std::move(*body));
   });
-  s.Post(R"(/api/surplus/(\d{1,18})/(claim|accept|decline|pickup|deliver))",
+  s.Post(R"(/api/surplus/(\d{1,18})/(claim|accept|decline|release|pickup|deliver))",
          [submit, parse](const Request& req, Response& res) {
            auto body = parse(req, res, true);
            if (!body) return;

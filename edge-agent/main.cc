@@ -5,7 +5,7 @@
 //   pp-agent status   --config FILE
 //   pp-agent post     --config FILE --json '{"category":...,"best_before_in_min":240,...}'
 //   pp-agent claim    --config FILE --surplus N --version V
-//   pp-agent accept|decline|deliver --config FILE --surplus N
+//   pp-agent accept|decline|release|deliver --config FILE --surplus N
 //   pp-agent pickup   --config FILE --surplus N --code CODE --kg KG
 //   pp-agent vehicle  --config FILE --json '{"lat":...,"lon":...,"free_kg":...}'
 //
@@ -43,7 +43,7 @@ using nlohmann::json;
                "       pp-agent status --config FILE\n"
                "       pp-agent post --config FILE --json BODY\n"
                "       pp-agent claim --config FILE --surplus N --version V\n"
-               "       pp-agent accept|decline|deliver --config FILE --surplus N\n"
+               "       pp-agent accept|decline|release|deliver --config FILE --surplus N\n"
                "       pp-agent pickup --config FILE --surplus N --code CODE --kg KG\n"
                "       pp-agent vehicle --config FILE --json BODY\n",
                why.c_str());
@@ -196,7 +196,7 @@ int main(int argc, char** argv) {
   auto flags = Flags(argc, argv, 2);
   if (cmd == "run") return Run(flags);
   static const std::set<std::string> calls{"status", "post", "claim", "accept", "decline",
-                                           "pickup", "deliver", "vehicle"};
+                                           "release", "pickup", "deliver", "vehicle"};
   if (calls.count(cmd)) return Call(cmd, flags);
   Usage("unknown command " + cmd);
 }

@@ -58,7 +58,7 @@ bool ValidDeviceId(std::string_view id) {
 }
 
 bool KnownOpType(std::string_view t) {
-  for (const char* k : {kOpPostSurplus, kOpClaim, kOpAccept, kOpDecline, kOpVehicle, kOpPickUp,
+  for (const char* k : {kOpPostSurplus, kOpClaim, kOpAccept, kOpDecline, kOpRelease, kOpVehicle, kOpPickUp,
                         kOpDeliver, kOpNearby, kOpPing, kOpCatchUp})
     if (t == k) return true;
   return false;

@@ -45,6 +45,7 @@ constexpr const char* kOpPostSurplus = "post_surplus";  // body: a surplus draft
 constexpr const char* kOpClaim = "claim";               // body: {"surplus_id","version"}
 constexpr const char* kOpAccept = "accept";             // body: {"surplus_id"}
 constexpr const char* kOpDecline = "decline";           // body: {"surplus_id"}
+constexpr const char* kOpRelease = "release";           // body: {"surplus_id"}: the claimer drops out
 constexpr const char* kOpVehicle = "vehicle";           // body: a vehicle report
 constexpr const char* kOpPickUp = "pickup";             // body: {"surplus_id","handover_code","actual_kg"}
 constexpr const char* kOpDeliver = "deliver";           // body: {"surplus_id"}

@@ -341,6 +341,13 @@ void HubService::Decline(int64_t surplus_id, int64_t ngo, std::string key, Callb
       [ngo](const Surplus& cur, Timestamp) { return DecideDecline(cur, ngo); }, std::move(done));
 }
 
+void HubService::Release(int64_t surplus_id, int64_t ngo, std::string key, Callback done) {
+  SubmitDecision(
+      surplus_id, ngo, "surplus.release/ngo:" + std::to_string(ngo), std::move(key),
+      NgoCommandFingerprint("release", surplus_id, ngo),
+      [ngo](const Surplus& cur, Timestamp) { return DecideRelease(cur, ngo); }, std::move(done));
+}
+
 void HubService::Assign(int64_t surplus_id, int64_t ngo, std::string key, Callback done) {
   SubmitDecision(
       surplus_id, ngo, "surplus.assign", std::move(key),
@@ -491,6 +498,9 @@ Result<Reply> HubService::Accept(int64_t id, int64_t ngo, std::string key) {
 }
 Result<Reply> HubService::Decline(int64_t id, int64_t ngo, std::string key) {
   return Await([&](Callback cb) { Decline(id, ngo, std::move(key), cb); });
+}
+Result<Reply> HubService::Release(int64_t id, int64_t ngo, std::string key) {
+  return Await([&](Callback cb) { Release(id, ngo, std::move(key), cb); });
 }
 Result<Reply> HubService::Assign(int64_t id, int64_t ngo, std::string key) {
   return Await([&](Callback cb) { Assign(id, ngo, std::move(key), cb); });

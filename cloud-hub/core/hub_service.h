@@ -76,6 +76,8 @@ class HubService {
   // The offer cascade: an NGO answers its offer; an operator assigns.
   void Accept(int64_t surplus_id, int64_t ngo, std::string idempotency_key, Callback done);
   void Decline(int64_t surplus_id, int64_t ngo, std::string idempotency_key, Callback done);
+  // The claiming NGO drops out before pickup (DecideRelease).
+  void Release(int64_t surplus_id, int64_t ngo, std::string idempotency_key, Callback done);
   void Assign(int64_t surplus_id, int64_t ngo, std::string idempotency_key, Callback done);
   // Collection and delivery by the claiming NGO. A partial pickup posts the
   // remainder (at least kMinRemainderKg) as a new post in the same transaction.
@@ -101,6 +103,7 @@ class HubService {
   Result<Reply> Claim(int64_t surplus_id, ClaimRequest req, std::string idempotency_key);
   Result<Reply> Accept(int64_t surplus_id, int64_t ngo, std::string idempotency_key);
   Result<Reply> Decline(int64_t surplus_id, int64_t ngo, std::string idempotency_key);
+  Result<Reply> Release(int64_t surplus_id, int64_t ngo, std::string idempotency_key);
   Result<Reply> Assign(int64_t surplus_id, int64_t ngo, std::string idempotency_key);
   Result<Reply> PickUp(int64_t surplus_id, PickUpRequest req, std::string idempotency_key);
   Result<Reply> Deliver(int64_t surplus_id, int64_t ngo, std::string idempotency_key);

@@ -369,6 +369,8 @@ int HttpApi::Authorize(const std::string& method, const std::string& route, cons
     return is({Role::kProvider, Role::kOperator, Role::kAdmin}) ? 0 : deny("a " + role + " may not post surplus");
   if (ends("/assign") || ends("/cancel"))
     return is({Role::kOperator, Role::kAdmin}) ? 0 : deny("only an operator assigns or cancels");
+  if (ends("/release"))
+    return is({Role::kNgo, Role::kOperator, Role::kAdmin}) ? 0 : deny("only the claiming NGO or an operator releases a claim");
   if (ends("/claim") || ends("/accept") || ends("/decline") || ends("/pickup") || ends("/deliver"))
     return is({Role::kNgo, Role::kAdmin}) ? 0 : deny("only an NGO claims, answers offers and collects");
   if (route.rfind("/api/v1/vehicles/", 0) == 0) {
@@ -536,7 +538,7 @@ void HttpApi::Routes() {
     Reply201or200(res, r, req.path, 200);
   });
 
-  // Commands on one post (claim, accept, decline, assign, pickup, deliver):
+  // Commands on one post (claim, accept, decline, release, assign, pickup, deliver):
   // read the body, the post id and the Idempotency-Key, then `run` parses
   // the body and calls the hub.
   using PostCommand =
@@ -573,14 +575,19 @@ void HttpApi::Routes() {
     return post_command([this, command](int64_t id, const std::string& body,
                                         std::string key) -> Result<Reply> {
       PP_ASSIGN_OR_RETURN(int64_t ngo, ParseNgoRequest(body));
-      // assign is an operator's (Authorize); the rest are the NGO's own.
-      if (command != static_cast<NgoCommand>(&HubService::Assign))
+      // assign is an operator's (Authorize); release the NGO's own or an
+      // operator's on its behalf (it phoned); the rest are the NGO's own.
+      const bool staff = request_principal && (request_principal->role == Role::kOperator ||
+                                               request_principal->role == Role::kAdmin);
+      if (command != static_cast<NgoCommand>(&HubService::Assign) &&
+          !(command == static_cast<NgoCommand>(&HubService::Release) && staff))
         PP_RETURN_IF_ERROR(MayActFor(ngo, Role::kNgo));
       return (hub_.*command)(id, ngo, std::move(key));
     });
   };
   s.Post(Served("POST", "/api/v1/surplus/{id}/accept"), ngo_command(&HubService::Accept));
   s.Post(Served("POST", "/api/v1/surplus/{id}/decline"), ngo_command(&HubService::Decline));
+  s.Post(Served("POST", "/api/v1/surplus/{id}/release"), ngo_command(&HubService::Release));
   s.Post(Served("POST", "/api/v1/surplus/{id}/assign"), ngo_command(&HubService::Assign));
   s.Post(Served("POST", "/api/v1/surplus/{id}/deliver"), ngo_command(&HubService::Deliver));
 

@@ -31,7 +31,7 @@ Result<int64_t> SurplusIdOf(const nlohmann::json& body, std::initializer_list<co
 bool RoleAllows(const std::string& role, const std::string& type) {
   if (type == sync::kOpPing || type == sync::kOpCatchUp) return true;
   if (role == "kiosk") return type == sync::kOpPostSurplus;
-  return type == sync::kOpClaim || type == sync::kOpAccept || type == sync::kOpDecline ||
+  return type == sync::kOpClaim || type == sync::kOpAccept || type == sync::kOpDecline || type == sync::kOpRelease ||
          type == sync::kOpVehicle || type == sync::kOpPickUp || type == sync::kOpDeliver ||
          type == sync::kOpNearby;
 }
@@ -335,6 +335,8 @@ void DeviceIngest::OnEnvelope(const std::string& topic_device, const std::string
       decide = [org](const Surplus& cur, Timestamp) { return DecideDeliver(cur, org); };
     } else if (env.type == sync::kOpAccept) {
       decide = [org](const Surplus& cur, Timestamp now) { return DecideAccept(cur, org, now); };
+    } else if (env.type == sync::kOpRelease) {
+      decide = [org](const Surplus& cur, Timestamp) { return DecideRelease(cur, org); };
     } else {
       decide = [org](const Surplus& cur, Timestamp) { return DecideDecline(cur, org); };
     }

@@ -21,8 +21,9 @@ std::set<int64_t> OrgsOf(const std::string& type, const nlohmann::json& data) {
   if (data.contains("provider_id")) add(data["provider_id"]);
   if (data.contains("claimed_by")) add(data["claimed_by"]);
   if (data.contains("offer") && data["offer"].is_object()) add(data["offer"]["ngo_id"]);
-  // The NGO whose offer just lapsed learns it is over.
-  if ((type == "surplus.offer_declined" || type == "surplus.offer_timed_out") &&
+  // The NGO whose offer just lapsed, or who released its claim, learns it is over.
+  if ((type == "surplus.offer_declined" || type == "surplus.offer_timed_out" ||
+       type == "surplus.released") &&
       data.contains("excluded") && data["excluded"].is_array() && !data["excluded"].empty())
     add(data["excluded"].back());
   return orgs;

@@ -28,7 +28,7 @@ const T = {
     storage_v: { hot: 'Hot', chilled: 'Chilled', frozen: 'Frozen', ambient: 'Room temperature' },
     pickup_window: 'Pickup window', win_any: 'Any time before then', win_now: 'now', win_in: 'in',
     pickup_at: 'pick up', contains: 'contains', cooked: 'Cooked', cooked_unsaid: 'Not said',
-    cooked_now: 'just now', cooked_ago: 'ago', cooked_at: 'cooked',
+    cooked_now: 'just now', cooked_ago: 'ago', cooked_at: 'cooked', release_btn: "Can't make it",
   },
   id: {
     title: 'Pahlawan Pangan', post_title: 'Laporkan makanan berlebih', category: 'Kategori',
@@ -53,7 +53,7 @@ const T = {
     storage_v: { hot: 'Panas', chilled: 'Dingin', frozen: 'Beku', ambient: 'Suhu ruang' },
     pickup_window: 'Waktu pengambilan', win_any: 'Kapan saja sebelum itu', win_now: 'sekarang', win_in: 'dalam',
     pickup_at: 'ambil', contains: 'mengandung', cooked: 'Dimasak', cooked_unsaid: 'Tidak disebut',
-    cooked_now: 'baru saja', cooked_ago: 'yang lalu', cooked_at: 'dimasak',
+    cooked_now: 'baru saja', cooked_ago: 'yang lalu', cooked_at: 'dimasak', release_btn: 'Tidak bisa datang',
   },
 };
 // Pickup windows a kiosk offers, in minutes from now ("" = none: any time
@@ -212,7 +212,10 @@ function renderTablet() {
       li.append(el('label', {}, el('span', {}, t('handover_code')), code),
                 el('label', {}, el('span', {}, t('actual_kg')), kg),
                 el('div', { class: 'actions' }, el('button', { class: 'pickup', onclick: () =>
-                  api('POST', `/api/surplus/${p.id}/pickup`, { handover_code: code.value, actual_kg: Number(kg.value) }) }, t('picked_up_btn'))));
+                  api('POST', `/api/surplus/${p.id}/pickup`, { handover_code: code.value, actual_kg: Number(kg.value) }) }, t('picked_up_btn')),
+                  // The driver cannot come after all: the hub offers it to the next NGO at once.
+                  el('button', { class: 'secondary release', onclick: () =>
+                    api('POST', `/api/surplus/${p.id}/release`, {}) }, t('release_btn'))));
     } else {
       li.append(el('div', { class: 'actions' }, el('button', { class: 'deliver', onclick: () =>
         api('POST', `/api/surplus/${p.id}/deliver`, {}) }, t('delivered_btn'))));

@@ -72,11 +72,25 @@ await runSteps(async (context, step) => {
   await card.locator('.status.picked_up').waitFor({ timeout: 20000 });
   await tablet.screenshot({ path: `${shots}/tablet-picked-up.png`, fullPage: true });
 
+  step("a driver who cannot come releases a claim: the kiosk sees it open again");
+  const other = `${what} (second)`;
+  await kiosk.fill('#description', other);
+  await kiosk.click('#post-button');
+  const otherCard = kiosk.locator('#my-posts li', { hasText: other });
+  await otherCard.waitFor();
+  const otherOffer = tablet.locator('#offers li', { hasText: other });
+  await otherOffer.locator('button.accept').click({ timeout: 20000 });
+  const otherPickup = tablet.locator('#pickups li', { hasText: other });
+  await otherPickup.locator('button.release').click({ timeout: 20000 });
+  await otherPickup.waitFor({ state: 'detached', timeout: 20000 });
+  await otherCard.locator('.status.claimed').waitFor({ state: 'detached', timeout: 20000 });
+  if (await otherCard.locator('.code').count()) throw new Error('a released post still shows a handover code');
+
   step('Bahasa Indonesia');
   await kiosk.click('button[data-lang="id"]');
   await kiosk.getByText('Laporkan makanan berlebih').waitFor();
   await kiosk.getByText('Sudah diambil').first().waitFor();
   await kiosk.locator('#pickup_window option', { hasText: 'sekarang' }).first().waitFor({ state: 'attached' });
   return 'post with a pickup window -> offer with storage, window, allergens, instructions -> accept -> ' +
-         'claimed with code -> wrong code refused -> picked up; EN/ID';
+         'claimed with code -> wrong code refused -> picked up; a claim released; EN/ID';
 });

@@ -197,6 +197,33 @@ TEST_F(AuthTest, RolesAndOrganisationsAreChecked) {
                                                  {"public_key", "x"}}).status, 403);  // admin only
 }
 
+// A claim is released by the claiming NGO, or by an operator on its behalf
+// (the driver phoned): nobody else.
+TEST_F(AuthTest, TheClaimingNgoOrAnOperatorReleasesAClaim) {
+  std::string viewer = Token(Role::kViewer), op = Token(Role::kOperator);
+  std::string prov1 = Token(Role::kProvider, p1_), ngo1 = Token(Role::kNgo, n1_), ngo2 = Token(Role::kNgo, n2_);
+  auto posted = Call(prov1, "POST", "/api/v1/surplus", Post(p1_));
+  ASSERT_EQ(posted.status, 201);
+  const std::string post = "/api/v1/surplus/" + std::to_string(posted.body["id"].get<int64_t>());
+  auto claim = [&] {
+    auto now = Call(admin_, "GET", post);
+    return Call(ngo1, "POST", post + "/claim", {{"ngo_id", n1_}, {"version", now.body["version"]}}).status;
+  };
+  ASSERT_EQ(claim(), 200);
+  const json for_n1{{"ngo_id", n1_}};
+  EXPECT_EQ(Call(ngo2, "POST", post + "/release", for_n1).status, 403);  // for another NGO
+  EXPECT_EQ(Call(viewer, "POST", post + "/release", for_n1).status, 403);
+  EXPECT_EQ(Call(prov1, "POST", post + "/release", for_n1).status, 403);
+  EXPECT_EQ(Call(ngo2, "POST", post + "/release", {{"ngo_id", n2_}}).status, 409);  // holds no claim
+  auto released = Call(ngo1, "POST", post + "/release", for_n1);
+  ASSERT_EQ(released.status, 200) << released.body.dump();
+  EXPECT_TRUE(released.body["claimed_by"].is_null()) << released.body.dump();
+  EXPECT_FALSE(released.body.contains("handover_code"));
+  EXPECT_EQ(Call(ngo1, "POST", post + "/release", for_n1).status, 409);  // nothing left to release
+  ASSERT_EQ(claim(), 200);
+  EXPECT_EQ(Call(op, "POST", post + "/release", for_n1).status, 200);  // on the NGO's behalf
+}
+
 TEST_F(AuthTest, ProvidersAreRateLimitedWithRetryAfter) {
   std::string prov = Token(Role::kProvider, p1_);
   for (int i = 0; i < 5; ++i) EXPECT_EQ(Call(prov, "POST", "/api/v1/surplus", Post(p1_)).status, 201) << i;

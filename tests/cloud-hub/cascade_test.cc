@@ -257,6 +257,24 @@ TEST_F(CascadeTest, AVanThatCannotArriveWithinThePickupWindowIsPassedOver) {
   EXPECT_EQ(Get(Post(std::chrono::hours(3), "bakery", std::chrono::minutes(20)))["offer"]["ngo_id"], near);
 }
 
+// Covering a dropped-out driver: the claimer releases, and the next NGO
+// gets the offer at once; the one that dropped out is not asked again.
+TEST_F(CascadeTest, AReleasedClaimIsOfferedToTheNextNgo) {
+  int64_t a = Ngo(0.001), b = Ngo(0.002);
+  int64_t id = Post();
+  ASSERT_EQ(Get(id)["offer"]["ngo_id"], a);
+  ASSERT_TRUE(hub_->Accept(id, a, Key()).ok());
+  EXPECT_EQ(hub_->Release(id, b, Key()).error().code, Code::kAborted) << "b holds no claim";
+  auto released = hub_->Release(id, a, Key());
+  ASSERT_TRUE(released.ok()) << released.error().ToString();
+  cascade_->WaitIdle();
+  auto x = Get(id);
+  EXPECT_EQ(x["offer"]["ngo_id"], b) << x.dump();
+  EXPECT_EQ(x["status"], "offered");
+  EXPECT_TRUE(x["claimed_by"].is_null());
+  EXPECT_EQ(x["history"].back()["event"], "offer") << x.dump();
+}
+
 TEST_F(CascadeTest, ARestartedHubRebuildsItsIndexAndResumes) {
   int64_t a = Ngo(0.001);
   StopMatching();  // the hub "restarts": a fresh matcher knows nothing

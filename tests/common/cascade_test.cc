@@ -78,6 +78,30 @@ TEST(Cascade, DeclineAndTimeoutExcludeAndReopen) {
   EXPECT_EQ(t->outbox_type, "surplus.offer_timed_out");
 }
 
+// A driver who cannot come says so: the post is open again for the next
+// NGO, the one that dropped out excluded, and its handover code void.
+TEST(Cascade, TheClaimerReleasesItsClaimAndIsExcluded) {
+  Surplus s = Post(SurplusStatus::kClaimed);
+  s.claimed_by = 4;
+  s.handover_code = "123456";
+  s.match.excluded = {2};
+  EXPECT_EQ(DecideRelease(s, 5).error().code, Code::kAborted) << "only the claimer releases";
+  EXPECT_EQ(DecideRelease(Post(), 4).error().code, Code::kAborted) << "nothing to release";
+  Surplus picked = s;
+  picked.status = SurplusStatus::kPickedUp;
+  EXPECT_EQ(DecideRelease(picked, 4).error().code, Code::kAborted) << "too late once picked up";
+  auto d = DecideRelease(s, 4);
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->outbox_type, "surplus.released");
+  EXPECT_EQ(d->actor, 4);
+  Surplus after = Apply(s, *d, kT0);
+  EXPECT_EQ(after.status, SurplusStatus::kAvailable);
+  EXPECT_FALSE(after.claimed_by);
+  EXPECT_EQ(after.handover_code, "");
+  EXPECT_EQ(after.match.excluded, (std::vector<int64_t>{2, 4}));
+  EXPECT_EQ(after.version, s.version + 1);
+}
+
 TEST(Cascade, DeadLetterRetriesAfterOneTwoFourBasesThenAlerts) {
   CascadePolicy p;
   Surplus s = Post();

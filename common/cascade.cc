@@ -26,8 +26,10 @@ Decision Reopen(const Surplus& cur, int64_t ngo, SurplusEvent event, const char*
   d.match = cur.match;
   d.match.offered_to.reset();
   d.match.offer_expires_at.reset();
-  if (std::find(d.match.excluded.begin(), d.match.excluded.end(), ngo) == d.match.excluded.end())
-    d.match.excluded.push_back(ngo);
+  // Last, even if excluded before: the relay tells the NGO at the end of the
+  // list that its offer or claim is over (cloud-hub/mqtt/outbox_relay.cc).
+  std::erase(d.match.excluded, ngo);
+  d.match.excluded.push_back(ngo);
   d.outbox_type = outbox_type;
   d.actor = ngo;
   return d;

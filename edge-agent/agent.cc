@@ -650,6 +650,9 @@ Status Agent::MergePost(AgentTxn& tx, const json& post) {
     if (existing->value("version", int64_t{0}) > post.value("version", int64_t{0})) return OkStatus();
     json merged = *existing;
     merged.update(post);
+    // A handover code is good only while the post is claimed (a release
+    // voids it; events carry it to the provider only while it holds).
+    if (merged.value("status", "") != "claimed") merged.erase("handover_code");
     return tx.PutPost(id, merged);
   }
   return tx.PutPost(id, post);

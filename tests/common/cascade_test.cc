@@ -100,6 +100,10 @@ TEST(Cascade, TheClaimerReleasesItsClaimAndIsExcluded) {
   EXPECT_EQ(after.handover_code, "");
   EXPECT_EQ(after.match.excluded, (std::vector<int64_t>{2, 4}));
   EXPECT_EQ(after.version, s.version + 1);
+  // An NGO that declined this post once, then claimed it directly: it ends
+  // the list, so that the relay tells it (OrgsOf takes the last).
+  s.match.excluded = {4, 2};
+  EXPECT_EQ(DecideRelease(s, 4)->match.excluded, (std::vector<int64_t>{2, 4}));
 }
 
 TEST(Cascade, DeadLetterRetriesAfterOneTwoFourBasesThenAlerts) {

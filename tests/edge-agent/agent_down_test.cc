@@ -111,6 +111,29 @@ TEST_F(AgentDownTest, ABatchIsAppliedInOrderAndAMalformedOneIsDroppedByName) {
   EXPECT_EQ(posts, (std::set<int64_t>{41, 42, 43}));
 }
 
+// A released claim voids its handover code: the kiosk's copy of the post
+// forgets it, though the event that reopens the post does not name it.
+TEST_F(AgentDownTest, AReleasedPostForgetsItsHandoverCode) {
+  json claimed = Event(1, 41, "claimed");
+  claimed["data"]["handover_code"] = "042917";
+  claimed["data"]["claimed_by"] = 3;
+  agent_->OnDown(claimed.dump());
+  auto code_of = [&]() -> json {
+    const json st = *agent_->State();
+    for (const auto& p : st["posts"])
+      if (p["id"] == 41) return p.value("handover_code", json());
+    return json("(no post)");
+  };
+  ASSERT_TRUE(test::Eventually([&] { return code_of() == "042917"; }, std::chrono::seconds(10)));
+  json released = Event(2, 41, "released");
+  released["data"]["status"] = "available";
+  released["data"]["version"] = 3;
+  released["data"]["claimed_by"] = nullptr;
+  agent_->OnDown(released.dump());
+  ASSERT_TRUE(test::Eventually([&] { return code_of().is_null(); }, std::chrono::seconds(10)))
+      << code_of().dump();
+}
+
 // Down messages come only from the hub (the broker's ACL), but a bad one
 // must not stop the device: every field of an outcome and of an event
 // swapped for values of other JSON types, alone and in batches, then a

@@ -128,7 +128,8 @@ async function refresh() {
     document.getElementById('counters').replaceChildren(
       ...['available', 'offered', 'claimed', 'picked_up', 'dead_lettered'].map(k => counter(k.replace('_', ' '), c[k] || 0, k === 'dead_lettered' && c[k] > 0)),
       counter('vehicles online', s.vehicles.filter(v => v.online).length - silent),
-      counter('tablets silent', silent, silent > 0));
+      counter('tablets silent', silent, silent > 0),
+      counter('pickups overdue', s.pickups_overdue || 0, s.pickups_overdue > 0));
     const st = s.status || {};
     document.getElementById('health').replaceChildren(
       counter('routing breaker', st.routing_breaker || '?', st.routing_breaker === 'open'),

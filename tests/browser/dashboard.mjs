@@ -32,6 +32,7 @@ await runSteps(async (context, step) => {
   await page.locator('.counter[data-name="routing breaker"] b', { hasText: 'closed' }).waitFor();
   await page.locator('.counter[data-name="vehicles online"] b', { hasText: '1' }).waitFor();
   await page.locator('.counter[data-name="tablets silent"] b', { hasText: '0' }).waitFor();
+  await page.locator('.counter[data-name="pickups overdue"] b', { hasText: '0' }).waitFor();
   await page.screenshot({ path: `${shots}/dashboard.png`, fullPage: true });
 
   step('assign it from the DLQ');
@@ -40,6 +41,8 @@ await runSteps(async (context, step) => {
   await item.locator('button.assign').click();
   await page.locator('#dlq .empty').waitFor();
   await page.locator('.counter[data-name="claimed"] b', { hasText: '1' }).waitFor();
+  step('its pickup window closed an hour ago: the claim shows as overdue');
+  await page.locator('.counter[data-name="pickups overdue"] b', { hasText: '1' }).waitFor();
   await page.locator('#impact-total', { hasText: 'kg rescued' }).waitFor();
-  return 'sign-in, counters, map, DLQ assign, impact';
+  return 'sign-in, counters, map, DLQ assign, overdue pickup, impact';
 });

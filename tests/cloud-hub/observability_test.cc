@@ -151,9 +151,12 @@ TEST(DashboardTest, SignInSeeTheCityAndAssignFromTheDlq) {
   };
   int64_t provider = org("provider", 51.5138, -0.0984);
   int64_t ngo = org("ngo", 50.8225, -0.1372);  // Brighton: too far for an offer, so the post is dead-lettered
+  // Its pickup window closed an hour ago (nobody could come in time either):
+  // once assigned, the claim is overdue.
   auto post = cli.Post("/api/v1/surplus", {{"Idempotency-Key", "p1"}},
                        json{{"provider_id", provider}, {"category", "bakery"}, {"description", "roti"},
-                            {"quantity_kg", 4}, {"best_before", test::HoursFromNow(3)}}.dump(),
+                            {"quantity_kg", 4}, {"best_before", test::HoursFromNow(3)},
+                            {"pickup_start", test::HoursFromNow(-2)}, {"pickup_end", test::HoursFromNow(-1)}}.dump(),
                        "application/json");
   ASSERT_TRUE(post && post->status == 201);
   int64_t id = json::parse(post->body)["id"];
@@ -177,6 +180,10 @@ TEST(DashboardTest, SignInSeeTheCityAndAssignFromTheDlq) {
   const json vehicles = json::parse(summary->body)["vehicles"];
   ASSERT_EQ(vehicles.size(), 1u) << vehicles.dump();
   EXPECT_EQ(vehicles[0]["silent"], false) << vehicles.dump();
+  EXPECT_EQ(json::parse(summary->body)["pickups_overdue"], 1);
+  auto metrics = cli.Get("/metrics");
+  ASSERT_TRUE(metrics && metrics->status == 200);
+  EXPECT_NE(metrics->body.find("\npickups_overdue 1\n"), std::string::npos) << "the gauge agrees";
 }
 
 }  // namespace

@@ -59,6 +59,7 @@ const T = {
 // Pickup windows a kiosk offers, in minutes from now ("" = none: any time
 // before best-before). Times windows, not exact times: what staff can promise.
 const WINDOWS = ['', '0-60', '0-120', '60-180', '120-240'];
+const windowMinutes = w => w.split('-').map(Number);  // '60-180' -> [60, 180]
 // When it was cooked, in minutes ago ("" = not said).
 const COOKED = ['', '0', '60', '120', '240'];
 const CATEGORIES = ['prepared_meals', 'bakery', 'produce', 'dairy', 'meat_fish', 'dry_goods', 'beverages', 'other'];
@@ -241,24 +242,21 @@ function fillForms() {
   // list replaced every second would close under the person's finger.
   if (formsLang === lang) return;
   formsLang = lang;
-  const storage = document.getElementById('storage');
-  const chosen = storage.value || 'ambient';
-  storage.replaceChildren(...['hot', 'chilled', 'frozen', 'ambient'].map(s => el('option', { value: s }, t('storage_v')[s])));
-  storage.value = chosen;
-  const windows = document.getElementById('pickup_window');
-  const picked = windows.value;
-  const label = w => {
-    if (!w) return t('win_any');
-    const [from, to] = w.split('-').map(Number);
-    return `${from ? `${t('win_in')} ${from / 60} h` : t('win_now')} – ${to / 60} h`;
+  // A select's choices in this language, keeping what the person picked.
+  const choices = (id, values, label, fallback = '') => {
+    const select = document.getElementById(id);
+    const picked = select.value || fallback;
+    select.replaceChildren(...values.map(v => el('option', { value: v }, label(v))));
+    select.value = picked;
   };
-  windows.replaceChildren(...WINDOWS.map(w => el('option', { value: w }, label(w))));
-  windows.value = picked;
-  const cooked = document.getElementById('prepared_min_ago');
-  const was = cooked.value;
-  cooked.replaceChildren(...COOKED.map(c => el('option', { value: c },
-    c === '' ? t('cooked_unsaid') : c === '0' ? t('cooked_now') : `${Number(c) / 60} h ${t('cooked_ago')}`)));
-  cooked.value = was;
+  choices('storage', ['hot', 'chilled', 'frozen', 'ambient'], s => t('storage_v')[s], 'ambient');
+  choices('pickup_window', WINDOWS, w => {
+    if (!w) return t('win_any');
+    const [from, to] = windowMinutes(w);
+    return `${from ? `${t('win_in')} ${from / 60} h` : t('win_now')} – ${to / 60} h`;
+  });
+  choices('prepared_min_ago', COOKED,
+          c => c === '' ? t('cooked_unsaid') : c === '0' ? t('cooked_now') : `${Number(c) / 60} h ${t('cooked_ago')}`);
 }
 
 async function refresh() {
@@ -300,9 +298,7 @@ document.getElementById('post-form').addEventListener('submit', async ev => {
   if (f.instructions.value) body.instructions = f.instructions.value;
   if (f.prepared_min_ago.value !== '') body.prepared_min_ago = Number(f.prepared_min_ago.value);
   if (f.pickup_window.value) {
-    const [from, to] = f.pickup_window.value.split('-').map(Number);
-    body.pickup_start_in_min = from;
-    body.pickup_end_in_min = to;
+    [body.pickup_start_in_min, body.pickup_end_in_min] = windowMinutes(f.pickup_window.value);
   }
   if (await api('POST', '/api/posts', body)) f.reset();
 });

@@ -82,6 +82,11 @@ std::string ToBase64(const unsigned char* data, size_t n) {
 Result<PublicKey> PublicKeyFromBase64(std::string_view b64) {
   return FromBase64<32>(b64, "public key");
 }
+bool IsDevicePublicKey(const PublicKey& key) {
+  InitSodium();
+  return crypto_core_ed25519_is_valid_point(key.data()) == 1;
+}
+
 Result<SecretKey> SecretKeyFromBase64(std::string_view b64) {
   return FromBase64<64>(b64, "secret key");
 }

@@ -72,6 +72,13 @@ std::string ToBase64(const std::array<unsigned char, N>& a) {
   return ToBase64(a.data(), N);
 }
 Result<PublicKey> PublicKeyFromBase64(std::string_view b64);
+// A key a device may be registered with: the canonical encoding of a point
+// of Ed25519's prime-order subgroup, as every real key pair's is. 32 bytes
+// that are not (a small-order point, one off the curve) could never verify a
+// signature, so registration refuses them rather than leave a device whose
+// every op is "bad signature". Too slow (a scalar multiplication) to run per
+// message: registration checks it once.
+bool IsDevicePublicKey(const PublicKey& key);
 Result<SecretKey> SecretKeyFromBase64(std::string_view b64);
 
 struct Envelope {

@@ -826,9 +826,14 @@ void HttpApi::Routes() {
       bad.push_back({"org_id", "must be a positive integer"});
     else
       d.org_id = j["org_id"].get<int64_t>();
-    if (!j.contains("public_key") || !j["public_key"].is_string() ||
-        !sync::PublicKeyFromBase64(j["public_key"].get<std::string>()).ok())
+    auto key = j.contains("public_key") && j["public_key"].is_string()
+                   ? sync::PublicKeyFromBase64(j["public_key"].get<std::string>())
+                   : Result<sync::PublicKey>(Error::Invalid("no key"));
+    if (!key.ok())
       bad.push_back({"public_key", "must be a 32-byte Ed25519 public key in standard base64"});
+    else if (!sync::IsDevicePublicKey(*key))
+      bad.push_back({"public_key", "is not an Ed25519 public key: not a point of the curve's "
+                                   "prime-order subgroup (a small-order or off-curve value)"});
     else
       d.public_key = j["public_key"].get<std::string>();
     if (!bad.empty()) return Problem(res, Error::Invalid("request has invalid fields", bad), req.path);

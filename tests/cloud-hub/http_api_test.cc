@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "common/trace.h"
+#include "sync/protocol.h"
 #include "tests/support/test_support.h"
 
 namespace pp {
@@ -350,6 +351,35 @@ TEST_F(HttpApiTest, OperatorListsFiltersPagesAndExports) {
   EXPECT_EQ(client_->Get("/api/v1/organizations?kind=ngo")->status, 200);
   EXPECT_EQ(json::parse(client_->Get("/api/v1/organizations?kind=ngo")->body)["count"], 1);
   EXPECT_EQ(client_->Get("/api/v1/devices")->status, 422);  // org_id is required
+}
+
+// A device's key must be one a key pair can have: 32 bytes that decode but
+// are no point of Ed25519's prime-order subgroup could never verify an op,
+// so the device would be registered only to have its every message refused.
+TEST_F(HttpApiTest, ADeviceIsRegisteredOnlyWithARealEd25519PublicKey) {
+  auto reg = [&](const std::string& id, const std::string& key) {
+    return PostJson("/api/v1/devices",
+                    {{"id", id}, {"role", "kiosk"}, {"org_id", provider_}, {"public_key", key}}, "");
+  };
+  std::array<unsigned char, 32> identity{};  // the neutral point: order 1
+  identity[0] = 1;
+  std::array<unsigned char, 32> off_curve{};  // y = 2: no x satisfies the curve's equation
+  off_curve[0] = 2;
+  for (const auto& bad : {identity, off_curve}) {
+    ASSERT_TRUE(sync::PublicKeyFromBase64(sync::ToBase64(bad)).ok());  // the right length: not what fails
+    auto r = reg("kiosk-bad", sync::ToBase64(bad));
+    ASSERT_EQ(r->status, 422) << r->body;
+    json problem = json::parse(r->body);
+    ASSERT_EQ(problem["errors"].size(), 1u) << r->body;
+    EXPECT_EQ(problem["errors"][0]["field"], "public_key");
+    EXPECT_NE(problem["errors"][0]["reason"].get<std::string>().find("not an Ed25519 public key"),
+              std::string::npos)
+        << r->body;
+  }
+  EXPECT_EQ(reg("kiosk-bad", "c2hvcnQ=")->status, 422);  // "short": not 32 bytes
+  EXPECT_EQ(client_->Get("/api/v1/devices/kiosk-bad")->status, 404);  // nothing was registered
+  auto good = reg("kiosk-good", sync::ToBase64(sync::GenerateKeyPair().public_key));
+  EXPECT_EQ(good->status, 201) << good->body;
 }
 
 TEST_F(HttpApiTest, CancelAndImpact) {

@@ -598,9 +598,7 @@ class Shard {
     for (const auto& post : plan_.posts) {
       if (!StopSignal::WaitUntil(Start() + std::chrono::milliseconds(post.at_ms))) break;  // the rush's schedule
       SimDevice* d = devices_[post.device].get();
-      Press(d, sync::kOpPostSurplus,
-            {{"category", "prepared_meals"}, {"description", d->plan.id + " surplus " + std::to_string(post.number)},
-             {"quantity_kg", post.kg}, {"storage", "hot"}, {"best_before_in_min", 180}});
+      Press(d, sync::kOpPostSurplus, SimPostBody(d->plan.id, post.number, post.kg));
       posts_sent_++;
     }
     progress.join();
@@ -696,6 +694,12 @@ class Shard {
 };
 
 }  // namespace
+
+nlohmann::json SimPostBody(const std::string& kiosk, int number, int kg) {
+  return {{"category", "prepared_meals"}, {"description", kiosk + " surplus " + std::to_string(number)},
+          {"quantity_kg", kg}, {"storage", "hot"}, {"best_before_in_min", 180},
+          {"pickup_start_in_min", 0}, {"pickup_end_in_min", 60 * (1 + number % 3)}};
+}
 
 int RunCityShard() {
   StopSignal::Install();

@@ -48,6 +48,11 @@ struct ShardPlan {
   static Result<ShardPlan> FromJson(const nlohmann::json& j);
 };
 
+// What a simulated kiosk posts: hot meals good for 3 h, to be collected
+// from now within 1, 2 or 3 h (by the post's number: the kiosk form's
+// "now to" windows), so every rush runs the hub's pickup-window rule.
+nlohmann::json SimPostBody(const std::string& kiosk, int number, int kg);
+
 // The shard process's main: reads its plan from the inbox (kInboxFd),
 // reports online, plays the rush from "start" to "end", sends its tally.
 // Returns the process's exit code.

@@ -478,8 +478,7 @@ int main(int argc, char** argv) {
     sample.op = "00000000-0000-4000-8000-000000000000";
     sample.type = sync::kOpPostSurplus;
     sample.ts_ms = ToUnixMillis(SystemClock::Instance().Now());
-    sample.body = {{"category", "prepared_meals"}, {"description", first.id + " surplus 0"},
-                   {"quantity_kg", 12}, {"storage", "hot"}, {"best_before_in_min", 180}};
+    sample.body = sim::SimPostBody(first.id, 0, 12);
     sync::Sign(sample, first.secret);
     broker_only = BrokerOnlyRate(broker, o.broker_dir, baseline_user, baseline_user + "-pw", sync::Encode(sample),
                                  o.baseline);

@@ -7,8 +7,10 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <nlohmann/json.hpp>
 
+#include "common/time_format.h"
 #include "tests/support/test_support.h"
 
 namespace pp {
@@ -132,7 +134,15 @@ TEST_P(SimRushTest, ASmallRushIsPostedClaimedDrivenAndDeliveredWithNothingLost) 
   json page = json::parse(posts->body);
   ASSERT_EQ(page["items"].size(), 24u);
   int delivered = 0, in_dlq = 0;
-  for (const auto& p : page["items"]) delivered += p["status"] == "delivered", in_dlq += p["status"] == "dead_lettered";
+  std::set<int64_t> windows;  // minutes: each kitchen asks for its post to be collected within 1, 2 or 3 h
+  for (const auto& p : page["items"]) {
+    delivered += p["status"] == "delivered", in_dlq += p["status"] == "dead_lettered";
+    ASSERT_TRUE(p["pickup_start"].is_string() && p["pickup_end"].is_string()) << p.dump();
+    windows.insert(std::chrono::duration_cast<std::chrono::minutes>(*ParseRfc3339(p["pickup_end"].get<std::string>()) -
+                                                                    *ParseRfc3339(p["pickup_start"].get<std::string>()))
+                       .count());
+  }
+  EXPECT_EQ(windows, (std::set<int64_t>{60, 120, 180}));
   EXPECT_EQ(delivered, r["delivered"].get<int>());
   EXPECT_EQ(delivered + in_dlq, 24) << posts->body;
   EXPECT_LE(in_dlq, r["dead_lettered"].get<int>());

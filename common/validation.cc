@@ -191,6 +191,24 @@ Result<NewOrganization> ParseNewOrganization(std::string_view body) {
   return o;
 }
 
+Result<OrganizationChange> ParseOrganizationChange(std::string_view body) {
+  PP_ASSIGN_OR_RETURN(json j, ParseJsonObject(body, "body"));
+  json rest = j;
+  rest.erase("kind");  // named below, not as an unknown field
+  FieldReader r(rest, {"name", "lat", "lon"});
+  if (j.contains("kind")) r.Fail("kind", "cannot be changed: register a new organisation");
+  OrganizationChange c;
+  c.name = r.String("name", false, Limits::kNameMax);
+  auto lat = r.Number("lat", false, -90, 90);
+  auto lon = r.Number("lon", false, -180, 180);
+  if (r.Present("lat") != r.Present("lon"))
+    r.Fail(r.Present("lat") ? "lon" : "lat", "lat and lon must be given together");
+  if (r.ok() && !c.name && !lat) r.Fail("body", "nothing to change: give name, or lat and lon");
+  if (!r.ok()) return FieldErrors(r.TakeErrors());
+  if (lat) c.position = GeoPoint{*lat, *lon};
+  return c;
+}
+
 Result<SurplusDraft> ParseSurplusDraft(std::string_view body, Timestamp now) {
   PP_ASSIGN_OR_RETURN(json j, ParseJsonObject(body, "body"));
   return ParseSurplusDraftJson(j, now);

@@ -23,6 +23,13 @@ struct NewOrganization {
   GeoPoint position;
 };
 
+// An organisation's edit (PATCH): only what is given changes. Its kind
+// never does: a provider's posts and an NGO's claims hang on it.
+struct OrganizationChange {
+  std::optional<std::string> name;
+  std::optional<GeoPoint> position;  // lat and lon come together
+};
+
 struct ClaimRequest {
   int64_t ngo_id = 0;
   int64_t version = 0;  // the version the claimer saw; the optimistic lock
@@ -64,6 +71,7 @@ int JsonDepth(std::string_view text);
 Result<nlohmann::json> ParseJsonObject(std::string_view text, std::string_view what);
 
 Result<NewOrganization> ParseNewOrganization(std::string_view body);
+Result<OrganizationChange> ParseOrganizationChange(std::string_view body);
 // `now` bounds the dates: best_before must be in the future and within
 // kBestBeforeMaxDays, prepared_at not in the future (beyond kClockSkewMinutes).
 Result<SurplusDraft> ParseSurplusDraft(std::string_view body, Timestamp now);

@@ -127,14 +127,39 @@ void HubService::CountChange(const Surplus& after) {
 Result<std::optional<Organization>> HubService::FindOrganization(StoreSession& s, int64_t id) {
   {
     std::lock_guard lock(mu_);
-    if (auto it = orgs_.find(id); it != orgs_.end()) return std::optional<Organization>(it->second);
+    if (auto it = orgs_.find(id);
+        it != orgs_.end() && std::chrono::steady_clock::now() - it->second.second < kOrgCacheTtl)
+      return std::optional<Organization>(it->second.first);
   }
-  return s.GetOrganization(id);
+  // Read in the op's transaction: committed, or this batch's own edit,
+  // which commits with it (a batch that rolls back is run again op by op).
+  PP_ASSIGN_OR_RETURN(auto org, s.GetOrganization(id));
+  if (org) CacheOrganization(*org);
+  return org;
 }
 
 void HubService::CacheOrganization(const Organization& o) {
   std::lock_guard lock(mu_);
-  orgs_.emplace(o.id, o);
+  orgs_[o.id] = {o, std::chrono::steady_clock::now()};
+}
+
+void HubService::UpdateOrganization(int64_t id, OrganizationChange change, Callback done) {
+  auto updated = std::make_shared<Organization>();
+  auto effect = [id, change = std::move(change), updated](StoreSession& s) -> Result<Reply> {
+    PP_ASSIGN_OR_RETURN(auto org, s.GetOrganization(id));
+    if (!org) return Error::NotFound("no organisation " + std::to_string(id));
+    *updated = *org;
+    if (change.name) updated->name = *change.name;
+    if (change.position) updated->position = *change.position;
+    PP_ASSIGN_OR_RETURN(bool found, s.UpdateOrganization(*updated));
+    if (!found) return Error::NotFound("no organisation " + std::to_string(id));
+    return Reply{ToJson(*updated).dump(), false, nullptr, false, nullptr, nullptr};
+  };
+  // No idempotency key: the same edit twice leaves the same organisation.
+  Submit("", "", "", effect, nullptr, [this, updated, done = std::move(done)](Result<Reply> r) {
+    if (r.ok()) CacheOrganization(*updated);
+    done(std::move(r));
+  });
 }
 
 void HubService::CreateOrganization(NewOrganization org, std::string key, Callback done) {
@@ -486,6 +511,9 @@ Result<std::vector<Device>> HubService::ListDevicesOfOrg(int64_t org_id) {
 
 Result<Reply> HubService::CreateOrganization(NewOrganization org, std::string key) {
   return Await([&](Callback cb) { CreateOrganization(std::move(org), std::move(key), cb); });
+}
+Result<Reply> HubService::UpdateOrganization(int64_t id, OrganizationChange change) {
+  return Await([&](Callback cb) { UpdateOrganization(id, std::move(change), cb); });
 }
 Result<Reply> HubService::PostSurplus(SurplusDraft draft, std::string key, std::string traceparent) {
   return Await([&](Callback cb) { PostSurplus(std::move(draft), std::move(key), cb, std::move(traceparent)); });

@@ -69,6 +69,10 @@ class HubService {
 
   // Asynchronous: `done` runs after the commit (on a writer thread).
   void CreateOrganization(NewOrganization org, std::string idempotency_key, Callback done);
+  // A new name or place (ParseOrganizationChange). A provider's posts made
+  // after it start from the new place; posts already made keep theirs.
+  // kNotFound if there is no such organisation.
+  void UpdateOrganization(int64_t id, OrganizationChange change, Callback done);
   // `traceparent` (W3C, may be empty) stays with the post: its events carry it.
   void PostSurplus(SurplusDraft draft, std::string idempotency_key, Callback done,
                    std::string traceparent = "");
@@ -98,6 +102,7 @@ class HubService {
 
   // Blocking forms of the above.
   Result<Reply> CreateOrganization(NewOrganization org, std::string idempotency_key);
+  Result<Reply> UpdateOrganization(int64_t id, OrganizationChange change);
   Result<Reply> PostSurplus(SurplusDraft draft, std::string idempotency_key,
                             std::string traceparent = "");
   Result<Reply> Claim(int64_t surplus_id, ClaimRequest req, std::string idempotency_key);
@@ -200,9 +205,11 @@ class HubService {
                       std::string key, std::string fingerprint, Decide decide, Callback done);
   Result<Reply> ApplyDecision(StoreSession& s, int64_t surplus_id, std::optional<int64_t> ngo,
                               const Decide& decide);
-  // Organisations never change once created, so they are cached after their
-  // commit or a committed read.
+  // Organisations are cached after their commit or a committed read: an
+  // edit through this hub is seen at once, through another replica within
+  // kOrgCacheTtl (a post placed there meanwhile starts from the old place).
   Result<std::optional<Organization>> FindOrganization(StoreSession& s, int64_t id);
+  static constexpr Duration kOrgCacheTtl{std::chrono::seconds(5)};
   void CacheOrganization(const Organization& o);
   void CountChange(const Surplus& after);
 
@@ -220,7 +227,7 @@ class HubService {
 
   // Protected by mu_.
   std::mutex mu_;
-  std::unordered_map<int64_t, Organization> orgs_;
+  std::unordered_map<int64_t, std::pair<Organization, std::chrono::steady_clock::time_point>> orgs_;
   std::unordered_map<std::string, std::pair<Device, std::chrono::steady_clock::time_point>> devices_;
   std::vector<std::unique_ptr<StoreSession>> idle_readers_;
 };

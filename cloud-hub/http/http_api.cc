@@ -363,8 +363,9 @@ int HttpApi::Authorize(const std::string& method, const std::string& route, cons
     if (route == "/api/v1/surplus/nearby" && p.role == Role::kNgo) return 0;
     return deny("a " + role + " token may not read " + route);
   }
-  if (route == "/api/v1/organizations" || route.rfind("/api/v1/devices", 0) == 0)
-    return is({Role::kAdmin}) ? 0 : deny("only an admin registers organisations and devices");
+  if (route == "/api/v1/organizations" || route == "/api/v1/organizations/:id" ||
+      route.rfind("/api/v1/devices", 0) == 0)
+    return is({Role::kAdmin}) ? 0 : deny("only an admin registers or edits organisations and devices");
   if (route == "/api/v1/surplus")
     return is({Role::kProvider, Role::kOperator, Role::kAdmin}) ? 0 : deny("a " + role + " may not post surplus");
   if (ends("/assign") || ends("/cancel"))
@@ -484,6 +485,17 @@ void HttpApi::Routes() {
     auto id = PathId(req);
     if (!id) return Problem(res, Error::NotFound("no organisation " + std::string(req.matches[1])), req.path);
     Reply201or200(res, hub_.GetOrganization(*id), req.path, 200);
+  });
+
+  s.Patch(Served("PATCH", "/api/v1/organizations/{id}"), [this, read_body](const Request& req, Response& res,
+                                                                 const ContentReader& reader) {
+    std::string body;
+    if (!read_body(req, res, reader, body)) return;
+    auto id = PathId(req);
+    if (!id) return Problem(res, Error::NotFound("no organisation " + std::string(req.matches[1])), req.path);
+    auto change = ParseOrganizationChange(body);
+    if (!change.ok()) return Problem(res, change.error(), req.path);
+    Reply201or200(res, hub_.UpdateOrganization(*id, std::move(*change)), req.path, 200);
   });
 
   s.Post(Served("POST", "/api/v1/surplus"), [this, read_body, idem_key](const Request& req, Response& res,

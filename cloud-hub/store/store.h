@@ -83,6 +83,8 @@ class StoreSession {
 
   virtual Result<int64_t> InsertOrganization(const NewOrganization& org, Timestamp now) = 0;
   virtual Result<std::optional<Organization>> GetOrganization(int64_t id) = 0;
+  // Its name and position (kind and id never change); false: no such organisation.
+  virtual Result<bool> UpdateOrganization(const Organization& org) = 0;
   // By id after `after_id`; `kind` filters when set.
   virtual Result<std::vector<Organization>> ListOrganizations(std::optional<OrgKind> kind,
                                                               int64_t after_id, int limit) = 0;

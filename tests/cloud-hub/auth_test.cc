@@ -62,6 +62,7 @@ class AuthTest : public ::testing::Test {
     if (!token.empty()) h.emplace("Authorization", "Bearer " + token);
     auto r = method == "GET" ? cli.Get(path.c_str(), h)
              : method == "PUT" ? cli.Put(path.c_str(), h, body.dump(), "application/json")
+             : method == "PATCH" ? cli.Patch(path.c_str(), h, body.dump(), "application/json")
                                : cli.Post(path.c_str(), h, body.dump(), "application/json");
     if (!r) return {};
     return {r->status, json::parse(r->body, nullptr, false)};
@@ -195,6 +196,10 @@ TEST_F(AuthTest, RolesAndOrganisationsAreChecked) {
   EXPECT_EQ(Call(ngo1, "PUT", "/api/v1/vehicles/" + std::to_string(n1_), {{"free_kg", 10}}).status, 200);
   EXPECT_EQ(Call(op, "POST", "/api/v1/devices", {{"id", "k"}, {"role", "kiosk"}, {"org_id", p1_},
                                                  {"public_key", "x"}}).status, 403);  // admin only
+  const std::string org1 = "/api/v1/organizations/" + std::to_string(p1_);
+  EXPECT_EQ(Call(prov1, "PATCH", org1, {{"name", "mine"}}).status, 403);  // not even its own
+  EXPECT_EQ(Call(op, "PATCH", org1, {{"name", "x"}}).status, 403);
+  EXPECT_EQ(Call(admin_, "PATCH", org1, {{"name", "renamed"}}).status, 200);
 }
 
 // A claim is released by the claiming NGO, or by an operator on its behalf

@@ -382,6 +382,53 @@ TEST_F(HttpApiTest, ADeviceIsRegisteredOnlyWithARealEd25519PublicKey) {
   EXPECT_EQ(good->status, 201) << good->body;
 }
 
+// An operator's admin renames a kitchen and moves it: its next post starts
+// from the new place, the posts it made before keep theirs; its kind cannot
+// change, and a bad edit changes nothing.
+TEST_F(HttpApiTest, AnOrganizationIsRenamedAndMovedAndItsNextPostStartsThere) {
+  auto patch = [&](const std::string& path, const json& body) {
+    return client_->Patch(path.c_str(), body.dump(), "application/json");
+  };
+  const std::string org = "/api/v1/organizations/" + std::to_string(provider_);
+  auto before = json::parse(PostJson("/api/v1/surplus", ValidPost(), "mv1")->body);
+  EXPECT_EQ(before["lat"], 51.5);
+
+  auto moved = patch(org, {{"name", "Warung Bu Sri"}, {"lat", 51.52}, {"lon", -0.08}});
+  ASSERT_EQ(moved->status, 200) << moved->body;
+  EXPECT_EQ(json::parse(moved->body)["name"], "Warung Bu Sri");
+  auto now = json::parse(client_->Get(org.c_str())->body);
+  EXPECT_EQ(now["name"], "Warung Bu Sri");
+  EXPECT_EQ(now["lat"], 51.52);
+  EXPECT_EQ(now["lon"], -0.08);
+  EXPECT_EQ(now["kind"], "provider");
+
+  auto after = json::parse(PostJson("/api/v1/surplus", ValidPost(), "mv2")->body);
+  EXPECT_EQ(after["lat"], 51.52);
+  EXPECT_EQ(after["lon"], -0.08);
+  auto old = json::parse(client_->Get(("/api/v1/surplus/" + std::to_string(before["id"].get<int64_t>())).c_str())->body);
+  EXPECT_EQ(old["lat"], 51.5);  // a post already made stays where the food is
+
+  EXPECT_EQ(json::parse(patch(org, {{"name", "Bu Sri"}})->body)["lat"], 51.52);  // a name alone keeps the place
+
+  auto fields = [&](const json& body) {
+    auto r = patch(org, body);
+    EXPECT_EQ(r->status, 422) << r->body;
+    std::set<std::string> f;
+    const json problem = json::parse(r->body);
+    for (const auto& e : problem["errors"]) f.insert(e["field"].get<std::string>());
+    return f;
+  };
+  EXPECT_EQ(fields({{"kind", "ngo"}}), (std::set<std::string>{"kind"}));
+  EXPECT_EQ(fields({{"lat", 51.6}}), (std::set<std::string>{"lon"}));
+  EXPECT_EQ(fields({{"lat", 91}, {"lon", 0}, {"colour", "red"}}), (std::set<std::string>{"lat", "colour"}));
+  EXPECT_EQ(fields({{"name", ""}}), (std::set<std::string>{"name"}));
+  EXPECT_EQ(fields(json::object()), (std::set<std::string>{"body"}));
+  EXPECT_EQ(patch("/api/v1/organizations/999999", {{"name", "x"}})->status, 404);
+  auto kept = json::parse(client_->Get(org.c_str())->body);
+  EXPECT_EQ(kept["name"], "Bu Sri");
+  EXPECT_EQ(kept["lat"], 51.52);
+}
+
 TEST_F(HttpApiTest, CancelAndImpact) {
   auto a = json::parse(PostJson("/api/v1/surplus", ValidPost(), "a")->body)["id"].get<int64_t>();
   auto b = json::parse(PostJson("/api/v1/surplus", ValidPost(), "b")->body)["id"].get<int64_t>();

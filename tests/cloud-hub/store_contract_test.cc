@@ -112,6 +112,30 @@ TEST_P(StoreContract, OrganizationRoundTrip) {
   s_->Rollback();
 }
 
+// An edit changes the name and the place, never the kind, the id or when it
+// was created; an id nobody has is reported, not created.
+TEST_P(StoreContract, AnOrganizationIsRenamedAndMoved) {
+  int64_t id = Org(OrgKind::kProvider), other = Org(OrgKind::kProvider);
+  ASSERT_TRUE(s_->Begin(TxnMode::kWrite).ok());
+  Organization edit{id, OrgKind::kNgo, "Warung Bu Sri", {51.52, -0.08}, kT0 + std::chrono::hours(1)};
+  auto found = s_->UpdateOrganization(edit);
+  ASSERT_TRUE(found.ok()) << found.error().ToString();
+  EXPECT_TRUE(*found);
+  edit.id = id + 1000;
+  EXPECT_FALSE(*s_->UpdateOrganization(edit));
+  ASSERT_TRUE(s_->Commit().ok());
+
+  ASSERT_TRUE(s_->Begin(TxnMode::kRead).ok());
+  auto o = **s_->GetOrganization(id);
+  EXPECT_EQ(o.name, "Warung Bu Sri");
+  EXPECT_EQ(o.position, (GeoPoint{51.52, -0.08}));
+  EXPECT_EQ(o.kind, OrgKind::kProvider);  // as registered: the store does not take the kind
+  EXPECT_EQ(o.created_at, kT0);
+  EXPECT_EQ((**s_->GetOrganization(other)).name, "org");  // only the one named
+  EXPECT_FALSE(*s_->GetOrganization(id + 1000));
+  s_->Rollback();
+}
+
 TEST_P(StoreContract, SurplusRoundTripKeepsEveryFieldAndUnknowns) {
   int64_t p = Org(OrgKind::kProvider);
   int64_t id = Post(p);

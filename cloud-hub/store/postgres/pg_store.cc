@@ -195,6 +195,7 @@ std::vector<Statement> Statements() {
        "INSERT INTO organizations (kind, name, lat, lon, created_at) VALUES ($1,$2,$3,$4,$5) "
        "RETURNING id"},
       {"org_get", "SELECT id, kind, name, lat, lon, created_at FROM organizations WHERE id=$1"},
+      {"org_update", "UPDATE organizations SET name=$2, lat=$3, lon=$4 WHERE id=$1"},
       {"org_list",
        "SELECT id, kind, name, lat, lon, created_at FROM organizations "
        "WHERE id > $1 AND ($2 = '' OR kind = $2) ORDER BY id LIMIT $3"},
@@ -383,6 +384,13 @@ class PgSession final : public StoreSession {
       auto r = txn_->exec_prepared("org_get", id);
       if (r.empty()) return std::optional<Organization>();
       return std::optional<Organization>(ReadOrganization(r[0]));
+    });
+  }
+
+  Result<bool> UpdateOrganization(const Organization& o) override {
+    return Exec("update organization", [&] {
+      return txn_->exec_prepared("org_update", o.id, o.name, o.position.lat, o.position.lon)
+                 .affected_rows() == 1;
     });
   }
 

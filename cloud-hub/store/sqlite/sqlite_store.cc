@@ -160,6 +160,13 @@ class SqliteSession final : public StoreSession {
     return std::optional<Organization>(ReadOrganization(s));
   }
 
+  Result<bool> UpdateOrganization(const Organization& o) override {
+    auto& s = Prepare("UPDATE organizations SET name=?, lat=?, lon=? WHERE id=?");
+    s.Reset().Bind(o.name).Bind(o.position.lat).Bind(o.position.lon).Bind(o.id);
+    PP_RETURN_IF_ERROR(s.Step("update organization"));
+    return sqlite3_changes(db_) == 1;
+  }
+
   Result<std::vector<Organization>> ListOrganizations(std::optional<OrgKind> kind, int64_t after_id,
                                                       int limit) override {
     auto& s = Prepare(

@@ -128,7 +128,7 @@ Result<std::optional<Organization>> HubService::FindOrganization(StoreSession& s
   {
     std::lock_guard lock(mu_);
     if (auto it = orgs_.find(id);
-        it != orgs_.end() && std::chrono::steady_clock::now() - it->second.second < kOrgCacheTtl)
+        it != orgs_.end() && clock_.Monotonic() - it->second.second < kOrgCacheTtl)
       return std::optional<Organization>(it->second.first);
   }
   // Read in the op's transaction: committed, or this batch's own edit,
@@ -140,7 +140,7 @@ Result<std::optional<Organization>> HubService::FindOrganization(StoreSession& s
 
 void HubService::CacheOrganization(const Organization& o) {
   std::lock_guard lock(mu_);
-  orgs_[o.id] = {o, std::chrono::steady_clock::now()};
+  orgs_[o.id] = {o, clock_.Monotonic()};
 }
 
 void HubService::UpdateOrganization(int64_t id, OrganizationChange change, Callback done) {
@@ -463,7 +463,7 @@ Status HubService::RevokeDevice(const std::string& id) {
 }
 
 Result<std::optional<Device>> HubService::FindDevice(const std::string& id) {
-  auto now = std::chrono::steady_clock::now();
+  auto now = clock_.Monotonic();
   {
     std::lock_guard lock(mu_);
     auto it = devices_.find(id);

@@ -138,9 +138,10 @@ class HubService {
   Result<Reply> RegisterDevice(Device d);
   Status RevokeDevice(const std::string& id);
   // Cached; a revocation through this hub is seen at once, through another
-  // replica within kDeviceCacheTtl.
+  // replica within kDeviceCacheTtl (of the hub's clock: tests move it).
   Result<std::optional<Device>> FindDevice(const std::string& id);
   static constexpr Duration kDeviceCacheTtl{std::chrono::seconds(5)};
+  static constexpr Duration kOrgCacheTtl{std::chrono::seconds(5)};  // FindOrganization's
   Result<std::vector<Device>> ListDevicesOfOrg(int64_t org_id);
 
   // The building blocks both doors use. An Effect is a command's work inside
@@ -209,7 +210,6 @@ class HubService {
   // edit through this hub is seen at once, through another replica within
   // kOrgCacheTtl (a post placed there meanwhile starts from the old place).
   Result<std::optional<Organization>> FindOrganization(StoreSession& s, int64_t id);
-  static constexpr Duration kOrgCacheTtl{std::chrono::seconds(5)};
   void CacheOrganization(const Organization& o);
   void CountChange(const Surplus& after);
 

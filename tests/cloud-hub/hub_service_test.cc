@@ -530,6 +530,45 @@ TEST_P(HubServiceTest, AnOpOfTwoLanesWaitsForEitherAndKeepsEachInOrder) {
 // deadlocked (PostgreSQL ended one after deadlock_timeout, 1 s, and its
 // batch was run again op by op). With them the second batch waits for the
 // first and finds every post claimed.
+// Each replica caches organisations and devices. An edit or a revocation
+// made through one is seen by the other once its entry is older than the
+// cache's time to live, on the hub's clock (here simulated, not slept).
+TEST_P(HubServiceTest, AnotherReplicaSeesAnEditAndARevocationOnceItsCacheExpires) {
+  if (store_->MaxConcurrentWriters() < 2) GTEST_SKIP() << "a SQLite file has one hub: there is no other replica";
+  const int64_t provider = NewOrg(OrgKind::kProvider);
+  auto keys = sync::GenerateKeyPair();
+  ASSERT_TRUE(hub_->RegisterDevice({"kiosk-r", "kiosk", provider, sync::ToBase64(keys.public_key), false, 0, {}}).ok());
+  auto [a, b] = TwoReplicas();
+  ASSERT_TRUE(b.hub);
+  auto post_lat = [&](HubService& hub, const std::string& key) {
+    auto r = hub.PostSurplus(Draft(provider), key);
+    EXPECT_TRUE(r.ok()) << r.error().ToString();
+    return r.ok() ? json::parse(r->json)["lat"].get<double>() : 0.0;
+  };
+  auto revoked_for = [&](HubService& hub) {
+    auto d = hub.FindDevice("kiosk-r");
+    EXPECT_TRUE(d.ok() && *d);
+    return d.ok() && *d && (**d).revoked;
+  };
+  EXPECT_EQ(post_lat(*b.hub, "b1"), 51.5);  // b caches the organisation and the device
+  EXPECT_FALSE(revoked_for(*b.hub));
+
+  OrganizationChange moved;
+  moved.position = GeoPoint{51.6, -0.2};
+  ASSERT_TRUE(a.hub->UpdateOrganization(provider, moved).ok());
+  ASSERT_TRUE(a.hub->RevokeDevice("kiosk-r").ok());
+  EXPECT_EQ(post_lat(*a.hub, "a1"), 51.6);  // the replica that made the edit: at once
+  EXPECT_TRUE(revoked_for(*a.hub));
+
+  clock_.Advance(HubService::kOrgCacheTtl - std::chrono::seconds(1));
+  EXPECT_EQ(post_lat(*b.hub, "b2"), 51.5);  // within the time to live: b's copy
+  EXPECT_FALSE(revoked_for(*b.hub));
+
+  clock_.Advance(std::chrono::seconds(2));
+  EXPECT_EQ(post_lat(*b.hub, "b3"), 51.6);
+  EXPECT_TRUE(revoked_for(*b.hub));
+}
+
 TEST_P(HubServiceTest, TwoReplicasClaimingTheSamePostsInOppositeOrdersDoNotDeadlock) {
   if (store_->MaxConcurrentWriters() < 2) GTEST_SKIP() << "one writer: batches never run concurrently";
   constexpr int kPosts = 20;

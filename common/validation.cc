@@ -193,9 +193,7 @@ Result<NewOrganization> ParseNewOrganization(std::string_view body) {
 
 Result<OrganizationChange> ParseOrganizationChange(std::string_view body) {
   PP_ASSIGN_OR_RETURN(json j, ParseJsonObject(body, "body"));
-  json rest = j;
-  rest.erase("kind");  // named below, not as an unknown field
-  FieldReader r(rest, {"name", "lat", "lon"});
+  FieldReader r(j, {"kind", "name", "lat", "lon"});  // kind: known, and refused below
   if (j.contains("kind")) r.Fail("kind", "cannot be changed: register a new organisation");
   OrganizationChange c;
   c.name = r.String("name", false, Limits::kNameMax);

@@ -583,25 +583,27 @@ void HttpApi::Routes() {
          }));
   // The rest take {"ngo_id": N}.
   using NgoCommand = Result<Reply> (HubService::*)(int64_t, int64_t, std::string);
-  auto ngo_command = [this, post_command](NgoCommand command) {
-    return post_command([this, command](int64_t id, const std::string& body,
-                                        std::string key) -> Result<Reply> {
+  // Whom the body's ngo_id may name, once Authorize has let the role in.
+  enum class ForNgo {
+    kOwn,         // the NGO's own token (or an admin's)
+    kOwnOrStaff,  // also an operator on its behalf: the driver phoned
+    kAny,         // an operator's command for any NGO
+  };
+  auto ngo_command = [this, post_command](NgoCommand command, ForNgo for_ngo) {
+    return post_command([this, command, for_ngo](int64_t id, const std::string& body,
+                                                 std::string key) -> Result<Reply> {
       PP_ASSIGN_OR_RETURN(int64_t ngo, ParseNgoRequest(body));
-      // assign is an operator's (Authorize); release the NGO's own or an
-      // operator's on its behalf (it phoned); the rest are the NGO's own.
-      const bool staff = request_principal && (request_principal->role == Role::kOperator ||
-                                               request_principal->role == Role::kAdmin);
-      if (command != static_cast<NgoCommand>(&HubService::Assign) &&
-          !(command == static_cast<NgoCommand>(&HubService::Release) && staff))
+      const bool staff = request_principal && request_principal->staff();
+      if (for_ngo == ForNgo::kOwn || (for_ngo == ForNgo::kOwnOrStaff && !staff))
         PP_RETURN_IF_ERROR(MayActFor(ngo, Role::kNgo));
       return (hub_.*command)(id, ngo, std::move(key));
     });
   };
-  s.Post(Served("POST", "/api/v1/surplus/{id}/accept"), ngo_command(&HubService::Accept));
-  s.Post(Served("POST", "/api/v1/surplus/{id}/decline"), ngo_command(&HubService::Decline));
-  s.Post(Served("POST", "/api/v1/surplus/{id}/release"), ngo_command(&HubService::Release));
-  s.Post(Served("POST", "/api/v1/surplus/{id}/assign"), ngo_command(&HubService::Assign));
-  s.Post(Served("POST", "/api/v1/surplus/{id}/deliver"), ngo_command(&HubService::Deliver));
+  s.Post(Served("POST", "/api/v1/surplus/{id}/accept"), ngo_command(&HubService::Accept, ForNgo::kOwn));
+  s.Post(Served("POST", "/api/v1/surplus/{id}/decline"), ngo_command(&HubService::Decline, ForNgo::kOwn));
+  s.Post(Served("POST", "/api/v1/surplus/{id}/release"), ngo_command(&HubService::Release, ForNgo::kOwnOrStaff));
+  s.Post(Served("POST", "/api/v1/surplus/{id}/assign"), ngo_command(&HubService::Assign, ForNgo::kAny));
+  s.Post(Served("POST", "/api/v1/surplus/{id}/deliver"), ngo_command(&HubService::Deliver, ForNgo::kOwn));
 
   s.Post(Served("POST", "/api/v1/surplus/{id}/cancel"),
          post_command([this](int64_t id, const std::string& body, std::string key) -> Result<Reply> {

@@ -20,6 +20,7 @@
 #include "cloud-hub/core/hub_service.h"
 #include "cloud-hub/http/http_api.h"
 #include "cloud-hub/matching/cascade.h"
+#include "cloud-hub/matching/webhook_alerts.h"
 #include "cloud-hub/matching/matcher.h"
 #include "cloud-hub/mqtt/device_ingest.h"
 #include "common/cli.h"

@@ -1,7 +1,5 @@
 #include "cloud-hub/matching/cascade.h"
 
-#include <httplib.h>
-
 #include <nlohmann/json.hpp>
 
 #include "common/domain_json.h"
@@ -9,41 +7,6 @@
 #include "common/time_format.h"
 
 namespace pp {
-
-WebhookAlertSink::WebhookAlertSink(std::string url, std::string routing_key)
-    : routing_key_(std::move(routing_key)) {
-  // "http://host:port/path" -> ("http://host:port", "/path")
-  auto scheme_end = url.find("://");
-  auto path_start = url.find('/', scheme_end == std::string::npos ? 0 : scheme_end + 3);
-  scheme_host_port_ = url.substr(0, path_start);
-  path_ = path_start == std::string::npos ? "/" : url.substr(path_start);
-}
-
-void WebhookAlertSink::Trigger(const Surplus& post, const std::string& summary) {
-  nlohmann::json event{
-      {"routing_key", routing_key_},
-      {"event_action", "trigger"},
-      {"dedup_key", "pp-surplus-" + std::to_string(post.id)},
-      {"payload",
-       {{"summary", summary},
-        {"source", "pp-hub"},
-        {"severity", "warning"},
-        {"component", "matching"},
-        {"group", "dead-letter-queue"},
-        {"class", "surplus.dlq_exhausted"},
-        {"timestamp", FormatRfc3339(post.updated_at)},
-        {"custom_details", ToJson(post)}}}};
-  httplib::Client client(scheme_host_port_);
-  client.set_connection_timeout(5, 0);
-  client.set_read_timeout(5, 0);
-  auto res = client.Post(path_.c_str(), event.dump(), "application/json");
-  if (!res || res->status / 100 != 2)
-    Log(LogLevel::kError, "alert_failed",
-        {{"surplus_id", std::to_string(post.id)},
-         {"error", res ? "HTTP " + std::to_string(res->status) : httplib::to_string(res.error())}});
-  else
-    Log(LogLevel::kWarn, "alert_sent", {{"surplus_id", std::to_string(post.id)}});
-}
 
 Cascade::Cascade(HubService& hub, Matcher& matcher, const Clock& clock, CascadePolicy policy,
                  AlertSink* alerts)

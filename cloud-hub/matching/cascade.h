@@ -27,22 +27,12 @@
 
 namespace pp {
 
-// Where operator alerts go.
+// Where operator alerts go. Trigger() runs in a commit's callback, on a
+// store writer's thread: it must return at once (WebhookAlertSink queues).
 class AlertSink {
  public:
   virtual ~AlertSink() = default;
   virtual void Trigger(const Surplus& post, const std::string& summary) = 0;
-};
-
-// POSTs a PagerDuty Events v2-shaped JSON to a webhook URL
-// ({"routing_key","event_action":"trigger","dedup_key","payload":{...}}).
-class WebhookAlertSink final : public AlertSink {
- public:
-  WebhookAlertSink(std::string url, std::string routing_key);
-  void Trigger(const Surplus& post, const std::string& summary) override;
-
- private:
-  std::string scheme_host_port_, path_, routing_key_;
 };
 
 class Cascade final : public ChangeListener {

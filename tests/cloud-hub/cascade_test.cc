@@ -2,6 +2,7 @@
 // sharded matcher, the simulated clock (no sleeps), and a loopback webhook
 // receiving the operator alert.
 #include "cloud-hub/matching/cascade.h"
+#include "cloud-hub/matching/webhook_alerts.h"
 
 #include <gtest/gtest.h>
 
@@ -172,6 +173,8 @@ TEST_F(CascadeTest, DeadLetterRetriesWithBackoffThenAlertsAndWaitsForAssignment)
   EXPECT_EQ(x["dlq"]["attempts"], 3);
   EXPECT_TRUE(x["dlq"]["next_retry_at"].is_null());
   EXPECT_EQ(cascade_->alerts_sent(), 1u);
+  // POSTed by the sink's own thread, after the commit.
+  ASSERT_TRUE(test::Eventually([&] { return sink_->stats().sent == 1; }));
   ASSERT_EQ(webhook_.bodies().size(), 1u);
   json alert = json::parse(webhook_.bodies()[0]);
   EXPECT_EQ(alert["event_action"], "trigger");
@@ -327,6 +330,58 @@ TEST_F(CascadeTest, BadVehicleReportsAreNamed) {
   EXPECT_EQ(r.error().code, Code::kInvalidArgument);
   EXPECT_GE(r.error().fields.size(), 3u);
   EXPECT_EQ(hub_->UpdateVehicle(999, "{}").error().code, Code::kNotFound);
+}
+
+// The alert goes out on the sink's own thread, not in the commit's callback
+// that raised it: a webhook that does not answer holds up no commit (it held
+// the store writer for its timeouts), and the alert is sent again.
+TEST(WebhookAlertSinkTest, AHungWebhookHoldsUpNobodyAndTheAlertIsSentAgain) {
+  test::FakeHttpServer webhook{[](const std::string&, const std::string&) { return std::string("{}"); }};
+  webhook.set_mode(test::FakeHttpServer::Mode::kHang);
+  WebhookAlertSink::Options o;
+  o.first_retry = std::chrono::milliseconds(1);
+  o.timeout = seconds(60);  // longer than the webhook hangs: only the sink's own thread may wait
+  o.queue_limit = 1;
+  WebhookAlertSink sink(webhook.url() + "/v2/enqueue", "k", o);
+  Surplus a, b, c;
+  a.id = 1, b.id = 2, c.id = 3;
+  auto triggered = std::async(std::launch::async, [&] { sink.Trigger(a, "a"); });
+  ASSERT_EQ(triggered.wait_for(seconds(10)), std::future_status::ready) << "Trigger waited for the webhook";
+  ASSERT_TRUE(test::Eventually([&] { return webhook.requests() == 1; }));
+  sink.Trigger(b, "b");  // waits in the queue behind a
+  sink.Trigger(c, "c");  // the queue (1) is full: dropped, said so
+  EXPECT_EQ(sink.stats().dropped, 1u);
+  EXPECT_EQ(sink.stats().sent, 0u);
+
+  webhook.set_mode(test::FakeHttpServer::Mode::kOk);
+  webhook.Release();  // a's first POST gets a 504: sent again, then b
+  ASSERT_TRUE(test::Eventually([&] { return sink.stats().sent == 2; }));
+  std::vector<std::string> keys;
+  for (const auto& body : webhook.bodies()) keys.push_back(json::parse(body)["dedup_key"]);
+  EXPECT_EQ(keys, (std::vector<std::string>{"pp-surplus-1", "pp-surplus-1", "pp-surplus-2"}));
+  EXPECT_EQ(sink.stats().retries, 1u);
+  EXPECT_EQ(sink.stats().failed, 0u);
+}
+
+TEST(WebhookAlertSinkTest, AFailingWebhookIsTriedAsOftenAsAllowedAndARefusalOnce) {
+  test::FakeHttpServer webhook{[](const std::string&, const std::string&) { return std::string("{}"); }};
+  webhook.set_mode(test::FakeHttpServer::Mode::kFail);  // 500: may pass
+  WebhookAlertSink::Options o;
+  o.attempts = 3;
+  o.first_retry = std::chrono::milliseconds(1);
+  WebhookAlertSink sink(webhook.url() + "/v2/enqueue", "k", o);
+  Surplus post;
+  post.id = 9;
+  sink.Trigger(post, "x");
+  ASSERT_TRUE(test::Eventually([&] { return sink.stats().failed == 1; }));
+  EXPECT_EQ(webhook.requests(), 3);
+  EXPECT_EQ(sink.stats().retries, 2u);
+
+  webhook.set_mode(test::FakeHttpServer::Mode::kRefuse);  // 400: the same answer every time
+  sink.Trigger(post, "x");
+  ASSERT_TRUE(test::Eventually([&] { return sink.stats().failed == 2; }));
+  EXPECT_EQ(webhook.requests(), 4);
+  EXPECT_EQ(sink.stats().sent, 0u);
 }
 
 }  // namespace

@@ -282,6 +282,10 @@ FakeHttpServer::FakeHttpServer(Answer answer)
         res.status = 500;
         res.set_content("{\"code\":\"InternalError\"}", "application/json");
         return;
+      case Mode::kRefuse:
+        res.status = 400;
+        res.set_content("{\"status\":\"invalid event\"}", "application/json");
+        return;
       case Mode::kHang:
         cv_.wait_for(lock, std::chrono::seconds(30), [&] { return released_; });
         res.status = 504;
@@ -311,13 +315,17 @@ FakeHttpServer::FakeHttpServer(Answer answer)
 }
 
 FakeHttpServer::~FakeHttpServer() {
+  Release();
+  server_->stop();
+  thread_.join();
+}
+
+void FakeHttpServer::Release() {
   {
     std::lock_guard lock(mu_);
     released_ = true;
   }
   cv_.notify_all();
-  server_->stop();
-  thread_.join();
 }
 
 void FakeHttpServer::set_mode(Mode m, std::chrono::milliseconds slow_delay) {

@@ -135,7 +135,9 @@ namespace pp::test {
 // released at destruction.
 class FakeHttpServer {
  public:
-  enum class Mode { kOk, kFail, kHang, kSlow };
+  // kFail answers 500, kRefuse 400; kHang holds each request until
+  // Release() (or 30 s) and then answers 504.
+  enum class Mode { kOk, kFail, kRefuse, kHang, kSlow };
   // `answer` gets (path with query, body) and returns the 200 JSON body.
   using Answer = std::function<std::string(const std::string& path, const std::string& body)>;
 
@@ -144,6 +146,8 @@ class FakeHttpServer {
   int port() const { return port_; }
   std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
   void set_mode(Mode m, std::chrono::milliseconds slow_delay = std::chrono::milliseconds(0));
+  // Lets every request held by kHang or kSlow go, now and from now on.
+  void Release();
   int requests() const { return requests_; }
   std::vector<std::string> bodies() const;
 

@@ -1,0 +1,126 @@
+#include "cloud-hub/matching/webhook_alerts.h"
+
+#include <httplib.h>
+
+#include <nlohmann/json.hpp>
+
+#include "common/domain_json.h"
+#include "common/log.h"
+#include "common/process_cpu.h"
+#include "common/time_format.h"
+
+namespace pp {
+
+WebhookAlertSink::WebhookAlertSink(std::string url, std::string routing_key, Options options)
+    : options_(options), routing_key_(std::move(routing_key)) {
+  // "http://host:port/path" -> ("http://host:port", "/path")
+  auto scheme_end = url.find("://");
+  auto path_start = url.find('/', scheme_end == std::string::npos ? 0 : scheme_end + 3);
+  scheme_host_port_ = url.substr(0, path_start);
+  path_ = path_start == std::string::npos ? "/" : url.substr(path_start);
+  thread_ = std::thread([this] { Run(); });
+}
+
+WebhookAlertSink::~WebhookAlertSink() {
+  size_t unsent;
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+    unsent = queue_.size();
+  }
+  cv_.notify_all();
+  thread_.join();
+  if (unsent > 0) Log(LogLevel::kWarn, "alerts_unsent", {{"alerts", std::to_string(unsent)}});
+}
+
+void WebhookAlertSink::Trigger(const Surplus& post, const std::string& summary) {
+  nlohmann::json event{
+      {"routing_key", routing_key_},
+      {"event_action", "trigger"},
+      {"dedup_key", "pp-surplus-" + std::to_string(post.id)},
+      {"payload",
+       {{"summary", summary},
+        {"source", "pp-hub"},
+        {"severity", "warning"},
+        {"component", "matching"},
+        {"group", "dead-letter-queue"},
+        {"class", "surplus.dlq_exhausted"},
+        {"timestamp", FormatRfc3339(post.updated_at)},
+        {"custom_details", ToJson(post)}}}};
+  {
+    std::lock_guard lock(mu_);
+    if (queue_.size() < options_.queue_limit) {
+      queue_.push_back({post.id, event.dump()});
+      cv_.notify_one();
+      return;
+    }
+    stats_.dropped++;
+  }
+  Log(LogLevel::kError, "alert_dropped",
+      {{"surplus_id", std::to_string(post.id)},
+       {"error", "alert queue full (" + std::to_string(options_.queue_limit) + " waiting for the webhook)"}});
+}
+
+WebhookAlertSink::Stats WebhookAlertSink::stats() const {
+  std::lock_guard lock(mu_);
+  return stats_;
+}
+
+void WebhookAlertSink::Run() {
+  NameThisThread("alerts");
+  std::unique_lock lock(mu_);
+  while (true) {
+    cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+    if (stop_) return;
+    Alert alert = std::move(queue_.front());
+    queue_.pop_front();
+    auto wait = options_.first_retry;
+    for (int attempt = 1;; ++attempt) {
+      lock.unlock();
+      const bool done = Post(alert, attempt);
+      lock.lock();
+      if (done) break;
+      if (attempt == options_.attempts) {
+        stats_.failed++;
+        break;
+      }
+      // Stop() cuts the wait short; the alert is then dropped with the rest.
+      if (cv_.wait_for(lock, wait, [&] { return stop_; })) return;
+      wait *= 2;
+      stats_.retries++;
+    }
+  }
+}
+
+bool WebhookAlertSink::Post(const Alert& alert, int attempt) {
+  httplib::Client client(scheme_host_port_);
+  client.set_connection_timeout(options_.timeout.count(), 0);
+  client.set_read_timeout(options_.timeout.count(), 0);
+  client.set_write_timeout(options_.timeout.count(), 0);
+  auto res = client.Post(path_.c_str(), alert.body, "application/json");
+  const std::string id = std::to_string(alert.surplus_id);
+  if (res && res->status / 100 == 2) {
+    {
+      std::lock_guard lock(mu_);
+      stats_.sent++;
+    }
+    Log(LogLevel::kWarn, "alert_sent", {{"surplus_id", id}, {"attempt", std::to_string(attempt)}});
+    return true;
+  }
+  // A 4xx other than 429 says the alert itself is wrong: sending it again
+  // gets the same answer.
+  const bool final = res && res->status / 100 == 4 && res->status != 429;
+  const bool last = final || attempt == options_.attempts;
+  Log(last ? LogLevel::kError : LogLevel::kWarn, "alert_failed",
+      {{"surplus_id", id},
+       {"attempt", std::to_string(attempt)},
+       {"error", res ? "HTTP " + std::to_string(res->status) : httplib::to_string(res.error())},
+       {"next", last ? "dropped" : "retry"}});
+  if (final) {
+    std::lock_guard lock(mu_);
+    stats_.failed++;
+  }
+  return final;
+}
+
+}  // namespace pp

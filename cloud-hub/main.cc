@@ -235,9 +235,18 @@ int main(int argc, char** argv) {
     routing = std::make_unique<pp::OsrmClient>(args.routing_url, args.routing_deadline);
   pp::TravelTimes travel(clock, pp::TravelModel{}, std::move(routing), {});
   pp::Matcher matcher(clock, args.match, travel);
-  std::unique_ptr<pp::AlertSink> alerts;
-  if (!args.alert_webhook.empty())
+  std::unique_ptr<pp::WebhookAlertSink> alerts;
+  if (!args.alert_webhook.empty()) {
     alerts = std::make_unique<pp::WebhookAlertSink>(args.alert_webhook, args.alert_routing_key);
+    // An alert the pager never got is itself worth an alert (OperatorAlertsFailing),
+    // through Prometheus, the other way to a person.
+    const char* help = "Operator alerts (a post's DLQ retries exhausted) by what became of them.";
+    using Stats = pp::WebhookAlertSink::Stats;
+    for (auto [result, field] : {std::pair{"sent", &Stats::sent}, std::pair{"failed", &Stats::failed},
+                                 std::pair{"dropped", &Stats::dropped}})
+      metrics.AddCounterCallback("operator_alerts_total", help, {{"result", result}},
+                                 [sink = alerts.get(), field] { return double(sink->stats().*field); });
+  }
   pp::Cascade cascade(hub, matcher, clock, args.policy, alerts.get());
   hub.SetListener(&cascade);
   if (auto st = cascade.Start(); !st.ok()) {

@@ -130,6 +130,56 @@ TEST_F(ObservabilityTest, ReadyzFollowsTheBroker) {
   EXPECT_TRUE(test::Eventually([&] { return Call("GET", "/readyz").status == 200; }, seconds(30)));
 }
 
+// A post nobody can take runs out of DLQ retries: the hub POSTs the
+// operator alert to the webhook, and /metrics says what became of it — here
+// refused (400), which OperatorAlertsFailing pages on, then sent.
+TEST(AlertTest, AnExhaustedPostsAlertReachesTheWebhookAndIsCountedOnMetrics) {
+  test::TempDir dir;
+  test::FakeHttpServer pager{[](const std::string&, const std::string&) { return std::string("{}"); }};
+  pager.set_mode(test::FakeHttpServer::Mode::kRefuse);
+  test::Hub hub("sqlite:" + dir.file("hub.db"),
+                {"--dlq-retry-base", "100ms", "--alert-webhook", pager.url() + "/v2/enqueue",
+                 "--alert-routing-key", "pp-test"});
+  ASSERT_GT(hub.port(), 0);
+  auto call = [&](const std::string& method, const std::string& path, const json& body = nullptr) {
+    return test::HttpCall(hub.port(), method, path, body);
+  };
+  auto scrape = [&] {
+    httplib::Client cli("127.0.0.1", hub.port());
+    auto r = cli.Get("/metrics");
+    return r && r->status == 200 ? r->body : std::string();
+  };
+  EXPECT_EQ(Sample(scrape(), "operator_alerts_total{result=\"failed\"}"), 0);  // there from the start
+  int64_t provider = call("POST", "/api/v1/organizations",
+                          {{"kind", "provider"}, {"name", "p"}, {"lat", 51.5}, {"lon", -0.1}}).body["id"];
+  // No NGO anywhere: each post is dead-lettered, re-matched after 0.1, 0.2
+  // and 0.4 s (at the hub's next ticks), then alerted.
+  auto post = [&](const std::string& key) {
+    httplib::Client cli("127.0.0.1", hub.port());
+    auto r = cli.Post("/api/v1/surplus", {{"Idempotency-Key", key}},
+                      json{{"provider_id", provider}, {"category", "bakery"}, {"description", "roti"},
+                           {"quantity_kg", 5}, {"best_before", test::HoursFromNow(3)}}.dump(),
+                      "application/json");
+    EXPECT_TRUE(r && r->status == 201);
+    return r ? json::parse(r->body)["id"].get<int64_t>() : 0;
+  };
+  const int64_t first = post("a1");
+  ASSERT_TRUE(test::Eventually([&] { return Sample(scrape(), "operator_alerts_total{result=\"failed\"}") == 1; },
+                               seconds(20)));
+  ASSERT_EQ(pager.requests(), 1);  // a refusal is not sent again
+  json alert = json::parse(pager.bodies()[0]);
+  EXPECT_EQ(alert["routing_key"], "pp-test");
+  EXPECT_EQ(alert["dedup_key"], "pp-surplus-" + std::to_string(first));
+  EXPECT_EQ(call("GET", "/api/v1/surplus/" + std::to_string(first)).body["status"], "dead_lettered");
+
+  pager.set_mode(test::FakeHttpServer::Mode::kOk);
+  const int64_t second = post("a2");
+  ASSERT_TRUE(test::Eventually([&] { return Sample(scrape(), "operator_alerts_total{result=\"sent\"}") == 1; },
+                               seconds(20)));
+  EXPECT_EQ(json::parse(pager.bodies().back())["dedup_key"], "pp-surplus-" + std::to_string(second));
+  EXPECT_EQ(Sample(scrape(), "operator_alerts_total{result=\"dropped\"}"), 0);
+}
+
 // The dashboard, with tokens on, in Debian's chromium (playwright-core).
 TEST(DashboardTest, SignInSeeTheCityAndAssignFromTheDlq) {
   test::TempDir dir;

@@ -138,6 +138,14 @@ Result<Decision> DecideDeadLetter(const Surplus& cur, Timestamp now, const Casca
   return d;
 }
 
+OperatorAlert AlertOf(const Surplus& before, const Decision& d) {
+  if (d.dlq_exhausted) return OperatorAlert::kRaise;
+  // Retries left keep a retry time; the last dead-letter clears it.
+  const bool exhausted = before.status == SurplusStatus::kDeadLettered && !before.match.next_retry_at;
+  return exhausted && TargetOf(d.event) != SurplusStatus::kDeadLettered ? OperatorAlert::kResolve
+                                                                         : OperatorAlert::kNone;
+}
+
 Result<Decision> DecideAssign(const Surplus& cur, int64_t ngo, int64_t operator_actor) {
   if (!Allowed(cur, SurplusEvent::kClaim)) return Stale(cur, "cannot assign");
   Decision d = Claimed(cur, ngo, "surplus.assigned");

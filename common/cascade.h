@@ -39,6 +39,16 @@ struct Decision {
   std::optional<double> picked_up_kg;
 };
 
+// What a change means for the operator alert a post gets when its DLQ
+// retries run out (docs/operations.md, "The offer cascade").
+enum class OperatorAlert {
+  kNone,
+  kRaise,    // `d` is the dead-letter after the last retry: an operator must act
+  kResolve,  // `d` takes a post whose retries had run out (its alert raised) out
+             // of the DLQ: assigned, claimed, cancelled or expired; nobody need act
+};
+OperatorAlert AlertOf(const Surplus& before, const Decision& d);
+
 // An NGO claims directly (or accepts by claiming) at the version it saw.
 Result<Decision> DecideClaim(const Surplus& cur, int64_t ngo, int64_t seen_version);
 // The offered NGO accepts before its deadline.

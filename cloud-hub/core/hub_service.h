@@ -42,7 +42,7 @@ struct Reply {
   // For commands that changed a post, when freshly applied: the post after
   // the change (the matching engine continues from it).
   std::shared_ptr<const Surplus> surplus;
-  bool dlq_exhausted = false;  // the change calls for an operator alert
+  OperatorAlert alert = OperatorAlert::kNone;  // raise or resolve the post's operator alert
   std::shared_ptr<const Vehicle> vehicle;  // for vehicle reports
   // A second post the command created (the remainder of a partial pickup).
   std::shared_ptr<const Surplus> also_posted;
@@ -57,7 +57,7 @@ struct Reply {
 class ChangeListener {
  public:
   virtual ~ChangeListener() = default;
-  virtual void OnSurplusChanged(const Surplus& after, bool dlq_exhausted) = 0;
+  virtual void OnSurplusChanged(const Surplus& after, OperatorAlert alert) = 0;
   virtual void OnVehicleChanged(const Vehicle& v) = 0;
 };
 

@@ -49,9 +49,14 @@ Status Cascade::Start() {
 
 void Cascade::OnVehicleChanged(const Vehicle& v) { matcher_.UpsertVehicle(v); }
 
-void Cascade::OnSurplusChanged(const Surplus& after, bool dlq_exhausted) {
+void Cascade::OnSurplusChanged(const Surplus& after, OperatorAlert alert) {
   open_.Update(after);
-  if (dlq_exhausted) {
+  if (alert == OperatorAlert::kResolve) {
+    Log(LogLevel::kInfo, "dlq_alert_resolved",
+        {{"surplus_id", std::to_string(after.id)}, {"status", std::string(ToString(after.status))}});
+    if (alerts_) alerts_->Resolve(after);
+  }
+  if (alert == OperatorAlert::kRaise) {
     alerts_sent_++;
     Log(LogLevel::kWarn, "dlq_exhausted", {{"surplus_id", std::to_string(after.id)}});
     if (alerts_)

@@ -33,6 +33,8 @@ class AlertSink {
  public:
   virtual ~AlertSink() = default;
   virtual void Trigger(const Surplus& post, const std::string& summary) = 0;
+  // The post left the DLQ after its alert: the incident can close.
+  virtual void Resolve(const Surplus& post) = 0;
 };
 
 class Cascade final : public ChangeListener {
@@ -48,7 +50,7 @@ class Cascade final : public ChangeListener {
   // Blocks until no cascade step is in flight.
   void WaitIdle();
 
-  void OnSurplusChanged(const Surplus& after, bool dlq_exhausted) override;
+  void OnSurplusChanged(const Surplus& after, OperatorAlert alert) override;
   void OnVehicleChanged(const Vehicle& v) override;
 
   uint64_t alerts_sent() const { return alerts_sent_; }

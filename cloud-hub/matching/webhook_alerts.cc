@@ -47,17 +47,30 @@ void WebhookAlertSink::Trigger(const Surplus& post, const std::string& summary) 
         {"class", "surplus.dlq_exhausted"},
         {"timestamp", FormatRfc3339(post.updated_at)},
         {"custom_details", ToJson(post)}}}};
+  Enqueue(post.id, event.dump());
+}
+
+void WebhookAlertSink::Resolve(const Surplus& post) {
+  // Events v2: a resolve names the incident by its dedup_key alone.
+  nlohmann::json event{{"routing_key", routing_key_},
+                       {"event_action", "resolve"},
+                       {"dedup_key", "pp-surplus-" + std::to_string(post.id)}};
+  Enqueue(post.id, event.dump());
+}
+
+void WebhookAlertSink::Enqueue(int64_t surplus_id, std::string body) {
   {
     std::lock_guard lock(mu_);
     if (queue_.size() < options_.queue_limit) {
-      queue_.push_back({post.id, event.dump()});
+      // In order: an incident's resolve never overtakes its trigger.
+      queue_.push_back({surplus_id, std::move(body)});
       cv_.notify_one();
       return;
     }
     stats_.dropped++;
   }
   Log(LogLevel::kError, "alert_dropped",
-      {{"surplus_id", std::to_string(post.id)},
+      {{"surplus_id", std::to_string(surplus_id)},
        {"error", "alert queue full (" + std::to_string(options_.queue_limit) + " waiting for the webhook)"}});
 }
 

@@ -1,5 +1,6 @@
 // Operator alerts as PagerDuty Events v2 JSON, POSTed to a webhook
-// ({"routing_key","event_action":"trigger","dedup_key","payload":{...}}).
+// ({"routing_key","event_action":"trigger","dedup_key","payload":{...}}),
+// and their resolves once the post has left the DLQ.
 //
 // Trigger() only queues: it is called on a store writer's thread, and a
 // webhook that answered slowly (or not at all) used to hold that thread for
@@ -49,6 +50,10 @@ class WebhookAlertSink final : public AlertSink {
   ~WebhookAlertSink() override;
 
   void Trigger(const Surplus& post, const std::string& summary) override;
+  // {"event_action":"resolve"} under the same dedup_key: the receiver
+  // closes the incident (one never triggered, or closed already, is ignored).
+  void Resolve(const Surplus& post) override;
+  // Triggers and resolves alike.
   Stats stats() const;
 
  private:
@@ -56,6 +61,7 @@ class WebhookAlertSink final : public AlertSink {
     int64_t surplus_id;
     std::string body;
   };
+  void Enqueue(int64_t surplus_id, std::string body);
   void Run();
   // One POST: true once delivered or refused for good (not worth again).
   bool Post(const Alert& alert, int attempt);

@@ -188,6 +188,12 @@ TEST_F(CascadeTest, DeadLetterRetriesWithBackoffThenAlertsAndWaitsForAssignment)
   EXPECT_EQ(Get(id)["version"], x["version"]) << "no more retries";
   ASSERT_TRUE(hub_->Assign(id, a, Key()).ok());
   EXPECT_EQ(Get(id)["status"], "claimed");
+  // The operator acted: the incident is resolved under the same key.
+  ASSERT_TRUE(test::Eventually([&] { return sink_->stats().sent == 2; }));
+  json resolve = json::parse(webhook_.bodies().back());
+  EXPECT_EQ(resolve["event_action"], "resolve");
+  EXPECT_EQ(resolve["dedup_key"], "pp-surplus-" + std::to_string(id));
+  EXPECT_EQ(resolve["routing_key"], "test-key");
 }
 
 TEST_F(CascadeTest, ADlqRetryFindsAVehicleThatCameNear) {

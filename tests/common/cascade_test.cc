@@ -120,6 +120,8 @@ TEST(Cascade, DeadLetterRetriesAfterOneTwoFourBasesThenAlerts) {
       ASSERT_TRUE(s.match.next_retry_at);
       waits.push_back(*s.match.next_retry_at - now);
       EXPECT_FALSE(d->dlq_exhausted);
+      // Retries left: no alert, and none to resolve if an NGO claims it now.
+      EXPECT_EQ(AlertOf(s, *DecideClaim(s, 6, s.version)), OperatorAlert::kNone);
       now = *s.match.next_retry_at;
     } else {
       EXPECT_FALSE(s.match.next_retry_at);  // waits for an operator
@@ -130,6 +132,29 @@ TEST(Cascade, DeadLetterRetriesAfterOneTwoFourBasesThenAlerts) {
   auto assigned = DecideAssign(s, 7);
   ASSERT_TRUE(assigned.ok());
   EXPECT_EQ(Apply(s, *assigned, now).status, SurplusStatus::kClaimed);
+}
+
+// The alert raised when the retries run out is resolved by whatever takes
+// the post out of the DLQ afterwards, and by nothing else.
+TEST(Cascade, TheOperatorAlertIsRaisedOnceAndResolvedWhenThePostLeavesTheDlq) {
+  CascadePolicy p;
+  p.dlq_max_retries = 1;
+  Surplus s = Post();
+  auto first = DecideDeadLetter(s, kT0, p);
+  EXPECT_EQ(AlertOf(s, *first), OperatorAlert::kNone);
+  s = Apply(s, *first, kT0);
+  auto last = DecideDeadLetter(s, kT0, p);
+  EXPECT_EQ(AlertOf(s, *last), OperatorAlert::kRaise);
+  s = Apply(s, *last, kT0);
+  ASSERT_FALSE(s.match.next_retry_at);
+  EXPECT_EQ(AlertOf(s, *DecideAssign(s, 7)), OperatorAlert::kResolve);
+  EXPECT_EQ(AlertOf(s, *DecideClaim(s, 6, s.version)), OperatorAlert::kResolve);
+  EXPECT_EQ(AlertOf(s, *DecideCancel(s, 1)), OperatorAlert::kResolve);
+  EXPECT_EQ(AlertOf(s, *DecideExpire(s, s.draft.best_before)), OperatorAlert::kResolve);
+  // Once out of the DLQ, later steps have nothing to resolve.
+  Surplus claimed = Apply(s, *DecideAssign(s, 7), kT0);
+  claimed.handover_code = "123456";
+  EXPECT_EQ(AlertOf(claimed, *DecidePickUp(claimed, 7, "123456", 1)), OperatorAlert::kNone);
 }
 
 TEST(Cascade, ExpiryEndsOffersAndTimers) {

@@ -97,7 +97,7 @@ void WebhookAlertSink::Run() {
         stats_.failed++;
         break;
       }
-      // Stop() cuts the wait short; the alert is then dropped with the rest.
+      // The destructor cuts the wait short; the alert is then dropped with the rest.
       if (cv_.wait_for(lock, wait, [&] { return stop_; })) return;
       wait *= 2;
       stats_.retries++;

@@ -90,10 +90,13 @@ void WebhookAlertSink::Run() {
     auto wait = options_.first_retry;
     for (int attempt = 1;; ++attempt) {
       lock.unlock();
-      const bool done = Post(alert, attempt);
+      const Answer answer = Post(alert, attempt);
       lock.lock();
-      if (done) break;
-      if (attempt == options_.attempts) {
+      if (answer == Answer::kSent) {
+        stats_.sent++;
+        break;
+      }
+      if (answer == Answer::kRefused || attempt == options_.attempts) {
         stats_.failed++;
         break;
       }
@@ -105,7 +108,7 @@ void WebhookAlertSink::Run() {
   }
 }
 
-bool WebhookAlertSink::Post(const Alert& alert, int attempt) {
+WebhookAlertSink::Answer WebhookAlertSink::Post(const Alert& alert, int attempt) {
   httplib::Client client(scheme_host_port_);
   client.set_connection_timeout(options_.timeout.count(), 0);
   client.set_read_timeout(options_.timeout.count(), 0);
@@ -113,12 +116,8 @@ bool WebhookAlertSink::Post(const Alert& alert, int attempt) {
   auto res = client.Post(path_.c_str(), alert.body, "application/json");
   const std::string id = std::to_string(alert.surplus_id);
   if (res && res->status / 100 == 2) {
-    {
-      std::lock_guard lock(mu_);
-      stats_.sent++;
-    }
     Log(LogLevel::kWarn, "alert_sent", {{"surplus_id", id}, {"attempt", std::to_string(attempt)}});
-    return true;
+    return Answer::kSent;
   }
   // A 4xx other than 429 says the alert itself is wrong: sending it again
   // gets the same answer.
@@ -129,11 +128,7 @@ bool WebhookAlertSink::Post(const Alert& alert, int attempt) {
        {"attempt", std::to_string(attempt)},
        {"error", res ? "HTTP " + std::to_string(res->status) : httplib::to_string(res.error())},
        {"next", last ? "dropped" : "retry"}});
-  if (final) {
-    std::lock_guard lock(mu_);
-    stats_.failed++;
-  }
-  return final;
+  return final ? Answer::kRefused : Answer::kMayPass;
 }
 
 }  // namespace pp

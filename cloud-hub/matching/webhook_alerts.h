@@ -63,8 +63,9 @@ class WebhookAlertSink final : public AlertSink {
   };
   void Enqueue(int64_t surplus_id, std::string body);
   void Run();
-  // One POST: true once delivered or refused for good (not worth again).
-  bool Post(const Alert& alert, int attempt);
+  enum class Answer { kSent, kRefused, kMayPass };  // kRefused: the same again would be too
+  // One POST, logged; Run() keeps the counts.
+  Answer Post(const Alert& alert, int attempt);
 
   const Options options_;
   std::string scheme_host_port_, path_, routing_key_;

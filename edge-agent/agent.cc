@@ -8,6 +8,7 @@
 
 #include "common/domain_json.h"
 #include "common/log.h"
+#include "common/process_cpu.h"
 #include "common/time_format.h"
 #include "common/trace.h"
 #include "common/validation.h"
@@ -160,8 +161,15 @@ void Agent::Start() {
         Log(LogLevel::kError, "vehicle_profile_not_queued", {{"error", q.error().ToString()}});
     }
   }
-  sender_ = std::thread([this] { SendLoop(); });
-  applier_ = std::thread([this] { ApplyLoop(); });
+  // Named, so that top -H, perf and /proc/*/task tell them from Paho's.
+  sender_ = std::thread([this] {
+    NameThisThread("agent-send");
+    SendLoop();
+  });
+  applier_ = std::thread([this] {
+    NameThisThread("agent-apply");
+    ApplyLoop();
+  });
 }
 
 void Agent::Stop() {

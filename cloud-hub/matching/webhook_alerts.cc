@@ -22,15 +22,12 @@ WebhookAlertSink::WebhookAlertSink(std::string url, std::string routing_key, Opt
 }
 
 WebhookAlertSink::~WebhookAlertSink() {
-  size_t unsent;
   {
     std::lock_guard lock(mu_);
     stop_ = true;
-    unsent = queue_.size();
   }
   cv_.notify_all();
   thread_.join();
-  if (unsent > 0) Log(LogLevel::kWarn, "alerts_unsent", {{"alerts", std::to_string(unsent)}});
 }
 
 void WebhookAlertSink::Trigger(const Surplus& post, const std::string& summary) {
@@ -84,35 +81,64 @@ void WebhookAlertSink::Run() {
   std::unique_lock lock(mu_);
   while (true) {
     cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
-    if (stop_) return;
+    if (stop_) break;
     Alert alert = std::move(queue_.front());
     queue_.pop_front();
     auto wait = options_.first_retry;
-    for (int attempt = 1;; ++attempt) {
+    while (true) {
+      const bool last = alert.posted + 1 >= options_.attempts;
       lock.unlock();
-      const Answer answer = Post(alert, attempt);
+      const Answer answer = Post(alert, options_.timeout, last);
       lock.lock();
-      if (answer == Answer::kSent) {
-        stats_.sent++;
+      Count(answer, last);
+      if (answer != Answer::kMayPass || last) break;
+      // Stopping cuts the wait short: the alert goes back to the head of
+      // the queue for the drain's last POST.
+      if (cv_.wait_for(lock, wait, [&] { return stop_; })) {
+        queue_.push_front(std::move(alert));
         break;
       }
-      if (answer == Answer::kRefused || attempt == options_.attempts) {
-        stats_.failed++;
-        break;
-      }
-      // The destructor cuts the wait short; the alert is then dropped with the rest.
-      if (cv_.wait_for(lock, wait, [&] { return stop_; })) return;
       wait *= 2;
       stats_.retries++;
     }
   }
+  Drain(lock);
 }
 
-WebhookAlertSink::Answer WebhookAlertSink::Post(const Alert& alert, int attempt) {
+void WebhookAlertSink::Drain(std::unique_lock<std::mutex>& lock) {
+  using Clock = std::chrono::steady_clock;
+  const auto end = Clock::now() + options_.drain;
+  while (!queue_.empty()) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - Clock::now());
+    if (left <= std::chrono::milliseconds(0)) break;
+    Alert alert = std::move(queue_.front());
+    queue_.pop_front();
+    if (alert.posted > 0) stats_.retries++;
+    lock.unlock();
+    const Answer answer = Post(alert, std::min<std::chrono::milliseconds>(options_.timeout, left), true);
+    lock.lock();
+    Count(answer, true);
+  }
+  if (!queue_.empty())
+    Log(LogLevel::kWarn, "alerts_unsent",
+        {{"alerts", std::to_string(queue_.size())},
+         {"error", "the hub stopped; " + std::to_string(options_.drain.count()) + " ms to send them ran out"}});
+}
+
+void WebhookAlertSink::Count(Answer answer, bool last) {
+  if (answer == Answer::kSent)
+    stats_.sent++;
+  else if (answer == Answer::kRefused || last)
+    stats_.failed++;
+}
+
+WebhookAlertSink::Answer WebhookAlertSink::Post(Alert& alert, std::chrono::milliseconds timeout, bool last) {
+  const int attempt = ++alert.posted;
   httplib::Client client(scheme_host_port_);
-  client.set_connection_timeout(options_.timeout.count(), 0);
-  client.set_read_timeout(options_.timeout.count(), 0);
-  client.set_write_timeout(options_.timeout.count(), 0);
+  const time_t sec = time_t(timeout.count() / 1000), usec = time_t(timeout.count() % 1000 * 1000);
+  client.set_connection_timeout(sec, usec);
+  client.set_read_timeout(sec, usec);
+  client.set_write_timeout(sec, usec);
   auto res = client.Post(path_.c_str(), alert.body, "application/json");
   const std::string id = std::to_string(alert.surplus_id);
   if (res && res->status / 100 == 2) {
@@ -122,12 +148,11 @@ WebhookAlertSink::Answer WebhookAlertSink::Post(const Alert& alert, int attempt)
   // A 4xx other than 429 says the alert itself is wrong: sending it again
   // gets the same answer.
   const bool final = res && res->status / 100 == 4 && res->status != 429;
-  const bool last = final || attempt == options_.attempts;
-  Log(last ? LogLevel::kError : LogLevel::kWarn, "alert_failed",
+  Log(final || last ? LogLevel::kError : LogLevel::kWarn, "alert_failed",
       {{"surplus_id", id},
        {"attempt", std::to_string(attempt)},
        {"error", res ? "HTTP " + std::to_string(res->status) : httplib::to_string(res.error())},
-       {"next", last ? "dropped" : "retry"}});
+       {"next", final || last ? "dropped" : "retry"}});
   return final ? Answer::kRefused : Answer::kMayPass;
 }
 

@@ -13,6 +13,13 @@
 // itself stays dead-lettered in the store, on the dashboard and in the
 // dlq_posts gauge, whatever became of its alert.
 //
+// Stopping (the destructor) does not drop what is queued: an alert is
+// raised once, when the post's last retry fails, and one lost at a restart
+// would never be raised again. The POST in progress finishes; then every
+// queued alert, and one whose retry was waiting, gets one more POST, until
+// the queue is empty or Options::drain has passed (each POST's timeouts cut
+// to what is left of it). What is left then is logged (alerts_unsent).
+//
 // Thread safety: Trigger() from any thread.
 #pragma once
 
@@ -34,6 +41,7 @@ class WebhookAlertSink final : public AlertSink {
     std::chrono::milliseconds first_retry{1000};       // then doubled each time
     std::chrono::seconds timeout{5};                   // to connect, and to read the answer
     size_t queue_limit = 1000;                         // alerts waiting; more are dropped, logged
+    std::chrono::milliseconds drain{5000};             // at stop, for what is still queued
   };
   struct Stats {
     uint64_t sent = 0;     // answered 2xx
@@ -45,8 +53,8 @@ class WebhookAlertSink final : public AlertSink {
   // `url`: http://host[:port]/path (or https).
   WebhookAlertSink(std::string url, std::string routing_key) : WebhookAlertSink(url, routing_key, Options{}) {}
   WebhookAlertSink(std::string url, std::string routing_key, Options options);
-  // Finishes the POST in progress (at most its timeouts); what is still
-  // queued is logged (alerts_unsent) and dropped.
+  // Finishes the POST in progress (at most its timeouts), then sends what is
+  // queued within Options::drain (see the top of this file).
   ~WebhookAlertSink() override;
 
   void Trigger(const Surplus& post, const std::string& summary) override;
@@ -60,12 +68,17 @@ class WebhookAlertSink final : public AlertSink {
   struct Alert {
     int64_t surplus_id;
     std::string body;
+    int posted = 0;  // POSTs made of it so far
   };
   void Enqueue(int64_t surplus_id, std::string body);
   void Run();
+  // At stop: one POST for each alert queued, within Options::drain; mu_ held.
+  void Drain(std::unique_lock<std::mutex>& lock);
   enum class Answer { kSent, kRefused, kMayPass };  // kRefused: the same again would be too
-  // One POST, logged; Run() keeps the counts.
-  Answer Post(const Alert& alert, int attempt);
+  // One POST (the alert's next), logged; `last`: none follows if it fails.
+  // The caller keeps the counts.
+  Answer Post(Alert& alert, std::chrono::milliseconds timeout, bool last);
+  void Count(Answer answer, bool last);  // mu_ held
 
   const Options options_;
   std::string scheme_host_port_, path_, routing_key_;

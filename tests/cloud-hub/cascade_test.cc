@@ -390,5 +390,48 @@ TEST(WebhookAlertSinkTest, AFailingWebhookIsTriedAsOftenAsAllowedAndARefusalOnce
   EXPECT_EQ(sink.stats().sent, 0u);
 }
 
+// An alert is raised once, when the post's last retry fails: one dropped at
+// a restart would never be raised again. Stopping the sink sends what is
+// queued, and the alert whose retry was waiting, one POST each.
+TEST(WebhookAlertSinkTest, AlertsStillWaitingWhenTheHubStopsAreSentBeforeItEnds) {
+  test::FakeHttpServer webhook{[](const std::string&, const std::string&) { return std::string("{}"); }};
+  webhook.set_mode(test::FakeHttpServer::Mode::kFail);  // 500: a's retry waits
+  WebhookAlertSink::Options o;
+  o.first_retry = seconds(600);  // longer than the test: only the stop can cut it short
+  o.drain = seconds(60);
+  auto sink = std::make_unique<WebhookAlertSink>(webhook.url() + "/v2/enqueue", "k", o);
+  Surplus a, b;
+  a.id = 1, b.id = 2;
+  sink->Trigger(a, "a");
+  ASSERT_TRUE(test::Eventually([&] { return webhook.requests() == 1; }));
+  sink->Trigger(b, "b");  // queued behind a's retry
+  webhook.set_mode(test::FakeHttpServer::Mode::kOk);
+  const auto t0 = std::chrono::steady_clock::now();
+  sink.reset();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, seconds(30)) << "the stop waited for a's retry";
+  std::vector<std::string> keys;
+  for (const auto& body : webhook.bodies()) keys.push_back(json::parse(body)["dedup_key"]);
+  EXPECT_EQ(keys, (std::vector<std::string>{"pp-surplus-1", "pp-surplus-1", "pp-surplus-2"}));
+}
+
+// The drain is bounded: with none left, nothing more is sent (and the
+// alerts are logged as unsent).
+TEST(WebhookAlertSinkTest, TheDrainAtStopEndsWhenItsTimeIsUp) {
+  test::FakeHttpServer webhook{[](const std::string&, const std::string&) { return std::string("{}"); }};
+  webhook.set_mode(test::FakeHttpServer::Mode::kFail);
+  WebhookAlertSink::Options o;
+  o.first_retry = seconds(600);
+  o.drain = std::chrono::milliseconds(0);
+  auto sink = std::make_unique<WebhookAlertSink>(webhook.url() + "/v2/enqueue", "k", o);
+  Surplus a, b;
+  a.id = 1, b.id = 2;
+  sink->Trigger(a, "a");
+  ASSERT_TRUE(test::Eventually([&] { return webhook.requests() == 1; }));
+  sink->Trigger(b, "b");
+  webhook.set_mode(test::FakeHttpServer::Mode::kOk);
+  sink.reset();
+  EXPECT_EQ(webhook.requests(), 1);
+}
+
 }  // namespace
 }  // namespace pp

@@ -414,8 +414,7 @@ TEST(WebhookAlertSinkTest, AlertsStillWaitingWhenTheHubStopsAreSentBeforeItEnds)
   EXPECT_EQ(keys, (std::vector<std::string>{"pp-surplus-1", "pp-surplus-1", "pp-surplus-2"}));
 }
 
-// The drain is bounded: with none left, nothing more is sent (and the
-// alerts are logged as unsent).
+// The drain is bounded: with no time for it, nothing more is sent.
 TEST(WebhookAlertSinkTest, TheDrainAtStopEndsWhenItsTimeIsUp) {
   test::FakeHttpServer webhook{[](const std::string&, const std::string&) { return std::string("{}"); }};
   webhook.set_mode(test::FakeHttpServer::Mode::kFail);

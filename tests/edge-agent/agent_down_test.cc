@@ -264,10 +264,6 @@ class AgentQueryTest : public DeviceTest {
   Recording uplink_;
 };
 
-// Under load a device's ops go together (agent.h, "Batches"): while two
-// publishes await their outcomes the next ops wait, and the first outcome
-// sends them all in one publish, in order, each as it was signed. An idle
-// device's op goes at once, alone.
 // The agent's two threads carry names (top -H, perf, /proc), so that a
 // profile of a thousand simulated agents tells them from Paho's; gone
 // once it stops.
@@ -285,6 +281,10 @@ TEST_F(AgentQueryTest, ItsThreadsAreNamedAndGoWhenItStops) {
   EXPECT_EQ(threads.count("agent-apply"), 0u);
 }
 
+// Under load a device's ops go together (agent.h, "Batches"): while two
+// publishes await their outcomes the next ops wait, and the first outcome
+// sends them all in one publish, in order, each as it was signed. An idle
+// device's op goes at once, alone.
 TEST_F(AgentQueryTest, OpsQueuedWhileTwoPublishesAwaitTheirOutcomesGoTogetherInOrder) {
   ASSERT_NO_FATAL_FAILURE(OpenDevice("kiosk-1", "kiosk", 7, GeoPoint{51.5, -0.1}));
   sync::KeyPair keys = sync::GenerateKeyPair();

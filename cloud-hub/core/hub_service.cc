@@ -80,7 +80,7 @@ void HubService::Submit(std::string scope, std::string key, std::string fingerpr
           *reply = e;
           return e;
         }
-        Reply replayed{prior->result_json, true, nullptr, OperatorAlert::kNone, nullptr, nullptr};
+        Reply replayed{.json = prior->result_json, .replayed = true};
         if (also) PP_RETURN_IF_ERROR(also(s, replayed));
         *reply = std::move(replayed);
         return OkStatus();
@@ -153,7 +153,7 @@ void HubService::UpdateOrganization(int64_t id, OrganizationChange change, Callb
     if (change.position) updated->position = *change.position;
     PP_ASSIGN_OR_RETURN(bool found, s.UpdateOrganization(*updated));
     if (!found) return Error::NotFound("no organisation " + std::to_string(id));
-    return Reply{ToJson(*updated).dump(), false, nullptr, OperatorAlert::kNone, nullptr, nullptr};
+    return Reply{.json = ToJson(*updated).dump()};
   };
   // No idempotency key: the same edit twice leaves the same organisation.
   Submit("", "", "", effect, nullptr, [this, updated, done = std::move(done)](Result<Reply> r) {
@@ -175,7 +175,7 @@ void HubService::CreateOrganization(NewOrganization org, std::string key, Callba
                                          {created->kind, created->name, created->position},
                                          created->created_at));
     if (created->kind == OrgKind::kNgo) PP_RETURN_IF_ERROR(s.UpsertVehicle(DepotVehicle(*created)));
-    return Reply{ToJson(*created).dump(), false, nullptr, OperatorAlert::kNone, nullptr, nullptr};
+    return Reply{.json = ToJson(*created).dump()};
   };
   Submit("organization.create", std::move(key), Fingerprint(canonical.dump()), effect, nullptr,
                    [this, created, done = std::move(done)](Result<Reply> r) {
@@ -213,7 +213,7 @@ HubService::Effect HubService::PostEffect(SurplusDraft draft, std::string tracep
       event += ",\"source_device\":" + nlohmann::json(source_device).dump() + "}";
     }
     PP_RETURN_IF_ERROR(s.AppendOutbox({0, "surplus.posted", x->id, std::move(event), now, std::nullopt}));
-    return Reply{std::move(body), false, x, OperatorAlert::kNone, nullptr, nullptr};
+    return Reply{.json = std::move(body), .surplus = x};
   };
 }
 
@@ -273,7 +273,7 @@ Result<Reply> HubService::ApplyDecision(StoreSession& s, int64_t surplus_id,
   // provider's devices alone (cloud-hub/mqtt/outbox_relay.cc).
   if (!after->handover_code.empty()) event["handover_code"] = after->handover_code;
   PP_RETURN_IF_ERROR(s.AppendOutbox({0, d.outbox_type, surplus_id, event.dump(), now, std::nullopt}));
-  return Reply{body.dump(), false, after, AlertOf(*current, d), nullptr, nullptr};
+  return Reply{.json = body.dump(), .surplus = after, .alert = AlertOf(*current, d)};
 }
 
 HubService::Effect HubService::PickUpEffect(int64_t surplus_id, int64_t ngo, std::string code,
@@ -407,14 +407,12 @@ HubService::Effect HubService::VehicleEffect(int64_t ngo_id, std::string body, s
     // transactions at once (its lane in this hub; across replicas, the lane
     // prologue's lock on its device row, taken before this read).
     if (!device.empty() && current->report_device == device && seq <= current->report_seq) {
-      Reply r{ToJson(*current).dump(), false, nullptr, OperatorAlert::kNone, nullptr, nullptr};
-      r.stale = true;
-      return r;
+      return Reply{.json = ToJson(*current).dump(), .stale = true};
     }
     v.report_device = device;
     v.report_seq = seq;
     PP_RETURN_IF_ERROR(s.UpsertVehicle(v));
-    return Reply{ToJson(v).dump(), false, nullptr, OperatorAlert::kNone, std::make_shared<Vehicle>(v), nullptr};
+    return Reply{.json = ToJson(v).dump(), .vehicle = std::make_shared<Vehicle>(v)};
   };
 }
 
@@ -444,7 +442,7 @@ Result<Reply> HubService::RegisterDevice(Device d) {
              if (existing)
                return Error{Code::kAlreadyExists, "device " + d.id + " is already registered", {}, {}};
              PP_RETURN_IF_ERROR(s.InsertDevice(d));
-             return Reply{ToJson(d).dump(), false, nullptr, OperatorAlert::kNone, nullptr, nullptr};
+             return Reply{.json = ToJson(d).dump()};
            },
            nullptr, cb);
   });
@@ -572,7 +570,7 @@ Result<Reply> HubService::GetOrganization(int64_t id) {
     PP_ASSIGN_OR_RETURN(auto org, s.GetOrganization(id));
     if (!org) return Error::NotFound("no organisation " + std::to_string(id));
     CacheOrganization(*org);
-    return Reply{ToJson(*org).dump(), false, nullptr, OperatorAlert::kNone, nullptr, nullptr};
+    return Reply{.json = ToJson(*org).dump()};
   });
 }
 
@@ -584,7 +582,7 @@ Result<Reply> HubService::GetSurplus(int64_t id) {
     nlohmann::json j = ToJson(*x);
     j["history"] = nlohmann::json::array();
     for (const auto& h : history) j["history"].push_back(ToJson(h));
-    return Reply{j.dump(), false, std::make_shared<Surplus>(*x), OperatorAlert::kNone, nullptr, nullptr};
+    return Reply{.json = j.dump(), .surplus = std::make_shared<Surplus>(*x)};
   });
 }
 

@@ -35,17 +35,18 @@ inline constexpr const char* kClaimLatencyMetric = "surplus_claim_latency_second
 inline constexpr const char* kClaimLatencyHelp =
     "Claims and offer acceptances, from receipt to the committed answer.";
 
-// The JSON result of a command, exactly as first produced.
+// The JSON result of a command, exactly as first produced. Built with
+// designated initializers: name what a command sets, the rest is empty.
 struct Reply {
   std::string json;
   bool replayed = false;  // true when served from the idempotency record
   // For commands that changed a post, when freshly applied: the post after
   // the change (the matching engine continues from it).
-  std::shared_ptr<const Surplus> surplus;
+  std::shared_ptr<const Surplus> surplus{};
   OperatorAlert alert = OperatorAlert::kNone;  // raise or resolve the post's operator alert
-  std::shared_ptr<const Vehicle> vehicle;  // for vehicle reports
+  std::shared_ptr<const Vehicle> vehicle{};  // for vehicle reports
   // A second post the command created (the remainder of a partial pickup).
-  std::shared_ptr<const Surplus> also_posted;
+  std::shared_ptr<const Surplus> also_posted{};
   // A tablet's vehicle report older than that tablet's report standing:
   // not applied, `json` is the vehicle as it stands (outcome code "stale").
   bool stale = false;

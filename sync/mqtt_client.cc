@@ -153,6 +153,7 @@ MqttClient::MqttClient(Options options, Handler handler)
   client_ = std::make_unique<mqtt::async_client>(options_.uri, options_.client_id, create, nullptr);
   client_->set_connected_handler([this](const std::string&) { OnConnected(); });
   client_->set_connection_lost_handler([this](const std::string& cause) {
+    ready_ = false;
     Log(LogLevel::kWarn, "mqtt_connection_lost",
         {{"client", options_.client_id}, {"cause", cause}});
     {
@@ -265,6 +266,7 @@ bool MqttClient::WaitWhileConnected() {
     }
     if (++silent < 2) continue;
     Log(LogLevel::kWarn, "mqtt_connection_lost_silently", {{"client", options_.client_id}});
+    ready_ = false;
     try {
       client_->disconnect()->wait_for(std::chrono::seconds(1));  // reset Paho's state
     } catch (const mqtt::exception&) {
@@ -287,6 +289,7 @@ void MqttClient::OnConnected() {
   }
   Log(LogLevel::kInfo, "mqtt_connected", {{"client", options_.client_id}});
   if (options_.on_connected) options_.on_connected();
+  ready_ = true;  // after on_connected: whoever sees it sees what that did
 }
 
 Status MqttClient::ConnectOnce(std::chrono::milliseconds timeout, bool clean_start) {
@@ -305,6 +308,7 @@ Status MqttClient::ConnectOnce(std::chrono::milliseconds timeout, bool clean_sta
   opts.set_password(options_.password);
   opts.set_keep_alive_interval(std::chrono::seconds(20));
   session_kept_ = false;
+  ready_ = false;
   try {
     auto tok = client_->connect(opts);
     if (!tok->wait_for(timeout)) return Error::Unavailable("MQTT connect timed out");
@@ -332,7 +336,7 @@ Result<MqttClient::Ack> MqttClient::Publish(const std::string& topic, const std:
   }
 }
 
-bool MqttClient::connected() const { return client_->is_connected(); }
+bool MqttClient::connected() const { return ready_ && client_->is_connected(); }
 
 void MqttClient::Disconnect() {
   {
@@ -341,6 +345,7 @@ void MqttClient::Disconnect() {
   }
   cv_.notify_all();
   if (supervisor_.joinable()) supervisor_.join();
+  ready_ = false;
   try {
     if (client_->is_connected()) client_->disconnect()->wait_for(std::chrono::seconds(2));
   } catch (const mqtt::exception&) {

@@ -120,6 +120,12 @@ class MqttClient {
   // then wait for "a PUBACK or something else" on one condition variable
   // of its own. Replaces the one before; nullptr: none.
   void OnPublishDone(std::function<void()> done);
+  // True once this connection is ready: the broker accepted it, its
+  // subscriptions were asked for and on_connected has returned; false from
+  // a loss, a connect's start or Disconnect() until then. Paho's own
+  // is_connected() turns true before any of that, and a device that sent on
+  // it then would ping before its agent had heard of the new connection
+  // (the agent then forgets the ping, and the answer is dropped).
   bool connected() const;
   // Whether the broker still held this client's session at the latest
   // connect (the CONNACK's "session present"): if not, whatever it had
@@ -153,6 +159,7 @@ class MqttClient {
   bool stop_ = false;   // guarded by mu_
   bool lost_ = false;   // guarded by mu_
   std::atomic<bool> session_kept_{false};
+  std::atomic<bool> ready_{false};  // see connected()
   std::thread supervisor_;
 };
 

@@ -108,6 +108,40 @@ TEST(MqttClient, ComesBackAfterTheBrokerStopsJustAsItConnects) {
       << "no publish acknowledged after the last restart\nmosquitto's log:\n" << broker.Log();
 }
 
+// connected() says a connection is ready, not merely up: Paho's own flag
+// turns true before the client has asked for its subscriptions and run
+// on_connected, and a device agent that sent in that gap pinged before it
+// had heard of the connection, then forgot the ping when it did, and
+// dropped the answer as unasked for (pp-sim logged it for about one device
+// in a hundred). Here on_connected looks: never ready from inside it, ready
+// right after, not ready while the broker is away, and the same again on the
+// reconnect.
+TEST(MqttClient, IsConnectedOnlyOnceItsConnectionIsReady) {
+  test::Broker broker;
+  ASSERT_GT(broker.port(), 0);
+  broker.AddUser("dev-r", "pw-r");
+  sync::MqttClient* self = nullptr;
+  std::atomic<int> connects{0}, ready_inside{0};
+  sync::MqttClient::Options o = DeviceOptions(broker, "dev-r", "pw-r");
+  o.min_backoff = std::chrono::milliseconds(100);
+  o.max_backoff = std::chrono::milliseconds(500);
+  o.on_connected = [&] {
+    if (self->connected()) ready_inside++;
+    connects++;
+  };
+  sync::MqttClient client(o, [](auto&, auto&, auto&) {});
+  self = &client;
+  client.Start();  // the broker reloads its password file asynchronously: retried until it takes
+  ASSERT_TRUE(test::Eventually([&] { return connects == 1; }, seconds(20))) << broker.Log();
+  EXPECT_TRUE(test::Eventually([&] { return client.connected(); }, seconds(5)));
+  broker.Stop();
+  EXPECT_TRUE(test::Eventually([&] { return !client.connected(); }, seconds(10)));
+  broker.Start();
+  ASSERT_TRUE(test::Eventually([&] { return connects == 2; }, seconds(30))) << broker.Log();
+  EXPECT_TRUE(test::Eventually([&] { return client.connected(); }, seconds(5)));
+  EXPECT_EQ(ready_inside, 0) << "connected() was true before on_connected had returned";
+}
+
 // A device catches up with the hub when the broker no longer had its
 // session (its queue of down messages is gone): the client reports the
 // CONNACK's "session present". The second connect also proves that the

@@ -66,7 +66,17 @@ TEST(SessionHealth, ThreeQuickEndingsInARowStartTheNextSessionCleanOnce) {
 // before the guards too); it holds the client to coming back after six such
 // stops in a row, three of which end sessions quickly enough to make the
 // next connect start clean.
+//
+// Not under ASan: there these stops make Paho C free a string on one of its
+// threads that another then reads, with no frame of ours (upstream
+// eclipse-paho/paho.mqtt.c#1483, a premature free while reconnecting). It
+// aborted the ASan suite in one CI run of session 25 and one of session 35,
+// and ASan can only silence it for the whole library, which would also hide
+// a misuse of Paho by our code. The release build runs it every time.
 TEST(MqttClient, ComesBackAfterTheBrokerStopsJustAsItConnects) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "Paho C's own use-after-free when the broker stops as it connects (see above)";
+#endif
   test::Broker broker;
   ASSERT_GT(broker.port(), 0);
   broker.AddUser("dev-1", "pw-1");

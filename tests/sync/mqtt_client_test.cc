@@ -142,12 +142,12 @@ TEST(MqttClient, IsConnectedOnlyOnceItsConnectionIsReady) {
   sync::MqttClient client(o, [](auto&, auto&, auto&) {});
   self = &client;
   client.Start();  // the broker reloads its password file asynchronously: retried until it takes
-  ASSERT_TRUE(test::Eventually([&] { return connects == 1; }, seconds(20))) << broker.Log();
+  ASSERT_TRUE(test::Eventually([&] { return connects >= 1; }, seconds(20))) << broker.Log();
   EXPECT_TRUE(test::Eventually([&] { return client.connected(); }, seconds(5)));
   broker.Stop();
   EXPECT_TRUE(test::Eventually([&] { return !client.connected(); }, seconds(10)));
   broker.Start();
-  ASSERT_TRUE(test::Eventually([&] { return connects == 2; }, seconds(30))) << broker.Log();
+  ASSERT_TRUE(test::Eventually([&] { return connects >= 2; }, seconds(30))) << broker.Log();
   EXPECT_TRUE(test::Eventually([&] { return client.connected(); }, seconds(5)));
   EXPECT_EQ(ready_inside, 0) << "connected() was true before on_connected had returned";
 }

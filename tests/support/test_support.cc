@@ -10,6 +10,9 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
+#include <filesystem>
+#include <mutex>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -30,10 +33,44 @@ std::string Env(const char* name, const char* fallback = "") {
   return v ? v : fallback;
 }
 
+bool Alive(pid_t pid) { return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM); }
+
+std::string ReadWhole(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
 }  // namespace
+
+void ReapLeftovers() {
+  const std::filesystem::path root = std::filesystem::path(Env("PP_TEST_STATE", "/tmp")) / "tmp";
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(root, ec)) {
+    // t<pid>_<n>: a TempDir of test process <pid>.
+    const std::string name = entry.path().filename().string();
+    const auto underscore = name.find('_');
+    if (name.size() < 3 || name[0] != 't' || underscore == std::string::npos) continue;
+    const pid_t owner = std::atoi(name.substr(1, underscore - 1).c_str());
+    if (owner <= 0 || owner == getpid() || Alive(owner)) continue;
+    // Its broker, if one still runs from this very directory: a pid file
+    // alone could name a process that has since taken the number.
+    const std::string dir = entry.path().string();
+    const pid_t broker = std::atoi(ReadWhole(dir + "/mosquitto.pid").c_str());
+    if (Alive(broker) &&
+        ReadWhole("/proc/" + std::to_string(broker) + "/cmdline").find(dir + "/mosquitto.conf") != std::string::npos) {
+      kill(broker, SIGTERM);
+      for (int i = 0; i < 50 && Alive(broker); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    std::filesystem::remove_all(entry.path(), ec);
+  }
+}
 
 TempDir::TempDir() {
   static std::atomic<int> counter{0};
+  static std::once_flag reap_once;
+  std::call_once(reap_once, [] { ReapLeftovers(); });
   std::string base = Env("PP_TEST_STATE", "/tmp");
   path_ = std::filesystem::path(base) / "tmp" /
           ("t" + std::to_string(getpid()) + "_" + std::to_string(counter++));

@@ -14,6 +14,14 @@
 
 namespace pp::test {
 
+// What test processes that are gone left behind: a process that aborts (a
+// sanitizer's report, ctest's kill at its timeout) never runs its
+// destructors, and its brokers run daemonized. Each of its TempDirs
+// (t<pid>_<n>, <pid> no longer alive) is removed, after stopping the
+// mosquitto still running from it. The first TempDir of every test
+// process calls it.
+void ReapLeftovers();
+
 // A fresh folder under the build tree, removed at destruction.
 class TempDir {
  public:

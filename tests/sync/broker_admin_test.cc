@@ -1,5 +1,8 @@
 // Adding broker users to a running mosquitto, from several tools at once.
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -12,6 +15,41 @@
 
 namespace pp {
 namespace {
+
+// A test process that aborts leaves its brokers running (they run
+// daemonized) and its folders behind; the next test process stops and
+// removes them. Here a broker is started in a folder named for a process
+// that has exited, beside one named for a process that lives (init).
+TEST(TestBrokers, ThoseOfATestProcessThatIsGoneAreStoppedAndItsFoldersRemoved) {
+  test::TempDir mine;  // reaps whatever earlier runs left, before this test's own
+  const std::filesystem::path root = mine.path().parent_path();
+  const pid_t gone = fork();
+  if (gone == 0) _exit(0);
+  ASSERT_GT(gone, 0);
+  ASSERT_EQ(waitpid(gone, nullptr, 0), gone);
+  const auto left = root / ("t" + std::to_string(gone) + "_0");
+  const auto left_empty = root / ("t" + std::to_string(gone) + "_1");
+  const auto living = root / "t1_0";
+  for (const auto& d : {left, left_empty, living}) std::filesystem::create_directories(d);
+  test::Process start({"/bin/bash", test::SourceDir() + "/packaging/broker.sh", "start", left.string()});
+  ASSERT_GT(std::atoi(start.WaitForLine("").c_str()), 0) << "mosquitto did not start";
+  start.Wait();
+  std::ifstream pid_file(left / "mosquitto.pid");
+  pid_t broker = 0;
+  ASSERT_TRUE(pid_file >> broker);
+  ASSERT_EQ(kill(broker, 0), 0);
+
+  // (A test process starting this moment may reap them first: the effect
+  // is what counts, not who did it.)
+  test::ReapLeftovers();
+  EXPECT_TRUE(test::Eventually([&] { return kill(broker, 0) != 0; }, std::chrono::seconds(10)))
+      << "the broker of a process that is gone still runs";
+  EXPECT_FALSE(std::filesystem::exists(left));
+  EXPECT_FALSE(std::filesystem::exists(left_empty));
+  EXPECT_TRUE(std::filesystem::exists(living)) << "a living process's folder was removed";
+  EXPECT_TRUE(std::filesystem::exists(mine.path())) << "this process's own folder was removed";
+  std::filesystem::remove_all(living);
+}
 
 TEST(BrokerAdmin, TwoToolsAddingUsersAtOnceLoseNoneAndTheBrokerAcceptsThem) {
   test::Broker broker;

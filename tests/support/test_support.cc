@@ -35,19 +35,14 @@ std::string Env(const char* name, const char* fallback = "") {
 
 bool Alive(pid_t pid) { return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM); }
 
-std::string ReadWhole(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+// Where every TempDir of every test process is made.
+std::filesystem::path TempRoot() { return std::filesystem::path(Env("PP_TEST_STATE", "/tmp")) / "tmp"; }
 
 }  // namespace
 
 void ReapLeftovers() {
-  const std::filesystem::path root = std::filesystem::path(Env("PP_TEST_STATE", "/tmp")) / "tmp";
   std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator(root, ec)) {
+  for (const auto& entry : std::filesystem::directory_iterator(TempRoot(), ec)) {
     // t<pid>_<n>: a TempDir of test process <pid>.
     const std::string name = entry.path().filename().string();
     const auto underscore = name.find('_');
@@ -57,9 +52,9 @@ void ReapLeftovers() {
     // Its broker, if one still runs from this very directory: a pid file
     // alone could name a process that has since taken the number.
     const std::string dir = entry.path().string();
-    const pid_t broker = std::atoi(ReadWhole(dir + "/mosquitto.pid").c_str());
+    const pid_t broker = std::atoi(ReadFile(dir + "/mosquitto.pid").c_str());
     if (Alive(broker) &&
-        ReadWhole("/proc/" + std::to_string(broker) + "/cmdline").find(dir + "/mosquitto.conf") != std::string::npos) {
+        ReadFile("/proc/" + std::to_string(broker) + "/cmdline").find(dir + "/mosquitto.conf") != std::string::npos) {
       kill(broker, SIGTERM);
       for (int i = 0; i < 50 && Alive(broker); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
@@ -71,9 +66,7 @@ TempDir::TempDir() {
   static std::atomic<int> counter{0};
   static std::once_flag reap_once;
   std::call_once(reap_once, [] { ReapLeftovers(); });
-  std::string base = Env("PP_TEST_STATE", "/tmp");
-  path_ = std::filesystem::path(base) / "tmp" /
-          ("t" + std::to_string(getpid()) + "_" + std::to_string(counter++));
+  path_ = TempRoot() / ("t" + std::to_string(getpid()) + "_" + std::to_string(counter++));
   std::filesystem::remove_all(path_);
   std::filesystem::create_directories(path_);
 }

@@ -6,12 +6,14 @@
 
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <set>
 
 #include <nlohmann/json.hpp>
 
 #include "common/clock.h"
 #include "common/validation.h"
+#include "tests/support/mangle.h"
 #include "tests/support/test_support.h"
 
 namespace pp {
@@ -119,6 +121,34 @@ TEST_F(DeviceConfigTest, LoadNamesTheFile) {
   auto r = LoadDeviceConfig(dir_.file("nope.json"));
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.error().message.find("nope.json"), std::string::npos);
+}
+
+// The documented examples, mangled at random (tests/support/mangle.h): each
+// parses, or is refused with a message and, where a field is to blame, its
+// name; nothing throws. The seed is printed on failure.
+TEST_F(DeviceConfigTest, MangledConfigsAreRefusedWithAReasonNeverAFault) {
+  std::vector<std::string> examples;
+  for (const char* name : {"kiosk.json", "tablet.json"}) {
+    std::ifstream in(std::filesystem::path(test::SourceDir()) / "firmware-cfg/examples" / name);
+    json j = json::parse(in);
+    std::ofstream(dir_.file(j["key_file"].get<std::string>())) << "x\n";
+    std::ofstream(dir_.file(j["broker_password_file"].get<std::string>())) << "x\n";
+    examples.push_back(j.dump());
+  }
+  const uint32_t seed = 20261208;
+  SCOPED_TRACE("mutation seed " + std::to_string(seed));
+  std::mt19937 rng(seed);
+  int refused = 0;
+  for (int i = 0; i < 2000; ++i) {
+    const std::string text = test::Mangle(examples[size_t(i) % examples.size()], rng);
+    Result<DeviceConfig> r = Error::Internal("not parsed");
+    EXPECT_NO_THROW(r = ParseDeviceConfig(text, dir_.path().string())) << text;
+    if (r.ok()) continue;
+    ++refused;
+    EXPECT_FALSE(r.error().message.empty()) << text;
+    for (const auto& f : r.error().fields) EXPECT_FALSE(f.field.empty() || f.reason.empty()) << text;
+  }
+  EXPECT_GT(refused, 1000);
 }
 
 }  // namespace

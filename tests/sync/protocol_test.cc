@@ -4,6 +4,8 @@
 
 #include <random>
 
+#include "tests/support/mangle.h"
+
 namespace pp::sync {
 namespace {
 
@@ -72,9 +74,9 @@ TEST(Protocol, DeepNestingIsRefusedUpAndDown) {
 }
 
 // Whatever bytes arrive, decoding answers with an envelope or an error:
-// 20,000 deterministic mutations of a good envelope and a good batch (bytes
-// flipped, cut, duplicated, brackets and quotes dropped in), run under
-// AddressSanitizer by the test command.
+// 20,000 deterministic mutations of a good envelope and a good batch
+// (tests/support/mangle.h: bytes flipped, cut, repeated, JSON tokens
+// dropped in), run under AddressSanitizer by the test command.
 TEST(Protocol, MangledBytesDecodeOrAreRefusedNeverCrash) {
   auto keys = GenerateKeyPair();
   Envelope e = Sample();
@@ -83,19 +85,10 @@ TEST(Protocol, MangledBytesDecodeOrAreRefusedNeverCrash) {
   const std::string down = EncodeDownBatch({R"({"v":1,"kind":"outcome","id":3,"op":"x","data":{"a":[1,2]}})",
                                             R"({"v":1,"kind":"event","id":4,"data":{"id":9}})"});
   std::mt19937 rng(20261130);
-  const std::string tokens[] = {"{", "}", "[", "]", "\"", "\\", ",", ":", "null", "1e999", "-0", "\\u0000"};
   int decoded = 0, refused = 0;
   for (int i = 0; i < 20000; ++i) {
     std::string m = i % 2 ? up : down;
-    for (int k = 1 + int(rng() % 4); k > 0 && !m.empty(); --k) {
-      size_t at = rng() % m.size();
-      switch (rng() % 4) {
-        case 0: m[at] = char(rng() % 256); break;
-        case 1: m.resize(at); break;
-        case 2: m.insert(at, m.substr(at, rng() % 64)); break;
-        default: m.insert(at, tokens[rng() % std::size(tokens)]); break;
-      }
-    }
+    for (int k = 1 + int(rng() % 4); k > 0; --k) m = test::MutateBytes(std::move(m), rng);
     if (i % 2) {
       auto d = Decode(m);
       if (d.ok()) {

@@ -13,7 +13,8 @@ first. For each phase it prints when it began and ended (seconds since the
 first busy moment) and the CPU seconds each used in it, and the cores they
 kept busy. With --delay longer than a post takes to reach its van, a rush
 has two phases: the posts, then the vans' claims, which is how claims are
-measured apart from posts (docs/benchmarks.md, "Session 36").
+measured apart from posts (docs/benchmarks.md, "Session 36"). Every
+process of those names on the machine counts: look at one run at a time.
 """
 import os
 import sys

@@ -56,7 +56,7 @@ void ReapLeftovers() {
     if (Alive(broker) &&
         ReadFile("/proc/" + std::to_string(broker) + "/cmdline").find(dir + "/mosquitto.conf") != std::string::npos) {
       kill(broker, SIGTERM);
-      for (int i = 0; i < 50 && Alive(broker); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      Eventually([&] { return !Alive(broker); }, std::chrono::seconds(5));
     }
     std::filesystem::remove_all(entry.path(), ec);
   }

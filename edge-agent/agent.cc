@@ -203,15 +203,7 @@ void Agent::OnDown(std::string payload) {
 }
 
 sync::Envelope Agent::Seal(uint64_t seq, const std::string& type, const json& body) {
-  sync::Envelope e;
-  e.device = config_.device_id;
-  e.seq = seq;
-  e.op = NewOpId();
-  e.type = type;
-  e.ts_ms = ToUnixMillis(clock_.Now());  // informational: the hub never trusts it
-  e.body = body;
-  sync::Sign(e, key_);
-  return e;
+  return sync::Sealed(config_.device_id, seq, NewOpId(), type, body, ToUnixMillis(clock_.Now()), key_);
 }
 
 Result<json> Agent::CheckBody(const std::string& type, json body) {

@@ -109,6 +109,19 @@ void Sign(Envelope& e, const SecretKey& key) {
   e.sig = ToBase64(sig);
 }
 
+Envelope Sealed(std::string device, uint64_t seq, std::string op, std::string type, nlohmann::json body,
+                int64_t ts_ms, const SecretKey& key) {
+  Envelope e;
+  e.device = std::move(device);
+  e.seq = seq;
+  e.op = std::move(op);
+  e.type = std::move(type);
+  e.ts_ms = ts_ms;
+  e.body = std::move(body);
+  Sign(e, key);
+  return e;
+}
+
 bool Verify(const Envelope& e, const PublicKey& key) { return Verify(e, e.body.dump(), key); }
 
 bool Verify(const Envelope& e, std::string_view body_json, const PublicKey& key) {

@@ -95,6 +95,10 @@ struct Envelope {
 // "pp1\n{device}\n{seq}\n{op}\n{type}\n{ts}\n{body as compact JSON, keys sorted}"
 std::string CanonicalBytes(const Envelope& e);
 void Sign(Envelope& e, const SecretKey& key);
+// An op's envelope, signed: what a device sends. `ts_ms` is the device's
+// clock (informational; the hub never trusts it).
+Envelope Sealed(std::string device, uint64_t seq, std::string op, std::string type, nlohmann::json body,
+                int64_t ts_ms, const SecretKey& key);
 bool Verify(const Envelope& e, const PublicKey& key);
 // The same, with the body's compact JSON (`e.body.dump()`) already made by
 // the caller: the hub needs it again for the op's fingerprint, and a dump

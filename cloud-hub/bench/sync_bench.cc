@@ -151,16 +151,13 @@ int main(int argc, char** argv) {
   auto sign_round = [&](int round) {
     messages.clear();
     for (int i = 0; i < ops; ++i) {
-      sync::Envelope e;
-      e.device = device;
-      e.seq = uint64_t(round) * uint64_t(ops) + uint64_t(i + 1);
-      e.op = "bench-" + std::to_string(round) + "-" + std::to_string(i);
-      e.type = sync::kOpPostSurplus;
-      e.ts_ms = ToUnixMillis(SystemClock::Instance().Now());
-      e.body = {{"category", "prepared_meals"}, {"description", "bench meal " + std::to_string(i)},
-                {"quantity_kg", 2.5},           {"portions", 6},
-                {"storage", "chilled"},         {"best_before", best_before}};
-      sync::Sign(e, keys.secret_key);
+      nlohmann::json body{{"category", "prepared_meals"}, {"description", "bench meal " + std::to_string(i)},
+                          {"quantity_kg", 2.5},           {"portions", 6},
+                          {"storage", "chilled"},         {"best_before", best_before}};
+      sync::Envelope e = sync::Sealed(device, uint64_t(round) * uint64_t(ops) + uint64_t(i + 1),
+                                      "bench-" + std::to_string(round) + "-" + std::to_string(i),
+                                      sync::kOpPostSurplus, std::move(body),
+                                      ToUnixMillis(SystemClock::Instance().Now()), keys.secret_key);
       messages.push_back(sync::Encode(e));
     }
   };
@@ -307,15 +304,9 @@ int main(int argc, char** argv) {
     door.SetQueryReply([&](const std::string&, const std::string& message, const std::string&) { answer = message; });
     int64_t after = 0;
     for (bool more = true; more; ++c.pages) {
-      sync::Envelope e;
-      e.device = who;
-      e.seq = seq;
-      e.op = "catchup-" + who + "-" + std::to_string(c.pages);
-      e.type = sync::kOpCatchUp;
-      e.ts_ms = ToUnixMillis(SystemClock::Instance().Now());
-      e.body = {{"after", after}};
-      sync::Sign(e, key);
-      const std::string bytes = sync::Encode(e);
+      const std::string bytes =
+          sync::Encode(sync::Sealed(who, seq, "catchup-" + who + "-" + std::to_string(c.pages), sync::kOpCatchUp,
+                                    {{"after", after}}, ToUnixMillis(SystemClock::Instance().Now()), key));
       answer.clear();
       const double c0 = SelfCpuSeconds();
       auto t0 = Steady::now();
@@ -448,14 +439,9 @@ int main(int argc, char** argv) {
       due[size_t(i)] = t0 + period * i;
       std::this_thread::sleep_until(due[size_t(i)]);
       Tablet& tab = tabs[size_t(i % tablets)];
-      sync::Envelope e;
-      e.device = tab.id;
-      e.seq = uint64_t(i / tablets + 1);
-      e.op = op_prefix + std::to_string(i);
-      e.type = sync::kOpClaim;
-      e.ts_ms = ToUnixMillis(SystemClock::Instance().Now());
-      e.body = {{"surplus_id", post_ids[size_t(i)]}, {"version", 1}};
-      sync::Sign(e, tab.keys.secret_key);
+      const sync::Envelope e = sync::Sealed(tab.id, uint64_t(i / tablets + 1), op_prefix + std::to_string(i),
+                                            sync::kOpClaim, {{"surplus_id", post_ids[size_t(i)]}, {"version", 1}},
+                                            ToUnixMillis(SystemClock::Instance().Now()), tab.keys.secret_key);
       if (auto ack = tab.mqtt->Publish(sync::UpTopic(tab.id, sync::kOpClaim), sync::Encode(e), NewTraceparent());
           !ack.ok())
         Die("claim publish failed: " + ack.error().ToString());

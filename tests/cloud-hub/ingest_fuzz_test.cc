@@ -65,15 +65,9 @@ class IngestFuzz : public ::testing::Test {
 
   std::string Signed(const std::string& device, const sync::SecretKey& key, const std::string& type,
                      json body) {
-    sync::Envelope e;
-    e.device = device;
-    e.seq = ++seq_[device];
-    e.op = device + "-op-" + std::to_string(e.seq);
-    e.type = type;
-    e.ts_ms = ToUnixMillis(SystemClock::Instance().Now());
-    e.body = std::move(body);
-    sync::Sign(e, key);
-    return sync::Encode(e);
+    const uint64_t seq = ++seq_[device];
+    return sync::Encode(sync::Sealed(device, seq, device + "-op-" + std::to_string(seq), type, std::move(body),
+                                     ToUnixMillis(SystemClock::Instance().Now()), key));
   }
 
   json Post(const std::string& what) {

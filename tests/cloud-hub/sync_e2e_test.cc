@@ -69,14 +69,7 @@ class SyncTest : public ::testing::Test {
   static sync::Envelope Envelope(const std::string& device, uint64_t seq, const std::string& op,
                                  json body, const sync::SecretKey& key,
                                  const std::string& type = "post_surplus") {
-    sync::Envelope e;
-    e.device = device;
-    e.seq = seq;
-    e.op = op;
-    e.type = type;
-    e.body = std::move(body);
-    sync::Sign(e, key);
-    return e;
+    return sync::Sealed(device, seq, op, type, std::move(body), 0, key);
   }
 
   json Get(int64_t id) {

@@ -474,14 +474,9 @@ TestDevice::TestDevice(const Broker& broker, std::string id)
 Status TestDevice::Connect() { return client_->Connect(std::chrono::seconds(10)); }
 
 sync::Envelope TestDevice::Send(const std::string& type, nlohmann::json body) {
-  sync::Envelope e;
-  e.device = id_;
-  e.seq = next_seq++;
-  e.op = id_ + "-op-" + std::to_string(e.seq);
-  e.type = type;
-  e.ts_ms = ToUnixMillis(SystemClock::Instance().Now());
-  e.body = std::move(body);
-  sync::Sign(e, keys_.secret_key);
+  const uint64_t seq = next_seq++;
+  sync::Envelope e = sync::Sealed(id_, seq, id_ + "-op-" + std::to_string(seq), type, std::move(body),
+                                  ToUnixMillis(SystemClock::Instance().Now()), keys_.secret_key);
   SendRaw(sync::UpTopic(id_, type), sync::Encode(e));
   return e;
 }

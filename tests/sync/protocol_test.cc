@@ -74,6 +74,21 @@ TEST(Protocol, DeepNestingIsRefusedUpAndDown) {
 }
 
 // Whatever bytes arrive, decoding answers with an envelope or an error:
+// What every device sends: an op's envelope, signed over exactly its fields.
+TEST(Protocol, ASealedEnvelopeCarriesItsFieldsAndVerifiesUntilOneChanges) {
+  KeyPair keys = GenerateKeyPair();
+  Envelope e = Sealed("kiosk-1", 7, "op-7", kOpPostSurplus, {{"n", 1}}, 1234, keys.secret_key);
+  EXPECT_EQ(e.device, "kiosk-1");
+  EXPECT_EQ(e.seq, 7u);
+  EXPECT_EQ(e.op, "op-7");
+  EXPECT_EQ(e.type, kOpPostSurplus);
+  EXPECT_EQ(e.ts_ms, 1234);
+  EXPECT_EQ(e.body, (nlohmann::json{{"n", 1}}));
+  EXPECT_TRUE(Verify(e, keys.public_key));
+  e.seq = 8;
+  EXPECT_FALSE(Verify(e, keys.public_key));
+}
+
 // 20,000 deterministic mutations of a good envelope and a good batch
 // (tests/support/mangle.h: bytes flipped, cut, repeated, JSON tokens
 // dropped in), run under AddressSanitizer by the test command.

@@ -539,7 +539,7 @@ TEST_F(HttpApiTest, MangledRequestBodiesGetProblemsNeverAServerErrorAndStoreOnly
   const uint32_t seed = 20261208;
   SCOPED_TRACE("mutation seed " + std::to_string(seed));
   std::mt19937 rng(seed);
-  int posts_created = 1, answered = 0;
+  int posts_created = 1;
   for (int i = 0; i < 1500; ++i) {
     const Valid& v = valid[std::uniform_int_distribution<size_t>(0, valid.size() - 1)(rng)];
     const std::string body = test::Mangle(v.body.dump(), rng);
@@ -548,7 +548,6 @@ TEST_F(HttpApiTest, MangledRequestBodiesGetProblemsNeverAServerErrorAndStoreOnly
                         : v.method == "PUT" ? client_->Put(v.path.c_str(), headers, body, "application/json")
                                             : client_->Patch(v.path.c_str(), headers, body, "application/json");
     ASSERT_TRUE(r) << v.method << " " << v.path << " " << body.substr(0, 200) << ": no answer";
-    ++answered;
     EXPECT_LT(r->status, 500) << v.method << " " << v.path << " " << body.substr(0, 200) << ": " << r->body;
     if (r->status >= 400) {
       EXPECT_EQ(r->get_header_value("Content-Type"), "application/problem+json") << r->body;
@@ -558,7 +557,6 @@ TEST_F(HttpApiTest, MangledRequestBodiesGetProblemsNeverAServerErrorAndStoreOnly
     }
     posts_created += v.path == "/api/v1/surplus" && r->status == 201;
   }
-  EXPECT_EQ(answered, 1500);
   auto posts = hub_->ListSurplus({}, 0, 1000);
   ASSERT_TRUE(posts.ok());
   EXPECT_EQ(int(posts->size()), posts_created) << "stored posts are exactly those answered 201";
